@@ -1,0 +1,61 @@
+"""U-Net on the built-in ``synthetic_nerve`` dataset (generated, no download).
+
+    jaxseg train --config configs/unet_synthetic.py --workdir /tmp/unet_synthetic
+    jaxseg eval --workdir /tmp/unet_synthetic
+
+A reduced-width U-Net (the reference recipe at widths 8..128: 591,105 parameters)
+on 96x96 images, 1,000 steps of batch 8; on 2 CPU cores it trains in about 4
+minutes to a validation Dice above 0.9. The reference widths (32..512, 9,421,569
+parameters) are ``--config.model.kwargs.widths='(32,64,128,256,512)'``.
+``configs/unet_synthetic.py:smoke`` runs every stage in seconds.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "unet"
+  config.model.kwargs = ml_collections.ConfigDict(dict(widths=(8, 16, 32, 64, 128)))
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "synthetic_nerve"
+  config.data.dir = ""  # synthetic data is generated, not read
+  config.data.cache_dir = ""  # default: $JAXSEG_CACHE or ~/.cache/jaxseg
+  config.data.kwargs = ml_collections.ConfigDict(
+    dict(
+      image_size=96,
+      num_train=768,
+      num_validation=64,
+      num_test=128,
+      difficulty=0.5,
+      num_sites=1,
+      num_annotators=1,
+      seed=0,
+    )
+  )
+
+  config.augment = ml_collections.ConfigDict({"flip": {}, "rot90": {}})
+
+  config.loss = ml_collections.ConfigDict(dict(name="bce_dice", kwargs={}))
+
+  config.optim = ml_collections.ConfigDict(
+    dict(name="adam", lr=3e-3, schedule="cosine", warmup_steps=50, grad_clip=1.0, kwargs={})
+  )
+
+  config.train = ml_collections.ConfigDict(
+    dict(batch_size=8, steps=1000, eval_every=250, log_every=25, early_stopping_patience=0)
+  )
+  config.eval = ml_collections.ConfigDict(dict(batch_size=16))
+
+  if arg == "smoke":
+    config.model.kwargs.widths = (4, 8, 16)
+    config.data.kwargs.update(image_size=32, num_train=32, num_validation=8, num_test=8)
+    config.train.update(steps=20, eval_every=10, log_every=5)
+    config.eval.batch_size = 8
+  elif arg:
+    raise ValueError(f"configs/unet_synthetic.py: unknown argument {arg!r}; known: 'smoke'.")
+  return config

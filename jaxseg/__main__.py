@@ -1,0 +1,3 @@
+from jaxseg.main import main
+
+main()

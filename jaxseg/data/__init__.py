@@ -1,0 +1,30 @@
+"""Datasets (TFDS builders read without TensorFlow) and their name table.
+
+Every entry is a function ``make_builder(source_dir, data_dir, **kwargs)`` returning
+a TFDS builder whose examples follow :mod:`jaxseg.data.records`. Prepared splits are
+array_record files under ``data_dir`` (the cache), in a folder named by a hash of the
+builder's settings (and of the source files for datasets read from a directory), so
+a changed setting never reuses stale data and nothing is written into ``source_dir``.
+"""
+
+import os
+
+from jaxseg import tables
+
+DATASETS = {
+  "synthetic_nerve": "jaxseg.data.synthetic_nerve:make_builder",
+}
+
+SPLITS = ("train", "validation", "test")
+
+
+def default_cache_dir() -> str:
+  """``$JAXSEG_CACHE`` or ``~/.cache/jaxseg``: where prepared datasets are kept."""
+  return os.path.expanduser(os.environ.get("JAXSEG_CACHE", "~/.cache/jaxseg"))
+
+
+def make_builder(name: str, *, source_dir: str | None, cache_dir: str | None, **kwargs):
+  """The TFDS builder of dataset ``name`` (see :data:`DATASETS`)."""
+  make = tables.resolve(DATASETS, name, "dataset")
+  data_dir = os.path.join(cache_dir or default_cache_dir(), "tfds")
+  return make(source_dir=source_dir, data_dir=data_dir, **kwargs)

@@ -1,0 +1,44 @@
+"""The ``jaxseg`` command line.
+
+jaxseg train --config FILE[:ARG] --workdir DIR [--config.key=value ...]
+jaxseg eval  --workdir DIR [--split test]
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+COMMANDS = ("train", "eval")
+USAGE = __doc__
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+  "config", None, "Experiment config file (FILE[:ARG]).", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, pictures).")
+flags.DEFINE_string("split", "test", "Split that `jaxseg eval` scores.")
+
+
+def _main(argv):
+  logging.set_verbosity(logging.WARNING)
+  command = argv[1]
+  if FLAGS.workdir is None:
+    raise app.UsageError(f"jaxseg {command}: --workdir is required.")
+  from jaxseg.train import loop  # noqa: PLC0415  (keeps `--help` fast)
+
+  if command == "train":
+    if FLAGS.config is None:
+      raise app.UsageError("jaxseg train: --config FILE[:ARG] is required.")
+    loop.train(FLAGS.config, FLAGS.workdir)
+  else:
+    loop.evaluate(FLAGS.workdir, FLAGS.split)
+
+
+def main(argv=None):
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    print(USAGE.strip(), file=sys.stderr)
+    sys.exit(0 if len(argv) >= 2 and argv[1] in ("-h", "--help") else 2)
+  # absl parses the flags after the command; the command stays at argv[1] for _main.
+  app.run(_main, argv=argv)

@@ -1,0 +1,287 @@
+"""The training and evaluation loops: the only place (with the CLI) that does I/O.
+
+``train(config, workdir)`` trains ``config`` in ``workdir`` and resumes automatically
+from the latest checkpoint there. ``evaluate(workdir)`` scores the best checkpoint on
+the test split. What a run writes in ``workdir``:
+
+* ``config.json`` — the resolved config;
+* ``checkpoints/<step>/`` — orbax checkpoints, the latest and the best by Dice;
+* ``metrics.jsonl`` — one JSON line per log/validation event; ``tensorboard/`` events;
+* ``validation_overlays.png`` (image, truth green, prediction red) and
+  ``learning_curves.png``;
+* ``test_metrics.json`` after ``jaxseg eval``.
+"""
+
+import json
+import math
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from tensorboardX import SummaryWriter
+
+from jaxseg import data as datasets
+from jaxseg import losses, metrics, models, tables
+from jaxseg.data import augment, pipeline
+from jaxseg.train import optim, report
+from jaxseg.train import state as state_lib
+from jaxseg.train.checkpoint import Checkpoints
+from jaxseg.train.step import make_eval_step, make_train_step
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Fails at once on unknown names, before any data is prepared."""
+  tables.check(models.MODELS, config.model.name, "model")
+  tables.check(losses.LOSSES, config.loss.name, "loss")
+  tables.check(datasets.DATASETS, config.data.name, "dataset")
+  augment.check(config.augment)
+  optim.check(config.optim)
+  for key in ("batch_size", "steps", "eval_every", "log_every"):
+    if config.train[key] <= 0:
+      raise ValueError(f"config.train.{key} must be positive, found {config.train[key]}.")
+
+
+def prepare_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"workdir {workdir!r} is not writable: {e.strerror or e}.") from e
+
+
+class Experiment:
+  """Model, loss, optimizer, data and compiled steps of one config."""
+
+  def __init__(self, config: ml_collections.ConfigDict, splits=datasets.SPLITS):
+    check_config(config)
+    self.config = config
+    self.sources = pipeline.load_splits(config.data, splits)
+    self.model = models.get_model(config.model.name, **config.model.kwargs)
+    self.loss_fn = losses.get_loss(config.loss.name, **config.loss.kwargs)
+    self.tx = optim.make(config.optim, config.train.steps)
+    self.image_shape = next(iter(self.sources.values()))[0]["image"].shape
+    init_key, self.train_key = jax.random.split(jax.random.key(config.seed))
+    self.init_state = jax.jit(
+      lambda: state_lib.create(self.model, self.tx, init_key, self.image_shape)
+    )
+    self.train_step = jax.jit(
+      make_train_step(self.model, self.loss_fn, self.tx, config.augment), donate_argnums=0
+    )
+    self.eval_step = jax.jit(make_eval_step(self.model, self.loss_fn))
+
+  def abstract_state(self):
+    return jax.eval_shape(self.init_state)
+
+  def evaluate(self, state, split: str, keep: int = 0) -> tuple[dict, dict]:
+    """Per-image arrays (loss, counts) over ``split`` and the first ``keep`` examples."""
+    outputs, shown = [], {"image": [], "labels": [], "pred": []}
+    for batch in pipeline.eval_batches(self.sources[split], self.config.eval.batch_size):
+      valid = batch.pop("valid")
+      out = jax.device_get(self.eval_step(state, batch))
+      outputs.append({k: v[valid] for k, v in out.items() if k not in ("pred", "labels")})
+      for name, value in (
+        ("image", batch["image"]),
+        ("labels", out["labels"]),
+        ("pred", out["pred"]),
+      ):
+        shown[name].extend(value[valid][: keep - len(shown[name])])
+      outputs[-1]["pred"], outputs[-1]["labels"] = out["pred"][valid], out["labels"][valid]
+    per_image = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+    return per_image, shown
+
+
+def summarize(per_image: dict) -> dict:
+  """Pooled overlap scores, mean per-image Dice and the mean loss."""
+  pooled = {k: float(v) for k, v in metrics.pooled(per_image).items()}
+  per_dice = metrics.scores(per_image)["dice"]
+  return {
+    "loss": float(np.mean(per_image["loss"])),
+    **pooled,
+    "dice_per_image": float(np.mean(per_dice)),
+  }
+
+
+class Logger:
+  """Appends to ``metrics.jsonl`` and writes TensorBoard events."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, split: str, values: dict) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+    for name, value in values.items():
+      self.tb.add_scalar(f"{split}/{name}", value, step)
+    self.tb.flush()
+
+  def close(self) -> None:
+    self.tb.close()
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None):
+  """Trains ``config`` in ``workdir``; resumes from its latest checkpoint if any.
+
+  Args:
+    config: an experiment config (see ``configs/``).
+    workdir: output folder (created).
+    stop_after: end after this many steps of this invocation *without saving*, as a
+      kill would (tests use it to prove that resuming is exact).
+
+  Returns:
+    The final training state.
+  """
+  prepare_workdir(workdir)
+  check_config(config)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  exp = Experiment(config)
+  cfg = config.train
+  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
+  loader = iter(pipeline.train_loader(exp.sources["train"], cfg.batch_size, config.seed))
+  record = {"best_dice": -1.0, "evals_since_best": 0}
+  if ckpts.latest_step() is not None:
+    state, record = ckpts.restore(ckpts.latest_step(), exp.abstract_state())
+    loader.set_state(record.pop("loader").encode())
+    print(f"Resumed from {workdir}/checkpoints/{int(state.step)}.")
+  else:
+    state = exp.init_state()
+    print(f"{config.model.name}: {state_lib.count_params(state.params):,} parameters.")
+  logger = Logger(workdir)
+  start = int(state.step)
+  pending, last_log_time, last_log_step = [], time.time(), start
+  bar = tqdm.tqdm(total=cfg.steps, initial=start, desc="train", unit="step", mininterval=1.0)
+  step = start
+  try:
+    while step < cfg.steps:
+      if stop_after is not None and step - start >= stop_after:
+        return state
+      state, step_metrics = exp.train_step(state, next(loader), exp.train_key)
+      step += 1
+      pending.append(step_metrics)
+      validate = step % cfg.eval_every == 0 or step == cfg.steps
+      if step % cfg.log_every == 0 or validate:
+        values = _flush(pending, step, ckpts)
+        now = time.time()
+        values["images_per_s"] = (step - last_log_step) * cfg.batch_size / (now - last_log_time)
+        last_log_time, last_log_step, pending = now, step, []
+        logger.write(step, "train", values)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.1f}")
+        bar.update(step - bar.n)
+      if validate:
+        per_image, shown = exp.evaluate(state, "validation", keep=8)
+        val = summarize(per_image)
+        logger.write(step, "validation", val)
+        if val["dice"] > record["best_dice"]:
+          record.update(best_dice=val["dice"], evals_since_best=0)
+        else:
+          record["evals_since_best"] += 1
+        ckpts.save(step, state, {**record, "loader": loader.get_state().decode()}, val)
+        report.save_overlays(
+          os.path.join(workdir, "validation_overlays.png"),
+          shown["image"],
+          shown["labels"],
+          shown["pred"],
+        )
+        report.save_learning_curves(logger.path, os.path.join(workdir, "learning_curves.png"))
+        bar.write(
+          f"step {step}: validation loss {val['loss']:.4f} Dice {val['dice']:.4f} "
+          f"(best {record['best_dice']:.4f})"
+        )
+        patience = cfg.early_stopping_patience
+        if patience and record["evals_since_best"] >= patience:
+          bar.write(f"Early stopping: no better validation Dice in {patience} validations.")
+          break
+        last_log_time = time.time()  # validation time is not training throughput
+  finally:
+    bar.close()
+    logger.close()
+    ckpts.close()
+  return state
+
+
+def _flush(pending: list, step: int, ckpts: Checkpoints) -> dict:
+  """Means of the pending step metrics; raises on the first non-finite loss."""
+  losses_ = np.asarray(jax.device_get([m["loss"] for m in pending]))
+  bad = np.flatnonzero(~np.isfinite(losses_))
+  if bad.size:
+    first = step - len(pending) + 1 + int(bad[0])
+    raise FloatingPointError(
+      f"Training diverged: loss is {losses_[bad[0]]} at step {first}. The last good "
+      f"checkpoint (step {ckpts.latest_step()}) is intact; lower config.optim.lr or "
+      f"set config.optim.grad_clip."
+    )
+  means = {k: float(np.mean(jax.device_get([m[k] for m in pending]))) for k in pending[0]}
+  return means
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: {workdir!r} is not a jaxseg run directory.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def evaluate(workdir: str, split: str = "test") -> dict:
+  """Scores the best checkpoint of ``workdir`` on ``split``; prints and saves a table."""
+  config = load_config(workdir)
+  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
+  step = ckpts.best_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first.")
+  exp = Experiment(config, splits=(split,))
+  state, _ = ckpts.restore(step, exp.abstract_state())
+  ckpts.close()
+  per_image, _ = exp.evaluate(state, split)
+  table = metrics_table(per_image, exp.image_shape)
+  result = {"step": step, "split": split, "images": len(per_image["loss"]), **table}
+  with open(os.path.join(workdir, f"{split}_metrics.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"\n{split} split, {result['images']} images, best checkpoint (step {step}):\n")
+  print(format_table(table))
+  return result
+
+
+def metrics_table(per_image: dict, image_shape) -> dict:
+  """``{metric: {mean, std, pooled}}`` incl. HD and HD95 in pixels.
+
+  A Hausdorff distance is infinite when exactly one of prediction and truth is empty;
+  for the mean it is replaced by the image diagonal (the largest possible distance),
+  and the number of such images is reported as ``hd_missed``.
+  """
+  per = {k: np.asarray(v) for k, v in metrics.scores(per_image).items()}
+  pooled = {k: float(v) for k, v in metrics.pooled(per_image).items()}
+  diag = math.hypot(*image_shape[:2])
+  pairs = list(zip(per_image["pred"], per_image["labels"], strict=True))
+  hd = np.array([metrics.hausdorff(p, g) for p, g in pairs])
+  hd95 = np.array([metrics.hausdorff(p, g, percentile=95) for p, g in pairs])
+  table = {
+    k: {"mean": float(v.mean()), "std": float(v.std()), "pooled": pooled[k]} for k, v in per.items()
+  }
+  for name, values in (("hd", hd), ("hd95", hd95)):
+    finite = np.where(np.isfinite(values), values, diag)
+    table[name] = {"mean": float(finite.mean()), "std": float(finite.std()), "pooled": None}
+  table["hd_missed"] = int(np.sum(~np.isfinite(hd)))
+  table["loss"] = {
+    "mean": float(np.mean(per_image["loss"])),
+    "std": float(np.std(per_image["loss"])),
+    "pooled": None,
+  }
+  return table
+
+
+def format_table(table: dict) -> str:
+  lines = ["| metric | mean ± std (per image) | pooled |", "|---|---|---|"]
+  for name, row in table.items():
+    if isinstance(row, dict):
+      pooled = "" if row["pooled"] is None else f"{row['pooled']:.4f}"
+      lines.append(f"| {name} | {row['mean']:.4f} ± {row['std']:.4f} | {pooled} |")
+  lines.append(f"| images with HD = inf (one mask empty) | {table['hd_missed']} | |")
+  return "\n".join(lines)

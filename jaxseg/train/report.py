@@ -1,0 +1,58 @@
+"""Pictures a run leaves in its workdir: validation overlays and learning curves."""
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+  """RGB uint8: the gray image with ground truth in green and prediction in red."""
+  gray = image[..., :1] if image.shape[-1] in (1, 3) else image[..., None]
+  rgb = np.repeat(gray.mean(-1, keepdims=True), 3, axis=-1).astype(np.float32)
+  rgb = rgb / max(float(rgb.max()), 1e-6)
+  for mask, color in ((truth > 0, (0.0, 1.0, 0.0)), (pred > 0, (1.0, 0.0, 0.0))):
+    rgb[mask] = 0.5 * rgb[mask] + 0.5 * np.asarray(color)
+  return (rgb * 255).round().astype(np.uint8)
+
+
+def save_overlays(path: str, images, truths, preds, columns: int = 4) -> None:
+  """A grid of overlays (image cropped to the prediction's size if it is larger)."""
+  tiles = []
+  for image, truth, pred in zip(images, truths, preds, strict=True):
+    top = (image.shape[0] - pred.shape[0]) // 2
+    left = (image.shape[1] - pred.shape[1]) // 2
+    image = image[top : top + pred.shape[0], left : left + pred.shape[1]]
+    tiles.append(overlay(image, truth, pred))
+  while len(tiles) % columns:
+    tiles.append(np.zeros_like(tiles[0]))
+  rows = [np.concatenate(tiles[i : i + columns], axis=1) for i in range(0, len(tiles), columns)]
+  grid = np.concatenate(rows, axis=0)
+  scale = max(1, 512 // grid.shape[1])
+  Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(
+    path
+  )
+
+
+def save_learning_curves(metrics_path: str, path: str) -> None:
+  """Training loss and validation loss/Dice against the step, from ``metrics.jsonl``."""
+  rows = [json.loads(line) for line in open(metrics_path)] if os.path.exists(metrics_path) else []
+  fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))
+  for split, style in (("train", "-"), ("validation", "o-")):
+    points = [(r["step"], r["loss"]) for r in rows if r["split"] == split and "loss" in r]
+    if points:
+      ax_loss.plot(*zip(*points, strict=True), style, label=split)
+  dice = [(r["step"], r["dice"]) for r in rows if r["split"] == "validation"]
+  if dice:
+    ax_dice.plot(*zip(*dice, strict=True), "o-", color="tab:green")
+  ax_loss.set(xlabel="step", ylabel="loss", title="loss", yscale="log")
+  ax_dice.set(xlabel="step", ylabel="Dice", title="validation Dice", ylim=(0, 1))
+  ax_loss.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)

@@ -1,0 +1,85 @@
+"""Pure, jit-able training and evaluation steps."""
+
+from collections.abc import Callable, Mapping
+
+import jax
+import optax
+from flax import linen as nn
+
+from jaxseg import metrics
+from jaxseg.data import augment
+from jaxseg.models.layers import center_crop
+from jaxseg.train.state import TrainState
+
+
+def _targets(batch: dict, logits: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+  """Labels (and weights) cropped to the logits' size (valid-conv nets output less)."""
+  size = logits.shape[1:3]
+  weights = batch.get("weights")
+  return (
+    center_crop(batch["labels"], size),
+    None if weights is None else center_crop(weights, size),
+  )
+
+
+def make_train_step(
+  model: nn.Module,
+  loss_fn: Callable,
+  tx: optax.GradientTransformation,
+  augmentations: Mapping[str, Mapping],
+) -> Callable:
+  """Returns ``train_step(state, batch, key) -> (state, metrics)``.
+
+  ``key`` is the run's training key; the step folds in ``state.step``, so the
+  randomness of step ``n`` (augmentation, dropout) does not depend on how the run got
+  there: a resumed run repeats an uninterrupted one bit for bit.
+  """
+
+  def train_step(state: TrainState, batch: dict, key: jax.Array):
+    aug_key, dropout_key = jax.random.split(jax.random.fold_in(key, state.step))
+    batch = augment.apply(augmentations, aug_key, batch)
+
+    def loss_of(params):
+      logits, updates = model.apply(
+        {"params": params, "batch_stats": state.batch_stats},
+        batch["image"],
+        train=True,
+        rngs={"dropout": dropout_key},
+        mutable=["batch_stats"],
+      )
+      labels, weights = _targets(batch, logits)
+      return loss_fn(logits, labels, weights), updates.get("batch_stats", {})
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+    )
+    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, loss_fn: Callable) -> Callable:
+  """Returns ``eval_step(state, batch) -> per-image loss, confusion counts, prediction``."""
+
+  def eval_step(state: TrainState, batch: dict):
+    logits = model.apply(
+      {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
+    )
+    labels, weights = _targets(batch, logits)
+    per_image = jax.vmap(
+      lambda lg, lb, w: loss_fn(lg[None], lb[None], None if w is None else w[None])
+    )
+    pred = metrics.hard_labels(logits)
+    return {
+      "loss": per_image(logits, labels, weights),
+      "pred": pred,
+      "labels": labels,
+      **metrics.confusion(pred, labels),
+    }
+
+  return eval_step

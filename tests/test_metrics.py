@@ -1,0 +1,90 @@
+"""Metrics: closed forms, empty-mask conventions, Hausdorff against scipy."""
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import directed_hausdorff
+
+from jaxseg import metrics
+
+
+def _scores(pred, gt):
+  return {k: float(v) for k, v in metrics.scores(metrics.confusion(pred, gt)).items()}
+
+
+def test_overlap_scores_closed_form():
+  gt = np.zeros((4, 4), int)
+  gt[:2, :2] = 1  # 4 pixels
+  pred = np.zeros((4, 4), int)
+  pred[:2, :3] = 1  # 6 pixels, 4 correct
+  s = _scores(pred, gt)
+  assert s["dice"] == pytest.approx(2 * 4 / (6 + 4))
+  assert s["iou"] == pytest.approx(4 / 6)
+  assert s["precision"] == pytest.approx(4 / 6)
+  assert s["recall"] == pytest.approx(1.0)
+  assert s["pixel_error"] == pytest.approx(2 / 16)
+
+
+def test_empty_conventions():
+  empty, full = np.zeros((3, 3), int), np.ones((3, 3), int)
+  both = _scores(empty, empty)
+  assert both == {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "pixel_error": 0.0}
+  missed = _scores(empty, full)  # nothing predicted, something there
+  assert missed["dice"] == missed["iou"] == missed["precision"] == missed["recall"] == 0.0
+  false_alarm = _scores(full, empty)  # something predicted, nothing there
+  assert false_alarm["dice"] == false_alarm["precision"] == false_alarm["recall"] == 0.0
+
+
+def test_pooled_differs_from_per_image_mean():
+  gt = np.zeros((2, 4, 4), int)
+  gt[0, :2, :2] = 1
+  gt[1, 0, 0] = 1
+  pred = gt.copy()
+  pred[1] = 0  # second image: the one-pixel structure is missed
+  counts = metrics.confusion(pred, gt)
+  per_image = metrics.scores(counts)["dice"]
+  np.testing.assert_allclose(per_image, [1.0, 0.0])
+  assert float(metrics.pooled(counts)["dice"]) == pytest.approx(2 * 4 / (4 + 5))
+
+
+def _surface_points(mask):
+  from scipy import ndimage
+
+  inner = ndimage.binary_erosion(mask, ndimage.generate_binary_structure(2, 1), border_value=0)
+  return np.argwhere(mask & ~inner)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_hausdorff_matches_scipy(seed):
+  rng = np.random.default_rng(seed)
+  pred = rng.random((24, 20)) < 0.15
+  gt = rng.random((24, 20)) < 0.15
+  a, b = _surface_points(pred), _surface_points(gt)
+  expected = max(directed_hausdorff(a, b)[0], directed_hausdorff(b, a)[0])
+  assert metrics.hausdorff(pred, gt) == pytest.approx(expected)
+  # HD95: larger of the two directed 95th percentiles of nearest-point distances.
+  d = np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
+  hd95 = max(np.percentile(d.min(1), 95), np.percentile(d.min(0), 95))
+  assert metrics.hausdorff(pred, gt, percentile=95) == pytest.approx(hd95)
+  # Anisotropic spacing scales the axes.
+  d = np.sqrt((((a[:, None] - b[None]) * np.array([2.0, 0.5])) ** 2).sum(-1))
+  assert metrics.hausdorff(pred, gt, spacing=(2.0, 0.5)) == pytest.approx(
+    max(d.min(1).max(), d.min(0).max())
+  )
+
+
+def test_hausdorff_empty_cases():
+  empty, blob = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+  blob[2:4, 2:4] = True
+  assert metrics.hausdorff(empty, empty) == 0.0
+  assert metrics.hausdorff(empty, blob) == float("inf")  # missed structure: never 0
+  assert metrics.hausdorff(blob, empty) == float("inf")
+  assert metrics.hausdorff(blob, blob) == 0.0
+  with pytest.raises(ValueError, match="shape"):
+    metrics.hausdorff(blob, blob[:4])
+
+
+def test_hard_labels():
+  import jax.numpy as jnp
+
+  np.testing.assert_array_equal(metrics.hard_labels(jnp.array([[-1.0], [2.0]])), [0, 1])
+  np.testing.assert_array_equal(metrics.hard_labels(jnp.array([[0.1, 3.0, 0.2]])), [1])

@@ -1,0 +1,150 @@
+"""The training loop: artefacts, determinism, exact resume, divergence, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxseg.train import loop
+from tests.conftest import make_tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  """One uninterrupted run of the tiny config, shared by the tests below."""
+  config = make_tiny_config()
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  return config, workdir, loop.train(config, workdir)
+
+
+def test_run_writes_every_artefact(reference_run):
+  _, workdir, state = reference_run
+  assert int(state.step) == 6
+  for name in (
+    "config.json",
+    "metrics.jsonl",
+    "validation_overlays.png",
+    "learning_curves.png",
+    "tensorboard",
+  ):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert os.listdir(os.path.join(workdir, "checkpoints"))
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows if r["split"] == "validation"] == [3, 6]
+  assert all(np.isfinite(r["loss"]) for r in rows)
+  assert json.load(open(os.path.join(workdir, "config.json")))["model"]["name"] == "unet"
+
+
+def test_same_config_is_bitwise_reproducible(reference_run, tmp_path):
+  config, _, state = reference_run
+  again = loop.train(config, str(tmp_path))
+  for a, b in zip(_leaves(state), _leaves(again), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_interrupted_run_resumes_exactly(reference_run, tmp_path):
+  config, _, state = reference_run
+  # Stop after 4 steps without saving (as a kill would): the last checkpoint is step 3.
+  partial = loop.train(config, str(tmp_path), stop_after=4)
+  assert int(partial.step) == 4
+  resumed = loop.train(config, str(tmp_path))
+  assert int(resumed.step) == 6
+  for a, b in zip(_leaves(state), _leaves(resumed), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_eval_prints_test_metrics(reference_run, capsys):
+  _, workdir, _ = reference_run
+  result = loop.evaluate(workdir)
+  out = capsys.readouterr().out
+  assert "| dice |" in out and "| hd95 |" in out
+  assert result["images"] == 4
+  assert 0.0 <= result["dice"]["mean"] <= 1.0
+  assert os.path.exists(os.path.join(workdir, "test_metrics.json"))
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_config, tmp_path):
+  tiny_config.train.update(steps=8, eval_every=2)
+  tiny_config.optim.lr = 1e30  # diverges within a few steps
+  tiny_config.optim.grad_clip = 0.0
+  with pytest.raises(FloatingPointError, match=r"loss is (nan|inf) at step \d+.*checkpoint"):
+    loop.train(tiny_config, str(tmp_path))
+
+
+def test_unknown_names_fail_before_any_work(tiny_config, tmp_path):
+  for section, value, pattern in (
+    ("model", "resnet", "model name 'resnet'"),
+    ("loss", "focal", "loss name 'focal'"),
+    ("data", "isbi", "dataset name 'isbi'"),
+  ):
+    config = tiny_config.copy_and_resolve_references()
+    config[section].name = value
+    with pytest.raises(ValueError, match=pattern):
+      loop.train(config, str(tmp_path / section))
+    assert not os.path.exists(tmp_path / section / "checkpoints")
+
+
+def test_unwritable_workdir(tiny_config, tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a folder")
+  with pytest.raises(ValueError, match="workdir .*file/run.* is not writable"):
+    loop.train(tiny_config, str(blocker / "run"))
+
+
+def _cli(*args, timeout=300):
+  env = {**os.environ, "PYTHONPATH": REPO}
+  return subprocess.run(
+    [sys.executable, "-m", "jaxseg", *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+def test_cli_wrong_override_type_names_key_and_type(tmp_path):
+  result = _cli(
+    "train",
+    "--config",
+    "configs/unet_synthetic.py:smoke",
+    "--workdir",
+    str(tmp_path),
+    "--config.train.steps=many",
+  )
+  assert result.returncode != 0
+  assert "config.train.steps" in result.stderr and "int" in result.stderr
+
+
+def test_cli_unknown_config_argument(tmp_path):
+  result = _cli("train", "--config", "configs/unet_synthetic.py:huge", "--workdir", str(tmp_path))
+  assert result.returncode != 0 and "unknown argument 'huge'" in result.stderr
+
+
+def test_cli_smoke_train_and_eval(tmp_path):
+  """README command (a) on the smoke config, then `jaxseg eval`, as a user runs them."""
+  workdir = str(tmp_path / "run")
+  train = _cli(
+    "train",
+    "--config",
+    "configs/unet_synthetic.py:smoke",
+    "--workdir",
+    workdir,
+    "--config.train.steps=10",
+    "--config.train.eval_every=5",
+  )
+  assert train.returncode == 0, train.stderr[-3000:]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  evaluate = _cli("eval", "--workdir", workdir)
+  assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+  assert "| dice |" in evaluate.stdout

@@ -2,6 +2,8 @@
 
 jaxseg train --config FILE[:ARG] --workdir DIR [--config.key=value ...]
 jaxseg eval  --workdir DIR [--split test]
+jaxseg bench --models unet,unetpp:mode=l2,... --input NxCxHxW [--batch N]
+             [--dtype float32|bfloat16] [--repeats N] [--json FILE]
 """
 
 import sys
@@ -9,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval")
+COMMANDS = ("train", "eval", "bench")
 USAGE = __doc__
 
 FLAGS = flags.FLAGS
@@ -18,11 +20,29 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, pictures).")
 flags.DEFINE_string("split", "test", "Split that `jaxseg eval` scores.")
+flags.DEFINE_list("models", ["unet"], "bench: model specs, name[:key=value,...].")
+flags.DEFINE_string("input", "1x1x426x545", "bench: input shape NxCxHxW.")
+flags.DEFINE_integer("batch", None, "bench: batch size (overrides N of --input).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "bench: compute dtype.")
+flags.DEFINE_integer("repeats", 5, "bench: timed repeats after one warm-up call.")
+flags.DEFINE_string("json", None, "bench: write the records to this JSON file.")
 
 
 def _main(argv):
   logging.set_verbosity(logging.WARNING)
   command = argv[1]
+  if command == "bench":
+    from jaxseg.bench import models as bench_models  # noqa: PLC0415
+
+    bench_models.run(
+      FLAGS.models,
+      FLAGS.input,
+      batch=FLAGS.batch,
+      dtype=FLAGS.dtype,
+      repeats=FLAGS.repeats,
+      json_path=FLAGS.json,
+    )
+    return
   if FLAGS.workdir is None:
     raise app.UsageError(f"jaxseg {command}: --workdir is required.")
   from jaxseg.train import loop  # noqa: PLC0415  (keeps `--help` fast)

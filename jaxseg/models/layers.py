@@ -9,6 +9,29 @@ from flax import linen as nn
 BATCH_NORM = dict(momentum=0.9, epsilon=1e-5)
 
 
+class LeakyReLU(nn.Module):
+  """LeakyReLU as a module, so layer-level counters (the paper's FLOP convention)
+  see it, as PyTorch's counters see ``nn.LeakyReLU``."""
+
+  negative_slope: float = 0.01
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nn.leaky_relu(x, self.negative_slope)
+
+
+class GlobalAvgPool(nn.Module):
+  """Mean over the spatial axes, keeping them as 1x1 (a module for the same reason)."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return jnp.mean(x, axis=(1, 2), keepdims=True)
+
+
+def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, name=name, **BATCH_NORM)
+
+
 class CBA(nn.Module):
   """Conv (same padding) -> BatchNorm -> LeakyReLU.
 
@@ -28,8 +51,8 @@ class CBA(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     k = self.kernel_size
     x = nn.Conv(self.features, (k, k), padding="SAME", use_bias=self.use_bias, name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, name="bn", **BATCH_NORM)(x)
-    return nn.leaky_relu(x, self.negative_slope)
+    x = batch_norm(train, name="bn")(x)
+    return LeakyReLU(self.negative_slope, name="act")(x)
 
 
 def max_pool2(x: jax.Array) -> jax.Array:

@@ -27,11 +27,14 @@ class UNet(nn.Module):
     num_classes: output channels (1: binary logits).
     in_channels: expected input channels; checked, since the parameter count and a
       checkpoint depend on it.
+    up_convs: convs after the resize and before the concatenation (2 in the
+      reference recipe; 1 gives the common U-Net, 8,636,769 parameters at 32..512).
   """
 
   widths: Sequence[int] = REFERENCE["widths"]
   num_classes: int = 1
   in_channels: int = 1
+  up_convs: int = 2
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -41,16 +44,38 @@ class UNet(nn.Module):
     for level, width in enumerate(self.widths):
       if level:
         x = max_pool2(x)
-      x = CBA(width, name=f"down{level}_conv0")(x, train=train)
-      x = CBA(width, name=f"down{level}_conv1")(x, train=train)
+      x = self.block(width, f"down{level}_conv0")(x, train=train)
+      x = self.block(width, f"down{level}_conv1")(x, train=train)
       skips.append(x)
     x = skips.pop()
     for level in reversed(range(len(skips))):
       skip, width = skips[level], self.widths[level]
       x = resize_nearest(x, skip.shape[1:3])
-      x = CBA(width, name=f"up{level}_conv0")(x, train=train)
-      x = CBA(width, name=f"up{level}_conv1")(x, train=train)
-      x = jnp.concatenate([skip, x], axis=-1)
-      x = CBA(width, name=f"up{level}_conv2")(x, train=train)
-      x = CBA(width, name=f"up{level}_conv3")(x, train=train)
+      for k in range(self.up_convs):
+        x = self.block(width, f"up{level}_conv{k}")(x, train=train)
+      x = jnp.concatenate([self.gate_skip(level, skip, x, train=train), x], axis=-1)
+      for k in range(self.up_convs, self.up_convs + 2):
+        x = self.block(width, f"up{level}_conv{k}")(x, train=train)
     return nn.Conv(self.num_classes, (1, 1), name="head")(x)
+
+  def block(self, width: int, name: str) -> nn.Module:
+    """The conv block used everywhere (conv-BN-LeakyReLU; SCA-conv in SCAUnet)."""
+    return CBA(width, name=name)
+
+  def gate_skip(self, level: int, skip: jax.Array, g: jax.Array, *, train: bool) -> jax.Array:
+    """The skip as it enters the concatenation (identity; gated in Attention U-Net)."""
+    del level, g, train
+    return skip
+
+
+# The UNet++ paper's "wide U-Net" baseline: the common U-Net (one conv after the
+# resize) with widths raised until its size matches U-Net++ (9,162,753): 9,184,660.
+WIDE_REFERENCE = dict(in_channels=1, num_classes=1, widths=(33, 66, 132, 264, 528), up_convs=1)
+WIDE_REFERENCE_PARAMS = 9_184_660
+
+
+class WideUNet(UNet):
+  """:class:`UNet` with the wide U-Net defaults (:data:`WIDE_REFERENCE`)."""
+
+  widths: Sequence[int] = WIDE_REFERENCE["widths"]
+  up_convs: int = 1

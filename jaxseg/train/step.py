@@ -3,6 +3,7 @@
 from collections.abc import Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
@@ -22,13 +23,25 @@ def _targets(batch: dict, logits: jax.Array) -> tuple[jax.Array, jax.Array | Non
   )
 
 
+def split_outputs(outputs) -> tuple[jax.Array, list[jax.Array]]:
+  """``(logits to evaluate, heads to train)`` of a model's output (array or dict)."""
+  if isinstance(outputs, dict):
+    return outputs["logits"], list(outputs["heads"])
+  return outputs, [outputs]
+
+
 def make_train_step(
   model: nn.Module,
   loss_fn: Callable,
   tx: optax.GradientTransformation,
   augmentations: Mapping[str, Mapping],
+  compute_dtype=None,
 ) -> Callable:
   """Returns ``train_step(state, batch, key) -> (state, metrics)``.
+
+  ``compute_dtype`` (e.g. ``jnp.bfloat16``): the forward and backward pass run in it
+  on a cast copy of the float32 parameters; parameters, optimizer state, BatchNorm
+  statistics and the loss stay float32.
 
   ``key`` is the run's training key; the step folds in ``state.step``, so the
   randomness of step ``n`` (augmentation, dropout) does not depend on how the run got
@@ -40,15 +53,22 @@ def make_train_step(
     batch = augment.apply(augmentations, aug_key, batch)
 
     def loss_of(params):
-      logits, updates = model.apply(
+      image = batch["image"]
+      if compute_dtype is not None:
+        params, image = jax.tree.map(lambda a: a.astype(compute_dtype), (params, image))
+      outputs, updates = model.apply(
         {"params": params, "batch_stats": state.batch_stats},
-        batch["image"],
+        image,
         train=True,
         rngs={"dropout": dropout_key},
         mutable=["batch_stats"],
       )
-      labels, weights = _targets(batch, logits)
-      return loss_fn(logits, labels, weights), updates.get("batch_stats", {})
+      _, heads = split_outputs(outputs)  # deep supervision: the loss on every head
+      labels, weights = _targets(batch, heads[0])
+      heads = [head.astype(jnp.float32) for head in heads]
+      loss = sum(loss_fn(head, labels, weights) for head in heads) / len(heads)
+      stats = jax.tree.map(lambda a: a.astype(jnp.float32), updates.get("batch_stats", {}))
+      return loss, stats
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -67,9 +87,8 @@ def make_eval_step(model: nn.Module, loss_fn: Callable) -> Callable:
   """Returns ``eval_step(state, batch) -> per-image loss, confusion counts, prediction``."""
 
   def eval_step(state: TrainState, batch: dict):
-    logits = model.apply(
-      {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
-    )
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits, _ = split_outputs(model.apply(variables, batch["image"], train=False))
     labels, weights = _targets(batch, logits)
     per_image = jax.vmap(
       lambda lg, lb, w: loss_fn(lg[None], lb[None], None if w is None else w[None])

@@ -1,0 +1,1 @@
+"""Benchmarks: parameters, MACs/FLOPs and throughput (``jaxseg bench``)."""

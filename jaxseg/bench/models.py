@@ -1,0 +1,130 @@
+"""``jaxseg bench``: parameters, MACs, XLA FLOPs, throughput and memory per model."""
+
+import ast
+import json
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxseg import losses, models, tables
+from jaxseg.bench import flops, throughput
+from jaxseg.train import state as state_lib
+from jaxseg.train.step import make_train_step
+
+COLUMNS = (
+  ("model", "{}"),
+  ("params", "{:,}"),
+  ("gmacs", "{:.2f}"),
+  ("gmacs_paper", "{:.2f}"),
+  ("xla_gflops_forward", "{:.1f}"),
+  ("xla_gflops_train_step", "{:.1f}"),
+  ("infer_img_s", "{:.2f}"),
+  ("train_img_s", "{:.2f}"),
+  ("compile_s", "{:.1f}"),
+  ("peak_mib", "{:.0f}"),
+)
+
+
+def parse_model(spec: str) -> tuple[str, dict]:
+  """``"name:key=value,key=value"`` -> ``(name, kwargs)``; values are Python literals."""
+  name, _, rest = spec.partition(":")
+  kwargs = {}
+  for item in filter(None, rest.split(",")):
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"model spec {spec!r}: expected key=value, found {item!r}.")
+    try:
+      kwargs[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      kwargs[key] = value
+  return name, kwargs
+
+
+def parse_input(text: str) -> tuple[int, int, int, int]:
+  """``"NxCxHxW"`` -> ``(N, C, H, W)``."""
+  try:
+    n, c, h, w = (int(v) for v in text.lower().split("x"))
+  except ValueError as e:
+    raise ValueError(f"--input: expected NxCxHxW such as 1x1x426x545, found {text!r}.") from e
+  return n, c, h, w
+
+
+def bench_model(spec: str, shape, *, dtype: str, repeats: int) -> dict:
+  """One record: sizes and costs at ``shape`` (N, C, H, W), and measured speed."""
+  name, kwargs = parse_model(spec)
+  n, c, h, w = shape
+  model = models.get_model(name, **{"in_channels": c, **kwargs})
+  x = jnp.zeros((n, h, w, c), jnp.float32)
+  tx = optax.adam(1e-4)
+  state = jax.jit(lambda: state_lib.create(model, tx, jax.random.key(0), (h, w, c)))()
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  compute = jnp.dtype(dtype)
+
+  def forward(variables, x):
+    cast = jax.tree.map(lambda a: a.astype(compute), variables)
+    return model.apply(cast, x.astype(compute), train=False)
+
+  step = make_train_step(model, losses.get_loss("bce_dice"), tx, {}, compute_dtype=compute)
+  batch = {"image": x, "labels": jnp.zeros((n, h, w), jnp.int32)}
+  fwd = throughput.measure(forward, (variables, x), repeats=repeats)
+  train = throughput.measure(
+    lambda s, b: step(s, b, jax.random.key(1)), (state, batch), repeats=repeats, feed_back=True
+  )
+  device = jax.devices()[0]
+  return {
+    "model": spec,
+    "input": f"{n}x{c}x{h}x{w}",
+    "dtype": dtype,
+    "params": state_lib.count_params(state.params),
+    "gmacs": flops.jaxpr_macs(forward, variables, x) / n / 1e9,
+    "gmacs_paper": flops.paper_macs(model, variables, x) / n / 1e9,
+    "xla_gflops_forward": fwd["xla_flops"] / n / 1e9,
+    "xla_gflops_train_step": train["xla_flops"] / n / 1e9,
+    "infer_img_s": n / fwd["median_s"],
+    "train_img_s": n / train["median_s"],
+    "compile_s": fwd["compile_s"] + train["compile_s"],
+    "peak_mib": max(fwd["peak_bytes"] or 0, train["peak_bytes"] or 0) / 2**20,
+    "device": device.device_kind,
+    "jax_version": jax.__version__,
+    "repeats": repeats,
+  }
+
+
+def markdown(records: list[dict]) -> str:
+  lines = ["| " + " | ".join(name for name, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+  for r in records:
+    lines.append("| " + " | ".join(fmt.format(r[name]) for name, fmt in COLUMNS) + " |")
+  return "\n".join(lines)
+
+
+def run(
+  model_specs: list[str],
+  input_shape: str,
+  *,
+  batch: int | None,
+  dtype: str,
+  repeats: int,
+  json_path: str | None,
+) -> list[dict]:
+  """Benchmarks every model, prints the table and writes the JSON records."""
+  n, c, h, w = parse_input(input_shape)
+  shape = (batch or n, c, h, w)
+  for spec in model_specs:  # fail on unknown names before any slow work
+    tables.check(models.MODELS, parse_model(spec)[0], "model")
+  records = []
+  for spec in model_specs:
+    records.append(bench_model(spec, shape, dtype=dtype, repeats=repeats))
+    print(f"{spec}: done", flush=True)
+  device = records[0]["device"] if records else ""
+  print(
+    f"\nInput {'x'.join(map(str, shape))} (NxCxHxW), {dtype}, {device}, jax "
+    f"{jax.__version__}. gmacs: conv+dense MACs/image (jaxpr); gmacs_paper: thop "
+    f"convention of the SCAUnet table; xla_gflops: XLA cost analysis (2 FLOPs per "
+    f"MAC)/image; img/s: median of {repeats} after warm-up.\n"
+  )
+  print(markdown(records))
+  if json_path:
+    with open(json_path, "w") as f:
+      json.dump(records, f, indent=2)
+  return records

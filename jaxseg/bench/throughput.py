@@ -1,0 +1,45 @@
+"""Compile time, XLA cost analysis, memory and timed throughput of jitted functions."""
+
+import statistics
+import time
+
+import jax
+
+
+def measure(fn, args, *, repeats: int, feed_back: bool = False) -> dict:
+  """Compiles ``fn`` for ``args`` and times ``repeats`` calls after one warm-up call.
+
+  ``feed_back``: ``fn`` returns ``(new_first_arg, aux)`` and donates its first
+  argument (a training step); each call continues from the previous state.
+  """
+  jitted = jax.jit(fn, donate_argnums=0) if feed_back else jax.jit(fn)
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list | tuple) else cost
+  memory = compiled.memory_analysis()
+  peak = None
+  if memory is not None:
+    peak = (
+      memory.temp_size_in_bytes
+      + memory.argument_size_in_bytes
+      + memory.output_size_in_bytes
+      - memory.alias_size_in_bytes
+    )
+  args = list(args)
+  times = []
+  for i in range(repeats + 1):
+    start = time.perf_counter()
+    out = compiled(*args)
+    jax.block_until_ready(out)
+    if i:  # the first call is the warm-up
+      times.append(time.perf_counter() - start)
+    if feed_back:
+      args[0] = out[0]
+  return {
+    "compile_s": compile_s,
+    "xla_flops": float(cost.get("flops", 0.0)),
+    "peak_bytes": peak,
+    "median_s": statistics.median(times),
+  }

@@ -1,7 +1,5 @@
 """Every model in the table: shapes, gradients, determinism, pinned sizes."""
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +12,32 @@ from jaxseg.train.state import count_params
 
 # Tiny variants for the forward/backward tests, and the input size each needs.
 TINY = {
-  "unet": (dict(widths=(4, 8, 16)), 32),
+  "unet": (dict(widths=(4, 8)), 16),
   "unet_paper": (dict(widths=(4, 8), dropout_rate=0.5), 44),
+  "wide_unet": (dict(widths=(5, 10)), 16),
+  "unetpp": (dict(widths=(4, 8, 16), mode="deep"), 16),
+  "attention_unet": (dict(widths=(4, 8)), 16),
+  "multires_unet": (dict(widths=(4, 8)), 16),
+  "scaunet": (dict(widths=(8, 16)), 16),
+  "scaunet_a": (dict(widths=(8, 16), scale_width=4), 16),
 }
+
+# The published sizes (shared/reference/architectures.md) of each default model.
+REFERENCE_PARAMS = {
+  "unet": 9_421_569,
+  "unet_paper": 31_030_658,
+  "wide_unet": 9_184_660,  # the common U-Net widened to U-Net++'s 9,162,753
+  "unetpp": 9_162_753,
+  "attention_unet": 9_511_437,
+  "multires_unet": 9_472_862,
+  "scaunet": 491_907,
+  "scaunet_a": 164_795,
+}
+
+
+def _count(model, size=64):
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 1))))
+  return count_params(variables["params"])
 
 
 def _init(model, shape):
@@ -25,17 +46,24 @@ def _init(model, shape):
   )
 
 
-def test_tiny_table_covers_every_model():
-  assert set(TINY) == set(models.MODELS)
+def test_tables_cover_every_model():
+  assert set(TINY) == set(models.MODELS) == set(REFERENCE_PARAMS)
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_reference_parameter_count(name):
-  module = importlib.import_module(models.MODELS[name].split(":")[0])
-  model = models.get_model(name, **module.REFERENCE)
-  size = 572 if name == "unet_paper" else 64
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 1))))
-  assert count_params(variables["params"]) == module.REFERENCE_PARAMS
+  """Each model's default configuration is the reference recipe."""
+  assert (
+    _count(models.get_model(name), 572 if name == "unet_paper" else 64) == (REFERENCE_PARAMS[name])
+  )
+
+
+def test_variant_parameter_counts():
+  assert _count(models.get_model("unetpp", mode="deep")) == 9_162_852  # + 4 heads
+  assert _count(models.get_model("unet", up_convs=1)) == 8_636_769
+  # Self-attention over scales has no parameters: only ECA's 1-D kernels are gone.
+  assert _count(models.get_model("scaunet", attention="self")) == 491_907 - 106
+  assert _count(models.get_model("scaunet_a", attention="self")) == 164_795 - 106
 
 
 def test_unet_paper_tile_sizes():
@@ -63,25 +91,29 @@ def test_forward_backward(name):
   model = models.get_model(name, in_channels=2, num_classes=3, **kwargs)
   x = jax.random.normal(jax.random.key(2), (2, size, size, 2))
   variables = _init(model, x.shape)
+  logits = lambda out: out["logits"] if isinstance(out, dict) else out  # noqa: E731
 
   def loss(params, key):
     out, _ = model.apply(
       {**variables, "params": params}, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
     )
-    return jnp.mean(out**2), out
+    return jnp.mean(logits(out) ** 2), logits(out)
 
-  grad_fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
-  (value, out), grads = grad_fn(variables["params"], jax.random.key(3))
-  assert out.shape[0] == 2 and out.shape[-1] == 3
-  assert np.isfinite(value)
+  @jax.jit
+  def run(params, key):  # one compiled function: train pass, gradients, eval pass
+    (value, out), grads = jax.value_and_grad(loss, has_aux=True)(params, key)
+    return value, out, grads, logits(model.apply({**variables, "params": params}, x))
+
+  value, out, grads, eval_out = run(variables["params"], jax.random.key(3))
+  assert out.shape[0] == 2 and out.shape[-1] == 3 and eval_out.shape == out.shape
+  assert np.isfinite(value) and np.all(np.isfinite(eval_out))
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
   assert any(np.any(g != 0) for g in jax.tree.leaves(grads))
-  # Same key -> same result; eval mode is deterministic and differs from train mode
-  # (BatchNorm running statistics, dropout off).
-  (value2, _), _ = grad_fn(variables["params"], jax.random.key(3))
+  # Same key -> same result; eval mode (BatchNorm running statistics, no dropout)
+  # differs from train mode.
+  value2, _, _, eval2 = run(variables["params"], jax.random.key(3))
   assert value == value2
-  eval_out = jax.jit(lambda v: model.apply(v, x, train=False))(variables)
-  np.testing.assert_array_equal(eval_out, jax.jit(lambda v: model.apply(v, x))(variables))
+  np.testing.assert_array_equal(eval_out, eval2)
   assert not np.allclose(eval_out, out)
 
 
@@ -118,5 +150,31 @@ def test_resize_nearest_matches_index_rule():
 
 
 def test_unknown_model_lists_known_names():
-  with pytest.raises(ValueError, match="Unknown model name 'resnet'.*unet, unet_paper"):
+  with pytest.raises(ValueError, match="Unknown model name 'resnet'.*scaunet_a, unet, unet_paper"):
     models.get_model("resnet")
+
+
+def test_unetpp_modes_share_parameters_and_prune():
+  x = jax.random.normal(jax.random.key(0), (1, 32, 32, 1))
+  deep = models.get_model("unetpp", widths=(4, 8, 16), mode="deep")
+  variables = _init(deep, x.shape)
+  out = deep.apply(variables, x)
+  assert len(out["heads"]) == 2
+  accurate = models.get_model("unetpp", widths=(4, 8, 16), mode="accurate").apply(variables, x)
+  np.testing.assert_allclose(accurate, out["logits"], rtol=1e-6)
+  # The average of the heads' probabilities, returned as logits.
+  mean_p = np.mean([jax.nn.sigmoid(h) for h in out["heads"]], axis=0)
+  np.testing.assert_allclose(jax.nn.sigmoid(accurate), mean_p, rtol=1e-5, atol=1e-6)
+  for k in (1, 2):
+    fast = models.get_model("unetpp", widths=(4, 8, 16), mode=f"l{k}")
+    np.testing.assert_allclose(fast.apply(variables, x), out["heads"][k - 1], rtol=1e-5, atol=1e-6)
+  pruned = _count(models.get_model("unetpp", widths=(4, 8, 16), mode="l1"), 32)
+  assert pruned < _count(models.get_model("unetpp", widths=(4, 8, 16), mode="deep"), 32)
+  with pytest.raises(ValueError, match="unknown mode 'l9'"):
+    models.get_model("unetpp", mode="l9").apply(variables, x)
+
+
+def test_eca_kernel_sizes():
+  from jaxseg.models.scaunet import eca_kernel_size
+
+  assert [eca_kernel_size(c) for c in (32, 64, 128, 256, 512)] == [3, 3, 5, 5, 5]

@@ -30,7 +30,7 @@ def parse_model(spec: str) -> tuple[str, dict]:
   """``"name:key=value,key=value"`` -> ``(name, kwargs)``; values are Python literals."""
   name, _, rest = spec.partition(":")
   kwargs = {}
-  for item in filter(None, rest.split(",")):
+  for item in filter(None, _split_top_level(rest)):
     key, sep, value = item.partition("=")
     if not sep:
       raise ValueError(f"model spec {spec!r}: expected key=value, found {item!r}.")
@@ -39,6 +39,20 @@ def parse_model(spec: str) -> tuple[str, dict]:
     except (ValueError, SyntaxError):
       kwargs[key] = value
   return name, kwargs
+
+
+def _split_top_level(text: str) -> list[str]:
+  """Splits on commas outside brackets: ``"a=1,w=(4,8)"`` -> ``["a=1", "w=(4,8)"]``."""
+  parts, depth, current = [], 0, ""
+  for char in text:
+    depth += char in "([{"
+    depth -= char in ")]}"
+    if char == "," and depth == 0:
+      parts.append(current)
+      current = ""
+    else:
+      current += char
+  return [*parts, current]
 
 
 def parse_input(text: str) -> tuple[int, int, int, int]:

@@ -1,0 +1,114 @@
+"""MAC counting (two conventions) and the bench records, on small inputs."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import linen as nn
+
+from jaxseg import models
+from jaxseg.bench import flops
+from jaxseg.bench import models as bench
+
+
+def _variables(model, shape):
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+
+
+def test_jaxpr_macs_closed_form():
+  conv = nn.Conv(5, (3, 3), padding="SAME")
+  x = jnp.zeros((2, 8, 6, 3))
+  v = _variables(conv, x.shape)
+  assert flops.jaxpr_macs(conv.apply, v, x) == 2 * 8 * 6 * 5 * (3 * 3 * 3)
+  dw = nn.Conv(3, (3, 3), feature_group_count=3)
+  assert flops.jaxpr_macs(dw.apply, _variables(dw, x.shape), x) == 2 * 8 * 6 * 3 * 9
+  dense = nn.Dense(7)
+  assert flops.jaxpr_macs(dense.apply, _variables(dense, (4, 3)), jnp.zeros((4, 3))) == 4 * 7 * 3
+  # Inside a scan, the body counts once per iteration.
+  body = lambda c, _: (c @ jnp.ones((3, 3)), None)  # noqa: E731
+  scanned = lambda c: jax.lax.scan(body, c, None, length=4)[0]  # noqa: E731
+  assert flops.jaxpr_macs(scanned, jnp.zeros((2, 3))) == 4 * 2 * 3 * 3
+
+
+def test_paper_convention_counts_bias_bn_and_activation():
+  from jaxseg.models.layers import CBA
+
+  block = CBA(4)
+  x = jnp.zeros((1, 5, 5, 2))
+  out = 5 * 5 * 4
+  expected = out * (2 * 9 + 1) + 2 * out + out  # conv + bias, BN, LeakyReLU
+  assert flops.paper_macs(block, _variables(block, x.shape), x) == expected
+
+
+@pytest.mark.parametrize("shape, expected", [((1, 256, 256, 1), 18.84)])
+def test_unet_paper_gmacs_scale_with_input(shape, expected):
+  model = models.get_model("unet")
+  macs = flops.paper_macs(model, _variables(model, shape), jnp.zeros(shape))
+  assert macs / 1e9 == pytest.approx(expected, abs=0.005)
+
+
+@pytest.mark.parametrize(
+  "name, published",
+  [
+    ("unet", 66.42),
+    ("unetpp", 122.27),
+    ("attention_unet", 67.69),
+    ("multires_unet", 89.63),
+    ("scaunet", 3.90),
+    ("scaunet_a", 3.34),
+  ],
+)
+def test_published_gflops_column(name, published):
+  """The SCAUnet table's GFLOPS at 1x1x426x545, within 0.5% (traced, not run)."""
+  shape = (1, 426, 545, 1)
+  model = models.get_model(name)
+  macs = flops.paper_macs(model, _variables(model, shape), jnp.zeros(shape)) / 1e9
+  assert macs == pytest.approx(published, rel=0.005)
+
+
+def test_fast_mode_counts_fewer_macs():
+  shape = (1, 64, 64, 1)
+  macs = {}
+  for mode in ("accurate", "l1", "l2", "l3"):
+    model = models.get_model("unetpp", mode=mode)
+    v = _variables(models.get_model("unetpp", mode="deep"), shape)
+    macs[mode] = flops.jaxpr_macs(lambda v, x, m=model: m.apply(v, x), v, jnp.zeros(shape))
+  assert macs["l1"] < macs["l2"] < macs["l3"] < macs["accurate"]
+
+
+def test_bench_record_and_spec_parsing(tmp_path):
+  assert bench.parse_model("unetpp:mode=l2,widths=(4,8)") == (
+    "unetpp",
+    {"mode": "l2", "widths": (4, 8)},
+  )
+  assert bench.parse_input("2x1x32x48") == (2, 1, 32, 48)
+  with pytest.raises(ValueError, match="NxCxHxW"):
+    bench.parse_input("32x32")
+  records = bench.run(
+    ["unet:widths=(4,8)"],
+    "1x1x32x32",
+    batch=2,
+    dtype="float32",
+    repeats=1,
+    json_path=str(tmp_path / "b.json"),
+  )
+  (r,) = records
+  assert r["model"] == "unet:widths=(4,8)" and r["input"] == "2x1x32x32"
+  for key in (
+    "params",
+    "gmacs",
+    "gmacs_paper",
+    "xla_gflops_forward",
+    "xla_gflops_train_step",
+    "infer_img_s",
+    "train_img_s",
+    "compile_s",
+    "peak_mib",
+    "device",
+    "jax_version",
+  ):
+    assert key in r
+  # XLA counts 2 FLOPs per MAC and skips multiplications with zero padding.
+  assert 0.8 < r["xla_gflops_forward"] / (2 * r["gmacs"]) <= 1.05
+  assert r["xla_gflops_train_step"] > 2 * r["xla_gflops_forward"]
+  with pytest.raises(ValueError, match="Unknown model name 'vit'"):
+    bench.run(["vit"], "1x1x32x32", batch=None, dtype="float32", repeats=1, json_path=None)

@@ -25,6 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.name = "synthetic_nerve"
   config.data.dir = ""  # synthetic data is generated, not read
   config.data.cache_dir = ""  # default: $JAXSEG_CACHE or ~/.cache/jaxseg
+  config.data.folds = 0  # > 0: k-fold cross-validation of the training split
+  config.data.fold = 0
+  config.data.fold_seed = 0
   config.data.kwargs = ml_collections.ConfigDict(
     dict(
       image_size=96,

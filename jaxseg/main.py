@@ -2,16 +2,19 @@
 
 jaxseg train --config FILE[:ARG] --workdir DIR [--config.key=value ...]
 jaxseg eval  --workdir DIR [--split test]
+jaxseg sweep --config FILE[:ARG] --workdir DIR [--config.key=value ...]
 jaxseg bench --models unet,unetpp:mode=l2,... --input NxCxHxW [--batch N]
              [--dtype float32|bfloat16] [--repeats N] [--json FILE]
+jaxseg bench --versus_torch --input NxCxHxW [--repeats N] [--json FILE]
 """
 
+import json
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval", "bench")
+COMMANDS = ("train", "eval", "bench", "sweep")
 USAGE = __doc__
 
 FLAGS = flags.FLAGS
@@ -26,11 +29,28 @@ flags.DEFINE_integer("batch", None, "bench: batch size (overrides N of --input).
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "bench: compute dtype.")
 flags.DEFINE_integer("repeats", 5, "bench: timed repeats after one warm-up call.")
 flags.DEFINE_string("json", None, "bench: write the records to this JSON file.")
+flags.DEFINE_bool(
+  "versus_torch",
+  False,
+  "bench: time the reference U-Net training step "
+  "in jaxseg and in PyTorch, alternately (needs torch).",
+)
 
 
 def _main(argv):
   logging.set_verbosity(logging.WARNING)
   command = argv[1]
+  if command == "bench" and FLAGS.versus_torch:
+    from jaxseg.bench import models as bench_models  # noqa: PLC0415
+    from jaxseg.bench import versus_torch  # noqa: PLC0415
+
+    shape = bench_models.parse_input(FLAGS.input)
+    result = versus_torch.run((FLAGS.batch or shape[0], *shape[1:]), repeats=FLAGS.repeats)
+    print(versus_torch.report(result))
+    if FLAGS.json:
+      with open(FLAGS.json, "w") as f:
+        json.dump(result, f, indent=2)
+    return
   if command == "bench":
     from jaxseg.bench import models as bench_models  # noqa: PLC0415
 
@@ -47,10 +67,14 @@ def _main(argv):
     raise app.UsageError(f"jaxseg {command}: --workdir is required.")
   from jaxseg.train import loop  # noqa: PLC0415  (keeps `--help` fast)
 
+  if command in ("train", "sweep") and FLAGS.config is None:
+    raise app.UsageError(f"jaxseg {command}: --config FILE[:ARG] is required.")
   if command == "train":
-    if FLAGS.config is None:
-      raise app.UsageError("jaxseg train: --config FILE[:ARG] is required.")
     loop.train(FLAGS.config, FLAGS.workdir)
+  elif command == "sweep":
+    from jaxseg.train import sweep  # noqa: PLC0415
+
+    sweep.run(FLAGS.config, FLAGS.workdir)
   else:
     loop.evaluate(FLAGS.workdir, FLAGS.split)
 

@@ -14,9 +14,17 @@ from jaxseg.data import augment, nerve_render, pipeline, records
 SMALL = dict(image_size=32, num_train=16, num_validation=4, num_test=4)
 
 
-def _data_config(**kwargs):
+def _data_config(folds=0, fold=0, **kwargs):
   return ml_collections.ConfigDict(
-    dict(name="synthetic_nerve", dir="", cache_dir="", kwargs={**SMALL, **kwargs})
+    dict(
+      name="synthetic_nerve",
+      dir="",
+      cache_dir="",
+      folds=folds,
+      fold=fold,
+      fold_seed=0,
+      kwargs={**SMALL, **kwargs},
+    )
   )
 
 
@@ -93,6 +101,20 @@ def test_loader_is_seeded_and_resumable():
   assert not np.array_equal(other["image"], batches[0]["image"])
 
 
+def test_cross_validation_folds_partition_the_training_split():
+  held_out = []
+  for fold in range(4):
+    sources = pipeline.load_splits(_data_config(folds=4, fold=fold))
+    assert len(sources["train"]) == 12 and len(sources["test"]) == 4
+    assert len(sources["validation"]) == 4
+    train, test = set(sources["train"].indices), set(sources["test"].indices)
+    assert not train & test
+    held_out.append(test)
+  assert set().union(*held_out) == set(range(16))
+  with pytest.raises(ValueError, match="config.data.fold=4 with config.data.folds=4"):
+    pipeline.load_splits(_data_config(folds=4, fold=4))
+
+
 def test_eval_batches_pad_and_flag():
   source = pipeline.load_splits(_data_config(), splits=("train",))["train"]
   batches = list(pipeline.eval_batches(source, 6))
@@ -106,7 +128,7 @@ def test_bad_data_inputs():
   with pytest.raises(ValueError, match="unknown synthetic_nerve settings \\['image_szie'\\]"):
     pipeline.load_splits(
       ml_collections.ConfigDict(
-        dict(name="synthetic_nerve", dir="", cache_dir="", kwargs=dict(image_szie=32))
+        dict(name="synthetic_nerve", dir="", cache_dir="", folds=0, kwargs=dict(image_szie=32))
       )
     )
   with pytest.raises(ValueError, match="is generated, not read"):

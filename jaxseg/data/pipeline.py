@@ -9,16 +9,45 @@ flag, so the compiled evaluation step sees a single shape.
 from collections.abc import Iterator
 
 import grain
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxseg import data as datasets
 
 
+class Subset:
+  """A random-access view of ``source`` restricted to ``indices``."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, np.asarray(indices)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[int(self.indices[i])]
+
+
+def fold_indices(size: int, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """``(train, held_out)`` indices of fold ``fold`` of a seeded ``folds``-fold split."""
+  if not 0 <= fold < folds or folds > size:
+    raise ValueError(
+      f"config.data.fold={fold} with config.data.folds={folds}: need 0 <= fold < folds <= "
+      f"{size} (the training examples)."
+    )
+  order = np.asarray(jax.random.permutation(jax.random.key(seed), size))
+  held = np.sort(np.array_split(order, folds)[fold])
+  return np.setdiff1d(np.arange(size), held), held
+
+
 def load_splits(data_config, splits=datasets.SPLITS) -> dict:
   """Prepares (once, cached) and opens ``splits`` of ``data_config.name``.
 
-  Raises if a requested split has no examples.
+  With ``data_config.folds > 0`` (k-fold cross-validation) the dataset's training
+  split is divided into ``folds`` seeded folds (``data_config.fold_seed``): fold
+  ``data_config.fold`` becomes the ``test`` split and the others ``train``; the
+  ``validation`` split stays the dataset's own. Raises if a split has no examples.
   """
   builder = datasets.make_builder(
     data_config.name,
@@ -28,14 +57,19 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
   )
   tfds.disable_progress_bar()
   builder.download_and_prepare(file_format="array_record")
+  folds = data_config.folds
   sources = {}
   for split in splits:
-    size = builder.info.splits[split].num_examples if split in builder.info.splits else 0
+    stored = "train" if folds and split == "test" else split
+    size = builder.info.splits[stored].num_examples if stored in builder.info.splits else 0
     if size == 0:
       raise ValueError(
         f"dataset {data_config.name!r}: split {split!r} has no examples (check config.data.kwargs)."
       )
-    sources[split] = builder.as_data_source(split)
+    sources[split] = builder.as_data_source(stored)
+    if folds and split in ("train", "test"):
+      train, held = fold_indices(size, folds, data_config.fold, data_config.fold_seed)
+      sources[split] = Subset(sources[split], train if split == "train" else held)
   return sources
 
 

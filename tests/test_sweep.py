@@ -1,0 +1,57 @@
+"""`jaxseg sweep`: cells, overrides, aggregation, resumption."""
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxseg.train import loop, sweep
+from tests.conftest import make_tiny_config
+
+
+def test_apply_overrides_and_errors():
+  config = make_tiny_config()
+  out = sweep.apply_overrides(config, [("model.kwargs", {"widths": (2, 4)}), ("data.fold", 1)])
+  assert tuple(out.model.kwargs.widths) == (2, 4) and out.data.fold == 1
+  assert tuple(config.model.kwargs.widths) == (4, 8)  # the original is untouched
+  with pytest.raises(ValueError, match="no config key 'lr_max'"):
+    sweep.apply_overrides(config, [("optim.lr_max", 1.0)])
+
+
+def test_aggregate_mean_and_std_over_the_averaged_axis():
+  results = [
+    {"labels": {"model": m, "fold": f}, "metrics": {"dice": {"mean": d}}}
+    for m, f, d in (("a", "0", 0.5), ("a", "1", 0.7), ("b", "0", 0.9), ("b", "1", 0.9))
+  ]
+  rows = sweep.aggregate(results, ["model", "fold"], "fold", ["dice"])
+  assert rows[0]["model"] == "a" and rows[0]["n"] == 2
+  np.testing.assert_allclose([rows[0]["dice"]["mean"], rows[0]["dice"]["std"]], [0.6, 0.1])
+  assert "| a | 0.600 ± 0.100 | 2 |" in sweep.markdown(rows, ["model"], ["dice"])
+
+
+def test_sweep_runs_cells_and_resumes(tmp_path, monkeypatch):
+  config = make_tiny_config()
+  config.train.update(steps=2, eval_every=2)
+  config.sweep = ml_collections.ConfigDict(
+    dict(
+      axes=(
+        sweep.axis("model", {"unet": {"model.name": "unet"}}),
+        sweep.axis("seed", {"0": {"seed": 0}, "1": {"seed": 1}}),
+      ),
+      average="seed",
+      metrics=("dice", "hd"),
+    )
+  )
+  rows = sweep.run(config, str(tmp_path))
+  assert len(rows) == 1 and rows[0]["n"] == 2 and set(rows[0]) >= {"dice", "hd", "model"}
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved == rows
+  assert "| unet |" in open(tmp_path / "results.md").read()
+  assert sorted(os.listdir(tmp_path / "jax_cache"))  # compiled steps are cached
+  # Finished cells are not rerun.
+  monkeypatch.setattr(loop, "train", lambda *a, **k: pytest.fail("a finished cell was rerun"))
+  assert sweep.run(config, str(tmp_path)) == rows
+  with pytest.raises(ValueError, match="no `sweep` section"):
+    sweep.run(make_tiny_config(), str(tmp_path / "x"))

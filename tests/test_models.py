@@ -144,9 +144,10 @@ def test_upconv_equals_transposed_convolution():
 
 def test_resize_nearest_matches_index_rule():
   x = jnp.arange(3 * 5, dtype=jnp.float32).reshape(1, 3, 5, 1)
-  y = layers.resize_nearest(x, (7, 11))
-  rows, cols = (np.arange(7) * 3) // 7, (np.arange(11) * 5) // 11
-  np.testing.assert_array_equal(y[0, ..., 0], np.asarray(x)[0, ..., 0][rows][:, cols])
+  for size in ((7, 11), (6, 10)):  # general gather, and the integer-factor repeat
+    y = layers.resize_nearest(x, size)
+    rows, cols = (np.arange(size[0]) * 3) // size[0], (np.arange(size[1]) * 5) // size[1]
+    np.testing.assert_array_equal(y[0, ..., 0], np.asarray(x)[0, ..., 0][rows][:, cols])
 
 
 def test_unknown_model_lists_known_names():

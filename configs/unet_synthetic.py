@@ -28,6 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.folds = 0  # > 0: k-fold cross-validation of the training split
   config.data.fold = 0
   config.data.fold_seed = 0
+  config.data.validation_fraction = 0.2  # for datasets without a validation split
+  config.data.test_fraction = 0.2  # for datasets without a test split (and no folds)
   config.data.kwargs = ml_collections.ConfigDict(
     dict(
       image_size=96,

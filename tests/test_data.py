@@ -23,6 +23,8 @@ def _data_config(folds=0, fold=0, **kwargs):
       folds=folds,
       fold=fold,
       fold_seed=0,
+      validation_fraction=0.2,
+      test_fraction=0.2,
       kwargs={**SMALL, **kwargs},
     )
   )
@@ -123,8 +125,10 @@ def test_eval_batches_pad_and_flag():
 
 
 def test_bad_data_inputs():
-  with pytest.raises(ValueError, match="split 'test' has no examples"):
-    pipeline.load_splits(_data_config(num_test=0))
+  config = _data_config(num_test=0)
+  config.test_fraction = 0.0  # no stored test split and none to carve
+  with pytest.raises(ValueError, match="test_fraction=0.0 leaves no test"):
+    pipeline.load_splits(config)
   with pytest.raises(ValueError, match="unknown synthetic_nerve settings \\['image_szie'\\]"):
     pipeline.load_splits(
       ml_collections.ConfigDict(

@@ -13,6 +13,10 @@ from jaxseg import tables
 
 DATASETS = {
   "synthetic_nerve": "jaxseg.data.synthetic_nerve:make_builder",
+  "isbi2012": "jaxseg.data.isbi2012:make_builder",
+  "covid_ct_lesion": "jaxseg.data.covid_ct:make_builder",
+  "lidc_multirater": "jaxseg.data.lidc:make_builder",
+  "image_folder": "jaxseg.data.image_folder:make_builder",
 }
 
 SPLITS = ("train", "validation", "test")

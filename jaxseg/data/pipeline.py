@@ -29,25 +29,41 @@ class Subset:
     return self.source[int(self.indices[i])]
 
 
+def _permutation(size: int, seed: int) -> np.ndarray:
+  return np.asarray(jax.random.permutation(jax.random.key(seed), size))
+
+
 def fold_indices(size: int, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """``(train, held_out)`` indices of fold ``fold`` of a seeded ``folds``-fold split."""
+  """``(rest, held_out)`` indices of fold ``fold`` of a seeded ``folds``-fold split."""
   if not 0 <= fold < folds or folds > size:
     raise ValueError(
       f"config.data.fold={fold} with config.data.folds={folds}: need 0 <= fold < folds <= "
       f"{size} (the training examples)."
     )
-  order = np.asarray(jax.random.permutation(jax.random.key(seed), size))
-  held = np.sort(np.array_split(order, folds)[fold])
+  held = np.sort(np.array_split(_permutation(size, seed), folds)[fold])
   return np.setdiff1d(np.arange(size), held), held
+
+
+def carve(indices: np.ndarray, fraction: float, seed: int, what: str) -> tuple:
+  """Splits ``indices`` into ``(rest, carved)`` with ``round(fraction * n)`` (>= 1) carved."""
+  count = max(1, round(fraction * len(indices))) if fraction > 0 else 0
+  if count == 0 or count >= len(indices):
+    raise ValueError(
+      f"config.data.{what}_fraction={fraction} leaves no {what} or no training examples "
+      f"out of {len(indices)}."
+    )
+  order = indices[_permutation(len(indices), seed)]
+  return np.sort(order[count:]), np.sort(order[:count])
 
 
 def load_splits(data_config, splits=datasets.SPLITS) -> dict:
   """Prepares (once, cached) and opens ``splits`` of ``data_config.name``.
 
-  With ``data_config.folds > 0`` (k-fold cross-validation) the dataset's training
-  split is divided into ``folds`` seeded folds (``data_config.fold_seed``): fold
-  ``data_config.fold`` becomes the ``test`` split and the others ``train``; the
-  ``validation`` split stays the dataset's own. Raises if a split has no examples.
+  Splits a dataset does not store are carved, seeded by ``data_config.fold_seed``,
+  from its training split: with ``folds > 0`` (k-fold cross-validation) fold
+  ``fold`` is the ``test`` split; otherwise a missing ``test`` split is
+  ``test_fraction`` of it. A missing ``validation`` split is ``validation_fraction``
+  of what remains. Raises if a split ends up empty.
   """
   builder = datasets.make_builder(
     data_config.name,
@@ -57,19 +73,28 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
   )
   tfds.disable_progress_bar()
   builder.download_and_prepare(file_format="array_record")
-  folds = data_config.folds
+  stored = {k: v.num_examples for k, v in builder.info.splits.items() if v.num_examples}
+  if "train" not in stored:
+    raise ValueError(f"dataset {data_config.name!r}: split 'train' has no examples.")
+  train = builder.as_data_source("train")
+  rest, views, seed = np.arange(stored["train"]), {}, data_config.fold_seed
+  if data_config.folds:
+    rest, views["test"] = fold_indices(len(rest), data_config.folds, data_config.fold, seed)
+  elif "test" not in stored and "test" in splits:
+    rest, views["test"] = carve(rest, data_config.test_fraction, seed, "test")
+  if "validation" not in stored and "validation" in splits:
+    rest, views["validation"] = carve(rest, data_config.validation_fraction, seed + 1, "validation")
+  views["train"] = rest
   sources = {}
   for split in splits:
-    stored = "train" if folds and split == "test" else split
-    size = builder.info.splits[stored].num_examples if stored in builder.info.splits else 0
-    if size == 0:
+    if split in views:
+      sources[split] = Subset(train, views[split])
+    elif split in stored:
+      sources[split] = builder.as_data_source(split)
+    else:
       raise ValueError(
         f"dataset {data_config.name!r}: split {split!r} has no examples (check config.data.kwargs)."
       )
-    sources[split] = builder.as_data_source(stored)
-    if folds and split in ("train", "test"):
-      train, held = fold_indices(size, folds, data_config.fold, data_config.fold_seed)
-      sources[split] = Subset(sources[split], train if split == "train" else held)
   return sources
 
 

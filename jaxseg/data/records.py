@@ -7,6 +7,7 @@ Arrays are stored zlib-compressed (``tfds.features.Tensor``), which needs no
 TensorFlow to write or read.
 """
 
+import dataclasses
 import hashlib
 import json
 
@@ -33,6 +34,17 @@ def check_pair(image: np.ndarray, mask: np.ndarray, where: str) -> None:
       f"{where}: mask size {mask.shape[:2]} does not match image size "
       f"{image.shape[:2]} (height, width)."
     )
+
+
+def settings(cls, kwargs: dict, dataset: str):
+  """``cls(**kwargs)`` for a settings dataclass; unknown keys name the known ones."""
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(kwargs) - known)
+  if unknown:
+    raise ValueError(
+      f"config.data.kwargs: unknown {dataset} settings {unknown}; known: {sorted(known)}."
+    )
+  return cls(**kwargs)
 
 
 def settings_hash(settings: dict) -> str:

@@ -110,10 +110,6 @@ def make_builder(*, source_dir, data_dir, **kwargs) -> SyntheticNerve:
       f"dataset 'synthetic_nerve' is generated, not read: config.data.dir "
       f"must be empty, found {source_dir!r}."
     )
-  fields = {f.name for f in dataclasses.fields(Settings)}
-  unknown = sorted(set(kwargs) - fields)
-  if unknown:
-    raise ValueError(
-      f"config.data.kwargs: unknown synthetic_nerve settings {unknown}; known: {sorted(fields)}."
-    )
-  return SyntheticNerve(settings=Settings(**kwargs), data_dir=data_dir)
+  return SyntheticNerve(
+    settings=records.settings(Settings, kwargs, "synthetic_nerve"), data_dir=data_dir
+  )

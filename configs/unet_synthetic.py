@@ -43,6 +43,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
   )
 
+  # Host-side steps of the input pipeline: the U-Net paper's weight map (w0 > 0 on)
+  # and JPEG weathering (non-empty qualities on).
+  config.data.weight_map = ml_collections.ConfigDict(dict(w0=0.0, sigma=5.0))
+  config.data.jpeg = ml_collections.ConfigDict(dict(qualities=(), repeats=1, p=1.0))
+
   config.augment = ml_collections.ConfigDict({"flip": {}, "rot90": {}})
 
   config.loss = ml_collections.ConfigDict(dict(name="bce_dice", kwargs={}))
@@ -54,7 +59,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict(
     dict(batch_size=8, steps=1000, eval_every=250, log_every=25, early_stopping_patience=0)
   )
-  config.eval = ml_collections.ConfigDict(dict(batch_size=16))
+  # tiled: evaluate image by image through jaxseg.infer (needed when a valid-conv
+  # network cannot take the whole image); topology: add ISBI's Rand and warping errors.
+  config.eval = ml_collections.ConfigDict(dict(batch_size=16, tiled=False, topology=False))
+  # Prediction on images of any size (jaxseg predict, tiled evaluation).
+  config.infer = ml_collections.ConfigDict(
+    dict(tile=256, overlap=0.25, tile_batch=4, tta=("identity",))
+  )
 
   if arg == "smoke":
     config.model.kwargs.widths = (4, 8, 16)

@@ -2,6 +2,7 @@
 
 jaxseg train --config FILE[:ARG] --workdir DIR [--config.key=value ...]
 jaxseg eval  --workdir DIR [--split test]
+jaxseg predict --workdir DIR --input FILE_OR_DIR --output DIR
 jaxseg sweep --config FILE[:ARG] --workdir DIR [--config.key=value ...]
 jaxseg bench --models unet,unetpp:mode=l2,... --input NxCxHxW [--batch N]
              [--dtype float32|bfloat16] [--repeats N] [--json FILE]
@@ -14,17 +15,23 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval", "bench", "sweep")
+COMMANDS = ("train", "eval", "bench", "sweep", "predict")
 USAGE = __doc__
 
 FLAGS = flags.FLAGS
+BENCH_INPUT = "1x1x426x545"  # the SCAUnet paper's input for its size table
 config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (FILE[:ARG]).", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, pictures).")
 flags.DEFINE_string("split", "test", "Split that `jaxseg eval` scores.")
+flags.DEFINE_string("output", None, "predict: folder for the masks and overlays.")
 flags.DEFINE_list("models", ["unet"], "bench: model specs, name[:key=value,...].")
-flags.DEFINE_string("input", "1x1x426x545", "bench: input shape NxCxHxW.")
+flags.DEFINE_string(
+  "input",
+  None,
+  "bench: input shape NxCxHxW (default 1x1x426x545); predict: an image file or a folder of images.",
+)
 flags.DEFINE_integer("batch", None, "bench: batch size (overrides N of --input).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "bench: compute dtype.")
 flags.DEFINE_integer("repeats", 5, "bench: timed repeats after one warm-up call.")
@@ -44,7 +51,7 @@ def _main(argv):
     from jaxseg.bench import models as bench_models  # noqa: PLC0415
     from jaxseg.bench import versus_torch  # noqa: PLC0415
 
-    shape = bench_models.parse_input(FLAGS.input)
+    shape = bench_models.parse_input(FLAGS.input or BENCH_INPUT)
     result = versus_torch.run((FLAGS.batch or shape[0], *shape[1:]), repeats=FLAGS.repeats)
     print(versus_torch.report(result))
     if FLAGS.json:
@@ -56,7 +63,7 @@ def _main(argv):
 
     bench_models.run(
       FLAGS.models,
-      FLAGS.input,
+      FLAGS.input or BENCH_INPUT,
       batch=FLAGS.batch,
       dtype=FLAGS.dtype,
       repeats=FLAGS.repeats,
@@ -71,6 +78,12 @@ def _main(argv):
     raise app.UsageError(f"jaxseg {command}: --config FILE[:ARG] is required.")
   if command == "train":
     loop.train(FLAGS.config, FLAGS.workdir)
+  elif command == "predict":
+    if not FLAGS.input or not FLAGS.output:
+      raise app.UsageError("jaxseg predict: --input FILE_OR_DIR and --output DIR are required.")
+    from jaxseg.train import predict  # noqa: PLC0415
+
+    predict.run(FLAGS.workdir, FLAGS.input, FLAGS.output)
   elif command == "sweep":
     from jaxseg.train import sweep  # noqa: PLC0415
 

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxseg import data as datasets
+from jaxseg.data import weathering, weight_map
 
 
 class Subset:
@@ -99,17 +100,44 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
 
 
 class ToModelInputs(grain.transforms.Map):
-  """uint8 record -> float32 image in [0, 1] and int32 labels."""
+  """uint8 record -> float32 image in [0, 1], int32 labels (and pixel weights)."""
+
+  def __init__(self, weight_map=None):
+    self.weight_map = weight_map
 
   def map(self, record):
-    return {
+    out = {
       "image": record["image"].astype(np.float32) / 255.0,
       "labels": record["mask"].astype(np.int32),
     }
+    if self.weight_map is not None and self.weight_map.w0 > 0:
+      out["weights"] = weight_map.weight_map(
+        out["labels"], self.weight_map.w0, self.weight_map.sigma
+      )
+    return out
 
 
-def train_loader(source, batch_size: int, seed: int) -> grain.DataLoader:
-  """Infinite, seeded, shuffled batches of ``batch_size`` (last partial batch dropped)."""
+class Weathering(grain.transforms.RandomMap):
+  """JPEG re-compression with probability ``p`` (the grain-seeded ``rng`` decides)."""
+
+  def __init__(self, jpeg):
+    self.jpeg = jpeg
+
+  def random_map(self, element, rng: np.random.Generator):
+    if rng.random() < self.jpeg.p:
+      element = {
+        **element,
+        "image": weathering.recompress(element["image"], self.jpeg.qualities, self.jpeg.repeats),
+      }
+    return element
+
+
+def train_loader(source, batch_size: int, seed: int, data_config=None) -> grain.DataLoader:
+  """Infinite, seeded, shuffled batches of ``batch_size`` (last partial batch dropped).
+
+  ``data_config`` adds the host-side steps it enables: pixel weight maps
+  (``weight_map.w0 > 0``) and JPEG weathering (non-empty ``jpeg.qualities``).
+  """
   if len(source) < batch_size:
     raise ValueError(
       f"training split has {len(source)} examples, fewer than one batch "
@@ -122,17 +150,22 @@ def train_loader(source, batch_size: int, seed: int) -> grain.DataLoader:
     num_epochs=None,
     shard_options=grain.sharding.NoSharding(),
   )
+  operations = [ToModelInputs(_weight_config(data_config))]
+  if data_config is not None and "jpeg" in data_config and data_config.jpeg.qualities:
+    operations.append(Weathering(data_config.jpeg))
+  operations.append(grain.transforms.Batch(batch_size, drop_remainder=True))
   return grain.DataLoader(
-    data_source=source,
-    sampler=sampler,
-    worker_count=0,
-    operations=[ToModelInputs(), grain.transforms.Batch(batch_size, drop_remainder=True)],
+    data_source=source, sampler=sampler, worker_count=0, operations=operations
   )
 
 
-def eval_batches(source, batch_size: int) -> Iterator[dict]:
+def _weight_config(data_config):
+  return None if data_config is None or "weight_map" not in data_config else data_config.weight_map
+
+
+def eval_batches(source, batch_size: int, data_config=None) -> Iterator[dict]:
   """All examples in order, in batches of ``batch_size``, padded, with ``valid``."""
-  to_inputs = ToModelInputs()
+  to_inputs = ToModelInputs(_weight_config(data_config))
   for start in range(0, len(source), batch_size):
     items = [to_inputs.map(source[i]) for i in range(start, min(start + batch_size, len(source)))]
     valid = np.zeros(batch_size, bool)

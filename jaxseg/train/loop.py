@@ -12,6 +12,7 @@ the test split. What a run writes in ``workdir``:
 * ``test_metrics.json`` after ``jaxseg eval``.
 """
 
+import functools
 import json
 import math
 import os
@@ -24,7 +25,7 @@ import tqdm
 from tensorboardX import SummaryWriter
 
 from jaxseg import data as datasets
-from jaxseg import losses, metrics, models, tables
+from jaxseg import infer, losses, metrics, models, tables
 from jaxseg.data import augment, pipeline
 from jaxseg.train import optim, report
 from jaxseg.train import state as state_lib
@@ -67,9 +68,11 @@ class Experiment:
     self.tx = optim.make(config.optim, config.train.steps)
     self.image_shape = next(iter(self.sources.values()))[0]["image"].shape
     init_key, self.train_key = jax.random.split(jax.random.key(config.seed))
-    self.init_state = jax.jit(
-      lambda: state_lib.create(self.model, self.tx, init_key, self.image_shape)
-    )
+    # Parameters do not depend on the spatial size; the tile size is valid for every
+    # model (valid-conv networks need particular sizes).
+    tile = (config.infer.tile, config.infer.tile, self.image_shape[-1])
+    self.init_state = jax.jit(lambda: state_lib.create(self.model, self.tx, init_key, tile))
+    self.tile_fn = infer.make_tile_fn(self.model)
     self.train_step = jax.jit(
       make_train_step(self.model, self.loss_fn, self.tx, config.augment), donate_argnums=0
     )
@@ -80,8 +83,12 @@ class Experiment:
 
   def evaluate(self, state, split: str, keep: int = 0) -> tuple[dict, dict]:
     """Per-image arrays (loss, counts) over ``split`` and the first ``keep`` examples."""
+    if self.config.eval.tiled:
+      return self._evaluate_tiled(state, split, keep)
     outputs, shown = [], {"image": [], "labels": [], "pred": []}
-    for batch in pipeline.eval_batches(self.sources[split], self.config.eval.batch_size):
+    for batch in pipeline.eval_batches(
+      self.sources[split], self.config.eval.batch_size, self.config.data
+    ):
       valid = batch.pop("valid")
       out = jax.device_get(self.eval_step(state, batch))
       outputs.append({k: v[valid] for k, v in out.items() if k not in ("pred", "labels")})
@@ -94,6 +101,40 @@ class Experiment:
       outputs[-1]["pred"], outputs[-1]["labels"] = out["pred"][valid], out["labels"][valid]
     per_image = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
     return per_image, shown
+
+  def _evaluate_tiled(self, state, split: str, keep: int) -> tuple[dict, dict]:
+    """Image by image through :func:`jaxseg.infer.predict` (any size, any network)."""
+    cfg = self.config.infer
+    predict_fn = functools.partial(
+      self.tile_fn, {"params": state.params, "batch_stats": state.batch_stats}
+    )
+    valid = infer.margin_of(predict_fn, cfg.tile, self.image_shape[-1]) > 0
+    rows, shown = [], {"image": [], "labels": [], "pred": []}
+    for batch in pipeline.eval_batches(self.sources[split], 1, self.config.data):
+      image, labels = batch["image"][0], batch["labels"][0]
+      prob = infer.predict(
+        predict_fn,
+        image,
+        tile=cfg.tile,
+        valid=valid,
+        overlap=cfg.overlap,
+        tile_batch=cfg.tile_batch,
+        tta=tuple(cfg.tta),
+      )
+      pred = infer.labels_of(prob).astype(np.int32)
+      loss = self.loss_fn(infer.logits_of(prob)[None], labels[None], batch.get("weights"))
+      rows.append(
+        {
+          "loss": float(loss),
+          "pred": pred,
+          "labels": labels,
+          **{k: int(v) for k, v in metrics.confusion(pred, labels).items()},
+        }
+      )
+      if len(shown["image"]) < keep:
+        for name, value in (("image", image), ("labels", labels), ("pred", pred)):
+          shown[name].append(value)
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}, shown
 
 
 def summarize(per_image: dict) -> dict:
@@ -144,7 +185,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   exp = Experiment(config)
   cfg = config.train
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
-  loader = iter(pipeline.train_loader(exp.sources["train"], cfg.batch_size, config.seed))
+  loader = iter(
+    pipeline.train_loader(exp.sources["train"], cfg.batch_size, config.seed, config.data)
+  )
   record = {"best_dice": -1.0, "evals_since_best": 0}
   if ckpts.latest_step() is not None:
     state, record = ckpts.restore(ckpts.latest_step(), exp.abstract_state())
@@ -240,7 +283,7 @@ def evaluate(workdir: str, split: str = "test") -> dict:
   state, _ = ckpts.restore(step, exp.abstract_state())
   ckpts.close()
   per_image, _ = exp.evaluate(state, split)
-  table = metrics_table(per_image, exp.image_shape)
+  table = metrics_table(per_image, exp.image_shape, config.eval.topology)
   result = {"step": step, "split": split, "images": len(per_image["loss"]), **table}
   with open(os.path.join(workdir, f"{split}_metrics.json"), "w") as f:
     json.dump(result, f, indent=2)
@@ -249,8 +292,9 @@ def evaluate(workdir: str, split: str = "test") -> dict:
   return result
 
 
-def metrics_table(per_image: dict, image_shape) -> dict:
-  """``{metric: {mean, std, pooled}}`` incl. HD and HD95 in pixels.
+def metrics_table(per_image: dict, image_shape, topology: bool = False) -> dict:
+  """``{metric: {mean, std, pooled}}`` incl. HD and HD95 in pixels, and with
+  ``topology`` the ISBI 2012 Rand and warping errors.
 
   A Hausdorff distance is infinite when exactly one of prediction and truth is empty;
   for the mean it is replaced by the image diagonal (the largest possible distance),
@@ -265,6 +309,10 @@ def metrics_table(per_image: dict, image_shape) -> dict:
   table = {
     k: {"mean": float(v.mean()), "std": float(v.std()), "pooled": pooled[k]} for k, v in per.items()
   }
+  if topology:
+    for name, fn in (("rand_error", metrics.rand_error), ("warping_error", metrics.warping_error)):
+      values = np.array([fn(p, g) for p, g in pairs])
+      table[name] = {"mean": float(values.mean()), "std": float(values.std()), "pooled": None}
   for name, values in (("hd", hd), ("hd95", hd95)):
     finite = np.where(np.isfinite(values), values, diag)
     table[name] = {"mean": float(finite.mean()), "std": float(finite.std()), "pooled": None}

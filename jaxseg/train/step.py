@@ -14,11 +14,12 @@ from jaxseg.train.state import TrainState
 
 
 def _targets(batch: dict, logits: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-  """Labels (and weights) cropped to the logits' size (valid-conv nets output less)."""
+  """Loss targets (soft labels after mixup, else labels) and weights, cropped to the
+  logits' size (valid-conv nets output less)."""
   size = logits.shape[1:3]
   weights = batch.get("weights")
   return (
-    center_crop(batch["labels"], size),
+    center_crop(batch.get("soft_labels", batch["labels"]), size),
     None if weights is None else center_crop(weights, size),
   )
 

@@ -80,16 +80,31 @@ def margin_of(predict_fn, tile: int, channels: int) -> int:
   return (tile - out.shape[1]) // 2
 
 
-def overlap_tile(predict_fn, image: np.ndarray, tile: int, tile_batch: int = 4) -> np.ndarray:
+def overlap_tile(
+  predict_fn, image: np.ndarray, tile: int, tile_batch: int = 4, align: int = 16
+) -> np.ndarray:
   """Valid-conv prediction ``[H, W, K]`` of ``image [H, W, C]``: mirrored context,
-  output tiles of side ``tile - 2 * margin`` side by side."""
+  output tiles side by side.
+
+  Tiles start at multiples of ``align`` (``2 ** number of max-pools``), so every
+  tile sees the pooling grid in the same phase as the whole image would; each tile
+  contributes its first ``step`` output pixels, ``step`` the largest multiple of
+  ``align`` not above its output side. Then the result equals a single pass over the
+  whole mirrored image.
+  """
   margin = margin_of(predict_fn, tile, image.shape[-1])
-  step = tile - 2 * margin
+  step = (tile - 2 * margin) // align * align
+  if step <= 0:
+    raise ValueError(f"overlap_tile: tile {tile} gives fewer than {align} output pixels.")
   h, w = image.shape[:2]
   ny, nx = -(-h // step), -(-w // step)
   padded = np.pad(
     image,
-    ((margin, margin + ny * step - h), (margin, margin + nx * step - w), (0, 0)),
+    (
+      (margin, (ny - 1) * step + tile - margin - h),
+      (margin, (nx - 1) * step + tile - margin - w),
+      (0, 0),
+    ),
     mode="symmetric",
   )
   tiles = np.stack(
@@ -99,7 +114,7 @@ def overlap_tile(predict_fn, image: np.ndarray, tile: int, tile_batch: int = 4) 
       for j in range(nx)
     ]
   )
-  out = _run_tiles(predict_fn, tiles, tile_batch)
+  out = _run_tiles(predict_fn, tiles, tile_batch)[:, :step, :step]
   rows = [np.concatenate(list(out[i * nx : (i + 1) * nx]), axis=1) for i in range(ny)]
   return np.concatenate(rows, axis=0)[:h, :w]
 
@@ -157,10 +172,14 @@ def predict(
   overlap: float = 0.25,
   tile_batch: int = 4,
   tta: Sequence[str] = ("identity",),
+  align: int = 16,
 ) -> np.ndarray:
-  """Probabilities ``[H, W, K]`` of an image of any size, averaged over ``tta``."""
+  """Probabilities ``[H, W, K]`` of an image of any size, averaged over ``tta``.
+
+  ``align``: for valid-conv networks, ``2 ** number of max-pools`` (see
+  :func:`overlap_tile`)."""
   run = (
-    functools.partial(overlap_tile, predict_fn, tile=tile, tile_batch=tile_batch)
+    functools.partial(overlap_tile, predict_fn, tile=tile, tile_batch=tile_batch, align=align)
     if valid
     else functools.partial(
       sliding_window, predict_fn, tile=tile, overlap=overlap, tile_batch=tile_batch

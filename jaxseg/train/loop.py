@@ -120,6 +120,7 @@ class Experiment:
         overlap=cfg.overlap,
         tile_batch=cfg.tile_batch,
         tta=tuple(cfg.tta),
+        align=2 ** (len(self.model.widths) - 1),
       )
       pred = infer.labels_of(prob).astype(np.int32)
       loss = self.loss_fn(infer.logits_of(prob)[None], labels[None], batch.get("weights"))

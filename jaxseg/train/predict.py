@@ -62,6 +62,7 @@ def run(workdir: str, input_path: str, output: str) -> list[str]:
       overlap=config.infer.overlap,
       tile_batch=config.infer.tile_batch,
       tta=tuple(config.infer.tta),
+      align=2 ** (len(model.widths) - 1),
     )
     labels = infer.labels_of(prob)
     stem = os.path.splitext(os.path.basename(path))[0]

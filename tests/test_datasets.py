@@ -1,0 +1,186 @@
+"""Directory-based datasets: the real copies in ../shared/data, layouts, bad input."""
+
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxseg.data import pipeline
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+def _config(name, directory, folds=0, **kwargs):
+  return ml_collections.ConfigDict(
+    dict(
+      name=name,
+      dir=str(directory),
+      cache_dir="",
+      folds=folds,
+      fold=0,
+      fold_seed=0,
+      validation_fraction=0.2,
+      test_fraction=0.2,
+      kwargs=kwargs,
+    )
+  )
+
+
+def _listing(directory):
+  return sorted(os.path.join(r, f) for r, _, fs in os.walk(directory) for f in fs)
+
+
+def test_isbi2012_png_and_folds():
+  sources = pipeline.load_splits(
+    _config("isbi2012", f"{SHARED}/isbi2012", folds=5),
+    splits=("train", "validation", "test", "unlabeled"),
+  )
+  assert {k: len(v) for k, v in sources.items()} == {
+    "train": 19,
+    "validation": 5,
+    "test": 6,
+    "unlabeled": 30,
+  }
+  example = sources["train"][0]
+  assert example["image"].shape == (512, 512, 1)
+  assert set(np.unique(example["mask"])) == {0, 1}
+  # Membranes (class 0) are the minority, about a fifth of the pixels (SOURCE.md).
+  assert 0.1 < 1 - example["mask"].mean() < 0.35
+
+
+def test_isbi2012_multipage_tif(tmp_path):
+  import tifffile
+
+  images = np.stack(
+    [np.asarray(Image.open(f"{SHARED}/isbi2012/train/image/{i}.png"))[:64, :64] for i in range(3)]
+  )
+  labels = np.stack(
+    [np.asarray(Image.open(f"{SHARED}/isbi2012/train/label/{i}.png"))[:64, :64] for i in range(3)]
+  )
+  tifffile.imwrite(tmp_path / "train-volume.tif", images)
+  tifffile.imwrite(tmp_path / "train-labels.tif", labels)
+  config = _config("isbi2012", tmp_path)
+  config.validation_fraction = config.test_fraction = 0.34
+  sources = pipeline.load_splits(config)
+  assert sum(len(s) for s in sources.values()) == 3
+  np.testing.assert_array_equal(
+    np.sort([sources["train"][0]["mask"].sum()]), [(labels[sources["train"].indices[0]] > 0).sum()]
+  )
+
+
+def test_covid_ct_binary_and_multiclass():
+  binary = pipeline.load_splits(_config("covid_ct_lesion", f"{SHARED}/covid_ct", image_size=32))
+  assert len(binary["train"]) + len(binary["validation"]) == 50 and len(binary["test"]) == 48
+  assert binary["test"][0]["image"].shape == (32, 32, 1)
+  values = set().union(*(np.unique(binary["train"][i]["mask"]).tolist() for i in range(10)))
+  assert values == {0, 1}
+  multi = pipeline.load_splits(
+    _config("covid_ct_lesion", f"{SHARED}/covid_ct", image_size=32, variant="multiclass")
+  )
+  values = set().union(*(np.unique(multi["train"][i]["mask"]).tolist() for i in range(20)))
+  assert values == {0, 1, 2}
+
+
+def test_covid_ct_nifti_volumes(tmp_path):
+  import nibabel
+
+  rng = np.random.default_rng(0)
+  volume = rng.uniform(-1200, 200, (40, 40, 5)).astype(np.int16)
+  mask = np.zeros((40, 40, 5), np.uint8)
+  mask[5:15, 5:15, :] = 1
+  mask[20:25, 20:25, 2] = 2
+  mask[30:33, 30:33, 3] = 3  # pleural effusion: background for lesion segmentation
+  for name, data in (("tr_im.nii.gz", volume), ("tr_mask.nii.gz", mask)):
+    nibabel.save(nibabel.Nifti1Image(data, np.eye(4)), tmp_path / name)
+  config = _config("covid_ct_lesion", tmp_path, image_size=40, variant="multiclass")
+  config.validation_fraction = config.test_fraction = 0.2
+  sources = pipeline.load_splits(config)
+  assert sum(len(s) for s in sources.values()) == 5
+  everything = [s[i] for s in sources.values() for i in range(len(s))]
+  assert {int(e["mask"].max()) for e in everything} == {1, 2}
+  assert all(e["mask"][31, 31] == 0 for e in everything)
+
+
+def test_lidc_split_by_patient():
+  sources = pipeline.load_splits(_config("lidc_multirater", f"{SHARED}/lidc_multirater"))
+  assert sum(len(s) for s in sources.values()) == 1041
+  example = sources["test"][0]
+  assert example["annotators"].shape == (4, 128, 128) and example["image"].shape == (128, 128, 1)
+  majority = (example["annotators"].sum(0) >= 2).astype(np.uint8)
+  np.testing.assert_array_equal(example["mask"], majority)
+
+
+def _write_pair(root, stem, image, mask, image_ext=".png", mask_ext=".png"):
+  os.makedirs(root / "images", exist_ok=True)
+  os.makedirs(root / "masks", exist_ok=True)
+  Image.fromarray(image).save(root / "images" / f"{stem}{image_ext}")
+  Image.fromarray(mask).save(root / "masks" / f"{stem}{mask_ext}", quality=75)
+
+
+def test_image_folder_mapping_resize_pad_and_cache(tmp_path):
+  rng = np.random.default_rng(0)
+  for i in range(5):
+    mask = np.zeros((20, 30), np.uint8)
+    if i:  # one empty mask
+      mask[5:12, 8:20] = 255
+    _write_pair(tmp_path, f"case{i}", rng.integers(0, 255, (20, 30), np.uint8), mask)
+  before = _listing(tmp_path)
+  config = _config("image_folder", tmp_path, image_size=(16, 16))
+  sources = pipeline.load_splits(config)
+  assert sum(len(s) for s in sources.values()) == 5
+  assert sources["train"][0]["image"].shape == (16, 16, 1)
+  padded = pipeline.load_splits(
+    _config("image_folder", tmp_path, image_size=(24, 32), resize_mode="pad")
+  )
+  example = padded["train"][0]
+  assert example["image"].shape == (24, 32, 1) and example["mask"][20:].sum() == 0
+  assert _listing(tmp_path) == before  # nothing written into the user's directory
+  # Editing a source file prepares the data anew (the cache key hashes the files).
+  cache = os.path.join(os.environ["JAXSEG_CACHE"], "tfds", "image_folder")
+  folders = set(os.listdir(cache))
+  _write_pair(
+    tmp_path, "case0", rng.integers(0, 255, (20, 30), np.uint8), np.zeros((20, 30), np.uint8)
+  )
+  pipeline.load_splits(config)
+  assert len(set(os.listdir(cache)) - folders) == 1
+
+
+def test_image_folder_jpeg_masks_need_a_threshold(tmp_path):
+  mask = np.zeros((32, 32), np.uint8)
+  mask[5:19, 7:22] = 255  # not aligned with JPEG's 8x8 blocks: ringing
+  for i in range(5):
+    _write_pair(tmp_path, f"c{i}", mask, mask, ".jpg", ".jpg")
+  with pytest.raises(ValueError, match=r"masks/c\d\.jpg: mask values .* not in the mapping"):
+    pipeline.load_splits(_config("image_folder", tmp_path, image_size=(32, 32)))
+  sources = pipeline.load_splits(
+    _config("image_folder", tmp_path, image_size=(32, 32), mask_threshold=60)
+  )
+  assert set(np.unique(sources["train"][0]["mask"])) == {0, 1}
+
+
+@pytest.mark.parametrize("problem", ["unmatched", "size", "unreadable", "value", "missing"])
+def test_image_folder_bad_input_names_the_file(tmp_path, problem):
+  image, mask = np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8)
+  for i in range(3):
+    _write_pair(tmp_path, f"ok{i}", image, mask)
+  if problem == "unmatched":
+    _write_pair(tmp_path, "lonely", image, mask)
+    os.remove(tmp_path / "masks" / "lonely.png")
+    pattern = r"images without a mask: \['lonely'\]"
+  elif problem == "size":
+    _write_pair(tmp_path, "bad", image, np.zeros((6, 8), np.uint8))
+    pattern = r"bad.png: mask size \(6, 8\) does not match image size \(8, 8\)"
+  elif problem == "unreadable":
+    _write_pair(tmp_path, "bad", image, mask)
+    (tmp_path / "images" / "bad.png").write_bytes(b"not a png")
+    pattern = r"images/bad.png: cannot read the image"
+  elif problem == "value":
+    _write_pair(tmp_path, "bad", image, np.full((8, 8), 7, np.uint8))
+    pattern = r"masks/bad.png: mask values \[7\] are not in the mapping"
+  else:
+    tmp_path = tmp_path / "nowhere"
+    pattern = "data directory .*nowhere.* does not exist"
+  with pytest.raises((ValueError, FileNotFoundError), match=pattern):
+    pipeline.load_splits(_config("image_folder", tmp_path, image_size=(8, 8)))

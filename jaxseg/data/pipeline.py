@@ -99,6 +99,23 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
   return sources
 
 
+def labeled_split(source, fraction: float, seed: int) -> tuple:
+  """``(labeled, unlabeled)`` views: a seeded ``fraction`` of ``source`` (by image)
+  keeps its labels, the rest is used without them. With ``fraction == 1`` every
+  image is both labeled and, for the unlabeled objective, unlabeled."""
+  size = len(source)
+  count = int(np.floor(fraction * size + 0.5))
+  if count == 0:
+    raise ValueError(
+      f"config.method.labeled_fraction={fraction} of {size} training images leaves no "
+      f"labeled example; raise the fraction or use more data."
+    )
+  order = _permutation(size, seed + 17)
+  if count >= size:
+    return Subset(source, np.arange(size)), Subset(source, np.arange(size))
+  return Subset(source, np.sort(order[:count])), Subset(source, np.sort(order[count:]))
+
+
 class ToModelInputs(grain.transforms.Map):
   """uint8 record -> float32 image in [0, 1], int32 labels (and pixel weights)."""
 

@@ -25,8 +25,9 @@ import tqdm
 from tensorboardX import SummaryWriter
 
 from jaxseg import data as datasets
-from jaxseg import infer, losses, metrics, models, tables
+from jaxseg import infer, losses, metrics, models, semi, tables
 from jaxseg.data import augment, pipeline
+from jaxseg.semi import base as semi_base
 from jaxseg.train import optim, report
 from jaxseg.train import state as state_lib
 from jaxseg.train.checkpoint import Checkpoints
@@ -40,6 +41,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   tables.check(datasets.DATASETS, config.data.name, "dataset")
   augment.check(config.augment)
   optim.check(config.optim)
+  if "method" in config:
+    tables.check(semi.METHODS, config.method.name, "method")
   for key in ("batch_size", "steps", "eval_every", "log_every"):
     if config.train[key] <= 0:
       raise ValueError(f"config.train.{key} must be positive, found {config.train[key]}.")
@@ -56,6 +59,35 @@ def prepare_workdir(workdir: str) -> None:
     raise ValueError(f"workdir {workdir!r} is not writable: {e.strerror or e}.") from e
 
 
+def make_steps(config, model, loss_fn, tx, channels: int):
+  """``(init_state, train_step, method)`` of a config: supervised, or the
+  semi-supervised ``config.method`` (then ``train_step`` takes ``{labeled, unlabeled}``).
+
+  Parameters do not depend on the spatial size; models are initialised at the tile
+  size, which is valid for every model (valid-conv networks need particular sizes).
+  """
+  init_key = jax.random.split(jax.random.key(config.seed))[0]
+  shape = (config.infer.tile, config.infer.tile, channels)
+  if "method" not in config:
+    init_state = lambda: state_lib.create(model, tx, init_key, shape)  # noqa: E731
+    return init_state, make_train_step(model, loss_fn, tx, config.augment), None
+  method = semi.get_method(config.method.name)
+  ctx = semi_base.Context(
+    model, loss_fn, tx, config.augment, shape, config.train.steps, dict(config.method.kwargs)
+  )
+
+  def train_step(state, batch, key):
+    return method.step(ctx, state, batch["labeled"], batch["unlabeled"], key)
+
+  return (lambda: method.init(ctx, init_key)), train_step, method
+
+
+def evaluated_variables(state, method) -> dict:
+  """The evaluated network's ``{params, batch_stats}``."""
+  net = state.nets[method.evaluated] if method else state
+  return {"params": net.params, "batch_stats": net.batch_stats}
+
+
 class Experiment:
   """Model, loss, optimizer, data and compiled steps of one config."""
 
@@ -67,16 +99,32 @@ class Experiment:
     self.loss_fn = losses.get_loss(config.loss.name, **config.loss.kwargs)
     self.tx = optim.make(config.optim, config.train.steps)
     self.image_shape = next(iter(self.sources.values()))[0]["image"].shape
-    init_key, self.train_key = jax.random.split(jax.random.key(config.seed))
-    # Parameters do not depend on the spatial size; the tile size is valid for every
-    # model (valid-conv networks need particular sizes).
-    tile = (config.infer.tile, config.infer.tile, self.image_shape[-1])
-    self.init_state = jax.jit(lambda: state_lib.create(self.model, self.tx, init_key, tile))
-    self.tile_fn = infer.make_tile_fn(self.model)
-    self.train_step = jax.jit(
-      make_train_step(self.model, self.loss_fn, self.tx, config.augment), donate_argnums=0
+    self.train_key = jax.random.split(jax.random.key(config.seed))[1]
+    init_state, train_step, self.method = make_steps(
+      config, self.model, self.loss_fn, self.tx, self.image_shape[-1]
     )
+    self.init_state = jax.jit(init_state)
+    self.train_step = jax.jit(train_step, donate_argnums=0)
     self.eval_step = jax.jit(make_eval_step(self.model, self.loss_fn))
+    self.tile_fn = infer.make_tile_fn(self.model)
+
+  def variables(self, state) -> dict:
+    return evaluated_variables(state, self.method)
+
+  def loaders(self) -> dict:
+    """Training iterators: ``train``, or ``labeled`` + ``unlabeled`` for a method."""
+    cfg, source = self.config, self.sources["train"]
+    if not self.method:
+      return {
+        "train": iter(pipeline.train_loader(source, cfg.train.batch_size, cfg.seed, cfg.data))
+      }
+    labeled, unlabeled = pipeline.labeled_split(source, cfg.method.labeled_fraction, cfg.seed)
+    return {
+      "labeled": iter(pipeline.train_loader(labeled, cfg.train.batch_size, cfg.seed, cfg.data)),
+      "unlabeled": iter(
+        pipeline.train_loader(unlabeled, cfg.method.unlabeled_batch_size, cfg.seed + 1, cfg.data)
+      ),
+    }
 
   def abstract_state(self):
     return jax.eval_shape(self.init_state)
@@ -90,7 +138,7 @@ class Experiment:
       self.sources[split], self.config.eval.batch_size, self.config.data
     ):
       valid = batch.pop("valid")
-      out = jax.device_get(self.eval_step(state, batch))
+      out = jax.device_get(self.eval_step(self.variables(state), batch))
       outputs.append({k: v[valid] for k, v in out.items() if k not in ("pred", "labels")})
       for name, value in (
         ("image", batch["image"]),
@@ -105,9 +153,7 @@ class Experiment:
   def _evaluate_tiled(self, state, split: str, keep: int) -> tuple[dict, dict]:
     """Image by image through :func:`jaxseg.infer.predict` (any size, any network)."""
     cfg = self.config.infer
-    predict_fn = functools.partial(
-      self.tile_fn, {"params": state.params, "batch_stats": state.batch_stats}
-    )
+    predict_fn = functools.partial(self.tile_fn, self.variables(state))
     valid = infer.margin_of(predict_fn, cfg.tile, self.image_shape[-1]) > 0
     rows, shown = [], {"image": [], "labels": [], "pred": []}
     for batch in pipeline.eval_batches(self.sources[split], 1, self.config.data):
@@ -186,17 +232,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   exp = Experiment(config)
   cfg = config.train
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
-  loader = iter(
-    pipeline.train_loader(exp.sources["train"], cfg.batch_size, config.seed, config.data)
-  )
+  loaders = exp.loaders()
   record = {"best_dice": -1.0, "evals_since_best": 0}
   if ckpts.latest_step() is not None:
     state, record = ckpts.restore(ckpts.latest_step(), exp.abstract_state())
-    loader.set_state(record.pop("loader").encode())
+    for name, loader_state in json.loads(record.pop("loader")).items():
+      loaders[name].set_state(loader_state.encode())
     print(f"Resumed from {workdir}/checkpoints/{int(state.step)}.")
   else:
     state = exp.init_state()
-    print(f"{config.model.name}: {state_lib.count_params(state.params):,} parameters.")
+    params = exp.variables(state)["params"]
+    print(f"{config.model.name}: {state_lib.count_params(params):,} parameters.")
   logger = Logger(workdir)
   start = int(state.step)
   pending, last_log_time, last_log_step = [], time.time(), start
@@ -206,7 +252,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     while step < cfg.steps:
       if stop_after is not None and step - start >= stop_after:
         return state
-      state, step_metrics = exp.train_step(state, next(loader), exp.train_key)
+      batch = {name: next(loader) for name, loader in loaders.items()}
+      state, step_metrics = exp.train_step(state, batch.get("train", batch), exp.train_key)
       step += 1
       pending.append(step_metrics)
       validate = step % cfg.eval_every == 0 or step == cfg.steps
@@ -226,7 +273,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
           record.update(best_dice=val["dice"], evals_since_best=0)
         else:
           record["evals_since_best"] += 1
-        ckpts.save(step, state, {**record, "loader": loader.get_state().decode()}, val)
+        loader_states = {name: it.get_state().decode() for name, it in loaders.items()}
+        ckpts.save(step, state, {**record, "loader": json.dumps(loader_states)}, val)
         report.save_overlays(
           os.path.join(workdir, "validation_overlays.png"),
           shown["image"],

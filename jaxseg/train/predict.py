@@ -8,29 +8,26 @@ import jax
 import numpy as np
 from PIL import Image
 
-from jaxseg import infer, models
+from jaxseg import infer, losses, models
 from jaxseg.data import folder
-from jaxseg.train import optim, report
-from jaxseg.train import state as state_lib
+from jaxseg.train import loop, optim, report
 from jaxseg.train.checkpoint import Checkpoints
-from jaxseg.train.loop import load_config
 
 
 def restore_best(workdir: str):
   """``(config, model, variables)`` of the best checkpoint of ``workdir``."""
-  config = load_config(workdir)
+  config = loop.load_config(workdir)
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
   step = ckpts.best_step()
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first.")
   model = models.get_model(config.model.name, **config.model.kwargs)
+  loss_fn = losses.get_loss(config.loss.name, **config.loss.kwargs)
   tx = optim.make(config.optim, config.train.steps)
-  tile = config.infer.tile
-  shape = (tile, tile, model.in_channels)
-  abstract = jax.eval_shape(lambda: state_lib.create(model, tx, jax.random.key(0), shape))
-  state, _ = ckpts.restore(step, abstract)
+  init_state, _, method = loop.make_steps(config, model, loss_fn, tx, model.in_channels)
+  state, _ = ckpts.restore(step, jax.eval_shape(init_state))
   ckpts.close()
-  return config, model, {"params": state.params, "batch_stats": state.batch_stats}
+  return config, model, loop.evaluated_variables(state, method)
 
 
 def input_files(path: str) -> list[str]:

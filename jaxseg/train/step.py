@@ -85,10 +85,9 @@ def make_train_step(
 
 
 def make_eval_step(model: nn.Module, loss_fn: Callable) -> Callable:
-  """Returns ``eval_step(state, batch) -> per-image loss, confusion counts, prediction``."""
+  """Returns ``eval_step(variables, batch) -> per-image loss, confusion counts, prediction``."""
 
-  def eval_step(state: TrainState, batch: dict):
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+  def eval_step(variables: dict, batch: dict):
     logits, _ = split_outputs(model.apply(variables, batch["image"], train=False))
     labels, weights = _targets(batch, logits)
     per_image = jax.vmap(

@@ -1,0 +1,216 @@
+"""RWP and the semi-supervised methods: statistics, purity, closed-form losses."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+
+from jaxseg import losses, perturb, semi
+from jaxseg.data import pipeline
+from jaxseg.semi import base, pseudoseg
+from jaxseg.semi import rwp as rwp_method
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _ones_tree():
+  return {
+    "conv": {"kernel": jnp.ones((3, 3, 16, 32)), "bias": jnp.ones((32,))},
+    "dense": {"kernel": jnp.ones((64, 100))},
+  }
+
+
+def test_rwp_statistics_and_selection():
+  out = perturb.rwp(_ones_tree(), 0, p=0.3, sigma=0.2)
+  np.testing.assert_array_equal(out["conv"]["bias"], 1.0)  # default: kernels only
+  z = np.concatenate([np.ravel(out["conv"]["kernel"]), np.ravel(out["dense"]["kernel"])])
+  chosen = z[z != 1.0]
+  assert abs(chosen.size / z.size - 0.3) < 0.02
+  assert abs(chosen.mean() - 1.0) < 0.01 and abs(chosen.std() - 0.2) < 0.01
+  everything = perturb.rwp(_ones_tree(), 0, p=1.0, sigma=0.2, where=lambda path, leaf: True)
+  assert np.all(np.asarray(everything["conv"]["bias"]) != 1.0)
+
+
+def test_rwp_depends_on_seed_and_path_not_on_order():
+  tree = _ones_tree()
+  reordered = {
+    "dense": tree["dense"],
+    "conv": {"bias": tree["conv"]["bias"], "kernel": tree["conv"]["kernel"]},
+  }
+  a = perturb.rwp(tree, 5, p=0.5, sigma=0.1)
+  b = perturb.rwp(reordered, 5, p=0.5, sigma=0.1)
+  np.testing.assert_array_equal(a["conv"]["kernel"], b["conv"]["kernel"])
+  np.testing.assert_array_equal(a["dense"]["kernel"], b["dense"]["kernel"])
+  assert not np.array_equal(
+    a["conv"]["kernel"], perturb.rwp(tree, 6, p=0.5, sigma=0.1)["conv"]["kernel"]
+  )
+  jitted = jax.jit(lambda s: perturb.rwp(tree, s, p=0.5, sigma=0.1))(jnp.uint32(5))
+  # Compiled and eager agree up to XLA fusing 1 + sigma * n (the same entries chosen).
+  np.testing.assert_allclose(jitted["dense"]["kernel"], a["dense"]["kernel"], rtol=1e-6)
+
+
+def test_rwp_is_the_same_in_another_process():
+  code = (
+    "import jax.numpy as jnp, numpy as np; from jaxseg import perturb; "
+    "t={'conv':{'kernel':jnp.ones((3,3,16,32))},'dense':{'kernel':jnp.ones((64,100))}}; "
+    "o=perturb.rwp(t, 11, p=0.5, sigma=0.1); "
+    "print(repr(float(np.sum(np.asarray(o['conv']['kernel'])*np.arange(4608).reshape(3,3,16,32)))))"
+  )
+  env = {**os.environ, "PYTHONPATH": REPO}
+  out = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+  ).stdout.strip()
+  here = perturb.rwp(_ones_tree(), 11, p=0.5, sigma=0.1)["conv"]["kernel"]
+  assert float(out) == float(np.sum(np.asarray(here) * np.arange(4608).reshape(3, 3, 16, 32)))
+
+
+def test_rwp_gradient_is_z():
+  w = {"layer": {"kernel": jax.random.normal(jax.random.key(0), (4, 5))}}
+  c = jax.random.normal(jax.random.key(1), (4, 5))
+  grad = jax.grad(lambda w: jnp.sum(perturb.rwp(w, 3, p=0.5, sigma=0.3)["layer"]["kernel"] * c))(w)
+  z = perturb.rwp({"layer": {"kernel": jnp.ones((4, 5))}}, 3, p=0.5, sigma=0.3)["layer"]["kernel"]
+  np.testing.assert_allclose(grad["layer"]["kernel"], z * c, rtol=1e-6)
+
+
+class Pixel(nn.Module):
+  """A per-pixel linear model: closed forms stay easy."""
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    return nn.Dense(1, name="dense")(x)
+
+
+def _ctx(**kwargs):
+  return base.Context(Pixel(), losses.get_loss("bce"), optax.sgd(0.1), {}, (4, 4, 2), 100, kwargs)
+
+
+def _batches():
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 2))
+  y = (x[..., 0] > 0).astype(jnp.int32)
+  u = jax.random.normal(jax.random.key(1), (2, 4, 4, 2))
+  return {"image": x, "labels": y}, {"image": u, "labels": jnp.zeros((2, 4, 4), jnp.int32)}
+
+
+def _logits(params, x):
+  return Pixel().apply({"params": params}, x)
+
+
+def test_methods_declare_what_they_exchange():
+  table = {name: semi.get_method(name) for name in semi.METHODS}
+  assert table["mean_teacher"].exchanged == ("student", "teacher")
+  assert table["cps"].exchanged == ("a", "b")
+  assert all(len(table[n].exchanged) == 1 for n in ("supervised", "pseudoseg", "rwp"))
+  assert table["rwp"].sends_seeds and not table["cps"].sends_seeds
+
+
+def test_supervised_and_cps_losses_closed_form():
+  ctx = _ctx(weight=1.5)
+  labeled, unlabeled = _batches()
+  state = semi.get_method("cps").init(ctx, jax.random.key(2))
+  _, m = semi.get_method("cps").step(ctx, state, labeled, unlabeled, jax.random.key(3))
+  pa, pb = state.nets["a"].params, state.nets["b"].params
+  bce = lambda lg, y: float(losses.bce(lg, y))  # noqa: E731
+  ya = (_logits(pa, unlabeled["image"])[..., 0] > 0).astype(int)
+  yb = (_logits(pb, unlabeled["image"])[..., 0] > 0).astype(int)
+  sup = bce(_logits(pa, labeled["image"]), labeled["labels"]) + bce(
+    _logits(pb, labeled["image"]), labeled["labels"]
+  )
+  cross = bce(_logits(pa, unlabeled["image"]), yb) + bce(_logits(pb, unlabeled["image"]), ya)
+  np.testing.assert_allclose(m["loss"], sup + 1.5 * cross, rtol=1e-5)
+  state = semi.get_method("supervised").init(ctx, jax.random.key(2))
+  _, m = semi.get_method("supervised").step(ctx, state, labeled, unlabeled, jax.random.key(3))
+  np.testing.assert_allclose(
+    m["loss"],
+    bce(_logits(state.nets["model"].params, labeled["image"]), labeled["labels"]),
+    rtol=1e-5,
+  )
+
+
+def test_rwp_loss_closed_form():
+  ctx = _ctx(p=1.0, sigma=0.3, weight=2.0)
+  labeled, unlabeled = _batches()
+  method = semi.get_method("rwp")
+  state = method.init(ctx, jax.random.key(2))
+  seeds = jnp.array([7, 9], jnp.uint32)
+  _, m = rwp_method.step(ctx, state, labeled, unlabeled, jax.random.key(3), seeds=seeds)
+  w = state.nets["model"].params
+  w1 = perturb.rwp(w, jnp.uint32(7), p=1.0, sigma=0.3)
+  w2 = perturb.rwp(w, jnp.uint32(9), p=1.0, sigma=0.3)
+  assert not np.allclose(w1["dense"]["kernel"], w["dense"]["kernel"])
+  l1, l2 = _logits(w1, unlabeled["image"]), _logits(w2, unlabeled["image"])
+  y1, y2 = (l1[..., 0] > 0).astype(int), (l2[..., 0] > 0).astype(int)
+  expected = float(losses.bce(_logits(w, labeled["image"]), labeled["labels"])) + 2.0 * (
+    float(losses.bce(l1, y2)) + float(losses.bce(l2, y1))
+  )
+  np.testing.assert_allclose(m["loss"], expected, rtol=1e-5)
+
+
+def test_mean_teacher_consistency_and_ema():
+  ctx = _ctx(decay=0.9, weight=2.0, ramp_up_steps=10, input_noise=0.0)
+  labeled, unlabeled = _batches()
+  method = semi.get_method("mean_teacher")
+  state = method.init(ctx, jax.random.key(2))
+  new, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(3))
+  # Teacher == student at init: the consistency term is 0, the loss is supervised.
+  np.testing.assert_allclose(m["unsup"], 0.0, atol=1e-12)
+  w = state.nets["student"].params
+  np.testing.assert_allclose(
+    m["loss"], losses.bce(_logits(w, labeled["image"]), labeled["labels"]), rtol=1e-5
+  )
+  s, t = (
+    new.nets["student"].params["dense"]["kernel"],
+    new.nets["teacher"].params["dense"]["kernel"],
+  )
+  np.testing.assert_allclose(t, 0.9 * w["dense"]["kernel"] + 0.1 * s, rtol=1e-6)
+  np.testing.assert_allclose(base.ramp_up(jnp.array(0), 10), np.exp(-5.0))
+
+
+def test_mean_teacher_averages_batchnorm_statistics():
+  class WithBN(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, train=False):
+      return nn.Dense(1)(nn.BatchNorm(use_running_average=not train, momentum=0.5)(x))
+
+  ctx = base.Context(
+    WithBN(), losses.get_loss("bce"), optax.sgd(0.1), {}, (4, 4, 2), 100, dict(decay=0.5)
+  )
+  labeled, unlabeled = _batches()
+  method = semi.get_method("mean_teacher")
+  state = method.init(ctx, jax.random.key(0))
+  new, _ = method.step(ctx, state, labeled, unlabeled, jax.random.key(1))
+  old_mean = state.nets["teacher"].batch_stats["BatchNorm_0"]["mean"]
+  student_mean = new.nets["student"].batch_stats["BatchNorm_0"]["mean"]
+  np.testing.assert_allclose(
+    new.nets["teacher"].batch_stats["BatchNorm_0"]["mean"],
+    0.5 * old_mean + 0.5 * student_mean,
+    rtol=1e-6,
+  )
+  assert not np.allclose(student_mean, old_mean)
+
+
+def test_pseudoseg_fusion_and_sharpening():
+  p = jnp.full((1, 8, 8, 1), 0.8)
+  np.testing.assert_allclose(pseudoseg.fuse(p, p, 1.0), 0.8, rtol=1e-5)
+  np.testing.assert_allclose(pseudoseg.fuse(p, p, 0.5), 0.64 / (0.64 + 0.04), rtol=1e-5)
+  refined = pseudoseg.attention_refine(jnp.zeros((1, 8, 8, 1)), p)
+  np.testing.assert_allclose(refined, 0.8, rtol=1e-5)  # uniform maps stay uniform
+  ctx = _ctx(temperature=0.5, weight=1.0, noise=0.0)
+  labeled, unlabeled = _batches()
+  state = semi.get_method("pseudoseg").init(ctx, jax.random.key(2))
+  _, m = semi.get_method("pseudoseg").step(ctx, state, labeled, unlabeled, jax.random.key(3))
+  assert np.isfinite(m["loss"]) and m["unsup"] > 0
+
+
+def test_labeled_fraction():
+  source = list(range(10))
+  labeled, unlabeled = pipeline.labeled_split(source, 0.25, seed=0)
+  assert len(labeled) == 3 and len(unlabeled) == 7
+  assert not set(labeled.indices) & set(unlabeled.indices)
+  with pytest.raises(ValueError, match="labeled_fraction=0.0625 of 4 training images leaves no"):
+    pipeline.labeled_split(list(range(4)), 1 / 16, seed=0)

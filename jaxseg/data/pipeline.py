@@ -6,6 +6,7 @@ split in order in fixed-size batches; the last one is padded and carries a ``val
 flag, so the compiled evaluation step sees a single shape.
 """
 
+import hashlib
 from collections.abc import Iterator
 
 import grain
@@ -28,6 +29,12 @@ class Subset:
 
   def __getitem__(self, i):
     return self.source[int(self.indices[i])]
+
+  def __repr__(self) -> str:
+    # Stable across processes: grain stores the data source's repr in its iterator
+    # state and refuses to restore into a different one.
+    digest = hashlib.sha256(self.indices.astype(np.int64).tobytes()).hexdigest()[:12]
+    return f"Subset({self.source!r}, {len(self.indices)} indices, sha256 {digest})"
 
 
 def _permutation(size: int, seed: int) -> np.ndarray:

@@ -7,7 +7,9 @@ A config declares its sweep in ``config.sweep``:
   (build them with :func:`axis`);
 * ``average``: the axis averaged over (seeds or folds): each table row is the mean
   and std of each metric over its labels;
-* ``metrics``: the test metrics to tabulate (names in ``test_metrics.json``).
+* ``metrics``: the test metrics to tabulate (names in ``test_metrics.json``);
+* ``cost`` (optional): ``((label, text), ...)`` of the first axis, shown as a
+  ``cost`` column (e.g. a method's communication cost).
 
 Cells run one after another in this process, each in ``DIR/<axis>=<label>_.../``,
 trained and evaluated exactly as ``jaxseg train`` / ``jaxseg eval`` would. A cell
@@ -86,9 +88,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     with open(path) as f:
       results.append({"labels": labels, "metrics": json.load(f)})
   rows = aggregate(results, names, sweep.average, list(sweep.metrics))
+  if "cost" in sweep:
+    cost = dict(sweep.cost)
+    for row in rows:
+      row["cost"] = cost.get(row[names[0]], "")
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(rows, f, indent=2)
-  table = markdown(rows, [n for n in names if n != sweep.average], list(sweep.metrics))
+  keep = [n for n in names if n != sweep.average]
+  table = markdown(rows, keep + (["cost"] if "cost" in sweep else []), list(sweep.metrics))
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(table + "\n")
   print("\n" + table)

@@ -252,8 +252,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     while step < cfg.steps:
       if stop_after is not None and step - start >= stop_after:
         return state
-      batch = {name: next(loader) for name, loader in loaders.items()}
-      state, step_metrics = exp.train_step(state, batch.get("train", batch), exp.train_key)
+      if "train" in loaders:
+        batch = next(loaders["train"])
+      else:
+        batch = {name: next(loader) for name, loader in loaders.items()}
+      state, step_metrics = exp.train_step(state, batch, exp.train_key)
       step += 1
       pending.append(step_metrics)
       validate = step % cfg.eval_every == 0 or step == cfg.steps

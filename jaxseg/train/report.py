@@ -33,7 +33,7 @@ def save_overlays(path: str, images, truths, preds, columns: int = 4) -> None:
     tiles.append(np.zeros_like(tiles[0]))
   rows = [np.concatenate(tiles[i : i + columns], axis=1) for i in range(0, len(tiles), columns)]
   grid = np.concatenate(rows, axis=0)
-  scale = max(1, 512 // grid.shape[1])
+  scale = max(1, 1024 // grid.shape[1])
   Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(
     path
   )

@@ -117,6 +117,14 @@ def test_cross_validation_folds_partition_the_training_split():
     pipeline.load_splits(_data_config(folds=4, fold=4))
 
 
+def test_loader_repeats_a_source_smaller_than_a_batch():
+  source = pipeline.load_splits(_data_config(), splits=("train",))["train"]
+  small = pipeline.Subset(source, [0, 1, 2])
+  batch = next(iter(pipeline.train_loader(small, 8, seed=0)))
+  assert batch["image"].shape[0] == 8
+  assert len({b.tobytes() for b in batch["image"]}) == 3
+
+
 def test_eval_batches_pad_and_flag():
   source = pipeline.load_splits(_data_config(), splits=("train",))["train"]
   batches = list(pipeline.eval_batches(source, 6))

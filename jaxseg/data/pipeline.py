@@ -159,14 +159,15 @@ class Weathering(grain.transforms.RandomMap):
 def train_loader(source, batch_size: int, seed: int, data_config=None) -> grain.DataLoader:
   """Infinite, seeded, shuffled batches of ``batch_size`` (last partial batch dropped).
 
+  A source smaller than one batch is repeated so that a batch can be filled.
+
   ``data_config`` adds the host-side steps it enables: pixel weight maps
   (``weight_map.w0 > 0``) and JPEG weathering (non-empty ``jpeg.qualities``).
   """
-  if len(source) < batch_size:
-    raise ValueError(
-      f"training split has {len(source)} examples, fewer than one batch "
-      f"of {batch_size}; lower config.train.batch_size."
-    )
+  if len(source) == 0:
+    raise ValueError("the training split has no examples.")
+  if len(source) < batch_size:  # e.g. a small labeled fraction: repeat it within the batch
+    source = Subset(source, np.tile(np.arange(len(source)), -(-batch_size // len(source))))
   sampler = grain.samplers.IndexSampler(
     num_records=len(source),
     shuffle=True,

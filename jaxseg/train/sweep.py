@@ -79,7 +79,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   results = []
   todo = list(cells(sweep))
   for i, (labels, overrides) in enumerate(todo):
-    cell_dir = os.path.join(workdir, "_".join(f"{k}={v}" for k, v in labels.items()))
+    name = "_".join(f"{k}={v}" for k, v in labels.items()).replace("/", "-")  # e.g. 1/16
+    cell_dir = os.path.join(workdir, name)
     path = os.path.join(cell_dir, "test_metrics.json")
     if not os.path.exists(path):
       print(f"\n[{i + 1}/{len(todo)}] {labels}", flush=True)

@@ -113,7 +113,6 @@ class Item:
   key: str
   files: tuple[str, ...]
   read: Callable
-  site: int = 0
 
 
 def fingerprint(settings: dict, items: Sequence[Item]) -> str:

@@ -2,19 +2,21 @@
 
 ``rwp(params, seed, p=..., sigma=...)`` returns ``W ⊙ Z`` for every selected leaf,
 ``Z_i = 1 + sigma * N(0, 1)`` with probability ``p``, else 1. ``Z`` of a leaf is a
-pure function of the seed and the leaf's *path* (e.g. ``down0_conv0/conv/kernel``):
-the leaf's key is ``fold_in(key(seed), crc32(path))``, so it does not depend on the
-order in which a tree is traversed, on how many devices the arrays live on, or on
-the process: a server and a client that share a seed build the same perturbed
+pure function of the seed and the leaf's *path* (e.g. ``down0_conv0/conv/kernel``)
+(see :func:`noise_of`), so it does not depend on the order in which a tree is
+traversed, on its other leaves, on how many devices the arrays live on, or on the
+process: a server and a client that share a seed build the same perturbed
 model. ``Z`` does not depend on ``W``, so gradients reach ``W`` with
 ``dW~/dW = Z`` (plain autodiff of the product).
 """
 
+import math
 import zlib
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def path_name(path) -> str:
@@ -33,17 +35,38 @@ def kernels(path: str, leaf) -> bool:
   return path.rsplit("/", 1)[-1] == "kernel" and jnp.ndim(leaf) >= 2
 
 
-def leaf_key(key: jax.Array, path: str) -> jax.Array:
-  return jax.random.fold_in(key, zlib.crc32(path.encode()))
+CHUNK = 4096  # elements drawn per key: a leaf of n elements uses ceil(n / CHUNK) keys
 
 
-def noise(key: jax.Array, path: str, shape, p: float, sigma: float, dtype=jnp.float32):
-  """The multiplier ``Z`` of the leaf at ``path``."""
-  k_select, k_value = jax.random.split(leaf_key(key, path))
-  chosen = jax.random.bernoulli(k_select, p, shape)
-  return jnp.where(chosen, 1.0 + sigma * jax.random.normal(k_value, shape, dtype), 1.0).astype(
-    dtype
-  )
+def noise_of(key: jax.Array, leaves: dict, p: float, sigma: float) -> dict:
+  """The multipliers ``Z`` of ``{path: shape}``, drawn for all leaves at once.
+
+  Element ``e`` of the leaf at ``path`` takes uniform and normal draws number
+  ``e % CHUNK`` of the key ``fold_in(fold_in(key, crc32(path)), e // CHUNK)``: a pure
+  function of the seed, the path and the element index (not of the other leaves).
+  The draws of all leaves form one vmapped call, so the random number generator is
+  compiled once per tree rather than once per leaf.
+  """
+  paths = sorted(leaves)
+  sizes = [math.prod(leaves[path]) for path in paths]
+  chunks = [max(1, -(-n // CHUNK)) for n in sizes]
+  crcs = np.array([zlib.crc32(path.encode()) for path in paths], np.uint32)
+  owner = np.repeat(np.arange(len(paths)), chunks)
+  index = np.concatenate([np.arange(c) for c in chunks]).astype(np.uint32)
+  leaf_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, crcs)
+  chunk_keys = jax.vmap(jax.random.fold_in)(leaf_keys[owner], index)
+
+  def draw(k):
+    k_select, k_value = jax.random.split(k)
+    chosen = jax.random.uniform(k_select, (CHUNK,)) < p
+    return jnp.where(chosen, 1.0 + sigma * jax.random.normal(k_value, (CHUNK,)), 1.0)
+
+  flat = jax.vmap(draw)(chunk_keys).reshape(-1)
+  starts = np.concatenate([[0], np.cumsum(chunks)[:-1]]) * CHUNK
+  return {
+    path: flat[start : start + n].reshape(leaves[path])
+    for path, start, n in zip(paths, starts, sizes, strict=True)
+  }
 
 
 def rwp(
@@ -54,11 +77,12 @@ def rwp(
     seed_or_key.dtype, jax.dtypes.prng_key
   )
   key = seed_or_key if is_key else jax.random.key(seed_or_key)
+  named = jax.tree_util.tree_flatten_with_path(params)[0]
+  selected = {path_name(path): leaf.shape for path, leaf in named if where(path_name(path), leaf)}
+  z = noise_of(key, selected, p, sigma)
 
   def perturb(path, leaf):
     name = path_name(path)
-    if not where(name, leaf):
-      return leaf
-    return leaf * noise(key, name, leaf.shape, p, sigma, leaf.dtype)
+    return leaf * z[name].astype(leaf.dtype) if name in z else leaf
 
   return jax.tree_util.tree_map_with_path(perturb, params)

@@ -76,7 +76,10 @@ def supervised_loss(ctx: Context, logits, batch):
   size = logits.shape[1:3]
   labels = center_crop(batch.get("soft_labels", batch["labels"]), size)
   weights = batch.get("weights")
-  return ctx.loss_fn(logits, labels, None if weights is None else center_crop(weights, size))
+  loss = ctx.loss_fn(logits, labels, None if weights is None else center_crop(weights, size))
+  # A federated client without labels (label-at-server) sends its unlabeled batch
+  # with ``sup_weight`` 0: same shapes for every client, no supervised signal.
+  return loss * batch["sup_weight"] if "sup_weight" in batch else loss
 
 
 def hard_pseudo_labels(logits):

@@ -27,6 +27,7 @@ from tensorboardX import SummaryWriter
 from jaxseg import data as datasets
 from jaxseg import infer, losses, metrics, models, semi, tables
 from jaxseg.data import augment, pipeline
+from jaxseg.fed import simulate
 from jaxseg.semi import base as semi_base
 from jaxseg.train import optim, report
 from jaxseg.train import state as state_lib
@@ -43,7 +44,21 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   optim.check(config.optim)
   if "method" in config:
     tables.check(semi.METHODS, config.method.name, "method")
-  for key in ("batch_size", "steps", "eval_every", "log_every"):
+  if "fed" in config:  # a federated run counts rounds (config.fed.rounds), not steps
+    keys = ("batch_size", "eval_every", "log_every")
+    if config.fed.rounds <= 0:
+      raise ValueError(f"config.fed.rounds must be positive, found {config.fed.rounds}.")
+    if config.optim.schedule != "constant" or config.optim.warmup_steps:
+      raise ValueError(
+        "a federated client's optimizer restarts every round: config.optim.schedule must be "
+        f"'constant' and config.optim.warmup_steps 0, found {config.optim.schedule!r} and "
+        f"{config.optim.warmup_steps}."
+      )
+    if "method" not in config:
+      raise ValueError("a federated config needs config.method (e.g. 'supervised' for FedAvg).")
+  else:
+    keys = ("batch_size", "steps", "eval_every", "log_every")
+  for key in keys:
     if config.train[key] <= 0:
       raise ValueError(f"config.train.{key} must be positive, found {config.train[key]}.")
 
@@ -59,6 +74,19 @@ def prepare_workdir(workdir: str) -> None:
     raise ValueError(f"workdir {workdir!r} is not writable: {e.strerror or e}.") from e
 
 
+def training_steps(config) -> int:
+  """Training steps of a run (of one client over all rounds in a federated run)."""
+  return config.fed.rounds * config.fed.local_steps if "fed" in config else config.train.steps
+
+
+def make_context(config, model, loss_fn, tx, channels: int) -> semi_base.Context:
+  shape = (config.infer.tile, config.infer.tile, channels)
+  kwargs = dict(config.method.kwargs)
+  return semi_base.Context(
+    model, loss_fn, tx, config.augment, shape, training_steps(config), kwargs
+  )
+
+
 def make_steps(config, model, loss_fn, tx, channels: int):
   """``(init_state, train_step, method)`` of a config: supervised, or the
   semi-supervised ``config.method`` (then ``train_step`` takes ``{labeled, unlabeled}``).
@@ -72,9 +100,10 @@ def make_steps(config, model, loss_fn, tx, channels: int):
     init_state = lambda: state_lib.create(model, tx, init_key, shape)  # noqa: E731
     return init_state, make_train_step(model, loss_fn, tx, config.augment), None
   method = semi.get_method(config.method.name)
-  ctx = semi_base.Context(
-    model, loss_fn, tx, config.augment, shape, config.train.steps, dict(config.method.kwargs)
-  )
+  ctx = make_context(config, model, loss_fn, tx, channels)
+  if "fed" in config:  # the server state; rounds are compiled by jaxseg.fed.loop
+    server_tx = optim.make(config.fed.server_optim, config.fed.rounds)
+    return (lambda: simulate.init(method, ctx, server_tx, init_key)), None, method
 
   def train_step(state, batch, key):
     return method.step(ctx, state, batch["labeled"], batch["unlabeled"], key)
@@ -88,6 +117,15 @@ def evaluated_variables(state, method) -> dict:
   return {"params": net.params, "batch_stats": net.batch_stats}
 
 
+def make_experiment(config, splits=datasets.SPLITS):
+  """An :class:`Experiment`, or a federated one for configs with ``config.fed``."""
+  if "fed" in config:
+    from jaxseg.fed import loop as fed_loop  # noqa: PLC0415
+
+    return fed_loop.FedExperiment(config, splits)
+  return Experiment(config, splits)
+
+
 class Experiment:
   """Model, loss, optimizer, data and compiled steps of one config."""
 
@@ -97,14 +135,14 @@ class Experiment:
     self.sources = pipeline.load_splits(config.data, splits)
     self.model = models.get_model(config.model.name, **config.model.kwargs)
     self.loss_fn = losses.get_loss(config.loss.name, **config.loss.kwargs)
-    self.tx = optim.make(config.optim, config.train.steps)
+    self.tx = optim.make(config.optim, training_steps(config))
     self.image_shape = next(iter(self.sources.values()))[0]["image"].shape
     self.train_key = jax.random.split(jax.random.key(config.seed))[1]
     init_state, train_step, self.method = make_steps(
       config, self.model, self.loss_fn, self.tx, self.image_shape[-1]
     )
     self.init_state = jax.jit(init_state)
-    self.train_step = jax.jit(train_step, donate_argnums=0)
+    self.train_step = train_step and jax.jit(train_step, donate_argnums=0)
     self.eval_step = jax.jit(make_eval_step(self.model, self.loss_fn))
     self.tile_fn = infer.make_tile_fn(self.model)
 
@@ -225,6 +263,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   Returns:
     The final training state.
   """
+  if "fed" in config:
+    from jaxseg.fed import loop as fed_loop  # noqa: PLC0415 (fed.loop builds on this module)
+
+    return fed_loop.train(config, workdir, stop_after=stop_after)
   prepare_workdir(workdir)
   check_config(config)
   with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -261,7 +303,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
       pending.append(step_metrics)
       validate = step % cfg.eval_every == 0 or step == cfg.steps
       if step % cfg.log_every == 0 or validate:
-        values = _flush(pending, step, ckpts)
+        values = mean_metrics(pending, step, ckpts)
         now = time.time()
         values["images_per_s"] = (step - last_log_step) * cfg.batch_size / (now - last_log_time)
         last_log_time, last_log_step, pending = now, step, []
@@ -269,29 +311,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.1f}")
         bar.update(step - bar.n)
       if validate:
-        per_image, shown = exp.evaluate(state, "validation", keep=8)
-        val = summarize(per_image)
-        logger.write(step, "validation", val)
-        if val["dice"] > record["best_dice"]:
-          record.update(best_dice=val["dice"], evals_since_best=0)
-        else:
-          record["evals_since_best"] += 1
         loader_states = {name: it.get_state().decode() for name, it in loaders.items()}
-        ckpts.save(step, state, {**record, "loader": json.dumps(loader_states)}, val)
-        report.save_overlays(
-          os.path.join(workdir, "validation_overlays.png"),
-          shown["image"],
-          shown["labels"],
-          shown["pred"],
-        )
-        report.save_learning_curves(logger.path, os.path.join(workdir, "learning_curves.png"))
-        bar.write(
-          f"step {step}: validation loss {val['loss']:.4f} Dice {val['dice']:.4f} "
-          f"(best {record['best_dice']:.4f})"
-        )
-        patience = cfg.early_stopping_patience
-        if patience and record["evals_since_best"] >= patience:
-          bar.write(f"Early stopping: no better validation Dice in {patience} validations.")
+        extra = {"loader": json.dumps(loader_states)}
+        if validate_and_save(exp, state, step, record, extra, ckpts, logger, workdir, bar.write):
           break
         last_log_time = time.time()  # validation time is not training throughput
   finally:
@@ -301,7 +323,33 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   return state
 
 
-def _flush(pending: list, step: int, ckpts: Checkpoints) -> dict:
+def validate_and_save(exp, state, step, record, extra, ckpts, logger, workdir, write) -> bool:
+  """Scores the validation split, checkpoints (with ``record`` and ``extra``), draws
+  the pictures; updates ``record`` and returns whether early stopping says stop."""
+  per_image, shown = exp.evaluate(state, "validation", keep=8)
+  val = summarize(per_image)
+  logger.write(step, "validation", val)
+  if val["dice"] > record["best_dice"]:
+    record.update(best_dice=val["dice"], evals_since_best=0)
+  else:
+    record["evals_since_best"] += 1
+  ckpts.save(step, state, {**record, **extra}, val)
+  report.save_overlays(
+    os.path.join(workdir, "validation_overlays.png"), shown["image"], shown["labels"], shown["pred"]
+  )
+  report.save_learning_curves(logger.path, os.path.join(workdir, "learning_curves.png"))
+  write(
+    f"step {step}: validation loss {val['loss']:.4f} Dice {val['dice']:.4f} "
+    f"(best {record['best_dice']:.4f})"
+  )
+  patience = exp.config.train.early_stopping_patience
+  if patience and record["evals_since_best"] >= patience:
+    write(f"Early stopping: no better validation Dice in {patience} validations.")
+    return True
+  return False
+
+
+def mean_metrics(pending: list, step: int, ckpts: Checkpoints) -> dict:
   """Means of the pending step metrics; raises on the first non-finite loss."""
   losses_ = np.asarray(jax.device_get([m["loss"] for m in pending]))
   bad = np.flatnonzero(~np.isfinite(losses_))
@@ -331,7 +379,7 @@ def evaluate(workdir: str, split: str = "test") -> dict:
   step = ckpts.best_step()
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first.")
-  exp = Experiment(config, splits=(split,))
+  exp = make_experiment(config, splits=(split,))
   state, _ = ckpts.restore(step, exp.abstract_state())
   ckpts.close()
   per_image, _ = exp.evaluate(state, split)

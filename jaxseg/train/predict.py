@@ -23,7 +23,7 @@ def restore_best(workdir: str):
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first.")
   model = models.get_model(config.model.name, **config.model.kwargs)
   loss_fn = losses.get_loss(config.loss.name, **config.loss.kwargs)
-  tx = optim.make(config.optim, config.train.steps)
+  tx = optim.make(config.optim, loop.training_steps(config))
   init_state, _, method = loop.make_steps(config, model, loss_fn, tx, model.in_channels)
   state, _ = ckpts.restore(step, jax.eval_shape(init_state))
   ckpts.close()

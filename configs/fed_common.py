@@ -1,0 +1,78 @@
+"""Shared body of the federated configs (one experiment per file imports it).
+
+``fed_config(method, arg)``: a method of ``configs/semi_common.py`` run in federation
+(``config.fed``) on ``covid_ct_lesion`` (``config.data.dir`` required) or, with the
+arguments ``synthetic`` / ``synthetic_smoke``, on the built-in ``synthetic_nerve``
+(4 acquisition sites). ``smoke`` variants run in seconds on a CPU.
+
+``config.fed``:
+
+* ``rounds``; ``local_steps`` per client per round (or ``local_epochs`` > 0: passes
+  over each client's data, unequal clients masked); ``server_steps`` of server
+  training per round (label-at-server);
+* ``num_clients``, ``partition`` (``iid``, ``dirichlet`` over ``attribute``
+  ``lesion_size`` in ``bins`` quantiles or ``site`` with concentration ``alpha``,
+  ``site``), ``scenario`` (``label_at_client``, ``label_at_server``);
+* ``server_optim``: an optimizer of the pseudo-gradient (``sgd`` lr 1.0 is FedAvg;
+  ``adam`` is FedAdam), same keys as ``config.optim``;
+* ``seed_search`` (FedWeP): ``candidates`` N, ``probe`` (``random`` or ``real``),
+  ``probe_size``, ``criterion`` (``most_similar``, ``least_similar``, ``target``) and
+  ``target``;
+* ``placement``: ``auto`` (client data on the device if it takes at most
+  ``device_budget_mib``), ``device`` or ``stream`` (batches sent every round);
+  ``shard_clients``: split the client axis over all devices.
+
+``config.train.eval_every`` / ``log_every`` count rounds; ``config.train.batch_size``
+is the labeled batch of a client (``config.method.unlabeled_batch_size`` the
+unlabeled one).
+"""
+
+import ml_collections
+
+from configs.semi_common import semi_config
+
+ARGS = ("smoke", "synthetic", "synthetic_smoke")
+
+
+def fed_config(method: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  if arg is not None and arg not in ARGS:
+    raise ValueError(f"federated config: unknown argument {arg!r}; known: {', '.join(ARGS)}.")
+  dataset = "synthetic_nerve" if arg and arg.startswith("synthetic") else "covid_ct"
+  smoke = arg is not None and arg.endswith("smoke")
+  config = semi_config(method, dataset, "smoke" if smoke else None)
+  with config.train.unlocked():
+    del config.train["steps"]  # a federated run counts rounds: config.fed.rounds
+  config.optim.update(schedule="constant", warmup_steps=0)
+  config.train.update(eval_every=10, log_every=1)
+  config.fed = ml_collections.ConfigDict(
+    dict(
+      rounds=100,
+      local_steps=10,
+      local_epochs=0.0,
+      server_steps=10,
+      num_clients=3,
+      partition="iid",
+      attribute="lesion_size",
+      bins=3,
+      alpha=0.5,
+      scenario="label_at_client",
+      server_optim=dict(
+        name="sgd", lr=1.0, schedule="constant", warmup_steps=0, grad_clip=0.0, kwargs={}
+      ),
+      seed_search=dict(
+        candidates=8, probe="random", probe_size=8, criterion="most_similar", target=0.9
+      ),
+      placement="auto",
+      device_budget_mib=2048,
+      shard_clients=True,
+    )
+  )
+  if dataset == "synthetic_nerve":
+    config.data.kwargs.num_sites = 4
+    config.fed.num_clients = 4
+  if smoke:
+    config.fed.update(rounds=2, local_steps=2, server_steps=2, num_clients=3)
+    config.fed.seed_search.update(candidates=4, probe_size=2)
+    config.train.update(batch_size=2, eval_every=1)
+    config.method.unlabeled_batch_size = 2
+  return config

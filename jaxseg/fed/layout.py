@@ -1,0 +1,132 @@
+"""Who holds which training images: scenario, partition and labeled fractions.
+
+* ``label_at_client``: the training images are partitioned over the clients; each
+  client keeps the labels of ``ceil(fraction * n_c)`` of its images (at least one)
+  and uses the rest without labels (all of them when every image is labeled);
+* ``label_at_server``: the server keeps ``ceil(fraction * n)`` labeled images; the
+  rest is partitioned over the clients, who hold unlabeled images only.
+
+Host-side and seeded (``jax.random`` keys of ``seed``); the result is turned into the
+padded index tables of :class:`jaxseg.fed.simulate.ClientData`.
+"""
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+
+from jaxseg.fed import partition, simulate
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  clients: list  # each client's images
+  labeled: list  # per client, the images it holds labels of
+  unlabeled: list  # per client, the images it trains on without labels
+  server: np.ndarray  # the server's labeled images (label-at-server)
+
+
+def _permuted(indices: np.ndarray, key) -> np.ndarray:
+  return indices[np.asarray(jax.random.permutation(key, len(indices)))]
+
+
+def assign(fed_config, fraction: float, foreground, sites, seed: int) -> Layout:
+  """The layout of ``len(foreground)`` training images (``foreground``: per-image
+  foreground fraction, the ``lesion_size`` attribute; ``sites``: acquisition sites)."""
+  if fed_config.scenario not in simulate.SCENARIOS:
+    raise ValueError(
+      f"config.fed.scenario: unknown {fed_config.scenario!r}; known: "
+      f"{', '.join(simulate.SCENARIOS)}."
+    )
+  if not 0 < fraction <= 1:
+    raise ValueError(f"config.method.labeled_fraction must be in (0, 1], found {fraction}.")
+  n = len(foreground)
+  key = jax.random.key(seed)
+  indices, server = np.arange(n), np.zeros(0, np.int64)
+  if fed_config.scenario == "label_at_server":
+    count = math.ceil(fraction * n)
+    if count >= n:
+      raise ValueError(
+        f"label_at_server with labeled_fraction={fraction} leaves no unlabeled image for "
+        f"the clients out of {n}."
+      )
+    order = _permuted(indices, jax.random.fold_in(key, 0))
+    server, indices = np.sort(order[:count]), np.sort(order[count:])
+  parts = _partition(fed_config, indices, foreground, sites, seed)
+  if fed_config.scenario == "label_at_server":
+    return Layout(parts, [np.zeros(0, np.int64)] * len(parts), parts, server)
+  labeled, unlabeled = [], []
+  for c, part in enumerate(parts):
+    order = _permuted(part, jax.random.fold_in(key, 1 + c))
+    count = math.ceil(fraction * len(part))
+    labeled.append(np.sort(order[:count]))
+    rest = np.sort(order[count:])
+    unlabeled.append(rest if len(rest) else labeled[-1])
+  return Layout(parts, labeled, unlabeled, server)
+
+
+def _partition(fed_config, indices, foreground, sites, seed):
+  name, clients = fed_config.partition, fed_config.num_clients
+  if name == "iid":
+    return partition.iid(indices, clients, seed)
+  if name == "site":
+    return partition.by_site(indices, sites[indices], clients)
+  if name == "dirichlet":
+    if fed_config.attribute == "lesion_size":
+      groups = partition.quantile_bins(foreground[indices], fed_config.bins)
+    elif fed_config.attribute == "site":
+      groups = sites[indices]
+    else:
+      raise ValueError(
+        f"config.fed.attribute: unknown {fed_config.attribute!r}; known: lesion_size, site."
+      )
+    return partition.dirichlet(indices, groups, clients, fed_config.alpha, seed)
+  raise ValueError(
+    f"config.fed.partition: unknown {name!r}; known: {', '.join(partition.PARTITIONS)}."
+  )
+
+
+def _table(groups: list, rows: int) -> tuple[np.ndarray, np.ndarray]:
+  width = max([1, *(len(g) for g in groups)])
+  table = np.zeros((rows, width), np.int32)
+  counts = np.zeros(rows, np.int32)
+  for r, g in enumerate(groups):
+    table[r, : len(g)], counts[r] = g, len(g)
+  return table, counts
+
+
+def client_data(
+  layout: Layout, rows: int, local_steps: int, local_epochs: float, batch: int, unlabeled_batch: int
+) -> tuple[simulate.ClientData, int]:
+  """Padded index tables with ``rows >= clients`` rows, and the longest local run.
+
+  Local steps per client: ``local_steps``, or with ``local_epochs > 0`` enough steps
+  for that many passes over the client's labeled and unlabeled images.
+  """
+  labeled, labeled_n = _table(layout.labeled, rows)
+  unlabeled, unlabeled_n = _table(layout.unlabeled, rows)
+  size = np.zeros(rows, np.float32)
+  size[: len(layout.clients)] = [len(c) for c in layout.clients]
+  if local_epochs > 0:
+    steps = np.array(
+      [
+        math.ceil(local_epochs * max(ln / batch, un / unlabeled_batch)) if s else 0
+        for ln, un, s in zip(labeled_n, unlabeled_n, size, strict=True)
+      ],
+      np.int32,
+    )
+  else:
+    steps = np.where(size > 0, local_steps, 0).astype(np.int32)
+  server = layout.server if len(layout.server) else np.zeros(1, np.int64)
+  data = simulate.ClientData(
+    labeled=labeled,
+    labeled_n=labeled_n,
+    unlabeled=unlabeled,
+    unlabeled_n=unlabeled_n,
+    size=size,
+    steps=steps,
+    server=server.astype(np.int32),
+    server_n=np.int32(len(layout.server)),
+  )
+  return data, int(steps.max())

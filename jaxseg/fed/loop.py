@@ -1,0 +1,265 @@
+"""The federated training loop (I/O): ``jaxseg train`` on a config with ``config.fed``.
+
+What a run writes besides the usual files (:mod:`jaxseg.train.loop`): ``clients.md``
+(per-client sizes, labeled counts and foreground fractions of the partition) and
+``communication.json`` (bytes per client per round). ``metrics.jsonl`` has one
+``train`` line per round (losses; for FedWeP the chosen seeds and their similarity).
+Checkpoints hold the server state (global networks, server optimizer, round); the
+clients' data and batches are pure functions of the config and the round, so a
+resumed run continues exactly.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+import tqdm
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxseg.data import pipeline
+from jaxseg.fed import cost, layout, partition, seed_search, simulate
+from jaxseg.semi import rwp
+from jaxseg.train import loop, optim
+from jaxseg.train import state as state_lib
+from jaxseg.train.checkpoint import Checkpoints
+
+PLACEMENTS = ("auto", "device", "stream")
+
+
+def load_arrays(source, data_config) -> tuple[dict, np.ndarray]:
+  """The training split as model inputs ``{image, labels[, weights]}`` and sites."""
+  to_inputs = pipeline.ToModelInputs(pipeline._weight_config(data_config))
+  records = [source[i] for i in range(len(source))]
+  items = [to_inputs.map(r) for r in records]
+  arrays = {k: np.stack([item[k] for item in items]) for k in items[0]}
+  return arrays, np.array([int(r["site"]) for r in records])
+
+
+@dataclasses.dataclass
+class Simulation:
+  """A compiled federation over the training split: ``run_round(state)``."""
+
+  fed: simulate.Federation
+  layout: layout.Layout
+  table: str
+  communication: dict
+  placement: str
+  run_round: object
+  place_state: object
+
+
+class FedExperiment(loop.Experiment):
+  """A federated config's experiment: the server state is what is trained, saved and
+  evaluated; :meth:`simulation` builds the clients and the compiled round."""
+
+  def simulation(self) -> Simulation:
+    cfg, fc = self.config, self.config.fed
+    if "jpeg" in cfg.data and cfg.data.jpeg.qualities:
+      raise ValueError(
+        "config.data.jpeg (host-side JPEG weathering) is not supported in federated runs, "
+        "whose batches are drawn inside the compiled round; set config.data.jpeg.qualities=()."
+      )
+    if fc.placement not in PLACEMENTS:
+      raise ValueError(
+        f"config.fed.placement: unknown {fc.placement!r}; known: {', '.join(PLACEMENTS)}."
+      )
+    arrays, sites = load_arrays(self.sources["train"], cfg.data)
+    foreground = (arrays["labels"] > 0).mean(axis=(1, 2))
+    where = layout.assign(fc, cfg.method.labeled_fraction, foreground, sites, cfg.seed)
+    devices = jax.devices() if fc.shard_clients else jax.devices()[:1]
+    rows = math.ceil(fc.num_clients / len(devices)) * len(devices)
+    data, longest = layout.client_data(
+      where,
+      rows,
+      fc.local_steps,
+      fc.local_epochs,
+      cfg.train.batch_size,
+      cfg.method.unlabeled_batch_size,
+    )
+    ctx = loop.make_context(cfg, self.model, self.loss_fn, self.tx, self.image_shape[-1])
+    abstract = jax.eval_shape(lambda: self.method.init(ctx, jax.random.key(0)))
+    search, perturb_kw, probe = None, None, np.zeros((1,), np.float32)
+    if self.method.sends_seeds:
+      search = dict(fc.seed_search)
+      _check_search(search, fc.scenario)
+      kw = rwp.settings(ctx.kwargs)
+      perturb_kw = {"p": kw["p"], "sigma": kw["sigma"]}
+      if search["probe"] == "real":
+        probe = arrays["image"][np.resize(where.server, search["probe_size"])]
+    if fc.scenario == "label_at_server" and cfg.method.name == "supervised":
+      raise ValueError(
+        "method 'supervised' with scenario 'label_at_server' gives the clients nothing to "
+        "train on; use label_at_client (FedAvg) or a semi-supervised method."
+      )
+    fed = simulate.Federation(
+      ctx=ctx,
+      method=self.method,
+      server_tx=optim.make(fc.server_optim, fc.rounds),
+      scenario=fc.scenario,
+      local_steps=longest,
+      server_steps=fc.server_steps,
+      batch_size=cfg.train.batch_size,
+      unlabeled_batch_size=cfg.method.unlabeled_batch_size,
+      trainable=tuple(n for n, v in abstract.nets.items() if v.opt_state is not None),
+      search=search,
+      perturb=perturb_kw,
+    )
+    nbytes = sum(v.nbytes for v in arrays.values())
+    placement = fc.placement
+    if placement == "auto":
+      placement = "device" if nbytes <= fc.device_budget_mib * 2**20 else "stream"
+    run_round, place_state = compile_round(
+      fed, data, arrays, probe, self.train_key, placement, devices
+    )
+    server = (
+      f"\nserver: {len(where.server)} labeled images" if fc.scenario == "label_at_server" else ""
+    )
+    table = partition.table(where.clients, foreground, where.labeled) + server
+    comm = cost.communication(self.method, self.abstract_state().nets)
+    return Simulation(fed, where, table, comm, placement, run_round, place_state)
+
+
+def _check_search(search: dict, scenario: str) -> None:
+  if search["probe"] not in seed_search.PROBES:
+    raise ValueError(
+      f"config.fed.seed_search.probe: unknown {search['probe']!r}; known: "
+      f"{', '.join(seed_search.PROBES)}."
+    )
+  if search["probe"] == "real" and scenario != "label_at_server":
+    raise ValueError(
+      "config.fed.seed_search.probe='real' (FedWeP-Real) needs the server's images: use "
+      "scenario 'label_at_server', or probe 'random'."
+    )
+  if search["criterion"] not in seed_search.CRITERIA:
+    raise ValueError(
+      f"config.fed.seed_search.criterion: unknown {search['criterion']!r}; known: "
+      f"{', '.join(seed_search.CRITERIA)}."
+    )
+
+
+def compile_round(fed, data, arrays, probe, train_key, placement: str, devices):
+  """``(run_round(state) -> (state, metrics), place_state)`` for the placement.
+
+  With several devices the client axis is sharded over a ``clients`` mesh axis
+  (index tables and client states split by rows; server state and data replicated).
+  """
+  keys = {"train": jax.random.fold_in(train_key, 0), "search": jax.random.fold_in(train_key, 1)}
+  data_key = jax.random.fold_in(train_key, 2)
+  mesh = jax.make_mesh(
+    (len(devices),), ("clients",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+  )
+  rows, replicated = NamedSharding(mesh, P("clients")), NamedSharding(mesh, P())
+  data_sharding = simulate.ClientData(
+    labeled=rows,
+    labeled_n=rows,
+    unlabeled=rows,
+    unlabeled_n=rows,
+    size=rows,
+    steps=rows,
+    server=replicated,
+    server_n=replicated,
+  )
+  data = jax.device_put(data, data_sharding)
+  probe = jax.device_put(probe, replicated)
+
+  def constrain(tree):
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, rows), tree)
+
+  def indices(step, data):
+    server = None
+    if fed.scenario == "label_at_server":
+      server = simulate.server_indices(fed, data, data_key, step)
+    return simulate.client_indices(fed, data, data_key, step), server
+
+  def round_fn(state, data, client_xs, server_xs, probe, fetch):
+    return simulate.round_(fed, state, data, client_xs, server_xs, fetch, probe, keys, constrain)
+
+  if placement == "device":
+    arrays = jax.device_put(arrays, replicated)
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def device_round(state, data, arrays, probe):
+      client_xs, server_xs = indices(state.step, data)
+      return round_fn(
+        state, data, client_xs, server_xs, probe, lambda x: simulate.gather(arrays, x)
+      )
+
+    run_round = lambda state: device_round(state, data, arrays, probe)  # noqa: E731
+  else:
+    draw = jax.jit(indices)
+    streamed = jax.jit(
+      lambda state, data, cx, sx, probe: round_fn(state, data, cx, sx, probe, lambda x: x),
+      donate_argnums=0,
+    )
+
+    def run_round(state):
+      client_idx, server_idx = jax.device_get(draw(state.step, data))
+      client_xs = jax.device_put(simulate.gather(arrays, client_idx), rows)
+      server_xs = None if server_idx is None else simulate.gather(arrays, server_idx)
+      return streamed(state, data, client_xs, server_xs, probe)
+
+  return run_round, lambda state: jax.device_put(state, replicated)
+
+
+def train(config, workdir: str, *, stop_after: int | None = None):
+  """Federated training of ``config`` in ``workdir`` (resumes from its latest checkpoint);
+  ``stop_after`` ends after that many rounds without saving, as a kill would."""
+  loop.prepare_workdir(workdir)
+  loop.check_config(config)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  exp = FedExperiment(config)
+  sim = exp.simulation()
+  fc = config.fed
+  with open(os.path.join(workdir, "clients.md"), "w") as f:
+    f.write(sim.table + "\n")
+  with open(os.path.join(workdir, "communication.json"), "w") as f:
+    json.dump(sim.communication, f, indent=2)
+  comm = sim.communication
+  print(
+    f"{fc.num_clients} clients ({fc.partition}, {fc.scenario}), data {sim.placement}:\n"
+    f"{sim.table}\n"
+    f"communication per client per round: {comm['down_bytes']:,} B down, "
+    f"{comm['up_bytes']:,} B up ({comm['text']} of a two-model method)"
+  )
+  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
+  record = {"best_dice": -1.0, "evals_since_best": 0}
+  if ckpts.latest_step() is not None:
+    state, record = ckpts.restore(ckpts.latest_step(), exp.abstract_state())
+    print(f"Resumed from {workdir}/checkpoints/{int(state.step)}.")
+  else:
+    state = exp.init_state()
+    params = exp.variables(state)["params"]
+    print(f"{config.model.name}: {state_lib.count_params(params):,} parameters.")
+  state = sim.place_state(state)
+  logger = loop.Logger(workdir)
+  start = int(state.step)
+  bar = tqdm.tqdm(total=fc.rounds, initial=start, desc="rounds", unit="round", mininterval=1.0)
+  try:
+    for r in range(start + 1, fc.rounds + 1):
+      if stop_after is not None and r - 1 - start >= stop_after:
+        return state
+      began = time.time()
+      state, metrics = sim.run_round(state)
+      values = loop.mean_metrics([metrics], r, ckpts)
+      for name in ("seed_a", "seed_b"):
+        if name in values:
+          values[name] = int(values[name])
+      values["rounds_per_s"] = 1.0 / (time.time() - began)
+      logger.write(r, "train", values)
+      bar.set_postfix(loss=f"{values['loss']:.4f}")
+      bar.update(r - bar.n)
+      if r % config.train.eval_every == 0 or r == fc.rounds:
+        if loop.validate_and_save(exp, state, r, record, {}, ckpts, logger, workdir, bar.write):
+          break
+  finally:
+    bar.close()
+    logger.close()
+    ckpts.close()
+  return state

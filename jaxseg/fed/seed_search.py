@@ -1,0 +1,80 @@
+"""FedWeP's server-side seed search (SPEC §1).
+
+The server draws ``N`` candidate seeds, builds the perturbed models
+``W~_i = rwp(W, s_i)`` and predicts the probe set with all of them in one vmapped
+pass. ``c_ij`` is the cosine similarity of the prediction maps of models ``i`` and
+``j``, averaged over the probe images; the pair ``i != j`` is chosen by
+
+* ``most_similar`` (default): ``argmax c_ij`` — the two models do not deviate
+  excessively;
+* ``least_similar``: ``argmin c_ij`` — the most diverse pair (an ablation);
+* ``target``: ``argmin |c_ij - target|``.
+
+Probe sets: ``random`` (FedWeP-Random: uniform noise images drawn from the key, no
+data at the server) or ``real`` (FedWeP-Real: the server's own images).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from jaxseg import perturb
+from jaxseg.semi import base
+
+CRITERIA = ("most_similar", "least_similar", "target")
+PROBES = ("random", "real")
+
+
+def predictions(ctx, params, batch_stats, seeds, probe, *, p: float, sigma: float):
+  """Probabilities ``[N, X, H, W, K]`` of the ``N`` perturbed models on ``probe``."""
+
+  def one(seed):
+    logits, _ = base.forward(
+      ctx, perturb.rwp(params, seed, p=p, sigma=sigma), batch_stats, probe, None, train=False
+    )
+    return jax.nn.sigmoid(logits) if logits.shape[-1] == 1 else jax.nn.softmax(logits)
+
+  return jax.vmap(one)(seeds)
+
+
+def similarity(probs):
+  """``c [N, N]``: cosine similarity of prediction maps, mean over probe images."""
+  flat = probs.reshape(*probs.shape[:2], -1).astype(jnp.float32)
+  unit = flat / jnp.maximum(jnp.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
+  return jnp.einsum("nxd,mxd->nm", unit, unit) / probs.shape[1]
+
+
+def choose(c, criterion: str, target: float = 0.9):
+  """``(i, j)`` with ``i < j`` chosen from the similarity matrix ``c``."""
+  n = c.shape[0]
+  upper = jnp.triu(jnp.ones((n, n), bool), k=1)
+  if criterion == "most_similar":
+    score = c
+  elif criterion == "least_similar":
+    score = -c
+  elif criterion == "target":
+    score = -jnp.abs(c - target)
+  else:
+    raise ValueError(
+      f"config.fed.seed_search.criterion: unknown {criterion!r}; known: {', '.join(CRITERIA)}."
+    )
+  flat = jnp.argmax(jnp.where(upper, score, -jnp.inf))
+  return flat // n, flat % n
+
+
+def search(
+  ctx, params, batch_stats, probe, key, *, candidates: int, criterion: str, target, p, sigma
+):
+  """``(seeds [2] uint32, info)``: the chosen pair, its similarity and the matrix."""
+  if candidates < 2:
+    raise ValueError(f"config.fed.seed_search.candidates must be >= 2, found {candidates}.")
+  seeds = jax.random.bits(key, (candidates,), jnp.uint32)
+  c = similarity(predictions(ctx, params, batch_stats, seeds, probe, p=p, sigma=sigma))
+  i, j = choose(c, criterion, target)
+  off_diagonal = c.sum() - jnp.trace(c)
+  info = {
+    "similarity": c[i, j],
+    "similarity_mean": off_diagonal / (candidates * (candidates - 1)),
+    "seed_a": seeds[i],
+    "seed_b": seeds[j],
+  }
+  return jnp.stack([seeds[i], seeds[j]]), info

@@ -1,0 +1,271 @@
+"""One federated round as one compiled function (pure; vmapped over clients).
+
+Client states are stacked on a leading axis. A round, in this order:
+
+1. **server training** (label-at-server only): the server runs ``server_steps`` of the
+   method's own step from the global model on its labeled images (their images also
+   serve as its unlabeled batch);
+2. **seed search** (methods that send seeds, FedWeP): the server picks the seed pair
+   on the probe set with the model it is about to send (:mod:`jaxseg.fed.seed_search`);
+3. **broadcast**: every client starts from the server's exchanged networks (parameters
+   and BatchNorm statistics) with a fresh optimizer state;
+4. **local training**: ``jax.vmap`` over clients of a ``lax.scan`` over local steps of
+   the method's step (RWP gets the round's fixed seed pair). A client with fewer
+   steps than the longest (``local_epochs`` mode) or a padding client (no data, zero
+   steps) is masked: ``where(step < steps_c, new, old)``;
+5. **aggregation**: the client models' mean weighted by client data size (padding
+   clients weigh 0); the server applies the pseudo-gradient ``W - mean`` with its
+   optax optimizer (``sgd(1.0)`` is FedAvg, ``adam`` FedAdam), and takes the
+   weighted mean of the BatchNorm statistics.
+
+Data: ``xs`` holds, per client and local step, either indices into the training
+arrays (data on the device; gathered inside the step) or the batches themselves
+(streamed per round); ``fetch`` turns one step's ``xs`` into batches, so both modes
+run the same computation. Batch indices are drawn with keys
+``fold_in(fold_in(fold_in(data_key, round), client), step)``.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxseg.fed import seed_search
+from jaxseg.semi import base
+
+SCENARIOS = ("label_at_client", "label_at_server")
+SERVER = 2**31 - 1  # the server's index where keys are folded per participant
+
+
+class ServerState(struct.PyTreeNode):
+  step: jax.Array  # rounds done
+  nets: dict  # name -> base.Net (opt_state None): the global model(s)
+  opt_state: Any  # the server optimizer's state over {name: params}
+
+
+class ClientData(struct.PyTreeNode):
+  """Who holds what: index tables into the training arrays, padded per row.
+
+  ``labeled``/``unlabeled`` ``[R, max]`` with counts ``[R]``; ``size [R]`` the
+  aggregation weight (0 for padding rows); ``steps [R]`` local steps per client;
+  ``server [max]`` with ``server_n`` the server's labeled images; ``probe`` the
+  FedWeP-Real probe images (or a placeholder).
+  """
+
+  labeled: jax.Array
+  labeled_n: jax.Array
+  unlabeled: jax.Array
+  unlabeled_n: jax.Array
+  size: jax.Array
+  steps: jax.Array
+  server: jax.Array
+  server_n: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Federation:
+  """The static parts of a simulation."""
+
+  ctx: base.Context
+  method: base.Method
+  server_tx: optax.GradientTransformation
+  scenario: str
+  local_steps: int  # the longest client's
+  server_steps: int
+  batch_size: int
+  unlabeled_batch_size: int
+  trainable: tuple[str, ...]  # nets with an optimizer
+  search: dict | None  # seed-search settings (methods that send seeds)
+  perturb: dict | None  # RWP's p and sigma
+
+
+def init(method: base.Method, ctx: base.Context, server_tx, key) -> ServerState:
+  state = method.init(ctx, key)
+  missing = set(state.nets) - set(method.exchanged)
+  if missing:
+    raise ValueError(f"federated methods must exchange every network; not exchanged: {missing}.")
+  nets = {
+    n: base.Net(params=v.params, batch_stats=v.batch_stats, opt_state=None)
+    for n, v in state.nets.items()
+  }
+  return ServerState(
+    step=jnp.zeros((), jnp.int32),
+    nets=nets,
+    opt_state=server_tx.init({n: v.params for n, v in nets.items()}),
+  )
+
+
+def start(fed: Federation, nets: dict, step) -> base.SemiState:
+  """A participant's method state from the global networks (fresh optimizer state)."""
+  return base.SemiState(
+    step=jnp.asarray(step, jnp.int32),
+    nets={
+      n: v.replace(opt_state=fed.ctx.tx.init(v.params) if n in fed.trainable else None)
+      for n, v in nets.items()
+    },
+  )
+
+
+def draw(key, table, count, steps: int, batch: int):
+  """Indices ``[steps, batch]`` drawn uniformly (with replacement) from ``table[:count]``."""
+  keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(steps))
+  picks = jax.vmap(lambda k: jax.random.randint(k, (batch,), 0, jnp.maximum(count, 1)))(keys)
+  return table[picks]
+
+
+def client_indices(fed: Federation, data: ClientData, data_key, round_):
+  """Per client ``{labeled, unlabeled}`` indices ``[R, S, B]`` of this round."""
+  rows = jnp.arange(data.size.shape[0])
+  key = jax.random.fold_in(data_key, round_)
+
+  def one(c, lab, lab_n, unl, unl_n):
+    k = jax.random.fold_in(key, c)
+    out = {
+      "unlabeled": draw(
+        jax.random.fold_in(k, 1), unl, unl_n, fed.local_steps, fed.unlabeled_batch_size
+      )
+    }
+    if fed.scenario == "label_at_client":
+      out["labeled"] = draw(jax.random.fold_in(k, 0), lab, lab_n, fed.local_steps, fed.batch_size)
+    return out
+
+  return jax.vmap(one)(rows, data.labeled, data.labeled_n, data.unlabeled, data.unlabeled_n)
+
+
+def server_indices(fed: Federation, data: ClientData, data_key, round_):
+  """The server's ``{labeled, unlabeled}`` indices ``[S, B]`` (label-at-server)."""
+  key = jax.random.fold_in(jax.random.fold_in(data_key, round_), SERVER)
+  return {
+    "labeled": draw(
+      jax.random.fold_in(key, 0), data.server, data.server_n, fed.server_steps, fed.batch_size
+    ),
+    "unlabeled": draw(
+      jax.random.fold_in(key, 1),
+      data.server,
+      data.server_n,
+      fed.server_steps,
+      fed.unlabeled_batch_size,
+    ),
+  }
+
+
+def gather(arrays: dict, indices) -> dict:
+  """Batches of the training ``arrays`` at ``indices`` (any leading shape)."""
+  return jax.tree.map(lambda idx: {k: v[idx] for k, v in arrays.items()}, indices)
+
+
+def _batches(fed: Federation, batch: dict) -> tuple[dict, dict]:
+  """``(labeled, unlabeled)`` of one step; label-at-server clients get no labels."""
+  if "labeled" in batch:
+    return batch["labeled"], batch["unlabeled"]
+  unlabeled = batch["unlabeled"]
+  dummy = {
+    "image": unlabeled["image"],
+    "labels": jnp.zeros_like(unlabeled["labels"]),
+    "sup_weight": jnp.zeros((), jnp.float32),
+  }
+  return dummy, unlabeled
+
+
+def local_train(fed: Federation, state, xs, fetch: Callable, steps, key, seeds):
+  """``lax.scan`` of the method's step over ``xs``; steps ``>= steps`` are masked."""
+  kwargs = {"seeds": seeds} if fed.method.sends_seeds else {}
+
+  def body(carry, x):
+    state, s = carry
+    labeled, unlabeled = _batches(fed, fetch(x))
+    new, metrics = fed.method.step(fed.ctx, state, labeled, unlabeled, key, **kwargs)
+    live = s < steps
+    state = jax.tree.map(lambda a, b: jnp.where(live, a, b), new, state)
+    return (state, s + 1), jax.tree.map(lambda m: jnp.where(live, m, 0.0), metrics)
+
+  (state, _), metrics = jax.lax.scan(body, (state, jnp.zeros((), jnp.int32)), xs)
+  live = jnp.arange(jax.tree.leaves(xs)[0].shape[0]) < steps
+  denom = jnp.maximum(live.sum(), 1)
+  return state, jax.tree.map(lambda m: m.sum() / denom, metrics)
+
+
+def weighted_mean(tree, weights):
+  w = weights / jnp.maximum(weights.sum(), 1e-12)
+  return jax.tree.map(
+    lambda x: jnp.tensordot(w, x.astype(jnp.float32), axes=1).astype(x.dtype), tree
+  )
+
+
+def aggregate(fed: Federation, server: ServerState, client_nets: dict, weights) -> ServerState:
+  params = {n: v.params for n, v in server.nets.items()}
+  mean = weighted_mean({n: v.params for n, v in client_nets.items()}, weights)
+  stats = weighted_mean({n: v.batch_stats for n, v in client_nets.items()}, weights)
+  pseudo_grad = jax.tree.map(jnp.subtract, params, mean)
+  updates, opt_state = fed.server_tx.update(pseudo_grad, server.opt_state, params)
+  params = optax.apply_updates(params, updates)
+  nets = {n: v.replace(params=params[n], batch_stats=stats[n]) for n, v in server.nets.items()}
+  return server.replace(nets=nets, opt_state=opt_state)
+
+
+def round_(
+  fed: Federation,
+  server: ServerState,
+  data: ClientData,
+  client_xs,
+  server_xs,
+  fetch: Callable,
+  probe,
+  keys: dict,
+  constrain: Callable = lambda x: x,
+):
+  """One round: ``(new server state, metrics)``. ``keys``: ``train``, ``search``."""
+  round_idx = server.step
+  metrics = {}
+  nets = server.nets
+  base_key = jax.random.fold_in(keys["train"], round_idx)
+  if fed.scenario == "label_at_server":
+    state = start(fed, nets, round_idx * fed.server_steps)
+    steps = jnp.asarray(fed.server_steps)
+    state, server_metrics = local_train(
+      fed, state, server_xs, fetch, steps, jax.random.fold_in(base_key, SERVER), None
+    )
+    nets = {n: v.replace(opt_state=None) for n, v in state.nets.items()}
+    metrics.update({f"server_{k}": v for k, v in server_metrics.items()})
+  seeds = None
+  if fed.search is not None:
+    first = nets[fed.method.evaluated]
+    search_key = jax.random.fold_in(keys["search"], round_idx)
+    if fed.search["probe"] == "random":
+      shape = (fed.search["probe_size"], *fed.ctx.image_shape)
+      probe = jax.random.uniform(jax.random.fold_in(search_key, 1), shape)
+    seeds, info = seed_search.search(
+      fed.ctx,
+      first.params,
+      first.batch_stats,
+      probe,
+      jax.random.fold_in(search_key, 0),
+      candidates=fed.search["candidates"],
+      criterion=fed.search["criterion"],
+      target=fed.search["target"],
+      **fed.perturb,
+    )
+    metrics.update(info)
+
+  def client(c, xs, steps):
+    state = start(fed, nets, round_idx * fed.local_steps)
+    state, m = local_train(fed, state, xs, fetch, steps, jax.random.fold_in(base_key, c), seeds)
+    return state.nets, m
+
+  rows = jnp.arange(data.size.shape[0])
+  client_nets, client_metrics = jax.vmap(client)(rows, client_xs, data.steps)
+  client_nets = constrain(client_nets)
+  live = data.size > 0
+  weights = data.size.astype(jnp.float32)
+  metrics.update(
+    {
+      k: jnp.sum(jnp.where(live, v, 0.0)) / jnp.maximum(live.sum(), 1)
+      for k, v in client_metrics.items()
+    }
+  )
+  server = aggregate(fed, server.replace(nets=nets), client_nets, weights)
+  return server.replace(step=server.step + 1), metrics

@@ -12,6 +12,17 @@ def _dataset_cache(tmp_path_factory):
   yield
 
 
+# Tests that build the same computation again (a resumed run, a second experiment)
+# load it from JAX's persistent compilation cache instead of compiling it anew.
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory):
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  yield
+
+
 def make_tiny_config():
   """The smoke config shrunk further: 32 px, widths (4, 8), 6 steps."""
   from configs import unet_synthetic

@@ -143,14 +143,19 @@ def _check_search(search: dict, scenario: str) -> None:
     )
 
 
+def round_keys(train_key) -> tuple[dict, jax.Array]:
+  """``({train, search}, data_key)``: the keys every round folds its index into."""
+  keys = {"train": jax.random.fold_in(train_key, 0), "search": jax.random.fold_in(train_key, 1)}
+  return keys, jax.random.fold_in(train_key, 2)
+
+
 def compile_round(fed, data, arrays, probe, train_key, placement: str, devices):
   """``(run_round(state) -> (state, metrics), place_state)`` for the placement.
 
   With several devices the client axis is sharded over a ``clients`` mesh axis
   (index tables and client states split by rows; server state and data replicated).
   """
-  keys = {"train": jax.random.fold_in(train_key, 0), "search": jax.random.fold_in(train_key, 1)}
-  data_key = jax.random.fold_in(train_key, 2)
+  keys, data_key = round_keys(train_key)
   mesh = jax.make_mesh(
     (len(devices),), ("clients",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
   )
@@ -168,8 +173,14 @@ def compile_round(fed, data, arrays, probe, train_key, placement: str, devices):
   data = jax.device_put(data, data_sharding)
   probe = jax.device_put(probe, replicated)
 
-  def constrain(tree):
-    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, rows), tree)
+  def map_clients(block, shared, *client_args):
+    if len(devices) == 1:
+      return block(shared, *client_args)
+    # Each device trains its shard of the clients; their weighted sums are combined.
+    summed = lambda *args: jax.lax.psum(block(*args), "clients")  # noqa: E731
+    specs = (P(), *(P("clients"),) * len(client_args))
+    mapped = jax.shard_map(summed, mesh=mesh, in_specs=specs, out_specs=P(), check_vma=False)
+    return mapped(shared, *client_args)
 
   def indices(step, data):
     server = None
@@ -177,8 +188,10 @@ def compile_round(fed, data, arrays, probe, train_key, placement: str, devices):
       server = simulate.server_indices(fed, data, data_key, step)
     return simulate.client_indices(fed, data, data_key, step), server
 
-  def round_fn(state, data, client_xs, server_xs, probe, fetch):
-    return simulate.round_(fed, state, data, client_xs, server_xs, fetch, probe, keys, constrain)
+  def round_fn(state, data, client_xs, server_xs, probe, arrays, fetch):
+    return simulate.round_(
+      fed, state, data, client_xs, server_xs, fetch, probe, keys, arrays, map_clients
+    )
 
   if placement == "device":
     arrays = jax.device_put(arrays, replicated)
@@ -186,15 +199,13 @@ def compile_round(fed, data, arrays, probe, train_key, placement: str, devices):
     @functools.partial(jax.jit, donate_argnums=0)
     def device_round(state, data, arrays, probe):
       client_xs, server_xs = indices(state.step, data)
-      return round_fn(
-        state, data, client_xs, server_xs, probe, lambda x: simulate.gather(arrays, x)
-      )
+      return round_fn(state, data, client_xs, server_xs, probe, arrays, simulate.gather)
 
     run_round = lambda state: device_round(state, data, arrays, probe)  # noqa: E731
   else:
     draw = jax.jit(indices)
     streamed = jax.jit(
-      lambda state, data, cx, sx, probe: round_fn(state, data, cx, sx, probe, lambda x: x),
+      lambda state, data, cx, sx, probe: round_fn(state, data, cx, sx, probe, {}, lambda _, x: x),
       donate_argnums=0,
     )
 

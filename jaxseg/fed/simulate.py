@@ -26,6 +26,7 @@ run the same computation. Batch indices are drawn with keys
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -189,22 +190,46 @@ def local_train(fed: Federation, state, xs, fetch: Callable, steps, key, seeds):
   return state, jax.tree.map(lambda m: m.sum() / denom, metrics)
 
 
-def weighted_mean(tree, weights):
-  w = weights / jnp.maximum(weights.sum(), 1e-12)
-  return jax.tree.map(
-    lambda x: jnp.tensordot(w, x.astype(jnp.float32), axes=1).astype(x.dtype), tree
-  )
+def weighted_sum(tree, weights):
+  """``sum_c weights[c] * tree[c]`` over the leading (client) axis, in float32."""
+  return jax.tree.map(lambda x: jnp.tensordot(weights, x.astype(jnp.float32), axes=1), tree)
 
 
-def aggregate(fed: Federation, server: ServerState, client_nets: dict, weights) -> ServerState:
+def aggregate(fed: Federation, server: ServerState, sums: dict, total) -> ServerState:
+  """The server update from the clients' weighted sums of parameters and statistics."""
   params = {n: v.params for n, v in server.nets.items()}
-  mean = weighted_mean({n: v.params for n, v in client_nets.items()}, weights)
-  stats = weighted_mean({n: v.batch_stats for n, v in client_nets.items()}, weights)
+  mean = jax.tree.map(lambda s, p: (s / total).astype(p.dtype), sums["params"], params)
+  stats = jax.tree.map(lambda s: s / total, sums["batch_stats"])
   pseudo_grad = jax.tree.map(jnp.subtract, params, mean)
   updates, opt_state = fed.server_tx.update(pseudo_grad, server.opt_state, params)
   params = optax.apply_updates(params, updates)
   nets = {n: v.replace(params=params[n], batch_stats=stats[n]) for n, v in server.nets.items()}
   return server.replace(nets=nets, opt_state=opt_state)
+
+
+def clients(fed: Federation, fetch, shared: dict, rows, xs, steps, size):
+  """Local training of a block of clients (vmapped) and their weighted sums.
+
+  ``shared``: what every client gets (``nets``, ``seeds``, ``key``, ``round``,
+  ``arrays`` for ``fetch``). Returns sums over the block, so that blocks on several
+  devices combine by ``psum``: ``{params, batch_stats}`` weighted by client size, the
+  total weight, the live (non-padding) clients and their metrics' sums.
+  """
+  batches = functools.partial(fetch, shared["arrays"])
+
+  def client(c, xs, steps):
+    state = start(fed, shared["nets"], shared["round"] * fed.local_steps)
+    key = jax.random.fold_in(shared["key"], c)
+    state, m = local_train(fed, state, xs, batches, steps, key, shared["seeds"])
+    return state.nets, m
+
+  client_nets, metrics = jax.vmap(client)(rows, xs, steps)
+  weights, live = size.astype(jnp.float32), (size > 0).astype(jnp.float32)
+  sums = {
+    "params": weighted_sum({n: v.params for n, v in client_nets.items()}, weights),
+    "batch_stats": weighted_sum({n: v.batch_stats for n, v in client_nets.items()}, weights),
+  }
+  return sums, weights.sum(), live.sum(), {k: jnp.dot(live, v) for k, v in metrics.items()}
 
 
 def round_(
@@ -216,9 +241,16 @@ def round_(
   fetch: Callable,
   probe,
   keys: dict,
-  constrain: Callable = lambda x: x,
+  arrays=None,
+  map_clients: Callable = lambda block, shared, *client_args: block(shared, *client_args),
 ):
-  """One round: ``(new server state, metrics)``. ``keys``: ``train``, ``search``."""
+  """One round: ``(new server state, metrics)``. ``keys``: ``train``, ``search``.
+
+  ``fetch(arrays, x)`` makes one step's batches from its ``xs`` entry.
+  ``map_clients(block, shared, rows, xs, steps, size)`` runs :func:`clients`:
+  directly, or per device on its shard of the clients with the sums combined by
+  ``psum`` (:func:`jaxseg.fed.loop.compile_round`).
+  """
   round_idx = server.step
   metrics = {}
   nets = server.nets
@@ -226,8 +258,9 @@ def round_(
   if fed.scenario == "label_at_server":
     state = start(fed, nets, round_idx * fed.server_steps)
     steps = jnp.asarray(fed.server_steps)
+    batches = functools.partial(fetch, arrays)
     state, server_metrics = local_train(
-      fed, state, server_xs, fetch, steps, jax.random.fold_in(base_key, SERVER), None
+      fed, state, server_xs, batches, steps, jax.random.fold_in(base_key, SERVER), None
     )
     nets = {n: v.replace(opt_state=None) for n, v in state.nets.items()}
     metrics.update({f"server_{k}": v for k, v in server_metrics.items()})
@@ -251,21 +284,12 @@ def round_(
     )
     metrics.update(info)
 
-  def client(c, xs, steps):
-    state = start(fed, nets, round_idx * fed.local_steps)
-    state, m = local_train(fed, state, xs, fetch, steps, jax.random.fold_in(base_key, c), seeds)
-    return state.nets, m
-
   rows = jnp.arange(data.size.shape[0])
-  client_nets, client_metrics = jax.vmap(client)(rows, client_xs, data.steps)
-  client_nets = constrain(client_nets)
-  live = data.size > 0
-  weights = data.size.astype(jnp.float32)
-  metrics.update(
-    {
-      k: jnp.sum(jnp.where(live, v, 0.0)) / jnp.maximum(live.sum(), 1)
-      for k, v in client_metrics.items()
-    }
+  shared = {"nets": nets, "seeds": seeds, "key": base_key, "round": round_idx, "arrays": arrays}
+  block = functools.partial(clients, fed, fetch)
+  sums, total, live, metric_sums = map_clients(
+    block, shared, rows, client_xs, data.steps, data.size
   )
-  server = aggregate(fed, server.replace(nets=nets), client_nets, weights)
+  metrics.update({k: v / jnp.maximum(live, 1) for k, v in metric_sums.items()})
+  server = aggregate(fed, server.replace(nets=nets), sums, total)
   return server.replace(step=server.step + 1), metrics

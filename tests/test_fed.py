@@ -1,0 +1,292 @@
+"""Federated simulation: partitions, scenarios, invariants, seed search, resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import fed_common
+from jaxseg import perturb
+from jaxseg.fed import cost, layout, partition, seed_search, simulate
+from jaxseg.fed import loop as fed_loop
+from jaxseg.train import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_fed_config(method="supervised", **fed):
+  config = fed_common.fed_config(method, "synthetic_smoke")
+  config.model.kwargs.widths = (4, 8)
+  config.data.kwargs.update(num_train=16, num_validation=4, num_test=4)
+  config.eval.batch_size = 4
+  config.fed.update(**fed)
+  return config
+
+
+def _params(state):
+  return jax.device_get({n: v.params for n, v in state.nets.items()})
+
+
+# --- partitions and layouts -------------------------------------------------
+
+
+def test_iid_and_dirichlet_partitions_cover_every_image_once():
+  indices = np.arange(40)
+  for parts in (
+    partition.iid(indices, 3, seed=0),
+    partition.dirichlet(indices, indices % 4, 3, alpha=0.1, seed=0),
+    partition.by_site(indices, indices % 5, 3),
+  ):
+    assert sorted(np.concatenate(parts).tolist()) == indices.tolist()
+    assert all(len(p) >= 1 for p in parts)
+  assert [len(p) for p in partition.iid(indices, 3, seed=0)] == [14, 13, 13]
+  assert not np.array_equal(partition.iid(indices, 3, 0)[0], partition.iid(indices, 3, 1)[0])
+
+
+def test_dirichlet_alpha_controls_skew():
+  indices, groups = np.arange(400), np.arange(400) % 4
+
+  def skew(alpha):  # mean over clients of the largest group's share
+    parts = partition.dirichlet(indices, groups, 4, alpha=alpha, seed=3)
+    return np.mean([np.bincount(groups[p], minlength=4).max() / len(p) for p in parts])
+
+  assert skew(0.05) > 0.8 > 0.4 > skew(100.0)
+
+
+def test_site_partition_needs_enough_sites():
+  with pytest.raises(ValueError, match="2 site"):
+    partition.by_site(np.arange(10), np.arange(10) % 2, 3)
+
+
+def test_layouts_round_fractions_up_and_keep_labels_where_they_belong():
+  fc = tiny_fed_config().fed
+  foreground, sites = np.linspace(0, 0.1, 38), np.zeros(38, int)
+  at_client = layout.assign(fc, 1 / 16, foreground, sites, seed=0)
+  assert [len(lab) for lab in at_client.labeled] == [1, 1, 1]  # ceil(13/16) etc.
+  for part, lab, unl in zip(at_client.clients, at_client.labeled, at_client.unlabeled, strict=True):
+    assert set(lab) | set(unl) == set(part) and not set(lab) & set(unl)
+  fc.scenario = "label_at_server"
+  at_server = layout.assign(fc, 1 / 16, foreground, sites, seed=0)
+  assert len(at_server.server) == 3  # ceil(38 / 16)
+  assert all(len(lab) == 0 for lab in at_server.labeled)
+  clients = np.concatenate(at_server.clients)
+  assert not set(clients) & set(at_server.server) and len(clients) == 35
+  fc.partition = "bogus"
+  with pytest.raises(ValueError, match="config.fed.partition.*bogus.*iid"):
+    layout.assign(fc, 0.5, foreground, sites, seed=0)
+
+
+def test_communication_cost_follows_what_is_exchanged():
+  def relative(method):
+    exp = fed_loop.FedExperiment(tiny_fed_config(method), splits=("validation",))
+    return cost.communication(exp.method, exp.abstract_state().nets)
+
+  cps, fedwep, fedavg = relative("cps"), relative("rwp"), relative("supervised")
+  assert cps["relative"] == 1.0 and fedavg["relative"] == 0.5
+  assert (
+    fedwep["down_bytes"] == fedavg["down_bytes"] + 8 and fedwep["up_bytes"] == fedavg["up_bytes"]
+  )
+  assert 0.5 < fedwep["relative"] < 0.501 and "8 B seeds" in fedwep["text"]
+
+
+# --- seed search ---------------------------------------------------------------
+
+
+def test_seed_search_picks_the_most_similar_pair():
+  exp = fed_loop.FedExperiment(tiny_fed_config("rwp"), splits=("validation",))
+  sim_ctx = loop.make_context(exp.config, exp.model, exp.loss_fn, exp.tx, 1)
+  net = exp.init_state().nets["model"]
+  probe = jax.random.uniform(jax.random.key(1), (3, 32, 32, 1))
+  kw = dict(candidates=4, target=0.9, p=0.5, sigma=0.5)
+  seeds, info = seed_search.search(
+    sim_ctx, net.params, net.batch_stats, probe, jax.random.key(2), criterion="most_similar", **kw
+  )
+  candidates = np.asarray(jax.random.bits(jax.random.key(2), (4,), jnp.uint32))
+  maps, apply = [], jax.jit(exp.model.apply)
+  for s in candidates:  # independently: perturb, predict, flatten per image
+    w = perturb.rwp(net.params, s, p=0.5, sigma=0.5)
+    out = apply({"params": w, "batch_stats": net.batch_stats}, probe)
+    maps.append(np.asarray(jax.nn.sigmoid(out)).reshape(3, -1).astype(np.float64))
+  c = np.array(
+    [
+      [
+        np.mean([a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(x, y, strict=True)])
+        for y in maps
+      ]
+      for x in maps
+    ]
+  )
+  c_pairs = np.where(np.triu(np.ones((4, 4), bool), 1), c, -np.inf)
+  i, j = np.unravel_index(np.argmax(c_pairs), c.shape)
+  assert seeds.tolist() == [candidates[i], candidates[j]]
+  np.testing.assert_allclose(float(info["similarity"]), c[i, j], rtol=1e-5)
+  least, _ = seed_search.search(
+    sim_ctx, net.params, net.batch_stats, probe, jax.random.key(2), criterion="least_similar", **kw
+  )
+  i, j = np.unravel_index(np.argmin(np.where(np.isfinite(c_pairs), c, np.inf)), c.shape)
+  assert least.tolist() == [candidates[i], candidates[j]]
+  with pytest.raises(ValueError, match="criterion.*nearest"):
+    seed_search.choose(jnp.asarray(c), "nearest")
+
+
+# --- the round: invariants ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def supervised_fed():
+  config = tiny_fed_config("supervised", local_steps=3, num_clients=2)
+  config.method.labeled_fraction = 1.0
+  # SGD: Adam would turn the rounding noise in the gradients of the conv biases that
+  # precede BatchNorm (mathematically zero) into lr-sized steps.
+  config.optim.update(name="sgd", lr=0.05)
+  exp = fed_loop.FedExperiment(config)
+  sim = exp.simulation()
+  arrays, _ = fed_loop.load_arrays(exp.sources["train"], config.data)
+  return exp, sim, arrays
+
+
+def _round(exp, sim, arrays, where, rows):
+  data, _ = layout.client_data(where, rows, 3, 0.0, 2, 2)
+  run, place = fed_loop.compile_round(
+    sim.fed, data, arrays, np.zeros(1, np.float32), exp.train_key, "device", jax.devices()[:1]
+  )
+  return run(place(exp.init_state()))
+
+
+def test_a_padded_client_changes_nothing(supervised_fed):
+  exp, sim, arrays = supervised_fed
+  two, _ = _round(exp, sim, arrays, sim.layout, rows=2)
+  padded, _ = _round(exp, sim, arrays, sim.layout, rows=3)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+    _params(two),
+    _params(padded),
+  )
+
+
+def test_one_client_equals_centralized_training(supervised_fed):
+  exp, sim, arrays = supervised_fed
+  n = len(arrays["image"])
+  one = layout.Layout([np.arange(n)], [np.arange(n)], [np.arange(n)], np.zeros(0, np.int64))
+  fed_state, _ = _round(exp, sim, arrays, one, rows=1)
+  # The same local steps, one by one, outside the simulator.
+  data, _ = layout.client_data(one, 1, 3, 0.0, 2, 2)
+  keys, data_key = fed_loop.round_keys(exp.train_key)
+  idx = simulate.client_indices(sim.fed, data, data_key, 0)
+  state = simulate.start(sim.fed, exp.init_state().nets, 0)
+  key = jax.random.fold_in(jax.random.fold_in(keys["train"], 0), 0)
+  step = jax.jit(lambda s, lab, unl: exp.method.step(sim.fed.ctx, s, lab, unl, key))
+  for s in range(3):
+    batch = simulate.gather(arrays, jax.tree.map(lambda x, s=s: x[0, s], idx))
+    state, _ = step(state, batch["labeled"], batch["unlabeled"])
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    _params(fed_state),
+    {n: v.params for n, v in jax.device_get(state.nets).items()},
+  )
+
+
+def test_streamed_batches_equal_on_device_batches(supervised_fed):
+  exp, sim, arrays = supervised_fed
+  data, _ = layout.client_data(sim.layout, 2, 3, 0.0, 2, 2)
+  results = []
+  for placement in ("device", "stream"):
+    run, place = fed_loop.compile_round(
+      sim.fed, data, arrays, np.zeros(1, np.float32), exp.train_key, placement, jax.devices()[:1]
+    )
+    results.append(_params(run(place(exp.init_state()))[0]))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *results)
+
+
+def test_unequal_clients_run_masked_local_epochs():
+  exp = fed_loop.FedExperiment(tiny_fed_config(local_epochs=1.0, partition="dirichlet"))
+  where = exp.simulation().layout
+  data, longest = layout.client_data(where, 4, 0, 1.0, 2, 2)
+  sizes = [
+    max(len(lab) / 2, len(unl) / 2) for lab, unl in zip(where.labeled, where.unlabeled, strict=True)
+  ]
+  assert data.steps.tolist() == [int(np.ceil(s)) for s in sizes] + [0]
+  assert longest == max(data.steps)
+
+
+# --- end to end: determinism, resume, every config -------------------------------
+
+
+def test_fedwep_run_is_reproducible_and_resumes_exactly(tmp_path):
+  config = tiny_fed_config("rwp", rounds=3, scenario="label_at_server")
+  config.fed.seed_search.probe = "real"
+  full = loop.train(config, str(tmp_path / "full"))
+  loop.train(config, str(tmp_path / "cut"), stop_after=2)  # killed after round 2
+  resumed = loop.train(config, str(tmp_path / "cut"))
+  jax.tree.map(np.testing.assert_array_equal, _params(full), _params(resumed))
+
+  def seeds(run):
+    lines = [json.loads(x) for x in open(tmp_path / run / "metrics.jsonl")]
+    return [(r["step"], r["seed_a"], r["seed_b"]) for r in lines if r["split"] == "train"]
+
+  assert sorted(set(seeds("cut"))) == seeds("full") and len(seeds("full")) == 3
+  assert all(a != b for _, a, b in seeds("full"))
+  comm = json.load(open(tmp_path / "full" / "communication.json"))
+  assert comm["down_bytes"] == comm["up_bytes"] + 8
+  assert "| 2 |" in open(tmp_path / "full" / "clients.md").read()
+
+
+@pytest.mark.parametrize(
+  "name",
+  ["fedavg_covid_ct", "fed_mean_teacher_covid_ct", "fed_cps_covid_ct", "fed_pseudoseg_covid_ct"],
+)
+def test_federated_configs_train_and_evaluate(name, tmp_path):
+  module = __import__(f"configs.{name}", fromlist=["get_config"])
+  config = module.get_config("synthetic_smoke")
+  config.model.kwargs.widths = (4, 8)
+  config.data.kwargs.update(num_train=16, num_validation=4, num_test=4)
+  config.fed.update(rounds=1, local_steps=1, partition="site")
+  loop.train(config, str(tmp_path))
+  result = loop.evaluate(str(tmp_path))
+  assert result["step"] == 1 and 0.0 <= result["dice"]["mean"] <= 1.0
+
+
+def test_bad_federated_settings_name_the_key(tmp_path):
+  config = tiny_fed_config("supervised", scenario="label_at_server")
+  with pytest.raises(ValueError, match="supervised.*label_at_server"):
+    fed_loop.FedExperiment(config).simulation()
+  config = tiny_fed_config("rwp")
+  config.fed.seed_search.probe = "real"
+  with pytest.raises(ValueError, match="FedWeP-Real"):
+    fed_loop.FedExperiment(config).simulation()
+  config = tiny_fed_config("cps")
+  config.optim.warmup_steps = 5
+  with pytest.raises(ValueError, match="warmup_steps"):
+    loop.train(config, str(tmp_path))
+
+
+def test_client_axis_sharded_over_four_devices_matches_one_device():
+  code = f"""
+import sys; sys.path.insert(0, {os.path.join(REPO, "tests")!r})
+import jax, numpy as np
+jax.config.update("jax_num_cpu_devices", 4)
+from test_fed import tiny_fed_config, _params
+from jaxseg.fed import loop as fed_loop
+out = []
+for shard in (True, False):
+  config = tiny_fed_config("supervised", num_clients=3, shard_clients=shard)
+  config.optim.update(name="sgd", lr=0.05)  # Adam amplifies rounding noise (see above)
+  exp = fed_loop.FedExperiment(config)
+  sim = exp.simulation()
+  state, _ = sim.run_round(sim.place_state(exp.init_state()))
+  if shard:
+    leaf = jax.tree.leaves(state.nets)[0]
+    assert len(leaf.sharding.device_set) == 4, leaf.sharding
+  out.append(_params(state))
+jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), *out)
+print("devices", len(jax.devices()), "ok")
+"""
+  env = {**os.environ, "PYTHONPATH": REPO}
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "devices 4 ok" in result.stdout

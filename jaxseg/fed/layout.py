@@ -87,8 +87,7 @@ def _partition(fed_config, indices, foreground, sites, seed):
   )
 
 
-def _table(groups: list, rows: int) -> tuple[np.ndarray, np.ndarray]:
-  width = max([1, *(len(g) for g in groups)])
+def _table(groups: list, rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
   table = np.zeros((rows, width), np.int32)
   counts = np.zeros(rows, np.int32)
   for r, g in enumerate(groups):
@@ -104,8 +103,11 @@ def client_data(
   Local steps per client: ``local_steps``, or with ``local_epochs > 0`` enough steps
   for that many passes over the client's labeled and unlabeled images.
   """
-  labeled, labeled_n = _table(layout.labeled, rows)
-  unlabeled, unlabeled_n = _table(layout.unlabeled, rows)
+  # Every table is as wide as the training set, so runs that differ only in the
+  # partition or the labeled fraction compile to the same program (cache hits).
+  width = max(len(np.concatenate([*layout.clients, layout.server])), 1)
+  labeled, labeled_n = _table(layout.labeled, rows, width)
+  unlabeled, unlabeled_n = _table(layout.unlabeled, rows, width)
   size = np.zeros(rows, np.float32)
   size[: len(layout.clients)] = [len(c) for c in layout.clients]
   if local_epochs > 0:
@@ -118,7 +120,7 @@ def client_data(
     )
   else:
     steps = np.where(size > 0, local_steps, 0).astype(np.int32)
-  server = layout.server if len(layout.server) else np.zeros(1, np.int64)
+  (server,), _ = _table([layout.server], 1, width)
   data = simulate.ClientData(
     labeled=labeled,
     labeled_n=labeled_n,
@@ -126,7 +128,7 @@ def client_data(
     unlabeled_n=unlabeled_n,
     size=size,
     steps=steps,
-    server=server.astype(np.int32),
+    server=server,
     server_n=np.int32(len(layout.server)),
   )
   return data, int(steps.max())

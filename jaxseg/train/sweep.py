@@ -9,7 +9,13 @@ A config declares its sweep in ``config.sweep``:
   and std of each metric over its labels;
 * ``metrics``: the test metrics to tabulate (names in ``test_metrics.json``);
 * ``cost`` (optional): ``((label, text), ...)`` of the first axis, shown as a
-  ``cost`` column (e.g. a method's communication cost).
+  ``cost`` column (e.g. a method's communication cost). Federated cells write their
+  measured cost (``communication.json``), which fills the column by itself;
+* ``exclude`` (optional): ``({axis: label, ...}, ...)`` combinations not to run
+  (e.g. FedWeP-Real where the server has no images);
+* ``pivot`` (optional): axes whose labels become columns of the first metric, as in
+  a paper's table (``("partition", "fraction")`` gives ``IID 1/16 | ... | NonIID
+  1/2``); ``sections``: an axis that splits the table into one table per label.
 
 Cells run one after another in this process, each in ``DIR/<axis>=<label>_.../``,
 trained and evaluated exactly as ``jaxseg train`` / ``jaxseg eval`` would. A cell
@@ -54,10 +60,13 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
 
 
 def cells(sweep: ml_collections.ConfigDict):
-  """Every combination of the axes' labels, with the merged overrides."""
+  """Every combination of the axes' labels (less ``exclude``), with the merged overrides."""
   names = [name for name, _ in sweep.axes]
+  exclude = [dict(e) for e in sweep.get("exclude", ())]
   for combo in itertools.product(*[variants for _, variants in sweep.axes]):
     labels = dict(zip(names, [label for label, _ in combo], strict=True))
+    if any(all(labels[k] == v for k, v in e.items()) for e in exclude):
+      continue
     overrides = [item for _, items in combo for item in items]
     yield labels, overrides
 
@@ -88,6 +97,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       loop.evaluate(cell_dir)
     with open(path) as f:
       results.append({"labels": labels, "metrics": json.load(f)})
+    measured = os.path.join(cell_dir, "communication.json")
+    if os.path.exists(measured):
+      with open(measured) as f:
+        results[-1]["cost"] = json.load(f)["text"]
   rows = aggregate(results, names, sweep.average, list(sweep.metrics))
   if "cost" in sweep:
     cost = dict(sweep.cost)
@@ -96,7 +109,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(rows, f, indent=2)
   keep = [n for n in names if n != sweep.average]
-  table = markdown(rows, keep + (["cost"] if "cost" in sweep else []), list(sweep.metrics))
+  has_cost = any("cost" in row for row in rows)
+  if "pivot" in sweep:
+    table = pivoted(rows, keep, list(sweep.pivot), sweep.get("sections"), sweep.metrics[0])
+  else:
+    table = markdown(rows, keep + (["cost"] if has_cost else []), list(sweep.metrics))
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(table + "\n")
   print("\n" + table)
@@ -108,22 +125,49 @@ def aggregate(results, names, average, metrics) -> list[dict]:
   keep = [n for n in names if n != average]
   groups = {}
   for r in results:
-    groups.setdefault(tuple(r["labels"][n] for n in keep), []).append(r["metrics"])
+    groups.setdefault(tuple(r["labels"][n] for n in keep), []).append(r)
   rows = []
   for key, group in groups.items():
     row = dict(zip(keep, key, strict=True)) | {"n": len(group)}
     for m in metrics:
-      values = np.array([g[m]["mean"] for g in group], dtype=float)
+      values = np.array([g["metrics"][m]["mean"] for g in group], dtype=float)
       row[m] = {"mean": float(values.mean()), "std": float(values.std())}
+    if "cost" in group[0]:
+      row["cost"] = group[0]["cost"]
     rows.append(row)
   return rows
+
+
+def pivoted(rows, keep, pivot, sections, metric: str) -> str:
+  """``metric`` with the ``pivot`` axes as columns (one table per ``sections`` label)."""
+  row_axes = [n for n in keep if n not in pivot and n != sections]
+  columns = list(dict.fromkeys(tuple(r[p] for p in pivot) for r in rows))
+  out = []
+  for section in dict.fromkeys(r.get(sections) for r in rows):
+    part = [r for r in rows if r.get(sections) == section]
+    cost = any("cost" in r for r in part)
+    header = [*row_axes, *(" ".join(c) for c in columns), *(["cost"] if cost else [])]
+    lines = [f"{metric} ({sections} = {section})" if sections else metric, ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key in dict.fromkeys(tuple(r[a] for a in row_axes) for r in part):
+      mine = [r for r in part if tuple(r[a] for a in row_axes) == key]
+      found = {tuple(r[p] for p in pivot): r for r in mine}
+      values = [_value(found[c][metric]) if c in found else "" for c in columns]
+      extra = [mine[0].get("cost", "")] if cost else []
+      lines.append("| " + " | ".join([*key, *values, *extra]) + " |")
+    out.append("\n".join(lines))
+  return "\n\n".join(out)
+
+
+def _value(stat: dict) -> str:
+  return f"{stat['mean']:.3f}" + (f" ± {stat['std']:.3f}" if stat["std"] > 0 else "")
 
 
 def markdown(rows, keep, metrics) -> str:
   header = [*keep, *metrics, "n"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
-    cells_ = [str(row[k]) for k in keep]
+    cells_ = [str(row.get(k, "")) for k in keep]
     cells_ += [f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" for m in metrics]
     lines.append("| " + " | ".join([*cells_, str(row["n"])]) + " |")
   return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""The FedWeP paper's Tables 1 and 2: methods x {IID, non-IID} x labeled fraction,
+with the communication cost, for label-at-server and label-at-client.
+
+    jaxseg sweep --config configs/fedwep_tables.py:cpu --workdir /tmp/fedwep_tables \\
+        --config.data.dir=/path/to/covid_ct
+
+writes ``results.md`` (one table per scenario, test Dice, the paper's layout) and
+``results.json``. Rows: MT, CPS and PS + FedAvg, FedWeP-Random and FedWeP-Real
+(label-at-server only: the server's images are the probe), and the fully supervised
+FedAvg upper bound (label-at-client; one column: every image labeled). Non-IID is
+Dirichlet(0.5) over lesion size (3 quantile bins) on COVID-19 CT, the acquisition
+site on ``synthetic_nerve``. The cost column is measured from what each method
+sends (``communication.json`` of each cell). Cells that differ only in partition or
+fraction share their compiled round (persistent compilation cache).
+
+Arguments: none — COVID-19 CT, 128 px, widths 16..256, 3 clients, 100 rounds of 10
+local steps, 3 seeds (a GPU run); ``cpu`` — 64 px, widths 8..64, 15 rounds of 4
+local steps, one seed; ``synthetic`` / ``synthetic_cpu`` — the same on the built-in
+``synthetic_nerve`` (4 sites, 4 clients); ``smoke`` — two methods, one fraction,
+tiny (seconds per cell).
+"""
+
+import ml_collections
+
+from configs.fed_common import fed_config
+from configs.semi_common import METHOD_KWARGS
+from jaxseg.train.sweep import axis
+
+FRACTIONS = {"1/16": 1 / 16, "1/8": 1 / 8, "1/4": 1 / 4, "1/2": 1 / 2}
+ARGS = ("cpu", "synthetic", "synthetic_cpu", "smoke")
+
+
+def _method(name, **extra):
+  return {"method.name": name, "method.kwargs": METHOD_KWARGS[name], **extra}
+
+
+METHODS = {
+  "FedAvg (supervised)": _method("supervised", **{"method.labeled_fraction": 1.0}),
+  "MT + FedAvg": _method("mean_teacher"),
+  "CPS + FedAvg": _method("cps"),
+  "PS + FedAvg": _method("pseudoseg"),
+  "FedWeP-Random": _method("rwp", **{"fed.seed_search.probe": "random"}),
+  "FedWeP-Real": _method("rwp", **{"fed.seed_search.probe": "real"}),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  if arg is not None and arg not in ARGS:
+    raise ValueError(f"configs/fedwep_tables.py: unknown argument {arg!r}; known: {ARGS}.")
+  synthetic = arg is not None and arg.startswith("synthetic")
+  config = fed_config(
+    "supervised", "synthetic" if synthetic else ("smoke" if arg == "smoke" else None)
+  )
+  methods, fractions, seeds = list(METHODS), FRACTIONS, (0, 1, 2)
+  non_iid = {"fed.partition": "site"} if synthetic else {"fed.partition": "dirichlet"}
+  if arg in ("cpu", "synthetic_cpu"):
+    config.data.kwargs.image_size = 64
+    config.model.kwargs.widths = (8, 16, 32, 64)
+    config.infer.tile = 64
+    config.fed.update(rounds=15, local_steps=4, server_steps=4)
+    config.train.update(batch_size=4, eval_every=5)
+    config.method.unlabeled_batch_size = 4
+    seeds = (0,)
+  if synthetic:
+    config.data.kwargs.update(num_train=256, num_validation=32, num_test=64)
+  if arg == "smoke":
+    methods, fractions, seeds = ["FedAvg (supervised)", "FedWeP-Random"], {"1/2": 0.5}, (0,)
+    config.fed.update(rounds=1, local_steps=1, server_steps=1)
+  exclude = [
+    {"scenario": "label_at_client", "method": "FedWeP-Real"},
+    {"scenario": "label_at_server", "method": "FedAvg (supervised)"},
+  ]
+  # The supervised upper bound labels every image: one column is enough.
+  exclude += [{"method": "FedAvg (supervised)", "fraction": f} for f in list(fractions)[1:]]
+  config.sweep = ml_collections.ConfigDict(
+    dict(
+      axes=(
+        axis("scenario", {s: {"fed.scenario": s} for s in ("label_at_server", "label_at_client")}),
+        # fraction before method: the supervised bound's own fraction (1.0) wins.
+        axis("fraction", {k: {"method.labeled_fraction": v} for k, v in fractions.items()}),
+        axis("method", {m: METHODS[m] for m in methods}),
+        axis("partition", {"IID": {"fed.partition": "iid"}, "NonIID": non_iid}),
+        axis("seed", {str(s): {"seed": s} for s in seeds}),
+      ),
+      exclude=tuple(tuple(e.items()) for e in exclude),
+      average="seed",
+      metrics=("dice", "iou"),
+      pivot=("partition", "fraction"),
+      sections="scenario",
+    )
+  )
+  return config

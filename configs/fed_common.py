@@ -18,6 +18,11 @@ arguments ``synthetic`` / ``synthetic_smoke``, on the built-in ``synthetic_nerve
 * ``seed_search`` (FedWeP): ``candidates`` N, ``probe`` (``random`` or ``real``),
   ``probe_size``, ``criterion`` (``most_similar``, ``least_similar``, ``target``) and
   ``target``;
+* ``unroll``: local steps unrolled in the compiled round (0: all on CPU, where loops
+  run convolutions slowly; none elsewhere, for faster compiles);
+* ``client_map``: ``vmap`` (all clients in one compiled program), ``loop`` (one
+  compiled client function called per client) or ``auto`` (vmap on accelerators,
+  loop on CPU, where it measured faster: README, federated benchmark);
 * ``placement``: ``auto`` (client data on the device if it takes at most
   ``device_budget_mib``), ``device`` or ``stream`` (batches sent every round);
   ``shard_clients``: split the client axis over all devices.
@@ -62,6 +67,8 @@ def fed_config(method: str, arg: str | None = None) -> ml_collections.ConfigDict
       seed_search=dict(
         candidates=8, probe="random", probe_size=8, criterion="most_similar", target=0.9
       ),
+      unroll=0,
+      client_map="auto",
       placement="auto",
       device_budget_mib=2048,
       shard_clients=True,

@@ -7,6 +7,7 @@ jaxseg sweep --config FILE[:ARG] --workdir DIR [--config.key=value ...]
 jaxseg bench --models unet,unetpp:mode=l2,... --input NxCxHxW [--batch N]
              [--dtype float32|bfloat16] [--repeats N] [--json FILE]
 jaxseg bench --versus_torch --input NxCxHxW [--repeats N] [--json FILE]
+jaxseg bench --clients 4,16,64 [--config FILE[:ARG]] [--repeats N] [--json FILE]
 """
 
 import json
@@ -42,6 +43,13 @@ flags.DEFINE_bool(
   "bench: time the reference U-Net training step "
   "in jaxseg and in PyTorch, alternately (needs torch).",
 )
+flags.DEFINE_list(
+  "clients",
+  None,
+  "bench: federated rounds/s with vmapped clients against a loop over clients, for these "
+  "client counts (--config: a federated config; default fedavg_covid_ct.py:synthetic_smoke).",
+)
+FED_BENCH_CONFIG = "fedavg_covid_ct"
 
 
 def _main(argv):
@@ -57,6 +65,19 @@ def _main(argv):
     if FLAGS.json:
       with open(FLAGS.json, "w") as f:
         json.dump(result, f, indent=2)
+    return
+  if command == "bench" and FLAGS.clients:
+    import importlib  # noqa: PLC0415
+
+    from jaxseg.bench import federated  # noqa: PLC0415
+
+    config = FLAGS.config
+    if config is None:
+      config = importlib.import_module(f"configs.{FED_BENCH_CONFIG}").get_config("synthetic_smoke")
+    records = federated.run(config, [int(c) for c in FLAGS.clients], FLAGS.repeats)
+    if FLAGS.json:
+      with open(FLAGS.json, "w") as f:
+        json.dump(records, f, indent=2)
     return
   if command == "bench":
     from jaxseg.bench import models as bench_models  # noqa: PLC0415

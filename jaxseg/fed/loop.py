@@ -17,6 +17,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 from jax.sharding import NamedSharding
@@ -30,6 +31,7 @@ from jaxseg.train import state as state_lib
 from jaxseg.train.checkpoint import Checkpoints
 
 PLACEMENTS = ("auto", "device", "stream")
+CLIENT_MAPS = ("auto", "vmap", "loop")
 
 
 def load_arrays(source, data_config) -> tuple[dict, np.ndarray]:
@@ -109,20 +111,33 @@ class FedExperiment(loop.Experiment):
       trainable=tuple(n for n, v in abstract.nets.items() if v.opt_state is not None),
       search=search,
       perturb=perturb_kw,
+      unroll=unroll_of(fc.unroll, max(longest, fc.server_steps)),
     )
     nbytes = sum(v.nbytes for v in arrays.values())
     placement = fc.placement
     if placement == "auto":
       placement = "device" if nbytes <= fc.device_budget_mib * 2**20 else "stream"
+    client_map = fc.client_map
+    if client_map == "auto":  # measured: see `jaxseg bench --clients` in the README
+      client_map = "loop" if jax.default_backend() == "cpu" else "vmap"
     run_round, place_state = compile_round(
-      fed, data, arrays, probe, self.train_key, placement, devices
+      fed, data, arrays, probe, self.train_key, placement, devices, client_map
     )
     server = (
       f"\nserver: {len(where.server)} labeled images" if fc.scenario == "label_at_server" else ""
     )
     table = partition.table(where.clients, foreground, where.labeled) + server
     comm = cost.communication(self.method, self.abstract_state().nets)
-    return Simulation(fed, where, table, comm, placement, run_round, place_state)
+    return Simulation(fed, where, table, comm, f"{placement}, {client_map}", run_round, place_state)
+
+
+def unroll_of(setting: int, steps: int) -> int:
+  """``config.fed.unroll``, or with 0 the default: on CPU every local step is unrolled
+  (XLA:CPU runs convolutions inside a loop about 9x slower than outside one; measured
+  for the U-Net step, see the README), elsewhere none (faster compiles)."""
+  if setting:
+    return setting
+  return max(steps, 1) if jax.default_backend() == "cpu" else 1
 
 
 def _check_search(search: dict, scenario: str) -> None:
@@ -149,17 +164,29 @@ def round_keys(train_key) -> tuple[dict, jax.Array]:
   return keys, jax.random.fold_in(train_key, 2)
 
 
-def compile_round(fed, data, arrays, probe, train_key, placement: str, devices):
-  """``(run_round(state) -> (state, metrics), place_state)`` for the placement.
+def compile_round(
+  fed, data, arrays, probe, train_key, placement: str, devices, client_map: str = "vmap"
+):
+  """``(run_round(state) -> (state, metrics), place_state)``.
 
-  With several devices the client axis is sharded over a ``clients`` mesh axis
-  (index tables and client states split by rows; server state and data replicated).
+  ``placement``: ``device`` (the training arrays live on the device; batches are
+  gathered inside the round) or ``stream`` (indices drawn on the device, batches
+  gathered on the host and sent every round). ``client_map``: ``vmap`` (the whole
+  round is one compiled program; with several devices the client axis is sharded
+  over a ``clients`` mesh axis) or ``loop`` (compiled server part, one compiled
+  client function called per client, compiled aggregation: how frameworks that
+  train clients one by one simulate, and faster on CPU). Both give the same result.
   """
+  if client_map not in CLIENT_MAPS[1:]:
+    raise ValueError(f"config.fed.client_map: unknown {client_map!r}; known: {CLIENT_MAPS}.")
+  if client_map == "loop":
+    devices = devices[:1]
   keys, data_key = round_keys(train_key)
   mesh = jax.make_mesh(
     (len(devices),), ("clients",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
   )
   rows, replicated = NamedSharding(mesh, P("clients")), NamedSharding(mesh, P())
+  live_rows = np.flatnonzero(np.asarray(data.size) > 0)
   data_sharding = simulate.ClientData(
     labeled=rows,
     labeled_n=rows,
@@ -172,6 +199,24 @@ def compile_round(fed, data, arrays, probe, train_key, placement: str, devices):
   )
   data = jax.device_put(data, data_sharding)
   probe = jax.device_put(probe, replicated)
+  fetch = simulate.gather if placement == "device" else (lambda _, x: x)
+  device_arrays = jax.device_put(arrays, replicated) if placement == "device" else {}
+
+  def indices(step, data):
+    server = None
+    if fed.scenario == "label_at_server":
+      server = simulate.server_indices(fed, data, data_key, step)
+    return simulate.client_indices(fed, data, data_key, step), server
+
+  draw = jax.jit(indices)
+
+  def streamed(state):
+    """This round's batches, gathered on the host (``stream``), or None."""
+    if placement == "device":
+      return None
+    client_idx, server_idx = jax.device_get(draw(state.step, data))
+    client_xs = jax.device_put(simulate.gather(arrays, client_idx), rows)
+    return client_xs, None if server_idx is None else simulate.gather(arrays, server_idx)
 
   def map_clients(block, shared, *client_args):
     if len(devices) == 1:
@@ -182,38 +227,43 @@ def compile_round(fed, data, arrays, probe, train_key, placement: str, devices):
     mapped = jax.shard_map(summed, mesh=mesh, in_specs=specs, out_specs=P(), check_vma=False)
     return mapped(shared, *client_args)
 
-  def indices(step, data):
-    server = None
-    if fed.scenario == "label_at_server":
-      server = simulate.server_indices(fed, data, data_key, step)
-    return simulate.client_indices(fed, data, data_key, step), server
-
-  def round_fn(state, data, client_xs, server_xs, probe, arrays, fetch):
-    return simulate.round_(
-      fed, state, data, client_xs, server_xs, fetch, probe, keys, arrays, map_clients
-    )
-
-  if placement == "device":
-    arrays = jax.device_put(arrays, replicated)
+  if client_map == "vmap":
 
     @functools.partial(jax.jit, donate_argnums=0)
-    def device_round(state, data, arrays, probe):
-      client_xs, server_xs = indices(state.step, data)
-      return round_fn(state, data, client_xs, server_xs, probe, arrays, simulate.gather)
-
-    run_round = lambda state: device_round(state, data, arrays, probe)  # noqa: E731
-  else:
-    draw = jax.jit(indices)
-    streamed = jax.jit(
-      lambda state, data, cx, sx, probe: round_fn(state, data, cx, sx, probe, {}, lambda _, x: x),
-      donate_argnums=0,
-    )
+    def one_program(state, data, arrays, probe, xs):
+      client_xs, server_xs = indices(state.step, data) if xs is None else xs
+      return simulate.round_(
+        fed, state, data, client_xs, server_xs, fetch, probe, keys, arrays, map_clients
+      )
 
     def run_round(state):
-      client_idx, server_idx = jax.device_get(draw(state.step, data))
-      client_xs = jax.device_put(simulate.gather(arrays, client_idx), rows)
-      server_xs = None if server_idx is None else simulate.gather(arrays, server_idx)
-      return streamed(state, data, client_xs, server_xs, probe)
+      return one_program(state, data, device_arrays, probe, streamed(state))
+
+  else:
+
+    @jax.jit
+    def prepare(state, data, arrays, probe, xs):
+      client_xs, server_xs = indices(state.step, data) if xs is None else xs
+      return client_xs, simulate.broadcast(fed, state, server_xs, fetch, probe, keys, arrays)
+
+    block = jax.jit(functools.partial(simulate.clients, fed, fetch))
+    add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+    finish = jax.jit(functools.partial(simulate.finish, fed), donate_argnums=0)
+
+    def run_round(state):
+      client_xs, (shared, metrics) = prepare(state, data, device_arrays, probe, streamed(state))
+      total = None
+      for c in live_rows:  # padding rows weigh nothing: skipped
+        one = slice(c, c + 1)
+        part = block(
+          shared,
+          jnp.arange(c, c + 1),
+          jax.tree.map(lambda x, one=one: x[one], client_xs),
+          data.steps[one],
+          data.size[one],
+        )
+        total = part if total is None else add(total, part)
+      return finish(state, shared, total, metrics)
 
   return run_round, lambda state: jax.device_put(state, replicated)
 

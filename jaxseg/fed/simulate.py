@@ -82,6 +82,7 @@ class Federation:
   trainable: tuple[str, ...]  # nets with an optimizer
   search: dict | None  # seed-search settings (methods that send seeds)
   perturb: dict | None  # RWP's p and sigma
+  unroll: int = 1  # local steps unrolled per scan iteration (XLA:CPU runs loops slowly)
 
 
 def init(method: base.Method, ctx: base.Context, server_tx, key) -> ServerState:
@@ -184,7 +185,7 @@ def local_train(fed: Federation, state, xs, fetch: Callable, steps, key, seeds):
     state = jax.tree.map(lambda a, b: jnp.where(live, a, b), new, state)
     return (state, s + 1), jax.tree.map(lambda m: jnp.where(live, m, 0.0), metrics)
 
-  (state, _), metrics = jax.lax.scan(body, (state, jnp.zeros((), jnp.int32)), xs)
+  (state, _), metrics = jax.lax.scan(body, (state, jnp.zeros((), jnp.int32)), xs, unroll=fed.unroll)
   live = jnp.arange(jax.tree.leaves(xs)[0].shape[0]) < steps
   denom = jnp.maximum(live.sum(), 1)
   return state, jax.tree.map(lambda m: m.sum() / denom, metrics)
@@ -232,25 +233,9 @@ def clients(fed: Federation, fetch, shared: dict, rows, xs, steps, size):
   return sums, weights.sum(), live.sum(), {k: jnp.dot(live, v) for k, v in metrics.items()}
 
 
-def round_(
-  fed: Federation,
-  server: ServerState,
-  data: ClientData,
-  client_xs,
-  server_xs,
-  fetch: Callable,
-  probe,
-  keys: dict,
-  arrays=None,
-  map_clients: Callable = lambda block, shared, *client_args: block(shared, *client_args),
-):
-  """One round: ``(new server state, metrics)``. ``keys``: ``train``, ``search``.
-
-  ``fetch(arrays, x)`` makes one step's batches from its ``xs`` entry.
-  ``map_clients(block, shared, rows, xs, steps, size)`` runs :func:`clients`:
-  directly, or per device on its shard of the clients with the sums combined by
-  ``psum`` (:func:`jaxseg.fed.loop.compile_round`).
-  """
+def broadcast(fed: Federation, server: ServerState, server_xs, fetch, probe, keys, arrays):
+  """Steps 1-3 of a round: ``(shared, metrics)``, what every client receives
+  (``nets``, ``seeds``, ``key``, ``round``, ``arrays``; see :func:`clients`)."""
   round_idx = server.step
   metrics = {}
   nets = server.nets
@@ -283,13 +268,39 @@ def round_(
       **fed.perturb,
     )
     metrics.update(info)
-
-  rows = jnp.arange(data.size.shape[0])
   shared = {"nets": nets, "seeds": seeds, "key": base_key, "round": round_idx, "arrays": arrays}
-  block = functools.partial(clients, fed, fetch)
-  sums, total, live, metric_sums = map_clients(
-    block, shared, rows, client_xs, data.steps, data.size
-  )
-  metrics.update({k: v / jnp.maximum(live, 1) for k, v in metric_sums.items()})
-  server = aggregate(fed, server.replace(nets=nets), sums, total)
+  return shared, metrics
+
+
+def finish(fed: Federation, server: ServerState, shared: dict, client_sums, metrics: dict):
+  """Step 5 of a round: the new server state and the round's metrics."""
+  sums, total, live, metric_sums = client_sums
+  metrics = {**metrics, **{k: v / jnp.maximum(live, 1) for k, v in metric_sums.items()}}
+  server = aggregate(fed, server.replace(nets=shared["nets"]), sums, total)
   return server.replace(step=server.step + 1), metrics
+
+
+def round_(
+  fed: Federation,
+  server: ServerState,
+  data: ClientData,
+  client_xs,
+  server_xs,
+  fetch: Callable,
+  probe,
+  keys: dict,
+  arrays=None,
+  map_clients: Callable = lambda block, shared, *client_args: block(shared, *client_args),
+):
+  """One round: ``(new server state, metrics)``. ``keys``: ``train``, ``search``.
+
+  ``fetch(arrays, x)`` makes one step's batches from its ``xs`` entry.
+  ``map_clients(block, shared, rows, xs, steps, size)`` runs :func:`clients`:
+  directly, or per device on its shard of the clients with the sums combined by
+  ``psum`` (:func:`jaxseg.fed.loop.compile_round`).
+  """
+  shared, metrics = broadcast(fed, server, server_xs, fetch, probe, keys, arrays)
+  rows = jnp.arange(data.size.shape[0])
+  block = functools.partial(clients, fed, fetch)
+  sums = map_clients(block, shared, rows, client_xs, data.steps, data.size)
+  return finish(fed, server, shared, sums, metrics)

@@ -14,9 +14,8 @@ import time
 import jax
 import numpy as np
 
-from jaxseg.fed import layout, simulate
+from jaxseg.fed import layout
 from jaxseg.fed import loop as fed_loop
-from jaxseg.train import loop, optim
 
 IMAGES_PER_CLIENT = 8
 
@@ -24,6 +23,11 @@ IMAGES_PER_CLIENT = 8
 def federation(config, num_clients: int):
   """``(experiment, Federation, ClientData, arrays)`` of ``num_clients`` IID clients
   on random data."""
+  if config.fed.scenario != "label_at_client":
+    raise ValueError(
+      f"jaxseg bench --clients times client training: needs config.fed.scenario="
+      f"'label_at_client', found {config.fed.scenario!r}."
+    )
   exp = fed_loop.FedExperiment(config, splits=("validation",))
   size = config.data.kwargs.image_size
   n = num_clients * IMAGES_PER_CLIENT
@@ -45,22 +49,7 @@ def federation(config, num_clients: int):
     config.train.batch_size,
     config.method.unlabeled_batch_size,
   )
-  ctx = loop.make_context(config, exp.model, exp.loss_fn, exp.tx, exp.image_shape[-1])
-  abstract = jax.eval_shape(lambda: exp.method.init(ctx, jax.random.key(0)))
-  fed = simulate.Federation(
-    ctx=ctx,
-    method=exp.method,
-    server_tx=optim.make(fc.server_optim, fc.rounds),
-    scenario="label_at_client",
-    local_steps=longest,
-    server_steps=0,
-    batch_size=config.train.batch_size,
-    unlabeled_batch_size=config.method.unlabeled_batch_size,
-    trainable=tuple(n for n, v in abstract.nets.items() if v.opt_state is not None),
-    search=None,
-    perturb=None,
-    unroll=fed_loop.unroll_of(fc.unroll, longest),
-  )
+  fed = exp.federation(longest)
   return exp, fed, data, arrays
 
 

@@ -175,7 +175,7 @@ def train_loader(source, batch_size: int, seed: int, data_config=None) -> grain.
     num_epochs=None,
     shard_options=grain.sharding.NoSharding(),
   )
-  operations = [ToModelInputs(_weight_config(data_config))]
+  operations = [ToModelInputs(weight_config(data_config))]
   if data_config is not None and "jpeg" in data_config and data_config.jpeg.qualities:
     operations.append(Weathering(data_config.jpeg))
   operations.append(grain.transforms.Batch(batch_size, drop_remainder=True))
@@ -184,13 +184,13 @@ def train_loader(source, batch_size: int, seed: int, data_config=None) -> grain.
   )
 
 
-def _weight_config(data_config):
+def weight_config(data_config):
   return None if data_config is None or "weight_map" not in data_config else data_config.weight_map
 
 
 def eval_batches(source, batch_size: int, data_config=None) -> Iterator[dict]:
   """All examples in order, in batches of ``batch_size``, padded, with ``valid``."""
-  to_inputs = ToModelInputs(_weight_config(data_config))
+  to_inputs = ToModelInputs(weight_config(data_config))
   for start in range(0, len(source), batch_size):
     items = [to_inputs.map(source[i]) for i in range(start, min(start + batch_size, len(source)))]
     valid = np.zeros(batch_size, bool)

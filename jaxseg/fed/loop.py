@@ -36,7 +36,7 @@ CLIENT_MAPS = ("auto", "vmap", "loop")
 
 def load_arrays(source, data_config) -> tuple[dict, np.ndarray]:
   """The training split as model inputs ``{image, labels[, weights]}`` and sites."""
-  to_inputs = pipeline.ToModelInputs(pipeline._weight_config(data_config))
+  to_inputs = pipeline.ToModelInputs(pipeline.weight_config(data_config))
   records = [source[i] for i in range(len(source))]
   items = [to_inputs.map(r) for r in records]
   arrays = {k: np.stack([item[k] for item in items]) for k in items[0]}
@@ -59,6 +59,26 @@ class Simulation:
 class FedExperiment(loop.Experiment):
   """A federated config's experiment: the server state is what is trained, saved and
   evaluated; :meth:`simulation` builds the clients and the compiled round."""
+
+  def federation(self, local_steps: int, search=None, perturb=None) -> simulate.Federation:
+    """The static parts of the simulation (``local_steps``: the longest client's)."""
+    cfg, fc = self.config, self.config.fed
+    ctx = loop.make_context(cfg, self.model, self.loss_fn, self.tx, self.image_shape[-1])
+    abstract = jax.eval_shape(lambda: self.method.init(ctx, jax.random.key(0)))
+    return simulate.Federation(
+      ctx=ctx,
+      method=self.method,
+      server_tx=optim.make(fc.server_optim, fc.rounds),
+      scenario=fc.scenario,
+      local_steps=local_steps,
+      server_steps=fc.server_steps,
+      batch_size=cfg.train.batch_size,
+      unlabeled_batch_size=cfg.method.unlabeled_batch_size,
+      trainable=tuple(n for n, v in abstract.nets.items() if v.opt_state is not None),
+      search=search,
+      perturb=perturb,
+      unroll=unroll_of(fc.unroll, max(local_steps, fc.server_steps)),
+    )
 
   def simulation(self) -> Simulation:
     cfg, fc = self.config, self.config.fed
@@ -84,13 +104,11 @@ class FedExperiment(loop.Experiment):
       cfg.train.batch_size,
       cfg.method.unlabeled_batch_size,
     )
-    ctx = loop.make_context(cfg, self.model, self.loss_fn, self.tx, self.image_shape[-1])
-    abstract = jax.eval_shape(lambda: self.method.init(ctx, jax.random.key(0)))
     search, perturb_kw, probe = None, None, np.zeros((1,), np.float32)
     if self.method.sends_seeds:
       search = dict(fc.seed_search)
       _check_search(search, fc.scenario)
-      kw = rwp.settings(ctx.kwargs)
+      kw = rwp.settings(dict(cfg.method.kwargs))
       perturb_kw = {"p": kw["p"], "sigma": kw["sigma"]}
       if search["probe"] == "real":
         probe = arrays["image"][np.resize(where.server, search["probe_size"])]
@@ -99,20 +117,7 @@ class FedExperiment(loop.Experiment):
         "method 'supervised' with scenario 'label_at_server' gives the clients nothing to "
         "train on; use label_at_client (FedAvg) or a semi-supervised method."
       )
-    fed = simulate.Federation(
-      ctx=ctx,
-      method=self.method,
-      server_tx=optim.make(fc.server_optim, fc.rounds),
-      scenario=fc.scenario,
-      local_steps=longest,
-      server_steps=fc.server_steps,
-      batch_size=cfg.train.batch_size,
-      unlabeled_batch_size=cfg.method.unlabeled_batch_size,
-      trainable=tuple(n for n, v in abstract.nets.items() if v.opt_state is not None),
-      search=search,
-      perturb=perturb_kw,
-      unroll=unroll_of(fc.unroll, max(longest, fc.server_steps)),
-    )
+    fed = self.federation(longest, search, perturb_kw)
     nbytes = sum(v.nbytes for v in arrays.values())
     placement = fc.placement
     if placement == "auto":

@@ -181,3 +181,35 @@ def warping_error(pred, gt) -> float:
         warped[y, x] = not warped[y, x]
         changed = True
   return float(np.mean(warped[1:-1, 1:-1] != target))
+
+
+def pairwise_distance(a, b) -> jax.Array:
+  """``d = 1 - IoU`` for every pair of masks ``a [m, H, W]`` and ``b [n, H, W]``:
+  ``[m, n]``. Two empty masks are at distance 0 (the IoU convention above)."""
+  a = jnp.asarray(a).reshape(jnp.shape(a)[0], -1) > 0
+  b = jnp.asarray(b).reshape(jnp.shape(b)[0], -1) > 0
+  inter = jnp.einsum("mp,np->mn", a.astype(jnp.float32), b.astype(jnp.float32))
+  union = a.sum(-1)[:, None] + b.sum(-1)[None, :] - inter
+  return 1.0 - _ratio(inter, union, 1.0)
+
+
+def ged(samples, annotations) -> jax.Array:
+  """Generalized energy distance ``2 E[d(S, Y)] - E[d(S, S')] - E[d(Y, Y')]`` with
+  ``d = 1 - IoU`` between model samples ``[m, H, W]`` and annotations ``[n, H, W]``
+  (bool or {0, 1}); every expectation is over all pairs including ``i = j`` (as Kohl
+  et al. compute it). One sample against one identical annotation gives 0, against a
+  disjoint one 2; an empty mask against an empty one is at distance 0, against a
+  non-empty one at distance 1.
+  """
+  cross = pairwise_distance(samples, annotations).mean()
+  return (
+    2 * cross
+    - pairwise_distance(samples, samples).mean()
+    - (pairwise_distance(annotations, annotations).mean())
+  )
+
+
+def diversity(samples) -> jax.Array:
+  """Sample diversity: the mean pairwise ``d = 1 - IoU`` of the samples (all pairs
+  including ``i = j``, the ``E[d(S, S')]`` term of :func:`ged`)."""
+  return pairwise_distance(samples, samples).mean()

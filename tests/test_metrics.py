@@ -88,3 +88,34 @@ def test_hard_labels():
 
   np.testing.assert_array_equal(metrics.hard_labels(jnp.array([[-1.0], [2.0]])), [0, 1])
   np.testing.assert_array_equal(metrics.hard_labels(jnp.array([[0.1, 3.0, 0.2]])), [1])
+
+
+def _iou_distance(a, b):  # independent: sets of foreground pixels
+  a, b = set(zip(*np.nonzero(a), strict=True)), set(zip(*np.nonzero(b), strict=True))
+  return 0.0 if not a | b else 1.0 - len(a & b) / len(a | b)
+
+
+def test_ged_closed_forms_and_conventions():
+  a = np.zeros((1, 4, 4), bool)
+  a[0, :2] = True
+  b = np.zeros((1, 4, 4), bool)
+  b[0, 1:3] = True  # IoU(a, b) = 4 / 12
+  empty = np.zeros((1, 4, 4), bool)
+  assert float(metrics.ged(a, a)) == 0.0
+  assert float(metrics.ged(a, ~a)) == 2.0  # disjoint
+  assert float(metrics.ged(empty, empty)) == 0.0  # both empty: distance 0
+  assert float(metrics.ged(empty, a)) == 2.0  # one empty: distance 1
+  x = 1 - 4 / 12
+  # samples {a, b}, annotation {a}: 2 * x/2 - (0 + x + x + 0)/4 - 0 = x/2
+  np.testing.assert_allclose(metrics.ged(np.concatenate([a, b]), a), x / 2, rtol=1e-6)
+  np.testing.assert_allclose(metrics.diversity(np.concatenate([a, b])), x / 2, rtol=1e-6)
+
+
+def test_ged_matches_an_independent_implementation():
+  rng = np.random.default_rng(0)
+  samples = rng.random((5, 8, 8)) > 0.6
+  annotations = rng.random((3, 8, 8)) > 0.5
+  annotations[2] = False  # a rater who marked nothing
+  d = lambda xs, ys: np.mean([_iou_distance(x, y) for x in xs for y in ys])  # noqa: E731
+  expected = 2 * d(samples, annotations) - d(samples, samples) - d(annotations, annotations)
+  np.testing.assert_allclose(metrics.ged(samples, annotations), expected, rtol=1e-5)

@@ -20,6 +20,7 @@ TINY = {
   "multires_unet": (dict(widths=(4, 8)), 16),
   "scaunet": (dict(widths=(8, 16)), 16),
   "scaunet_a": (dict(widths=(8, 16), scale_width=4), 16),
+  "segformer": (dict(dims=(8, 16, 20, 32), depths=(1, 1, 1, 1), decoder=8), 32),
 }
 
 # The published sizes (shared/reference/architectures.md) of each default model.
@@ -32,6 +33,7 @@ REFERENCE_PARAMS = {
   "multires_unet": 9_472_862,
   "scaunet": 491_907,
   "scaunet_a": 164_795,
+  "segformer": 3_711_265,  # B0, 1 input channel, 1 class
 }
 
 
@@ -64,6 +66,17 @@ def test_variant_parameter_counts():
   # Self-attention over scales has no parameters: only ECA's 1-D kernels are gone.
   assert _count(models.get_model("scaunet", attention="self")) == 491_907 - 106
   assert _count(models.get_model("scaunet_a", attention="self")) == 164_795 - 106
+
+
+def test_segformer_b0_size_of_the_paper():
+  model = models.get_model("segformer", in_channels=3, num_classes=150)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+  params = params["params"]
+  assert count_params(params) == 3_752_694
+  assert sum(count_params(v) for k, v in params.items() if k.startswith("stage")) == 3_319_392
+  assert _count(models.get_model("segformer", variant="b1")) > 13_000_000
+  with pytest.raises(ValueError, match="divisible by 32"):
+    model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)))
 
 
 def test_unet_paper_tile_sizes():

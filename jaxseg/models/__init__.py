@@ -21,6 +21,7 @@ MODELS = {
   "multires_unet": "jaxseg.models.multires_unet:MultiResUNet",
   "scaunet": "jaxseg.models.scaunet:SCAUNet",
   "scaunet_a": "jaxseg.models.scaunet:SCAUNetA",
+  "segformer": "jaxseg.models.segformer:SegFormer",
 }
 
 

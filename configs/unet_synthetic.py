@@ -30,6 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.fold_seed = 0
   config.data.validation_fraction = 0.2  # for datasets without a validation split
   config.data.test_fraction = 0.2  # for datasets without a test split (and no folds)
+  # Multi-rater data: train on the dataset's mask ("majority") or, each step, on one
+  # rater's mask drawn at random ("random").
+  config.data.annotator = "majority"
   config.data.kwargs = ml_collections.ConfigDict(
     dict(
       image_size=96,
@@ -61,7 +64,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   # tiled: evaluate image by image through jaxseg.infer (needed when a valid-conv
   # network cannot take the whole image); topology: add ISBI's Rand and warping errors.
-  config.eval = ml_collections.ConfigDict(dict(batch_size=16, tiled=False, topology=False))
+  # samples > 0: `jaxseg eval` also reports the generalized energy distance of that
+  # many samples (prob_unet; other models repeat their prediction) against every rater.
+  config.eval = ml_collections.ConfigDict(
+    dict(batch_size=16, tiled=False, topology=False, samples=0)
+  )
   # Prediction on images of any size (jaxseg predict, tiled evaluation).
   config.infer = ml_collections.ConfigDict(
     dict(tile=256, overlap=0.25, tile_batch=4, tta=("identity",))

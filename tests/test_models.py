@@ -21,6 +21,7 @@ TINY = {
   "scaunet": (dict(widths=(8, 16)), 16),
   "scaunet_a": (dict(widths=(8, 16), scale_width=4), 16),
   "segformer": (dict(dims=(8, 16, 20, 32), depths=(1, 1, 1, 1), decoder=8), 32),
+  "prob_unet": (dict(widths=(4, 8)), 16),
 }
 
 # The published sizes (shared/reference/architectures.md) of each default model.
@@ -34,6 +35,7 @@ REFERENCE_PARAMS = {
   "scaunet": 491_907,
   "scaunet_a": 164_795,
   "segformer": 3_711_265,  # B0, 1 input channel, 1 class
+  "prob_unet": 3_622_809,  # U-Net 32..192 + prior and posterior nets, latent 6
 }
 
 

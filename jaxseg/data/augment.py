@@ -83,6 +83,17 @@ def mixup(key, batch, alpha: float = 0.4):
   return {**batch, "image": mix(batch["image"]), "soft_labels": mix(soft)}
 
 
+def pick_annotator(key: jax.Array, batch: dict) -> dict:
+  """Multi-rater batches (with ``annotators [B, A, H, W]``): each example's ``labels``
+  become the mask of one annotator drawn uniformly by ``key``; else ``batch``."""
+  if "annotators" not in batch:
+    return batch
+  raters = batch["annotators"]
+  pick = jax.random.randint(key, (raters.shape[0],), 0, raters.shape[1])
+  rest = {k: v for k, v in batch.items() if k != "annotators"}
+  return {**rest, "labels": raters[jnp.arange(raters.shape[0]), pick].astype(jnp.int32)}
+
+
 def apply(chain: Mapping[str, Mapping], key: jax.Array, batch: dict) -> dict:
   """Applies ``{name: kwargs}`` in order to every example of ``batch``, then the
   batch-level ones (mixup) in their order."""

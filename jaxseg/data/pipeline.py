@@ -124,16 +124,19 @@ def labeled_split(source, fraction: float, seed: int) -> tuple:
 
 
 class ToModelInputs(grain.transforms.Map):
-  """uint8 record -> float32 image in [0, 1], int32 labels (and pixel weights)."""
+  """uint8 record -> float32 image in [0, 1], int32 labels (and pixel weights, and
+  with ``annotators`` every rater's mask ``[A, H, W]``)."""
 
-  def __init__(self, weight_map=None):
-    self.weight_map = weight_map
+  def __init__(self, weight_map=None, annotators: bool = False):
+    self.weight_map, self.annotators = weight_map, annotators
 
   def map(self, record):
     out = {
       "image": record["image"].astype(np.float32) / 255.0,
       "labels": record["mask"].astype(np.int32),
     }
+    if self.annotators:
+      out["annotators"] = record["annotators"].astype(np.int32)
     if self.weight_map is not None and self.weight_map.w0 > 0:
       out["weights"] = weight_map.weight_map(
         out["labels"], self.weight_map.w0, self.weight_map.sigma
@@ -162,7 +165,9 @@ def train_loader(source, batch_size: int, seed: int, data_config=None) -> grain.
   A source smaller than one batch is repeated so that a batch can be filled.
 
   ``data_config`` adds the host-side steps it enables: pixel weight maps
-  (``weight_map.w0 > 0``) and JPEG weathering (non-empty ``jpeg.qualities``).
+  (``weight_map.w0 > 0``), JPEG weathering (non-empty ``jpeg.qualities``) and every
+  rater's mask (``annotator = "random"``: each step trains on one drawn at random,
+  :func:`jaxseg.data.augment.pick_annotator`).
   """
   if len(source) == 0:
     raise ValueError("the training split has no examples.")
@@ -175,7 +180,8 @@ def train_loader(source, batch_size: int, seed: int, data_config=None) -> grain.
     num_epochs=None,
     shard_options=grain.sharding.NoSharding(),
   )
-  operations = [ToModelInputs(weight_config(data_config))]
+  random_rater = data_config is not None and data_config.annotator == "random"
+  operations = [ToModelInputs(weight_config(data_config), annotators=random_rater)]
   if data_config is not None and "jpeg" in data_config and data_config.jpeg.qualities:
     operations.append(Weathering(data_config.jpeg))
   operations.append(grain.transforms.Batch(batch_size, drop_remainder=True))
@@ -188,9 +194,11 @@ def weight_config(data_config):
   return None if data_config is None or "weight_map" not in data_config else data_config.weight_map
 
 
-def eval_batches(source, batch_size: int, data_config=None) -> Iterator[dict]:
+def eval_batches(
+  source, batch_size: int, data_config=None, annotators: bool = False
+) -> Iterator[dict]:
   """All examples in order, in batches of ``batch_size``, padded, with ``valid``."""
-  to_inputs = ToModelInputs(weight_config(data_config))
+  to_inputs = ToModelInputs(weight_config(data_config), annotators)
   for start in range(0, len(source), batch_size):
     items = [to_inputs.map(source[i]) for i in range(start, min(start + batch_size, len(source)))]
     valid = np.zeros(batch_size, bool)

@@ -22,6 +22,7 @@ MODELS = {
   "scaunet": "jaxseg.models.scaunet:SCAUNet",
   "scaunet_a": "jaxseg.models.scaunet:SCAUNetA",
   "segformer": "jaxseg.models.segformer:SegFormer",
+  "prob_unet": "jaxseg.models.prob_unet:ProbUNet",
 }
 
 

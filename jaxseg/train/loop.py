@@ -19,6 +19,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -32,7 +33,7 @@ from jaxseg.semi import base as semi_base
 from jaxseg.train import optim, report
 from jaxseg.train import state as state_lib
 from jaxseg.train.checkpoint import Checkpoints
-from jaxseg.train.step import make_eval_step, make_train_step
+from jaxseg.train.step import make_eval_step, make_train_step, split_outputs
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -41,6 +42,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   tables.check(losses.LOSSES, config.loss.name, "loss")
   tables.check(datasets.DATASETS, config.data.name, "dataset")
   augment.check(config.augment)
+  if config.data.annotator not in ("majority", "random"):
+    raise ValueError(
+      f"config.data.annotator must be 'majority' or 'random', found {config.data.annotator!r}."
+    )
   optim.check(config.optim)
   if "method" in config:
     tables.check(semi.METHODS, config.method.name, "method")
@@ -384,12 +389,49 @@ def evaluate(workdir: str, split: str = "test") -> dict:
   ckpts.close()
   per_image, _ = exp.evaluate(state, split)
   table = metrics_table(per_image, exp.image_shape, config.eval.topology)
+  if config.eval.samples:
+    ged, diversity, shown = sampled_scores(exp, state, split, config.eval.samples)
+    for name, values in (("ged", ged), ("sample_diversity", diversity)):
+      table[name] = {"mean": float(values.mean()), "std": float(values.std()), "pooled": None}
+    report.save_samples(os.path.join(workdir, f"{split}_samples.png"), **shown)
   result = {"step": step, "split": split, "images": len(per_image["loss"]), **table}
   with open(os.path.join(workdir, f"{split}_metrics.json"), "w") as f:
     json.dump(result, f, indent=2)
   print(f"\n{split} split, {result['images']} images, best checkpoint (step {step}):\n")
   print(format_table(table))
   return result
+
+
+def sampled_scores(exp: Experiment, state, split: str, m: int, shown: int = 4):
+  """Per-image generalized energy distance (``d = 1 - IoU``) of ``m`` samples against
+  every rater's mask, the samples' diversity, and the first ``shown`` examples.
+
+  A ``prob_unet`` draws its ``m`` samples from the prior (keys from the config's
+  seed); any other model's single prediction stands for all ``m`` (its diversity 0).
+  """
+  model, cfg = exp.model, exp.config
+
+  @jax.jit
+  def sample(variables, image, key):
+    if getattr(model, "takes_labels", False):
+      out = model.apply(variables, image, num_samples=m, rngs={"sample": key})
+      return metrics.hard_labels(out["samples"])
+    logits, _ = split_outputs(model.apply(variables, image))
+    return jnp.broadcast_to(metrics.hard_labels(logits), (m, *logits.shape[:3]))
+
+  key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
+  ged, diversity, pictures = [], [], {"images": [], "raters": [], "samples": []}
+  batches = pipeline.eval_batches(exp.sources[split], cfg.eval.batch_size, cfg.data, True)
+  for i, batch in enumerate(batches):
+    drawn = np.asarray(sample(exp.variables(state), batch["image"], jax.random.fold_in(key, i)))
+    for j in np.flatnonzero(batch["valid"]):
+      ged.append(float(metrics.ged(drawn[:, j], batch["annotators"][j])))
+      diversity.append(float(metrics.diversity(drawn[:, j])))
+      if len(pictures["images"]) < shown:
+        pictures["images"].append(batch["image"][j])
+        pictures["raters"].append(batch["annotators"][j])
+        pictures["samples"].append(drawn[:, j])
+  return np.array(ged), np.array(diversity), pictures
 
 
 def metrics_table(per_image: dict, image_shape, topology: bool = False) -> dict:

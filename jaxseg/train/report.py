@@ -39,6 +39,23 @@ def save_overlays(path: str, images, truths, preds, columns: int = 4) -> None:
   )
 
 
+def save_samples(path: str, images, raters, samples, shown_samples: int = 4) -> None:
+  """One row per example: the image, each rater's mask, then model samples (white on
+  black), for multi-rater evaluation."""
+  rows = []
+  for image, masks, drawn in zip(images, raters, samples, strict=True):
+    gray = image[..., 0] if image.ndim == 3 else image
+    gray = (255 * gray / max(float(gray.max()), 1e-6)).astype(np.uint8)
+    tiles = [gray] + [(m > 0).astype(np.uint8) * 255 for m in [*masks, *drawn[:shown_samples]]]
+    rows.append(np.concatenate([np.pad(t, 1, constant_values=128) for t in tiles], axis=1))
+  width = max(r.shape[1] for r in rows)
+  grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]))) for r in rows], axis=0)
+  scale = max(1, 1024 // grid.shape[1])
+  Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(
+    path
+  )
+
+
 def save_learning_curves(metrics_path: str, path: str) -> None:
   """Training loss and validation loss/Dice against the step, from ``metrics.jsonl``."""
   rows = [json.loads(line) for line in open(metrics_path)] if os.path.exists(metrics_path) else []

@@ -49,9 +49,11 @@ def make_train_step(
   there: a resumed run repeats an uninterrupted one bit for bit.
   """
 
+  takes_labels = getattr(model, "takes_labels", False)  # e.g. prob_unet's posterior net
+
   def train_step(state: TrainState, batch: dict, key: jax.Array):
-    aug_key, dropout_key = jax.random.split(jax.random.fold_in(key, state.step))
-    batch = augment.apply(augmentations, aug_key, batch)
+    aug_key, dropout_key, rater_key = jax.random.split(jax.random.fold_in(key, state.step), 3)
+    batch = augment.apply(augmentations, aug_key, augment.pick_annotator(rater_key, batch))
 
     def loss_of(params):
       image = batch["image"]
@@ -60,6 +62,7 @@ def make_train_step(
       outputs, updates = model.apply(
         {"params": params, "batch_stats": state.batch_stats},
         image,
+        *([batch["labels"]] if takes_labels else []),
         train=True,
         rngs={"dropout": dropout_key},
         mutable=["batch_stats"],
@@ -68,6 +71,8 @@ def make_train_step(
       labels, weights = _targets(batch, heads[0])
       heads = [head.astype(jnp.float32) for head in heads]
       loss = sum(loss_fn(head, labels, weights) for head in heads) / len(heads)
+      if isinstance(outputs, dict) and "regularizer" in outputs:  # prob_unet: beta * KL
+        loss = loss + outputs["regularizer"].astype(jnp.float32)
       stats = jax.tree.map(lambda a: a.astype(jnp.float32), updates.get("batch_stats", {}))
       return loss, stats
 

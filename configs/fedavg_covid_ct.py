@@ -4,10 +4,11 @@
         --config.data.dir=/path/to/covid_ct
     jaxseg eval --workdir /tmp/fedavg
 
-3 clients (COVID-19 CT has 50 training slices), IID, label-at-client; other
-scenarios and partitions: ``--config.fed.scenario=label_at_server``,
-``--config.fed.partition=dirichlet``. ``:synthetic`` runs on the built-in data,
-``:smoke`` / ``:synthetic_smoke`` in seconds. Settings: configs/fed_common.py.
+3 clients (COVID-19 CT has 50 training slices), IID, every client labels all its
+images (label-at-client); non-IID: ``--config.fed.partition=dirichlet``; FedAdam:
+``--config.fed.server_optim.name=adam --config.fed.server_optim.lr=0.01``.
+``:synthetic`` runs on the built-in data, ``:smoke`` / ``:synthetic_smoke`` in
+seconds. Settings: configs/fed_common.py.
 """
 
 from configs.fed_common import fed_config

@@ -111,7 +111,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   keep = [n for n in names if n != sweep.average]
   has_cost = any("cost" in row for row in rows)
   if "pivot" in sweep:
-    table = pivoted(rows, keep, list(sweep.pivot), sweep.get("sections"), sweep.metrics[0])
+    order = {name: [label for label, _ in variants] for name, variants in sweep.axes}
+    table = pivoted(rows, keep, list(sweep.pivot), sweep.get("sections"), sweep.metrics[0], order)
   else:
     table = markdown(rows, keep + (["cost"] if has_cost else []), list(sweep.metrics))
   with open(os.path.join(workdir, "results.md"), "w") as f:
@@ -138,10 +139,14 @@ def aggregate(results, names, average, metrics) -> list[dict]:
   return rows
 
 
-def pivoted(rows, keep, pivot, sections, metric: str) -> str:
-  """``metric`` with the ``pivot`` axes as columns (one table per ``sections`` label)."""
+def pivoted(rows, keep, pivot, sections, metric: str, order: dict) -> str:
+  """``metric`` with the ``pivot`` axes as columns (one table per ``sections`` label),
+  columns ordered by the pivot axes in turn (``order``: each axis's labels)."""
   row_axes = [n for n in keep if n not in pivot and n != sections]
-  columns = list(dict.fromkeys(tuple(r[p] for p in pivot) for r in rows))
+  columns = sorted(
+    dict.fromkeys(tuple(r[p] for p in pivot) for r in rows),
+    key=lambda c: [order[p].index(label) for p, label in zip(pivot, c, strict=True)],
+  )
   out = []
   for section in dict.fromkeys(r.get(sections) for r in rows):
     part = [r for r in rows if r.get(sections) == section]

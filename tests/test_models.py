@@ -166,7 +166,9 @@ def test_resize_nearest_matches_index_rule():
 
 
 def test_unknown_model_lists_known_names():
-  with pytest.raises(ValueError, match="Unknown model name 'resnet'.*scaunet_a, unet, unet_paper"):
+  with pytest.raises(
+    ValueError, match="Unknown model name 'resnet'.*scaunet_a, segformer, unet, unet_paper"
+  ):
     models.get_model("resnet")
 
 

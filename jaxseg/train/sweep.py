@@ -33,6 +33,7 @@ import os
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache
 
 from jaxseg.train import loop
 
@@ -82,6 +83,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   loop.prepare_workdir(workdir)
   jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  compilation_cache.reset_cache()  # a cache this process opened before moves here
   base = copy.deepcopy(config)
   with base.unlocked():
     del base["sweep"]

@@ -192,16 +192,8 @@ def compile_round(
   )
   rows, replicated = NamedSharding(mesh, P("clients")), NamedSharding(mesh, P())
   live_rows = np.flatnonzero(np.asarray(data.size) > 0)
-  data_sharding = simulate.ClientData(
-    labeled=rows,
-    labeled_n=rows,
-    unlabeled=rows,
-    unlabeled_n=rows,
-    size=rows,
-    steps=rows,
-    server=replicated,
-    server_n=replicated,
-  )
+  # Client tables split by rows; the server's replicated.
+  data_sharding = jax.tree.map(lambda _: rows, data).replace(server=replicated, server_n=replicated)
   data = jax.device_put(data, data_sharding)
   probe = jax.device_put(probe, replicated)
   fetch = simulate.gather if placement == "device" else (lambda _, x: x)
@@ -255,18 +247,19 @@ def compile_round(
     add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
     finish = jax.jit(functools.partial(simulate.finish, fed), donate_argnums=0)
 
+    # Each live client's row index, steps and size, sliced once (padding rows weigh
+    # nothing: skipped).
+    per_client = [
+      (slice(c, c + 1), jnp.arange(c, c + 1), data.steps[c : c + 1], data.size[c : c + 1])
+      for c in live_rows
+    ]
+
     def run_round(state):
       client_xs, (shared, metrics) = prepare(state, data, device_arrays, probe, streamed(state))
       total = None
-      for c in live_rows:  # padding rows weigh nothing: skipped
-        one = slice(c, c + 1)
-        part = block(
-          shared,
-          jnp.arange(c, c + 1),
-          jax.tree.map(lambda x, one=one: x[one], client_xs),
-          data.steps[one],
-          data.size[one],
-        )
+      for one, row, steps, size in per_client:
+        xs = jax.tree.map(lambda x, one=one: x[one], client_xs)
+        part = block(shared, row, xs, steps, size)
         total = part if total is None else add(total, part)
       return finish(state, shared, total, metrics)
 

@@ -46,6 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
   )
 
+  # An image_folder dataset (e.g. from `jaxseg synthesize`) added to the training split.
+  config.data.extra_train_dir = ""
+
   # Host-side steps of the input pipeline: the U-Net paper's weight map (w0 > 0 on)
   # and JPEG weathering (non-empty qualities on).
   config.data.weight_map = ml_collections.ConfigDict(dict(w0=0.0, sigma=5.0))
@@ -59,8 +62,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     dict(name="adam", lr=3e-3, schedule="cosine", warmup_steps=50, grad_clip=1.0, kwargs={})
   )
 
+  # epochs > 0 sets steps to that many passes over the training split (at the run's start).
   config.train = ml_collections.ConfigDict(
-    dict(batch_size=8, steps=1000, eval_every=250, log_every=25, early_stopping_patience=0)
+    dict(
+      batch_size=8, steps=1000, epochs=0, eval_every=250, log_every=25, early_stopping_patience=0
+    )
   )
   # tiled: evaluate image by image through jaxseg.infer (needed when a valid-conv
   # network cannot take the whole image); topology: add ISBI's Rand and warping errors.

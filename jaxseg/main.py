@@ -4,6 +4,7 @@ jaxseg train --config FILE[:ARG] --workdir DIR [--config.key=value ...]
 jaxseg eval  --workdir DIR [--split test]
 jaxseg predict --workdir DIR --input FILE_OR_DIR --output DIR
 jaxseg sweep --config FILE[:ARG] --workdir DIR [--config.key=value ...]
+jaxseg synthesize --workdir GAN_RUN --num N --output DIR
 jaxseg bench --models unet,unetpp:mode=l2,... --input NxCxHxW [--batch N]
              [--dtype float32|bfloat16] [--repeats N] [--json FILE]
 jaxseg bench --versus_torch --input NxCxHxW [--repeats N] [--json FILE]
@@ -16,7 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval", "bench", "sweep", "predict")
+COMMANDS = ("train", "eval", "bench", "sweep", "predict", "synthesize")
 USAGE = __doc__
 
 FLAGS = flags.FLAGS
@@ -26,7 +27,10 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, pictures).")
 flags.DEFINE_string("split", "test", "Split that `jaxseg eval` scores.")
-flags.DEFINE_string("output", None, "predict: folder for the masks and overlays.")
+flags.DEFINE_string(
+  "output", None, "predict: folder for the masks and overlays; synthesize: the new dataset."
+)
+flags.DEFINE_integer("num", 2500, "synthesize: image/mask pairs to generate.")
 flags.DEFINE_list("models", ["unet"], "bench: model specs, name[:key=value,...].")
 flags.DEFINE_string(
   "input",
@@ -105,6 +109,12 @@ def _main(argv):
     from jaxseg.train import predict  # noqa: PLC0415
 
     predict.run(FLAGS.workdir, FLAGS.input, FLAGS.output)
+  elif command == "synthesize":
+    if not FLAGS.output:
+      raise app.UsageError("jaxseg synthesize: --output DIR is required.")
+    from jaxseg.gan import loop as gan_loop  # noqa: PLC0415
+
+    gan_loop.synthesize(FLAGS.workdir, FLAGS.num, FLAGS.output)
   elif command == "sweep":
     from jaxseg.train import sweep  # noqa: PLC0415
 

@@ -45,11 +45,14 @@ def _ratio(num, den, empty_value):
 
 
 def scores(counts: dict) -> dict[str, jax.Array]:
-  """Dice, IoU, precision, recall and pixel error from counts (any leading shape)."""
+  """Dice (= F1), IoU, mIoU (mean of the background and foreground IoUs), precision,
+  recall and pixel error from counts (any leading shape)."""
   tp, fp, fn, tn = (jnp.asarray(counts[k], jnp.float32) for k in COUNTS)
+  iou = _ratio(tp, tp + fp + fn, 1.0)
   return dict(
     dice=_ratio(2 * tp, 2 * tp + fp + fn, 1.0),
-    iou=_ratio(tp, tp + fp + fn, 1.0),
+    iou=iou,
+    miou=(iou + _ratio(tn, tn + fp + fn, 1.0)) / 2,
     precision=_ratio(tp, tp + fp, jnp.where(fn > 0, 0.0, 1.0)),
     recall=_ratio(tp, tp + fn, jnp.where(fp > 0, 0.0, 1.0)),
     pixel_error=(fp + fn) / (tp + fp + fn + tn),

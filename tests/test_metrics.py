@@ -19,6 +19,7 @@ def test_overlap_scores_closed_form():
   s = _scores(pred, gt)
   assert s["dice"] == pytest.approx(2 * 4 / (6 + 4))
   assert s["iou"] == pytest.approx(4 / 6)
+  assert s["miou"] == pytest.approx((4 / 6 + 10 / 12) / 2)  # background: 10 of 12 pixels
   assert s["precision"] == pytest.approx(4 / 6)
   assert s["recall"] == pytest.approx(1.0)
   assert s["pixel_error"] == pytest.approx(2 / 16)
@@ -27,7 +28,14 @@ def test_overlap_scores_closed_form():
 def test_empty_conventions():
   empty, full = np.zeros((3, 3), int), np.ones((3, 3), int)
   both = _scores(empty, empty)
-  assert both == {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "pixel_error": 0.0}
+  assert both == {
+    "dice": 1.0,
+    "iou": 1.0,
+    "miou": 1.0,
+    "precision": 1.0,
+    "recall": 1.0,
+    "pixel_error": 0.0,
+  }
   missed = _scores(empty, full)  # nothing predicted, something there
   assert missed["dice"] == missed["iou"] == missed["precision"] == missed["recall"] == 0.0
   false_alarm = _scores(full, empty)  # something predicted, nothing there

@@ -28,7 +28,7 @@ def test_aggregate_mean_and_std_over_the_averaged_axis():
   rows = sweep.aggregate(results, ["model", "fold"], "fold", ["dice"])
   assert rows[0]["model"] == "a" and rows[0]["n"] == 2
   np.testing.assert_allclose([rows[0]["dice"]["mean"], rows[0]["dice"]["std"]], [0.6, 0.1])
-  assert "| a | 0.600 ± 0.100 | 2 |" in sweep.markdown(rows, ["model"], ["dice"])
+  assert "| a | 0.6000 ± 0.1000 | 2 |" in sweep.markdown(rows, ["model"], {"dice": "dice"})
 
 
 def test_sweep_runs_cells_and_resumes(tmp_path, monkeypatch):

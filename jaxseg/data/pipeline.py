@@ -6,7 +6,10 @@ split in order in fixed-size batches; the last one is padded and carries a ``val
 flag, so the compiled evaluation step sees a single shape.
 """
 
+import bisect
 import hashlib
+import json
+import os
 from collections.abc import Iterator
 
 import grain
@@ -35,6 +38,24 @@ class Subset:
     # state and refuses to restore into a different one.
     digest = hashlib.sha256(self.indices.astype(np.int64).tobytes()).hexdigest()[:12]
     return f"Subset({self.source!r}, {len(self.indices)} indices, sha256 {digest})"
+
+
+class Concat:
+  """Random access to several sources one after another."""
+
+  def __init__(self, *sources):
+    self.sources = sources
+    self.starts = np.cumsum([0, *[len(s) for s in sources]])
+
+  def __len__(self) -> int:
+    return int(self.starts[-1])
+
+  def __getitem__(self, i):
+    which = bisect.bisect_right(self.starts, i) - 1
+    return self.sources[which][int(i - self.starts[which])]
+
+  def __repr__(self) -> str:
+    return f"Concat({', '.join(repr(s) for s in self.sources)})"
 
 
 def _permutation(size: int, seed: int) -> np.ndarray:
@@ -72,6 +93,11 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
   ``fold`` is the ``test`` split; otherwise a missing ``test`` split is
   ``test_fraction`` of it. A missing ``validation`` split is ``validation_fraction``
   of what remains. Raises if a split ends up empty.
+
+  ``data_config.extra_train_dir``: an ``image_folder`` dataset (e.g. written by
+  ``jaxseg synthesize``) whose every pair joins the training split only, brought to
+  the dataset's image size; its masks are read with the ``mask_values`` its
+  ``synthesis.json`` names (0/255 binary otherwise).
   """
   builder = datasets.make_builder(
     data_config.name,
@@ -95,7 +121,10 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
   views["train"] = rest
   sources = {}
   for split in splits:
-    if split in views:
+    if split == "train" and data_config.extra_train_dir:
+      own = Subset(train, views[split])
+      sources[split] = Concat(own, extra_train(data_config, own[0]["image"].shape))
+    elif split in views:
       sources[split] = Subset(train, views[split])
     elif split in stored:
       sources[split] = builder.as_data_source(split)
@@ -104,6 +133,21 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
         f"dataset {data_config.name!r}: split {split!r} has no examples (check config.data.kwargs)."
       )
   return sources
+
+
+def extra_train(data_config, image_shape: tuple):
+  """The training split of ``data_config.extra_train_dir`` (see :func:`load_splits`)."""
+  folder = data_config.extra_train_dir
+  kwargs = {"image_size": tuple(image_shape[:2]), "channels": image_shape[-1]}
+  provenance = os.path.join(folder, "synthesis.json")
+  if os.path.exists(provenance):
+    with open(provenance) as f:
+      kwargs["mask_values"] = tuple(tuple(v) for v in json.load(f)["mask_values"])
+  builder = datasets.make_builder(
+    "image_folder", source_dir=folder, cache_dir=data_config.cache_dir, **kwargs
+  )
+  builder.download_and_prepare(file_format="array_record")
+  return builder.as_data_source("train")
 
 
 def labeled_split(source, fraction: float, seed: int) -> tuple:

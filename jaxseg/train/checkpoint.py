@@ -15,15 +15,18 @@ BEST_METRIC = "dice"
 
 
 class Checkpoints:
-  """A ``CheckpointManager`` that preserves the latest and the best (by Dice) steps."""
+  """A ``CheckpointManager`` that preserves the latest and the best (by the metric
+  ``best``, validation Dice by default; ``best=None`` keeps the latest only) steps."""
 
-  def __init__(self, directory: str, *, read_only: bool = False):
-    best = lambda m: m[BEST_METRIC]  # noqa: E731
-    policy = checkpoint_managers.AnyPreservationPolicy(
-      [checkpoint_managers.LatestN(n=1), checkpoint_managers.BestN(get_metric_fn=best, n=1)]
-    )
+  def __init__(self, directory: str, *, read_only: bool = False, best: str | None = BEST_METRIC):
+    policies = [checkpoint_managers.LatestN(n=1)]
+    best_fn = None
+    if best is not None:
+      best_fn = lambda m: m[best]  # noqa: E731
+      policies.append(checkpoint_managers.BestN(get_metric_fn=best_fn, n=1))
+    policy = checkpoint_managers.AnyPreservationPolicy(policies)
     options = ocp.CheckpointManagerOptions(
-      best_fn=best,
+      best_fn=best_fn,
       best_mode="max",
       preservation_policy=None if read_only else policy,
       read_only=read_only,

@@ -12,6 +12,7 @@ the test split. What a run writes in ``workdir``:
 * ``test_metrics.json`` after ``jaxseg eval``.
 """
 
+import copy
 import functools
 import json
 import math
@@ -82,6 +83,18 @@ def prepare_workdir(workdir: str) -> None:
 def training_steps(config) -> int:
   """Training steps of a run (of one client over all rounds in a federated run)."""
   return config.fed.rounds * config.fed.local_steps if "fed" in config else config.train.steps
+
+
+def resolve_epochs(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config``, or with ``train.epochs > 0`` a copy whose ``train.steps`` makes that
+  many passes over the training split (extra training data included)."""
+  if "fed" in config or not config.train.epochs:
+    return config
+  size = len(pipeline.load_splits(config.data)["train"])
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.train.steps = config.train.epochs * math.ceil(size / config.train.batch_size)
+  return config
 
 
 def make_context(config, model, loss_fn, tx, channels: int) -> semi_base.Context:
@@ -272,8 +285,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     from jaxseg.fed import loop as fed_loop  # noqa: PLC0415 (fed.loop builds on this module)
 
     return fed_loop.train(config, workdir, stop_after=stop_after)
+  if "gan" in config:
+    from jaxseg.gan import loop as gan_loop  # noqa: PLC0415 (gan.loop builds on this module)
+
+    return gan_loop.train(config, workdir, stop_after=stop_after)
   prepare_workdir(workdir)
   check_config(config)
+  config = resolve_epochs(config)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   exp = Experiment(config)
@@ -380,6 +398,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def evaluate(workdir: str, split: str = "test") -> dict:
   """Scores the best checkpoint of ``workdir`` on ``split``; prints and saves a table."""
   config = load_config(workdir)
+  if "gan" in config:
+    raise ValueError(
+      f"{workdir} is a GAN run: it has no segmentation to score; "
+      f"`jaxseg synthesize --workdir {workdir} --num N --output DIR` makes pairs from it."
+    )
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
   step = ckpts.best_step()
   if step is None:

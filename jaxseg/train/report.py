@@ -73,3 +73,19 @@ def save_learning_curves(metrics_path: str, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=80)
   plt.close(fig)
+
+
+def save_grid(path: str, rows) -> None:
+  """Rows of tiles in [0, 1] (``[H, W]`` or ``[H, W, C]``, gray or RGB) as one PNG."""
+
+  def rgb(tile):
+    tile = np.asarray(tile, np.float32)
+    tile = tile[..., None] if tile.ndim == 2 else tile
+    tile = np.repeat(tile, 3, -1) if tile.shape[-1] == 1 else tile[..., :3]
+    return np.pad((np.clip(tile, 0, 1) * 255).round().astype(np.uint8), ((1, 1), (1, 1), (0, 0)))
+
+  grid = np.concatenate([np.concatenate([rgb(t) for t in row], axis=1) for row in rows], axis=0)
+  scale = max(1, 1024 // grid.shape[1])
+  Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(
+    path
+  )

@@ -7,7 +7,9 @@ A config declares its sweep in ``config.sweep``:
   (build them with :func:`axis`);
 * ``average``: the axis averaged over (seeds or folds): each table row is the mean
   and std of each metric over its labels;
-* ``metrics``: the test metrics to tabulate (names in ``test_metrics.json``);
+* ``metrics``: the test metrics to tabulate (names in ``test_metrics.json``; the
+  per-image mean, or the score of the pooled counts for ``name:pooled``), and
+  optionally ``headers``, their column titles;
 * ``cost`` (optional): ``((label, text), ...)`` of the first axis, shown as a
   ``cost`` column (e.g. a method's communication cost). Federated cells write their
   measured cost (``communication.json``), which fills the column by itself;
@@ -15,7 +17,13 @@ A config declares its sweep in ``config.sweep``:
   (e.g. FedWeP-Real where the server has no images);
 * ``pivot`` (optional): axes whose labels become columns of the first metric, as in
   a paper's table (``("partition", "fraction")`` gives ``IID 1/16 | ... | NonIID
-  1/2``); ``sections``: an axis that splits the table into one table per label.
+  1/2``); ``sections``: an axis (or a tuple of axes) that splits the table into one
+  table per label (combination);
+* ``synthesis`` (optional): ``gan`` (a GAN config, see ``configs/pix2pix_covid_ct.py``)
+  and ``num``: before the cells, the GAN is trained on the sweep's own data
+  (``DIR/gan``) and ``num`` pairs are synthesized into ``DIR/synthetic``; an
+  override value ``"<synthetic>"`` stands for that folder (e.g.
+  ``data.extra_train_dir``).
 
 Cells run one after another in this process, each in ``DIR/<axis>=<label>_.../``,
 trained and evaluated exactly as ``jaxseg train`` / ``jaxseg eval`` would. A cell
@@ -36,6 +44,8 @@ import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 
 from jaxseg.train import loop
+
+SYNTHETIC = "<synthetic>"
 
 
 def axis(name: str, variants: dict) -> tuple:
@@ -87,9 +97,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   base = copy.deepcopy(config)
   with base.unlocked():
     del base["sweep"]
+  synthetic = synthesize(base, sweep.synthesis, workdir) if "synthesis" in sweep else None
   results = []
   todo = list(cells(sweep))
   for i, (labels, overrides) in enumerate(todo):
+    overrides = [(k, synthetic if v == SYNTHETIC else v) for k, v in overrides]
     name = "_".join(f"{k}={v}" for k, v in labels.items()).replace("/", "-")  # e.g. 1/16
     cell_dir = os.path.join(workdir, name)
     path = os.path.join(cell_dir, "test_metrics.json")
@@ -104,6 +116,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       with open(measured) as f:
         results[-1]["cost"] = json.load(f)["text"]
   rows = aggregate(results, names, sweep.average, list(sweep.metrics))
+  headers = dict(zip(sweep.metrics, sweep.get("headers", sweep.metrics), strict=True))
   if "cost" in sweep:
     cost = dict(sweep.cost)
     for row in rows:
@@ -116,11 +129,35 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     order = {name: [label for label, _ in variants] for name, variants in sweep.axes}
     table = pivoted(rows, keep, list(sweep.pivot), sweep.get("sections"), sweep.metrics[0], order)
   else:
-    table = markdown(rows, keep + (["cost"] if has_cost else []), list(sweep.metrics))
+    sections = sweep.get("sections")
+    sections = [sections] if isinstance(sections, str) else list(sections or ())
+    table = sectioned(
+      rows,
+      [n for n in keep if n not in sections] + (["cost"] if has_cost else []),
+      sections,
+      headers,
+    )
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(table + "\n")
   print("\n" + table)
   return rows
+
+
+def synthesize(base: ml_collections.ConfigDict, synthesis, workdir: str) -> str:
+  """Trains ``synthesis.gan`` on ``base``'s data and synthesizes ``synthesis.num`` pairs,
+  once (a finished synthesis is kept); returns the pairs' folder."""
+  from jaxseg.gan import loop as gan_loop  # noqa: PLC0415
+
+  output = os.path.join(workdir, "synthetic")
+  if not os.path.exists(os.path.join(output, "synthesis.json")):
+    gan = copy.deepcopy(synthesis.gan)
+    with gan.unlocked():
+      gan.data = copy.deepcopy(base.data)  # the GAN sees the cells' training split
+      gan.data.extra_train_dir = ""
+    print(f"\n[GAN] {gan.gan.name} on the training split, then {synthesis.num} pairs", flush=True)
+    loop.train(gan, os.path.join(workdir, "gan"))
+    gan_loop.synthesize(os.path.join(workdir, "gan"), synthesis.num, output)
+  return os.path.abspath(output)
 
 
 def aggregate(results, names, average, metrics) -> list[dict]:
@@ -133,7 +170,8 @@ def aggregate(results, names, average, metrics) -> list[dict]:
   for key, group in groups.items():
     row = dict(zip(keep, key, strict=True)) | {"n": len(group)}
     for m in metrics:
-      values = np.array([g["metrics"][m]["mean"] for g in group], dtype=float)
+      name, _, stat = m.partition(":")
+      values = np.array([g["metrics"][name][stat or "mean"] for g in group], dtype=float)
       row[m] = {"mean": float(values.mean()), "std": float(values.std())}
     if "cost" in group[0]:
       row["cost"] = group[0]["cost"]
@@ -166,15 +204,28 @@ def pivoted(rows, keep, pivot, sections, metric: str, order: dict) -> str:
   return "\n\n".join(out)
 
 
-def _value(stat: dict) -> str:
-  return f"{stat['mean']:.3f}" + (f" ± {stat['std']:.3f}" if stat["std"] > 0 else "")
+def _value(stat: dict, digits: int = 3) -> str:
+  mean, std = f"{stat['mean']:.{digits}f}", f"{stat['std']:.{digits}f}"
+  return mean + (f" ± {std}" if stat["std"] > 0 else "")
 
 
-def markdown(rows, keep, metrics) -> str:
-  header = [*keep, *metrics, "n"]
+def sectioned(rows, keep, sections, headers: dict) -> str:
+  """:func:`markdown` tables, one per combination of the ``sections`` axes' labels."""
+  out = []
+  for label in dict.fromkeys(tuple(r[a] for a in sections) for r in rows):
+    part = [r for r in rows if tuple(r[a] for a in sections) == label]
+    title = ", ".join(f"{a} = {v}" for a, v in zip(sections, label, strict=True))
+    out.append((f"{title}\n\n" if title else "") + markdown(part, keep, headers))
+  return "\n\n".join(out)
+
+
+def markdown(rows, keep, headers: dict) -> str:
+  """``headers``: ``{metric: column title}``."""
+  metrics = list(headers)
+  header = [*keep, *headers.values(), "n"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     cells_ = [str(row.get(k, "")) for k in keep]
-    cells_ += [f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" for m in metrics]
+    cells_ += [_value(row[m], digits=4) for m in metrics]
     lines.append("| " + " | ".join([*cells_, str(row["n"])]) + " |")
   return "\n".join(lines)

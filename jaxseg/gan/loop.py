@@ -1,0 +1,208 @@
+"""GAN training and synthesis (I/O): ``jaxseg train`` on a config with ``config.gan``,
+and ``jaxseg synthesize``.
+
+A GAN run trains on the training split of ``config.data`` (the same images a
+segmentation run of that data trains on; its validation and test images are never
+seen) and writes in its workdir ``config.json``, ``metrics.jsonl`` and
+``tensorboard/`` (both players' losses, the discriminator's mean output on real and
+generated examples), ``checkpoints/<step>/`` (the latest; orbax, with the data
+iterator's state, so a resumed run continues exactly) and ``samples/<step>.png``:
+one row per fixed training example — its image and mask, then a generated image and
+mask (pix2pix: for that mask).
+
+``synthesize(workdir, num, output)`` writes ``num`` pairs as an ``image_folder``
+dataset: ``output/images/00000.png``, ``output/masks/00000.png`` (0/255 for two
+classes) and ``output/synthesis.json`` (provenance and the mask encoding). pix2pix
+generates images for the training split's masks after ``config.gan.source_augment``
+(deformed masks; ``{}``: the masks as they are); DAGAN generates new pairs from the
+training pairs. The folder appears only when complete.
+"""
+
+import json
+import os
+import shutil
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from PIL import Image
+
+from jaxseg import gan
+from jaxseg.data import augment, pipeline
+from jaxseg.gan import step as gan_step
+from jaxseg.train import loop, optim, report
+from jaxseg.train import state as state_lib
+from jaxseg.train.checkpoint import Checkpoints
+
+SHOWN = 4  # examples in the sample grid
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  from jaxseg import tables  # noqa: PLC0415
+
+  tables.check(gan.GANS, config.gan.name, "GAN")
+  augment.check(config.augment)
+  augment.check(config.gan.source_augment)
+  optim.check(config.optim)
+  for key in ("batch_size", "steps", "eval_every", "log_every"):
+    if config.train[key] <= 0:
+      raise ValueError(f"config.train.{key} must be positive, found {config.train[key]}.")
+
+
+class GanExperiment:
+  """Networks, data and compiled functions of a GAN config."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    check_config(config)
+    self.config = config
+    self.source = pipeline.load_splits(config.data)["train"]
+    self.image_shape = self.source[0]["image"].shape
+    self.spec = gan.get_gan(config.gan.name, self.image_shape[-1], **config.gan.kwargs)
+    tx = optim.make(config.optim, config.train.steps)
+    init_key, self.train_key = jax.random.split(jax.random.key(config.seed))
+    self.init_state = jax.jit(lambda: gan_step.init(self.spec, tx, init_key, self.image_shape))
+    self.train_step = jax.jit(
+      gan_step.make_train_step(self.spec, tx, config.augment), donate_argnums=0
+    )
+    self.generate = jax.jit(gan_step.make_generate(self.spec))
+    self.deform = jax.jit(lambda key, batch: augment.apply(config.gan.source_augment, key, batch))
+
+  def abstract_state(self):
+    return jax.eval_shape(self.init_state)
+
+  def sample_rows(self, state, batch: dict) -> list:
+    """Grid rows: training image and mask, generated image and mask (fixed key)."""
+    variables = {"params": state.generator.params, "batch_stats": state.generator.batch_stats}
+    out = jax.device_get(self.generate(variables, batch, jax.random.key(self.config.seed)))
+    rows = []
+    for i in range(len(batch["image"])):
+      real = [batch["image"][i], batch["labels"][i] > 0]
+      rows.append([*real, out["image"][i], out["labels"][i] > 0])
+    return rows
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None):
+  """Trains the GAN of ``config`` in ``workdir``; resumes from its latest checkpoint.
+
+  ``stop_after``: end after that many steps of this call without saving (as a kill).
+  """
+  loop.prepare_workdir(workdir)
+  check_config(config)
+  config = loop.resolve_epochs(config)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  exp = GanExperiment(config)
+  cfg = config.train
+  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), best=None)
+  loader = iter(pipeline.train_loader(exp.source, cfg.batch_size, config.seed, config.data))
+  if ckpts.latest_step() is not None:
+    state, record = ckpts.restore(ckpts.latest_step(), exp.abstract_state())
+    loader.set_state(record["loader"].encode())
+    print(f"Resumed from {workdir}/checkpoints/{int(state.step)}.")
+  else:
+    state = exp.init_state()
+    g, d = (state_lib.count_params(n.params) for n in (state.generator, state.discriminator))
+    print(f"{config.gan.name}: generator {g:,} parameters, discriminator {d:,}.")
+  shown = next(pipeline.eval_batches(exp.source, min(SHOWN, len(exp.source))))
+  shown.pop("valid")
+  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+  logger = loop.Logger(workdir)
+  step = start = int(state.step)
+  pending, last_time = [], time.time()
+  bar = tqdm.tqdm(total=cfg.steps, initial=start, desc="gan", unit="step", mininterval=1.0)
+  try:
+    while step < cfg.steps:
+      if stop_after is not None and step - start >= stop_after:
+        return state
+      state, step_metrics = exp.train_step(state, next(loader), exp.train_key)
+      step += 1
+      pending.append(step_metrics)
+      save = step % cfg.eval_every == 0 or step == cfg.steps
+      if step % cfg.log_every == 0 or save:
+        values = loop.mean_metrics(pending, step, ckpts)
+        now = time.time()
+        values["images_per_s"] = len(pending) * cfg.batch_size / (now - last_time)
+        last_time, pending = now, []
+        logger.write(step, "train", values)
+        bar.set_postfix(g=f"{values['loss']:.3f}", d=f"{values['d_loss']:.3f}")
+        bar.update(step - bar.n)
+      if save:
+        ckpts.save(step, state, {"loader": loader.get_state().decode()}, {})
+        path = os.path.join(workdir, "samples", f"{step}.png")
+        report.save_grid(path, exp.sample_rows(state, shown))
+        bar.write(f"step {step}: checkpoint and {path}")
+        last_time = time.time()
+  finally:
+    bar.close()
+    logger.close()
+    ckpts.close()
+  return state
+
+
+def synthesize(workdir: str, num: int, output: str) -> str:
+  """Writes ``num`` synthetic pairs from the GAN run in ``workdir`` to ``output``."""
+  config = loop.load_config(workdir)
+  if "gan" not in config:
+    raise ValueError(f"{workdir} is not a GAN run (its config has no `gan` section).")
+  if num <= 0:
+    raise ValueError(f"--num must be positive, found {num}.")
+  if os.path.exists(output) and os.listdir(output):
+    raise FileExistsError(f"--output {output!r} exists and is not empty; choose a new folder.")
+  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True, best=None)
+  step = ckpts.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train the GAN first.")
+  exp = GanExperiment(config)
+  state, _ = ckpts.restore(step, exp.abstract_state())
+  ckpts.close()
+  variables = {"params": state.generator.params, "batch_stats": state.generator.batch_stats}
+  partial = output.rstrip("/") + ".partial"
+  shutil.rmtree(partial, ignore_errors=True)
+  for sub in ("images", "masks"):
+    os.makedirs(os.path.join(partial, sub))
+  classes = exp.spec.classes
+  scale = 255 if classes == 2 else 1
+  key = jax.random.fold_in(jax.random.key(config.seed), 11)
+  order = source_order(len(exp.source), num, key)
+  batch_size = config.train.batch_size  # BatchNorm normalises by the generated batch
+  to_inputs = pipeline.ToModelInputs()
+  for b, start in enumerate(tqdm.trange(0, num, batch_size, desc="synthesize", unit="batch")):
+    picked = np.resize(order[start : start + batch_size], batch_size)
+    items = [to_inputs.map(exp.source[int(i)]) for i in picked]
+    batch = {k: np.stack([item[k] for item in items]) for k in ("image", "labels")}
+    batch = exp.deform(jax.random.fold_in(key, 2 * b), batch)
+    out = jax.device_get(exp.generate(variables, batch, jax.random.fold_in(key, 2 * b + 1)))
+    for j in range(min(batch_size, num - start)):
+      image = (out["image"][j] * 255).round().astype(np.uint8)
+      name = f"{start + j:05d}.png"
+      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+        os.path.join(partial, "images", name)
+      )
+      mask = (out["labels"][j] * scale).astype(np.uint8)
+      Image.fromarray(mask).save(os.path.join(partial, "masks", name))
+  provenance = {
+    "gan": config.gan.name,
+    "gan_workdir": os.path.abspath(workdir),
+    "step": step,
+    "num": num,
+    "seed": config.seed,
+    "source_augment": config.gan.source_augment.to_dict(),
+    "mask_values": [[k * scale, k] for k in range(classes)],
+  }
+  with open(os.path.join(partial, "synthesis.json"), "w") as f:
+    json.dump(provenance, f, indent=2)
+  if os.path.exists(output):
+    os.rmdir(output)  # empty (checked above)
+  os.rename(partial, output)
+  print(f"Wrote {num} {config.gan.name} pairs (step {step}) to {output}.")
+  return output
+
+
+def source_order(size: int, num: int, key: jax.Array) -> np.ndarray:
+  """``num`` training indices: seeded permutations of the split, one after another."""
+  epochs = -(-num // size)
+  return np.concatenate(
+    [np.asarray(jax.random.permutation(jax.random.fold_in(key, e), size)) for e in range(epochs)]
+  )[:num]

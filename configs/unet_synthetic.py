@@ -63,11 +63,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
 
   # epochs > 0 sets steps to that many passes over the training split (at the run's start).
+  # compute_dtype bfloat16/float16: mixed precision (float32 parameters and optimizer
+  # state); loss_scale multiplies the loss (and divides the gradients) for float16.
   config.train = ml_collections.ConfigDict(
     dict(
-      batch_size=8, steps=1000, epochs=0, eval_every=250, log_every=25, early_stopping_patience=0
+      batch_size=8,
+      steps=1000,
+      epochs=0,
+      eval_every=250,
+      log_every=25,
+      early_stopping_patience=0,
+      compute_dtype="float32",
+      loss_scale=1.0,
     )
   )
+  # Devices (README, Scaling): a data-parallel mesh over the first `devices` devices
+  # (0: all of every process); fsdp also splits large parameters and optimizer state.
+  config.mesh = ml_collections.ConfigDict(dict(devices=0, fsdp=False))
+  # distributed: jax.distributed.initialize (multi-host; the launch/ scripts set
+  # JAXSEG_DISTRIBUTED=1 instead); deterministic: XLA's deterministic GPU ops.
+  config.runtime = ml_collections.ConfigDict(dict(distributed=False, deterministic=False))
   # tiled: evaluate image by image through jaxseg.infer (needed when a valid-conv
   # network cannot take the whole image); topology: add ISBI's Rand and warping errors.
   # samples > 0: `jaxseg eval` also reports the generalized energy distance of that

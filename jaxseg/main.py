@@ -101,6 +101,10 @@ def _main(argv):
 
   if command in ("train", "sweep") and FLAGS.config is None:
     raise app.UsageError(f"jaxseg {command}: --config FILE[:ARG] is required.")
+  if FLAGS.config is not None:
+    from jaxseg.train import runtime  # noqa: PLC0415
+
+    runtime.setup(FLAGS.config)
   if command == "train":
     loop.train(FLAGS.config, FLAGS.workdir)
   elif command == "predict":

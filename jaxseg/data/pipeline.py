@@ -203,10 +203,40 @@ class Weathering(grain.transforms.RandomMap):
     return element
 
 
-def train_loader(source, batch_size: int, seed: int, data_config=None) -> grain.DataLoader:
+class ProcessSlice:
+  """A grain sampler of one process's slice of every global batch.
+
+  Position ``k`` of process ``p`` of ``n`` (local batches of ``b = B / n``) is
+  position ``(k // b) * B + p * b + k % b`` of ``sampler``: each process reads only
+  its examples, and the processes' batches side by side are exactly the batch one
+  process would read (same examples, order and per-record randomness).
+  """
+
+  def __init__(self, sampler, batch_size: int, index: int, count: int):
+    self._inner, self._batch, self._index, self._count = sampler, batch_size, index, count
+    self._local = batch_size // count
+    self._shard_options = grain.sharding.NoSharding()
+
+  def __getitem__(self, k: int) -> grain.RecordMetadata:
+    position = (k // self._local) * self._batch + self._index * self._local + k % self._local
+    meta = self._inner[position]
+    return grain.RecordMetadata(index=k, record_key=meta.record_key, rng=meta.rng)
+
+  def __len__(self) -> int:
+    return len(self._inner) // self._count
+
+  def __repr__(self) -> str:
+    return f"ProcessSlice({self._inner!r}, batch {self._batch}, {self._index} of {self._count})"
+
+
+def train_loader(
+  source, batch_size: int, seed: int, data_config=None, process: tuple[int, int] = (0, 1)
+) -> grain.DataLoader:
   """Infinite, seeded, shuffled batches of ``batch_size`` (last partial batch dropped).
 
   A source smaller than one batch is repeated so that a batch can be filled.
+  ``process = (index, count)``: this process's slice of each global batch
+  (:class:`ProcessSlice`), ``batch_size / count`` examples.
 
   ``data_config`` adds the host-side steps it enables: pixel weight maps
   (``weight_map.w0 > 0``), JPEG weathering (non-empty ``jpeg.qualities``) and every
@@ -224,11 +254,14 @@ def train_loader(source, batch_size: int, seed: int, data_config=None) -> grain.
     num_epochs=None,
     shard_options=grain.sharding.NoSharding(),
   )
+  index, count = process
+  if count > 1:
+    sampler = ProcessSlice(sampler, batch_size, index, count)
   random_rater = data_config is not None and data_config.annotator == "random"
   operations = [ToModelInputs(weight_config(data_config), annotators=random_rater)]
   if data_config is not None and "jpeg" in data_config and data_config.jpeg.qualities:
     operations.append(Weathering(data_config.jpeg))
-  operations.append(grain.transforms.Batch(batch_size, drop_remainder=True))
+  operations.append(grain.transforms.Batch(batch_size // count, drop_remainder=True))
   return grain.DataLoader(
     data_source=source, sampler=sampler, worker_count=0, operations=operations
   )

@@ -31,7 +31,7 @@ from jaxseg import infer, losses, metrics, models, semi, tables
 from jaxseg.data import augment, pipeline
 from jaxseg.fed import simulate
 from jaxseg.semi import base as semi_base
-from jaxseg.train import optim, report
+from jaxseg.train import optim, report, sharding
 from jaxseg.train import state as state_lib
 from jaxseg.train.checkpoint import Checkpoints
 from jaxseg.train.step import make_eval_step, make_train_step, split_outputs
@@ -48,8 +48,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       f"config.data.annotator must be 'majority' or 'random', found {config.data.annotator!r}."
     )
   optim.check(config.optim)
+  if config.train.compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(
+      f"config.train.compute_dtype must be one of {COMPUTE_DTYPES}, "
+      f"found {config.train.compute_dtype!r}."
+    )
   if "method" in config:
     tables.check(semi.METHODS, config.method.name, "method")
+    if config.train.compute_dtype != "float32":
+      raise ValueError(
+        "config.train.compute_dtype: mixed precision is implemented for supervised "
+        f"training; config.method={config.method.name!r} needs 'float32'."
+      )
   if "fed" in config:  # a federated run counts rounds (config.fed.rounds), not steps
     keys = ("batch_size", "eval_every", "log_every")
     if config.fed.rounds <= 0:
@@ -67,6 +77,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for key in keys:
     if config.train[key] <= 0:
       raise ValueError(f"config.train.{key} must be positive, found {config.train[key]}.")
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -116,7 +129,16 @@ def make_steps(config, model, loss_fn, tx, channels: int):
   shape = (config.infer.tile, config.infer.tile, channels)
   if "method" not in config:
     init_state = lambda: state_lib.create(model, tx, init_key, shape)  # noqa: E731
-    return init_state, make_train_step(model, loss_fn, tx, config.augment), None
+    dtype = config.train.compute_dtype
+    step = make_train_step(
+      model,
+      loss_fn,
+      tx,
+      config.augment,
+      compute_dtype=None if dtype == "float32" else jnp.dtype(dtype),
+      loss_scale=config.train.loss_scale,
+    )
+    return init_state, step, None
   method = semi.get_method(config.method.name)
   ctx = make_context(config, model, loss_fn, tx, channels)
   if "fed" in config:  # the server state; rounds are compiled by jaxseg.fed.loop
@@ -145,7 +167,12 @@ def make_experiment(config, splits=datasets.SPLITS):
 
 
 class Experiment:
-  """Model, loss, optimizer, data and compiled steps of one config."""
+  """Model, loss, optimizer, data and compiled steps of one config.
+
+  The training step is jitted over a ``data`` mesh of ``config.mesh.devices``
+  devices (:mod:`jaxseg.train.sharding`): batches split over the devices, the state
+  replicated or, with ``config.mesh.fsdp``, split.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, splits=datasets.SPLITS):
     check_config(config)
@@ -159,27 +186,45 @@ class Experiment:
     init_state, train_step, self.method = make_steps(
       config, self.model, self.loss_fn, self.tx, self.image_shape[-1]
     )
-    self.init_state = jax.jit(init_state)
-    self.train_step = train_step and jax.jit(train_step, donate_argnums=0)
+    if "fed" in config:  # the federated loop compiles its rounds over a clients mesh
+      self.init_state = jax.jit(init_state)
+    else:
+      self.mesh = sharding.make_mesh(config.mesh)
+      sharding.check_batch(config.train.batch_size, self.mesh)
+      if self.method:
+        key = "config.method.unlabeled_batch_size"
+        sharding.check_batch(config.method.unlabeled_batch_size, self.mesh, key)
+      shardings = sharding.state_shardings(jax.eval_shape(init_state), self.mesh, config.mesh.fsdp)
+      replicated = sharding.replicated(self.mesh)
+      self.init_state = jax.jit(init_state, out_shardings=shardings)
+      self.train_step = jax.jit(
+        train_step,
+        in_shardings=(shardings, sharding.batch_sharding(self.mesh), replicated),
+        out_shardings=(shardings, replicated),
+        donate_argnums=0,
+      )
     self.eval_step = jax.jit(make_eval_step(self.model, self.loss_fn))
     self.tile_fn = infer.make_tile_fn(self.model)
 
   def variables(self, state) -> dict:
-    return evaluated_variables(state, self.method)
+    """The evaluated network's variables on the host (every process has them)."""
+    return sharding.fetch(evaluated_variables(state, self.method))
 
   def loaders(self) -> dict:
     """Training iterators: ``train``, or ``labeled`` + ``unlabeled`` for a method."""
     cfg, source = self.config, self.sources["train"]
+    # Each process reads its slice of every global batch.
+    loader = functools.partial(
+      pipeline.train_loader,
+      data_config=cfg.data,
+      process=(jax.process_index(), jax.process_count()),
+    )
     if not self.method:
-      return {
-        "train": iter(pipeline.train_loader(source, cfg.train.batch_size, cfg.seed, cfg.data))
-      }
+      return {"train": iter(loader(source, cfg.train.batch_size, cfg.seed))}
     labeled, unlabeled = pipeline.labeled_split(source, cfg.method.labeled_fraction, cfg.seed)
     return {
-      "labeled": iter(pipeline.train_loader(labeled, cfg.train.batch_size, cfg.seed, cfg.data)),
-      "unlabeled": iter(
-        pipeline.train_loader(unlabeled, cfg.method.unlabeled_batch_size, cfg.seed + 1, cfg.data)
-      ),
+      "labeled": iter(loader(labeled, cfg.train.batch_size, cfg.seed)),
+      "unlabeled": iter(loader(unlabeled, cfg.method.unlabeled_batch_size, cfg.seed + 1)),
     }
 
   def abstract_state(self):
@@ -252,13 +297,16 @@ def summarize(per_image: dict) -> dict:
 
 
 class Logger:
-  """Appends to ``metrics.jsonl`` and writes TensorBoard events."""
+  """Appends to ``metrics.jsonl`` and writes TensorBoard events (process 0 only)."""
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self.enabled = jax.process_index() == 0
+    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard")) if self.enabled else None
 
   def write(self, step: int, split: str, values: dict) -> None:
+    if not self.enabled:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
     for name, value in values.items():
@@ -266,7 +314,8 @@ class Logger:
     self.tb.flush()
 
   def close(self) -> None:
-    self.tb.close()
+    if self.enabled:
+      self.tb.close()
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None):
@@ -292,8 +341,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   prepare_workdir(workdir)
   check_config(config)
   config = resolve_epochs(config)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  primary = jax.process_index() == 0  # only process 0 writes files and prints
+  if primary:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   exp = Experiment(config)
   cfg = config.train
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
@@ -311,7 +362,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   logger = Logger(workdir)
   start = int(state.step)
   pending, last_log_time, last_log_step = [], time.time(), start
-  bar = tqdm.tqdm(total=cfg.steps, initial=start, desc="train", unit="step", mininterval=1.0)
+  bar = tqdm.tqdm(
+    total=cfg.steps, initial=start, desc="train", unit="step", mininterval=1.0, disable=not primary
+  )
   step = start
   try:
     while step < cfg.steps:
@@ -321,6 +374,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         batch = next(loaders["train"])
       else:
         batch = {name: next(loader) for name, loader in loaders.items()}
+      batch = sharding.put_batch(batch, exp.mesh)
       state, step_metrics = exp.train_step(state, batch, exp.train_key)
       step += 1
       pending.append(step_metrics)
@@ -357,24 +411,29 @@ def validate_and_save(exp, state, step, record, extra, ckpts, logger, workdir, w
   else:
     record["evals_since_best"] += 1
   ckpts.save(step, state, {**record, **extra}, val)
-  report.save_overlays(
-    os.path.join(workdir, "validation_overlays.png"), shown["image"], shown["labels"], shown["pred"]
-  )
-  report.save_learning_curves(logger.path, os.path.join(workdir, "learning_curves.png"))
-  write(
-    f"step {step}: validation loss {val['loss']:.4f} Dice {val['dice']:.4f} "
-    f"(best {record['best_dice']:.4f})"
-  )
   patience = exp.config.train.early_stopping_patience
-  if patience and record["evals_since_best"] >= patience:
-    write(f"Early stopping: no better validation Dice in {patience} validations.")
-    return True
-  return False
+  stop = bool(patience) and record["evals_since_best"] >= patience
+  if logger.enabled:  # every process decides the same; process 0 draws and reports
+    report.save_overlays(
+      os.path.join(workdir, "validation_overlays.png"),
+      shown["image"],
+      shown["labels"],
+      shown["pred"],
+    )
+    report.save_learning_curves(logger.path, os.path.join(workdir, "learning_curves.png"))
+    write(
+      f"step {step}: validation loss {val['loss']:.4f} Dice {val['dice']:.4f} "
+      f"(best {record['best_dice']:.4f})"
+    )
+    if stop:
+      write(f"Early stopping: no better validation Dice in {patience} validations.")
+  return stop
 
 
 def mean_metrics(pending: list, step: int, ckpts: Checkpoints) -> dict:
   """Means of the pending step metrics; raises on the first non-finite loss."""
-  losses_ = np.asarray(jax.device_get([m["loss"] for m in pending]))
+  pending = sharding.fetch(pending)
+  losses_ = np.asarray([m["loss"] for m in pending])
   bad = np.flatnonzero(~np.isfinite(losses_))
   if bad.size:
     first = step - len(pending) + 1 + int(bad[0])
@@ -383,7 +442,7 @@ def mean_metrics(pending: list, step: int, ckpts: Checkpoints) -> dict:
       f"checkpoint (step {ckpts.latest_step()}) is intact; lower config.optim.lr or "
       f"set config.optim.grad_clip."
     )
-  means = {k: float(np.mean(jax.device_get([m[k] for m in pending]))) for k in pending[0]}
+  means = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
   return means
 
 

@@ -37,12 +37,15 @@ def make_train_step(
   tx: optax.GradientTransformation,
   augmentations: Mapping[str, Mapping],
   compute_dtype=None,
+  loss_scale: float = 1.0,
 ) -> Callable:
   """Returns ``train_step(state, batch, key) -> (state, metrics)``.
 
   ``compute_dtype`` (e.g. ``jnp.bfloat16``): the forward and backward pass run in it
   on a cast copy of the float32 parameters; parameters, optimizer state, BatchNorm
-  statistics and the loss stay float32.
+  statistics and the loss stay float32. ``loss_scale``: the loss is multiplied by it
+  before differentiation and the gradients divided by it after, so that small
+  float16 gradients do not flush to zero (bfloat16 has float32's range: keep 1).
 
   ``key`` is the run's training key; the step folds in ``state.step``, so the
   randomness of step ``n`` (augmentation, dropout) does not depend on how the run got
@@ -74,9 +77,11 @@ def make_train_step(
       if isinstance(outputs, dict) and "regularizer" in outputs:  # prob_unet: beta * KL
         loss = loss + outputs["regularizer"].astype(jnp.float32)
       stats = jax.tree.map(lambda a: a.astype(jnp.float32), updates.get("batch_stats", {}))
-      return loss, stats
+      return loss * loss_scale, (loss, stats)
 
-    (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    (_, (loss, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    if loss_scale != 1.0:
+      grads = jax.tree.map(lambda g: g / loss_scale, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     state = state.replace(
       step=state.step + 1,

@@ -1,0 +1,17 @@
+"""One process of the two-process test (tests/test_scaling.py): joins the others
+through jax.distributed (JAXSEG_* environment) and trains the tiny config."""
+
+import sys
+
+from jaxseg.train import runtime
+
+runtime.initialize_distributed()
+
+import jax  # noqa: E402
+
+from jaxseg.train import loop  # noqa: E402
+from tests.conftest import make_tiny_config  # noqa: E402
+from tests.test_scaling import scaling_config  # noqa: E402
+
+state = loop.train(scaling_config(make_tiny_config()), sys.argv[1])
+print(f"process {jax.process_index()} of {jax.process_count()}: step {int(state.step)}")

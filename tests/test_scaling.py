@@ -1,0 +1,175 @@
+"""Scaling: data parallelism over CPU devices, FSDP, two processes, mixed precision,
+runtime flags, and the launch scripts' dry runs."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxseg import losses, models
+from jaxseg.train import loop, runtime
+from jaxseg.train import state as state_lib
+from jaxseg.train.checkpoint import Checkpoints
+from jaxseg.train.step import make_train_step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def scaling_config(config):
+  """SGD (Adam's normalisation would amplify the rounding differences of reordered
+  sums) and a batch of 8, which splits over 1, 2, 4 and 8 devices."""
+  config.optim.update(name="sgd", lr=0.05, schedule="constant", warmup_steps=0)
+  config.train.update(batch_size=8, steps=4, eval_every=2, log_every=2)
+  return config
+
+
+def _subprocess(code: str, env=None):
+  env = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
+  return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+
+
+def test_data_parallel_trajectory_matches_one_device():
+  """Three steps on 1, 2, 4 and 8 CPU devices (and FSDP on 8) give the parameters of
+  one device up to the order of floating-point sums."""
+  code = """
+import jax, numpy as np
+jax.config.update("jax_num_cpu_devices", 8)
+from tests.conftest import make_tiny_config
+from tests.test_scaling import scaling_config
+from jaxseg.train import loop, sharding
+sharding.FSDP_MIN_SIZE = 64  # the tiny U-Net's arrays are small
+out = {}
+for devices, fsdp in ((1, False), (2, False), (4, False), (8, False), (8, True)):
+  config = scaling_config(make_tiny_config())
+  config.mesh.update(devices=devices, fsdp=fsdp)
+  exp = loop.Experiment(config, splits=("train",))
+  state, batches = exp.init_state(), exp.loaders()["train"]
+  for _ in range(3):
+    state, _ = exp.train_step(state, sharding.put_batch(next(batches), exp.mesh), exp.train_key)
+  leaves = jax.tree.leaves(state.params)
+  assert all(len(x.sharding.device_set) == devices for x in leaves)
+  split = [x for x in leaves if not x.sharding.is_fully_replicated]
+  assert bool(split) == fsdp, (fsdp, [x.sharding.spec for x in leaves])
+  out[devices, fsdp] = jax.device_get(state.params)
+close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+for params in out.values():
+  jax.tree.map(close, out[1, False], params)
+config = make_tiny_config()
+config.train.batch_size = 12
+try:
+  loop.Experiment(config, splits=("train",))
+  raise SystemExit("no error")
+except ValueError as e:
+  assert "config.train.batch_size=12 does not divide by the 8 devices" in str(e), e
+print("data parallel ok")
+"""
+  result = _subprocess(code)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "data parallel ok" in result.stdout
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(tmp_path, tiny_config):
+  """jax.distributed on two local CPU processes: each reads its half of every batch,
+  orbax checkpoints the global state, only process 0 writes logs; the result equals
+  a one-process run."""
+  config = scaling_config(tiny_config)
+  one = loop.train(config, str(tmp_path / "one"))  # also prepares the dataset once
+  port, workdir = _free_port(), str(tmp_path / "two")
+  procs = [
+    subprocess.Popen(
+      [sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"), workdir],
+      env={
+        **os.environ,
+        "PYTHONPATH": REPO,
+        "JAXSEG_COORDINATOR": f"localhost:{port}",
+        "JAXSEG_NUM_PROCESSES": "2",
+        "JAXSEG_PROCESS_ID": str(i),
+      },
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outputs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+  assert "process 1 of 2: step 4" in outputs[1][0]
+  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
+  exp = loop.Experiment(config, splits=("train",))
+  two, _ = ckpts.restore(ckpts.latest_step(), exp.abstract_state())
+  ckpts.close()
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), one, two)
+  lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
+  assert len(lines) == len(open(tmp_path / "one" / "metrics.jsonl").read().splitlines())
+
+
+def test_mixed_precision_keeps_float32_state():
+  model = models.get_model("unet", widths=(4, 8))
+  loss_fn = losses.get_loss("bce")
+  tx = optax.sgd(0.1)
+  state = state_lib.create(model, tx, jax.random.key(0), (16, 16, 1))
+  labels = (jax.random.uniform(jax.random.key(1), (2, 16, 16)) > 0.5).astype(jnp.int32)
+  batch = {"image": jax.random.uniform(jax.random.key(2), (2, 16, 16, 1)), "labels": labels}
+  results = {}
+  for dtype, scale in ((None, 1.0), (jnp.bfloat16, 1.0), (jnp.float16, 1024.0)):
+    step = jax.jit(make_train_step(model, loss_fn, tx, {}, compute_dtype=dtype, loss_scale=scale))
+    new, metrics = step(state, batch, jax.random.key(3))
+    assert {x.dtype for x in jax.tree.leaves(new.params)} == {jnp.dtype(jnp.float32)}
+    results[dtype] = (float(metrics["loss"]), float(metrics["grad_norm"]))
+  f32 = results[None]
+  for dtype, tol in ((jnp.bfloat16, 3e-2), (jnp.float16, 3e-3)):
+    np.testing.assert_allclose(results[dtype], f32, rtol=tol)  # grads unscaled again
+
+
+def test_mixed_precision_config_errors(tiny_config, tmp_path):
+  tiny_config.train.compute_dtype = "float8"
+  with pytest.raises(ValueError, match="compute_dtype must be one of"):
+    loop.train(tiny_config, str(tmp_path))
+
+
+def test_runtime_setup_sets_deterministic_gpu_flags(tiny_config, monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+  tiny_config.runtime.deterministic = True
+  runtime.setup(tiny_config)
+  runtime.setup(tiny_config)  # idempotent
+  assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_gpu_deterministic_ops=true"
+  monkeypatch.setenv("JAXSEG_NUM_PROCESSES", "2")
+  with pytest.raises(ValueError, match="JAXSEG_COORDINATOR"):
+    runtime.initialize_distributed()
+
+
+@pytest.mark.parametrize(
+  "script, expected",
+  [
+    ("local", "env XLA_PYTHON_CLIENT_PREALLOCATE=false jaxseg train"),
+    ("gpu_node", "JAXSEG_DETERMINISTIC=0 jaxseg train"),
+    ("slurm", "srun env JAXSEG_DISTRIBUTED=1"),
+    ("tpu_pod", "gcloud compute tpus tpu-vm ssh <tpu-name> --zone=<zone> --worker=all"),
+  ],
+)
+def test_launch_dry_run_prints_the_commands(script, expected):
+  path = os.path.join(REPO, "launch", script)
+  args = ["--dry-run", "configs/unet_synthetic.py:smoke", "--workdir", "/tmp/a b"]
+  result = subprocess.run([path, *args], capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  assert expected in result.stdout and "--workdir /tmp/a\\ b" in result.stdout, result.stdout
+  if script == "slurm":
+    assert (
+      "#SBATCH --nodes=<nodes>" in result.stdout
+      and "#SBATCH --partition=<partition>" in result.stdout
+    )
+  usage = subprocess.run([path, "--dry-run"], capture_output=True, text=True)
+  assert usage.returncode == 2 and "usage:" in usage.stderr

@@ -112,3 +112,9 @@ def test_bench_record_and_spec_parsing(tmp_path):
   assert r["xla_gflops_train_step"] > 2 * r["xla_gflops_forward"]
   with pytest.raises(ValueError, match="Unknown model name 'vit'"):
     bench.run(["vit"], "1x1x32x32", batch=None, dtype="float32", repeats=1, json_path=None)
+
+
+def test_model_flops_utilization_against_the_device_peak():
+  assert bench.model_flops_utilization("NVIDIA H100 80GB HBM3", "bfloat16", 98.94) == "10.0%"
+  assert bench.model_flops_utilization("NVIDIA H100 80GB HBM3", "float32", 49.47) == "10.0%"
+  assert bench.model_flops_utilization("cpu", "float32", 1.0) == "-"

@@ -294,11 +294,11 @@ def test_bad_federated_settings_name_the_key(tmp_path):
     loop.train(config, str(tmp_path))
 
 
-def test_client_axis_sharded_over_four_devices_matches_one_device():
+def test_client_axis_sharded_over_eight_devices_matches_one_device():
   code = f"""
 import sys; sys.path.insert(0, {os.path.join(REPO, "tests")!r})
 import jax, numpy as np
-jax.config.update("jax_num_cpu_devices", 4)
+jax.config.update("jax_num_cpu_devices", 8)
 from test_fed import tiny_fed_config, _params
 from jaxseg.fed import loop as fed_loop
 out = []
@@ -310,7 +310,7 @@ for shard in (True, False):
   state, _ = sim.run_round(sim.place_state(exp.init_state()))
   if shard:
     leaf = jax.tree.leaves(state.nets)[0]
-    assert len(leaf.sharding.device_set) == 4, leaf.sharding
+    assert len(leaf.sharding.device_set) == 8, leaf.sharding
   out.append(_params(state))
 jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), *out)
 print("devices", len(jax.devices()), "ok")
@@ -318,4 +318,4 @@ print("devices", len(jax.devices()), "ok")
   env = {**os.environ, "PYTHONPATH": REPO}
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "devices 4 ok" in result.stdout
+  assert "devices 8 ok" in result.stdout

@@ -21,9 +21,32 @@ COLUMNS = (
   ("xla_gflops_train_step", "{:.1f}"),
   ("infer_img_s", "{:.2f}"),
   ("train_img_s", "{:.2f}"),
+  ("train_tflops_s", "{:.3f}"),
+  ("mfu", "{}"),
   ("compile_s", "{:.1f}"),
   ("peak_mib", "{:.0f}"),
 )
+
+
+# Dense peak TFLOP/s by device kind (substring) and compute dtype, from the vendors'
+# data sheets; float32 convolutions and matmuls run as TF32 on NVIDIA tensor cores
+# (JAX's default precision). Devices not listed get no MFU.
+PEAK_TFLOPS = {
+  "H100": {"bfloat16": 989.4, "float32": 494.7},
+  "H200": {"bfloat16": 989.4, "float32": 494.7},
+  "A100": {"bfloat16": 312.0, "float32": 156.0},
+  "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
+  "TPU v5 lite": {"bfloat16": 197.0, "float32": 197.0},
+  "TPU v5p": {"bfloat16": 459.0, "float32": 459.0},
+}
+
+
+def model_flops_utilization(device_kind: str, dtype: str, tflops_s: float) -> str:
+  """``tflops_s`` over the device's peak, as a percentage string ("-" if unknown)."""
+  for kind, peaks in PEAK_TFLOPS.items():
+    if kind in device_kind:
+      return f"{100 * tflops_s / peaks[dtype]:.1f}%"
+  return "-"
 
 
 def parse_model(spec: str) -> tuple[str, dict]:
@@ -86,17 +109,22 @@ def bench_model(spec: str, shape, *, dtype: str, repeats: int) -> dict:
     lambda s, b: step(s, b, jax.random.key(1)), (state, batch), repeats=repeats, feed_back=True
   )
   device = jax.devices()[0]
+  macs = flops.jaxpr_macs(forward, variables, x)
+  # Model FLOPs of a training step: forward MACs x 2 FLOPs x 3 (forward + backward).
+  train_tflops_s = 6 * macs / train["median_s"] / 1e12
   return {
     "model": spec,
     "input": f"{n}x{c}x{h}x{w}",
     "dtype": dtype,
     "params": state_lib.count_params(state.params),
-    "gmacs": flops.jaxpr_macs(forward, variables, x) / n / 1e9,
+    "gmacs": macs / n / 1e9,
     "gmacs_paper": flops.paper_macs(model, variables, x) / n / 1e9,
     "xla_gflops_forward": fwd["xla_flops"] / n / 1e9,
     "xla_gflops_train_step": train["xla_flops"] / n / 1e9,
     "infer_img_s": n / fwd["median_s"],
     "train_img_s": n / train["median_s"],
+    "train_tflops_s": train_tflops_s,
+    "mfu": model_flops_utilization(device.device_kind, dtype, train_tflops_s),
     "compile_s": fwd["compile_s"] + train["compile_s"],
     "peak_mib": max(fwd["peak_bytes"] or 0, train["peak_bytes"] or 0) / 2**20,
     "device": device.device_kind,

@@ -29,7 +29,7 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from jaxseg import gan
+from jaxseg import gan, tables
 from jaxseg.data import augment, pipeline
 from jaxseg.gan import step as gan_step
 from jaxseg.train import loop, optim, report
@@ -40,8 +40,6 @@ SHOWN = 4  # examples in the sample grid
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  from jaxseg import tables  # noqa: PLC0415
-
   tables.check(gan.GANS, config.gan.name, "GAN")
   augment.check(config.augment)
   augment.check(config.gan.source_augment)

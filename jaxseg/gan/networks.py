@@ -4,13 +4,14 @@
   4×4 convolutions of stride 2 down to the bottleneck, 4×4 transposed convolutions
   back up, skip connections concatenating each encoder level, BatchNorm, LeakyReLU
   (0.2) down and ReLU up, dropout 0.5 in the innermost decoder blocks (pix2pix's
-  only noise), ``tanh`` output. With ``noise_dim > 0`` (DAGAN) a noise vector is
-  projected and concatenated to the bottleneck.
+  only noise), ``tanh`` output; as in pix2pix only the output layer has a bias.
+  With ``noise_dim > 0`` (DAGAN) a noise vector is projected and concatenated to
+  the bottleneck.
 * :class:`PatchDiscriminator`: PatchGAN, a fully convolutional classifier of
   overlapping patches; the default widths (64, 128, 256, 512) give the 70×70
-  receptive field. As in pix2pix, convolutions followed by BatchNorm have no bias.
-  ``norm="spectral"`` replaces BatchNorm by spectral normalisation
-  of every convolution (DAGAN).
+  receptive field; convolutions followed by BatchNorm have no bias.
+  ``norm="spectral"`` replaces BatchNorm by spectral normalisation of every
+  convolution (DAGAN).
 """
 
 import dataclasses

@@ -36,6 +36,8 @@ from jaxseg.train import state as state_lib
 from jaxseg.train.checkpoint import Checkpoints
 from jaxseg.train.step import make_eval_step, make_train_step, split_outputs
 
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Fails at once on unknown names, before any data is prepared."""
@@ -77,9 +79,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for key in keys:
     if config.train[key] <= 0:
       raise ValueError(f"config.train.{key} must be positive, found {config.train[key]}.")
-
-
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -235,11 +234,12 @@ class Experiment:
     if self.config.eval.tiled:
       return self._evaluate_tiled(state, split, keep)
     outputs, shown = [], {"image": [], "labels": [], "pred": []}
+    variables = self.variables(state)
     for batch in pipeline.eval_batches(
       self.sources[split], self.config.eval.batch_size, self.config.data
     ):
       valid = batch.pop("valid")
-      out = jax.device_get(self.eval_step(self.variables(state), batch))
+      out = jax.device_get(self.eval_step(variables, batch))
       outputs.append({k: v[valid] for k, v in out.items() if k not in ("pred", "labels")})
       for name, value in (
         ("image", batch["image"]),
@@ -503,9 +503,10 @@ def sampled_scores(exp: Experiment, state, split: str, m: int, shown: int = 4):
 
   key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
   ged, diversity, pictures = [], [], {"images": [], "raters": [], "samples": []}
+  variables = exp.variables(state)
   batches = pipeline.eval_batches(exp.sources[split], cfg.eval.batch_size, cfg.data, True)
   for i, batch in enumerate(batches):
-    drawn = np.asarray(sample(exp.variables(state), batch["image"], jax.random.fold_in(key, i)))
+    drawn = np.asarray(sample(variables, batch["image"], jax.random.fold_in(key, i)))
     for j in np.flatnonzero(batch["valid"]):
       ged.append(float(metrics.ged(drawn[:, j], batch["annotators"][j])))
       diversity.append(float(metrics.diversity(drawn[:, j])))

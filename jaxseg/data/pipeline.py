@@ -121,7 +121,7 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
   views["train"] = rest
   sources = {}
   for split in splits:
-    if split == "train" and data_config.extra_train_dir:
+    if split == "train" and "extra_train_dir" in data_config and data_config.extra_train_dir:
       own = Subset(train, views[split])
       sources[split] = Concat(own, extra_train(data_config, own[0]["image"].shape))
     elif split in views:

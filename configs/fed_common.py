@@ -25,7 +25,9 @@ arguments ``synthetic`` / ``synthetic_smoke``, on the built-in ``synthetic_nerve
   loop on CPU, where it measured faster: README, federated benchmark);
 * ``placement``: ``auto`` (client data on the device if it takes at most
   ``device_budget_mib``), ``device`` or ``stream`` (batches sent every round);
-  ``shard_clients``: split the client axis over all devices.
+  ``shard_clients``: split the client axis over all devices; ``data_devices`` > 1:
+  over groups of that many devices, each splitting its client's batches (data
+  parallelism inside a client; ``client_map`` vmap).
 
 ``config.train.eval_every`` / ``log_every`` count rounds; ``config.train.batch_size``
 is the labeled batch of a client (``config.method.unlabeled_batch_size`` the
@@ -72,6 +74,7 @@ def fed_config(method: str, arg: str | None = None) -> ml_collections.ConfigDict
       placement="auto",
       device_budget_mib=2048,
       shard_clients=True,
+      data_devices=1,
     )
   )
   if dataset == "synthetic_nerve":

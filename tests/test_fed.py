@@ -295,6 +295,8 @@ def test_bad_federated_settings_name_the_key(tmp_path):
 
 
 def test_client_axis_sharded_over_eight_devices_matches_one_device():
+  """The client axis over 8 devices, and over 4 groups of 2 that split each client's
+  batches (data parallelism inside a client), give one device's round."""
   code = f"""
 import sys; sys.path.insert(0, {os.path.join(REPO, "tests")!r})
 import jax, numpy as np
@@ -302,8 +304,11 @@ jax.config.update("jax_num_cpu_devices", 8)
 from test_fed import tiny_fed_config, _params
 from jaxseg.fed import loop as fed_loop
 out = []
-for shard in (True, False):
-  config = tiny_fed_config("supervised", num_clients=3, shard_clients=shard, client_map="vmap")
+# one device; 8 clients' rows over 8 devices; 4 groups of 2 devices splitting each batch
+for shard, data_devices in ((False, 1), (True, 1), (True, 2)):
+  config = tiny_fed_config(
+    "supervised", num_clients=3, shard_clients=shard, client_map="vmap", data_devices=data_devices
+  )
   config.optim.update(name="sgd", lr=0.05)  # Adam amplifies rounding noise (see above)
   exp = fed_loop.FedExperiment(config)
   sim = exp.simulation()
@@ -312,7 +317,8 @@ for shard in (True, False):
     leaf = jax.tree.leaves(state.nets)[0]
     assert len(leaf.sharding.device_set) == 8, leaf.sharding
   out.append(_params(state))
-jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), *out)
+for other in out[1:]:
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), out[0], other)
 print("devices", len(jax.devices()), "ok")
 """
   env = {**os.environ, "PYTHONPATH": REPO}

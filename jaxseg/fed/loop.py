@@ -95,7 +95,8 @@ class FedExperiment(loop.Experiment):
     foreground = (arrays["labels"] > 0).mean(axis=(1, 2))
     where = layout.assign(fc, cfg.method.labeled_fraction, foreground, sites, cfg.seed)
     devices = jax.devices() if fc.shard_clients else jax.devices()[:1]
-    rows = math.ceil(fc.num_clients / len(devices)) * len(devices)
+    groups = client_groups(fc, len(devices), cfg)
+    rows = math.ceil(fc.num_clients / groups) * groups
     data, longest = layout.client_data(
       where,
       rows,
@@ -124,9 +125,9 @@ class FedExperiment(loop.Experiment):
       placement = "device" if nbytes <= fc.device_budget_mib * 2**20 else "stream"
     client_map = fc.client_map
     if client_map == "auto":  # measured: see `jaxseg bench --clients` in the README
-      client_map = "loop" if jax.default_backend() == "cpu" else "vmap"
+      client_map = "loop" if jax.default_backend() == "cpu" and fc.data_devices == 1 else "vmap"
     run_round, place_state = compile_round(
-      fed, data, arrays, probe, self.train_key, placement, devices, client_map
+      fed, data, arrays, probe, self.train_key, placement, devices, client_map, fc.data_devices
     )
     server = (
       f"\nserver: {len(where.server)} labeled images" if fc.scenario == "label_at_server" else ""
@@ -134,6 +135,25 @@ class FedExperiment(loop.Experiment):
     table = partition.table(where.clients, foreground, where.labeled) + server
     comm = cost.communication(self.method, self.abstract_state().nets)
     return Simulation(fed, where, table, comm, f"{placement}, {client_map}", run_round, place_state)
+
+
+def client_groups(fc, devices: int, cfg) -> int:
+  """Groups of ``fc.data_devices`` devices, each training its block of clients with
+  every batch split over the group (data parallelism inside a client)."""
+  data = fc.data_devices
+  if data < 1 or devices % data:
+    raise ValueError(
+      f"config.fed.data_devices={data} must divide the {devices} devices of the client mesh."
+    )
+  if data > 1 and fc.client_map == "loop":
+    raise ValueError("config.fed.data_devices > 1 needs config.fed.client_map 'vmap' or 'auto'.")
+  for key, batch in (
+    ("config.train.batch_size", cfg.train.batch_size),
+    ("config.method.unlabeled_batch_size", cfg.method.unlabeled_batch_size),
+  ):
+    if batch % data:
+      raise ValueError(f"{key}={batch} does not divide by config.fed.data_devices={data}.")
+  return devices // data
 
 
 def unroll_of(setting: int, steps: int) -> int:
@@ -170,7 +190,15 @@ def round_keys(train_key) -> tuple[dict, jax.Array]:
 
 
 def compile_round(
-  fed, data, arrays, probe, train_key, placement: str, devices, client_map: str = "vmap"
+  fed,
+  data,
+  arrays,
+  probe,
+  train_key,
+  placement: str,
+  devices,
+  client_map: str = "vmap",
+  data_devices: int = 1,
 ):
   """``(run_round(state) -> (state, metrics), place_state)``.
 
@@ -181,14 +209,20 @@ def compile_round(
   over a ``clients`` mesh axis) or ``loop`` (compiled server part, one compiled
   client function called per client, compiled aggregation: how frameworks that
   train clients one by one simulate, and faster on CPU). Both give the same result.
+  ``data_devices`` > 1 (``vmap``): the mesh is ``clients x data``; each group of
+  ``data_devices`` devices trains its clients with every batch split over the group
+  (XLA all-reduces the gradients; BatchNorm sees the whole batch). The batch is split
+  only where a group holds one client: several vmapped clients make grouped
+  convolutions, which XLA keeps whole.
   """
   if client_map not in CLIENT_MAPS[1:]:
     raise ValueError(f"config.fed.client_map: unknown {client_map!r}; known: {CLIENT_MAPS}.")
   if client_map == "loop":
     devices = devices[:1]
   keys, data_key = round_keys(train_key)
+  shape = (len(devices) // data_devices, data_devices)
   mesh = jax.make_mesh(
-    (len(devices),), ("clients",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    shape, ("clients", "data"), axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices
   )
   rows, replicated = NamedSharding(mesh, P("clients")), NamedSharding(mesh, P())
   live_rows = np.flatnonzero(np.asarray(data.size) > 0)
@@ -197,6 +231,9 @@ def compile_round(
   data = jax.device_put(data, data_sharding)
   probe = jax.device_put(probe, replicated)
   fetch = simulate.gather if placement == "device" else (lambda _, x: x)
+  if data_devices > 1:  # a client's batches split over the data axis of its group
+    unsplit, split = fetch, NamedSharding(mesh, P("data"))
+    fetch = lambda arrays, x: jax.lax.with_sharding_constraint(unsplit(arrays, x), split)  # noqa: E731
   device_arrays = jax.device_put(arrays, replicated) if placement == "device" else {}
 
   def indices(step, data):
@@ -221,7 +258,14 @@ def compile_round(
     # Each device trains its shard of the clients; their weighted sums are combined.
     summed = lambda *args: jax.lax.psum(block(*args), "clients")  # noqa: E731
     specs = (P(), *(P("clients"),) * len(client_args))
-    mapped = jax.shard_map(summed, mesh=mesh, in_specs=specs, out_specs=P(), check_vma=False)
+    mapped = jax.shard_map(
+      summed,
+      mesh=mesh,
+      in_specs=specs,
+      out_specs=P(),
+      axis_names={"clients"},  # manual; the data axis is left to XLA
+      check_vma=False,
+    )
     return mapped(shared, *client_args)
 
   if client_map == "vmap":

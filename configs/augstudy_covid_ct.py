@@ -26,7 +26,7 @@ mixup combinations 0.28-0.36 (``../shared/reference/tables.md``).
 
 Arguments: ``cpu`` — 64 px, U-Net widths 8..64, 300 steps per cell for every
 augmentation (an equal budget, one epoch count), pix2pix at 64 px for 600 steps, 200
-synthetic pairs; ``smoke`` — two augmentations, U-Net only, tiny GAN and networks.
+synthetic pairs; ``smoke`` — two augmentations, BCE, U-Net only, tiny GAN and networks.
 """
 
 import ml_collections
@@ -71,6 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   unet = {"model.name": "unet", "model.kwargs": {"widths": (32, 64, 128, 256, 512)}}
   segformer = {"model.name": "segformer", "model.kwargs": {"variant": "b0"}}
   augmentations, models, epochs, num = list(AUGMENTATIONS), [unet, segformer], (50, 100), 2500
+  objectives = ["BCE", "Dice"]
   config.optim.update(lr=1e-3, schedule="constant", warmup_steps=0)
   config.train.update(batch_size=8, epochs=50, eval_every=500, log_every=50)
   if arg is None:
@@ -84,14 +85,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     gan.gan.kwargs.discriminator = dict(widths=(32, 64, 128))
     gan.train.update(steps=600, epochs=0, eval_every=200, log_every=50)
   else:
-    augmentations = ["original", "+ GAN + JPEG"]
+    augmentations, objectives = ["original", "+ GAN + JPEG"], ["BCE"]
     models, epochs, num = [unet], (0,), 16
     unet["model.kwargs"] = {"widths": (4, 8, 16)}
     config.train.update(steps=4, epochs=0, eval_every=4, log_every=2)
   config.sweep = ml_collections.ConfigDict()
   config.sweep.axes = (
     axis("augmentation", {name: AUGMENTATIONS[name] for name in augmentations}),
-    axis("objective", {"BCE": {"loss.name": "bce"}, "Dice": {"loss.name": "dice"}}),
+    axis("objective", {name: {"loss.name": name.lower()} for name in objectives}),
     axis("model", {m["model.name"]: m for m in models}),
     axis("epochs", {str(e or f"{config.train.steps} steps"): {"train.epochs": e} for e in epochs}),
     axis("seed", {"0": {"seed": 0}}),

@@ -1,7 +1,10 @@
 """One process of the two-process test (tests/test_scaling.py): joins the others
-through jax.distributed (JAXSEG_* environment) and trains the tiny config."""
+through jax.distributed (JAXSEG_* environment) and trains the tiny config. A failing
+process exits at once (its shutdown would otherwise wait for the other process)."""
 
+import os
 import sys
+import traceback
 
 from jaxseg.train import runtime
 
@@ -13,5 +16,10 @@ from jaxseg.train import loop  # noqa: E402
 from tests.conftest import make_tiny_config  # noqa: E402
 from tests.test_scaling import scaling_config  # noqa: E402
 
-state = loop.train(scaling_config(make_tiny_config()), sys.argv[1])
+try:
+  state = loop.train(scaling_config(make_tiny_config()), sys.argv[1])
+except BaseException:
+  traceback.print_exc()
+  sys.stdout.flush()
+  os._exit(1)
 print(f"process {jax.process_index()} of {jax.process_count()}: step {int(state.step)}")

@@ -17,6 +17,7 @@ import functools
 import json
 import math
 import os
+import socket
 import time
 
 import jax
@@ -84,7 +85,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def prepare_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    # One probe per process: processes of a multi-host run share the workdir.
+    probe = os.path.join(workdir, f".write_test.{socket.gethostname()}.{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)

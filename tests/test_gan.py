@@ -70,7 +70,7 @@ def test_spectral_norm_tracks_the_largest_singular_value():
 
 def _generation_checks(spec, state, batch):
   """Outputs in range and shape; same key -> same pair, other key -> other pair."""
-  variables = {"params": state.generator.params, "batch_stats": state.generator.batch_stats}
+  variables = gan_step.generator_variables(state)
   generate = jax.jit(gan_step.make_generate(spec))
   a, b, c = (generate(variables, batch, jax.random.key(k)) for k in (3, 3, 4))
   assert a["image"].shape == batch["image"].shape and a["labels"].shape == batch["labels"].shape

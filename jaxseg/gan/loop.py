@@ -44,9 +44,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   augment.check(config.augment)
   augment.check(config.gan.source_augment)
   optim.check(config.optim)
-  for key in ("batch_size", "steps", "eval_every", "log_every"):
-    if config.train[key] <= 0:
-      raise ValueError(f"config.train.{key} must be positive, found {config.train[key]}.")
+  loop.check_positive(config.train, ("batch_size", "steps", "eval_every", "log_every"))
 
 
 class GanExperiment:
@@ -72,7 +70,7 @@ class GanExperiment:
 
   def sample_rows(self, state, batch: dict) -> list:
     """Grid rows: training image and mask, generated image and mask (fixed key)."""
-    variables = {"params": state.generator.params, "batch_stats": state.generator.batch_stats}
+    variables = gan_step.generator_variables(state)
     out = jax.device_get(self.generate(variables, batch, jax.random.key(self.config.seed)))
     rows = []
     for i in range(len(batch["image"])):
@@ -86,11 +84,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
 
   ``stop_after``: end after that many steps of this call without saving (as a kill).
   """
-  loop.prepare_workdir(workdir)
-  check_config(config)
-  config = loop.resolve_epochs(config)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  config = loop.start_run(config, workdir, check_config)
   exp = GanExperiment(config)
   cfg = config.train
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), best=None)
@@ -155,7 +149,7 @@ def synthesize(workdir: str, num: int, output: str) -> str:
   exp = GanExperiment(config)
   state, _ = ckpts.restore(step, exp.abstract_state())
   ckpts.close()
-  variables = {"params": state.generator.params, "batch_stats": state.generator.batch_stats}
+  variables = gan_step.generator_variables(state)
   partial = output.rstrip("/") + ".partial"
   shutil.rmtree(partial, ignore_errors=True)
   for sub in ("images", "masks"):
@@ -163,18 +157,16 @@ def synthesize(workdir: str, num: int, output: str) -> str:
   classes = exp.spec.classes
   scale = 255 if classes == 2 else 1
   key = jax.random.fold_in(jax.random.key(config.seed), 11)
-  order = source_order(len(exp.source), num, key)
+  sources = pipeline.Subset(exp.source, source_order(len(exp.source), num, key))
   batch_size = config.train.batch_size  # BatchNorm normalises by the generated batch
-  to_inputs = pipeline.ToModelInputs()
-  for b, start in enumerate(tqdm.trange(0, num, batch_size, desc="synthesize", unit="batch")):
-    picked = np.resize(order[start : start + batch_size], batch_size)
-    items = [to_inputs.map(exp.source[int(i)]) for i in picked]
-    batch = {k: np.stack([item[k] for item in items]) for k in ("image", "labels")}
-    batch = exp.deform(jax.random.fold_in(key, 2 * b), batch)
+  batches = pipeline.eval_batches(sources, batch_size)
+  total = -(-num // batch_size)
+  for b, batch in enumerate(tqdm.tqdm(batches, total=total, desc="synthesize", unit="batch")):
+    batch = exp.deform(jax.random.fold_in(key, 2 * b), {k: batch[k] for k in ("image", "labels")})
     out = jax.device_get(exp.generate(variables, batch, jax.random.fold_in(key, 2 * b + 1)))
-    for j in range(min(batch_size, num - start)):
+    for j in range(min(batch_size, num - b * batch_size)):
       image = (out["image"][j] * 255).round().astype(np.uint8)
-      name = f"{start + j:05d}.png"
+      name = f"{b * batch_size + j:05d}.png"
       Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
         os.path.join(partial, "images", name)
       )

@@ -46,6 +46,10 @@ def init(spec: Spec, tx, key: jax.Array, image_shape: tuple) -> GanState:
   return GanState(step=jnp.zeros((), jnp.int32), generator=nets[0], discriminator=nets[1])
 
 
+def generator_variables(state: GanState) -> dict:
+  return {"params": state.generator.params, "batch_stats": state.generator.batch_stats}
+
+
 def _update(net: Net, tx, grads, batch_stats) -> Net:
   updates, opt_state = tx.update(grads, net.opt_state, net.params)
   return Net(optax.apply_updates(net.params, updates), batch_stats, opt_state)

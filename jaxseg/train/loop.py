@@ -77,9 +77,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError("a federated config needs config.method (e.g. 'supervised' for FedAvg).")
   else:
     keys = ("batch_size", "steps", "eval_every", "log_every")
+  check_positive(config.train, keys)
+
+
+def check_positive(train_config, keys) -> None:
   for key in keys:
-    if config.train[key] <= 0:
-      raise ValueError(f"config.train.{key} must be positive, found {config.train[key]}.")
+    if train_config[key] <= 0:
+      raise ValueError(f"config.train.{key} must be positive, found {train_config[key]}.")
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -108,6 +112,18 @@ def resolve_epochs(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   config = copy.deepcopy(config)
   with config.unlocked():
     config.train.steps = config.train.epochs * math.ceil(size / config.train.batch_size)
+  return config
+
+
+def start_run(config, workdir: str, check) -> ml_collections.ConfigDict:
+  """Prepares ``workdir``, checks ``config`` with ``check``, resolves ``train.epochs``
+  and (process 0) writes the resolved config; returns it."""
+  prepare_workdir(workdir)
+  check(config)
+  config = resolve_epochs(config)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   return config
 
 
@@ -340,13 +356,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     from jaxseg.gan import loop as gan_loop  # noqa: PLC0415 (gan.loop builds on this module)
 
     return gan_loop.train(config, workdir, stop_after=stop_after)
-  prepare_workdir(workdir)
-  check_config(config)
-  config = resolve_epochs(config)
+  config = start_run(config, workdir, check_config)
   primary = jax.process_index() == 0  # only process 0 writes files and prints
-  if primary:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
   exp = Experiment(config)
   cfg = config.train
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))

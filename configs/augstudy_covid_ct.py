@@ -32,7 +32,7 @@ synthetic pairs; ``smoke`` — two augmentations, BCE, U-Net only, tiny GAN and 
 import ml_collections
 
 from configs import pix2pix_covid_ct, unet_covid_ct
-from jaxseg.train.sweep import SYNTHETIC, axis
+from jaxseg.run.sweep import SYNTHETIC, axis
 
 FLIP_ROTATE = {"flip": {}, "rot90": {}}
 ELASTIC = {"elastic_dense": {}}

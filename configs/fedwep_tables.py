@@ -24,7 +24,7 @@ import ml_collections
 
 from configs.fed_common import fed_config
 from configs.semi_common import METHOD_KWARGS
-from jaxseg.train.sweep import axis
+from jaxseg.run.sweep import axis
 
 FRACTIONS = {"1/16": 1 / 16, "1/8": 1 / 8, "1/4": 1 / 4, "1/2": 1 / 2}
 ARGS = ("cpu", "synthetic", "synthetic_cpu", "smoke")

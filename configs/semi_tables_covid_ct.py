@@ -15,7 +15,7 @@ Arguments: none — 128 px, widths 16..256, 3 seeds, 1,500 steps (a GPU run); ``
 import ml_collections
 
 from configs.semi_common import METHOD_KWARGS, semi_config
-from jaxseg.train.sweep import axis
+from jaxseg.run.sweep import axis
 
 FRACTIONS = {"1/16": 1 / 16, "1/8": 1 / 8, "1/4": 1 / 4, "1/2": 1 / 2}
 COST = {

@@ -15,7 +15,7 @@ Arguments: none — the reference widths (9.4 M-parameter U-Nets, SCAUnet 0.49 M
 import ml_collections
 
 from configs import unet_synthetic
-from jaxseg.train.sweep import axis
+from jaxseg.run.sweep import axis
 
 MODELS = ("unet", "unetpp", "attention_unet", "multires_unet", "scaunet", "scaunet_a")
 

@@ -22,6 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from jaxseg.errors import UserError
+from jaxseg.models.interface import decode, probabilities
+
 # name -> (flip left-right first?, quarter turns)
 _DIHEDRAL = {
   "identity": (False, 0),
@@ -36,18 +39,12 @@ _DIHEDRAL = {
 DIHEDRAL = tuple(_DIHEDRAL)
 
 
-def probabilities(logits: jax.Array) -> jax.Array:
-  """Sigmoid of binary logits, softmax otherwise (``[..., C]``, C >= 2 kept)."""
-  return jax.nn.sigmoid(logits) if logits.shape[-1] == 1 else jax.nn.softmax(logits)
-
-
 def make_tile_fn(model) -> Callable:
   """``fn(variables, tiles [B, H, W, C]) -> probabilities [B, H', W', K]`` (jitted)."""
 
   @jax.jit
   def fn(variables, tiles):
-    out = model.apply(variables, tiles, train=False)
-    return probabilities(out["logits"] if isinstance(out, dict) else out)
+    return probabilities(decode(model.apply(variables, tiles, train=False)).logits)
 
   return fn
 
@@ -95,7 +92,7 @@ def overlap_tile(
   margin = margin_of(predict_fn, tile, image.shape[-1])
   step = (tile - 2 * margin) // align * align
   if step <= 0:
-    raise ValueError(f"overlap_tile: tile {tile} gives fewer than {align} output pixels.")
+    raise UserError(f"overlap_tile: tile {tile} gives fewer than {align} output pixels.")
   h, w = image.shape[:2]
   ny, nx = -(-h // step), -(-w // step)
   padded = np.pad(
@@ -154,7 +151,7 @@ def _transform(name: str, image: np.ndarray, inverse: bool = False) -> np.ndarra
     angle = float(name.split(":")[1]) * (-1 if inverse else 1)
     return ndimage.rotate(image, angle, axes=(0, 1), reshape=False, order=1, mode="reflect")
   if name not in _DIHEDRAL:
-    raise ValueError(f"unknown test-time transform {name!r}; known: {DIHEDRAL} or 'rotate:DEG'.")
+    raise UserError(f"unknown test-time transform {name!r}; known: {DIHEDRAL} or 'rotate:DEG'.")
   flip, turns = _DIHEDRAL[name]
   if not inverse:
     image = np.flip(image, axis=1) if flip else image

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxseg import tables
+from jaxseg.errors import UserError
 
 LOSSES = {
   "bce": "jaxseg.losses:bce",
@@ -59,7 +60,7 @@ def weighted_ce(logits, labels, weights=None):
   be the plain cross-entropy, so it is an error.
   """
   if weights is None:
-    raise ValueError(
+    raise UserError(
       "loss 'weighted_ce' needs per-pixel weights in the batch (key 'weights'); "
       "enable a weight map in the data config or use 'bce'/'softmax_ce'."
     )
@@ -95,12 +96,12 @@ def bce_dice(logits, labels, weights=None, bce_weight=0.5, dice_weight=1.0, smoo
 def _require_channels(logits, name, *, binary):
   channels = logits.shape[-1]
   if binary and channels != 1:
-    raise ValueError(
+    raise UserError(
       f"loss {name!r} needs 1 output channel, the model gives {channels}; "
       "use 'softmax_ce' for several classes."
     )
   if not binary and channels < 2:
-    raise ValueError(
+    raise UserError(
       f"loss {name!r} needs >= 2 output channels, the model gives {channels}; "
       "use 'bce' for binary logits."
     )

@@ -8,14 +8,21 @@ jaxseg synthesize --workdir GAN_RUN --num N --output DIR
 jaxseg bench --models unet,unetpp:mode=l2,... --input NxCxHxW [--batch N]
              [--dtype float32|bfloat16] [--repeats N] [--json FILE]
 jaxseg bench --versus_torch --input NxCxHxW [--repeats N] [--json FILE]
-jaxseg bench --clients 4,16,64 [--config FILE[:ARG]] [--repeats N] [--json FILE]
+jaxseg bench --clients 4,16,64 --config FILE[:ARG] [--repeats N] [--json FILE]
+
+Mistakes in the config, command line or data are printed as one line
+(``jaxseg: error: ...``, exit status 2); ``--verbose`` or ``JAXSEG_DEBUG=1`` shows
+their traceback.
 """
 
 import json
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from jaxseg.errors import UserError
 
 COMMANDS = ("train", "eval", "bench", "sweep", "predict", "synthesize")
 USAGE = __doc__
@@ -51,41 +58,67 @@ flags.DEFINE_list(
   "clients",
   None,
   "bench: federated rounds/s with vmapped clients against a loop over clients, for these "
-  "client counts (--config: a federated config; default fedavg_covid_ct.py:synthetic_smoke).",
+  "client counts (--config: a federated config, e.g. configs/fedavg_covid_ct.py:synthetic_smoke).",
 )
-FED_BENCH_CONFIG = "fedavg_covid_ct"
+flags.DEFINE_bool("verbose", False, "Show the traceback of a user error too.")
 
 
-def _main(argv):
-  logging.set_verbosity(logging.WARNING)
-  command = argv[1]
-  if command == "bench" and FLAGS.versus_torch:
-    from jaxseg.bench import models as bench_models  # noqa: PLC0415
+def train(config, workdir: str, *, stop_after: int | None = None):
+  """Trains ``config`` in ``workdir`` with the runner its sections ask for."""
+  if "fed" in config:
+    from jaxseg.run import federated as runner  # noqa: PLC0415
+  elif "gan" in config:
+    from jaxseg.run import gan as runner  # noqa: PLC0415
+  else:
+    from jaxseg.run import train as runner  # noqa: PLC0415
+  return runner.train(config, workdir, stop_after=stop_after)
+
+
+def evaluate(workdir: str, split: str = "test") -> dict:
+  """``jaxseg eval``: the best checkpoint of ``workdir`` scored on ``split``."""
+  from jaxseg.run import evaluate as runner  # noqa: PLC0415
+
+  return runner.run(workdir, split)
+
+
+def synthesize(workdir: str, num: int, output: str) -> str:
+  from jaxseg.run import gan  # noqa: PLC0415
+
+  return gan.synthesize(workdir, num, output)
+
+
+def sweep(config, workdir: str) -> list[dict]:
+  from jaxseg.run import sweep as runner  # noqa: PLC0415
+
+  return runner.run(config, workdir, runner.Runners(train, evaluate, synthesize))
+
+
+def _write_json(records) -> None:
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
+      json.dump(records, f, indent=2)
+
+
+def _bench() -> None:
+  from jaxseg.bench import models as bench_models  # noqa: PLC0415
+
+  if FLAGS.versus_torch:
     from jaxseg.bench import versus_torch  # noqa: PLC0415
 
     shape = bench_models.parse_input(FLAGS.input or BENCH_INPUT)
     result = versus_torch.run((FLAGS.batch or shape[0], *shape[1:]), repeats=FLAGS.repeats)
     print(versus_torch.report(result))
-    if FLAGS.json:
-      with open(FLAGS.json, "w") as f:
-        json.dump(result, f, indent=2)
-    return
-  if command == "bench" and FLAGS.clients:
-    import importlib  # noqa: PLC0415
-
+    _write_json(result)
+  elif FLAGS.clients:
     from jaxseg.bench import federated  # noqa: PLC0415
 
-    config = FLAGS.config
-    if config is None:
-      config = importlib.import_module(f"configs.{FED_BENCH_CONFIG}").get_config("synthetic_smoke")
-    records = federated.run(config, [int(c) for c in FLAGS.clients], FLAGS.repeats)
-    if FLAGS.json:
-      with open(FLAGS.json, "w") as f:
-        json.dump(records, f, indent=2)
-    return
-  if command == "bench":
-    from jaxseg.bench import models as bench_models  # noqa: PLC0415
-
+    if FLAGS.config is None:
+      raise UserError(
+        "jaxseg bench --clients needs --config, a federated config "
+        "(e.g. configs/fedavg_covid_ct.py:synthetic_smoke)."
+      )
+    _write_json(federated.run(FLAGS.config, [int(c) for c in FLAGS.clients], FLAGS.repeats))
+  else:
     bench_models.run(
       FLAGS.models,
       FLAGS.input or BENCH_INPUT,
@@ -94,37 +127,49 @@ def _main(argv):
       repeats=FLAGS.repeats,
       json_path=FLAGS.json,
     )
-    return
-  if FLAGS.workdir is None:
-    raise app.UsageError(f"jaxseg {command}: --workdir is required.")
-  from jaxseg.train import loop  # noqa: PLC0415  (keeps `--help` fast)
 
-  if command in ("train", "sweep") and FLAGS.config is None:
-    raise app.UsageError(f"jaxseg {command}: --config FILE[:ARG] is required.")
+
+def _require(command: str, **values) -> None:
+  for flag, value in values.items():
+    if not value:
+      raise app.UsageError(f"jaxseg {command}: --{flag} is required.")
+
+
+def _run(command: str) -> None:
+  if command == "bench":
+    return _bench()
+  _require(command, workdir=FLAGS.workdir)
+  if command in ("train", "sweep"):
+    _require(command, config=FLAGS.config)
   if FLAGS.config is not None:
-    from jaxseg.train import runtime  # noqa: PLC0415
+    from jaxseg.run import runtime  # noqa: PLC0415
 
     runtime.setup(FLAGS.config)
   if command == "train":
-    loop.train(FLAGS.config, FLAGS.workdir)
+    train(FLAGS.config, FLAGS.workdir)
   elif command == "predict":
-    if not FLAGS.input or not FLAGS.output:
-      raise app.UsageError("jaxseg predict: --input FILE_OR_DIR and --output DIR are required.")
-    from jaxseg.train import predict  # noqa: PLC0415
+    _require(command, input=FLAGS.input, output=FLAGS.output)
+    from jaxseg.run import predict  # noqa: PLC0415
 
     predict.run(FLAGS.workdir, FLAGS.input, FLAGS.output)
   elif command == "synthesize":
-    if not FLAGS.output:
-      raise app.UsageError("jaxseg synthesize: --output DIR is required.")
-    from jaxseg.gan import loop as gan_loop  # noqa: PLC0415
-
-    gan_loop.synthesize(FLAGS.workdir, FLAGS.num, FLAGS.output)
+    _require(command, output=FLAGS.output)
+    synthesize(FLAGS.workdir, FLAGS.num, FLAGS.output)
   elif command == "sweep":
-    from jaxseg.train import sweep  # noqa: PLC0415
-
-    sweep.run(FLAGS.config, FLAGS.workdir)
+    sweep(FLAGS.config, FLAGS.workdir)
   else:
-    loop.evaluate(FLAGS.workdir, FLAGS.split)
+    evaluate(FLAGS.workdir, FLAGS.split)
+
+
+def _main(argv):
+  logging.set_verbosity(logging.WARNING)
+  try:
+    _run(argv[1])
+  except UserError as e:
+    if FLAGS.verbose or os.environ.get("JAXSEG_DEBUG") == "1":
+      raise
+    print(f"jaxseg: error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv=None):

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from jaxseg.errors import UserError
+
 COUNTS = ("tp", "fp", "fn", "tn")
 
 
@@ -87,7 +89,7 @@ def hausdorff(pred, gt, percentile: float | None = None, spacing=None) -> float:
   """
   pred, gt = np.asarray(pred) > 0, np.asarray(gt) > 0
   if pred.shape != gt.shape:
-    raise ValueError(f"hausdorff: prediction shape {pred.shape} != ground truth {gt.shape}.")
+    raise UserError(f"hausdorff: prediction shape {pred.shape} != ground truth {gt.shape}.")
   if not pred.any() and not gt.any():
     return 0.0
   if not pred.any() or not gt.any():
@@ -117,7 +119,7 @@ def rand_error(pred, gt) -> float:
   gt_seg = ndimage.label(np.asarray(gt) > 0)[0]
   inside = gt_seg > 0
   if not inside.any():
-    raise ValueError("rand_error: the ground truth has no foreground pixel.")
+    raise UserError("rand_error: the ground truth has no foreground pixel.")
   g, p = gt_seg[inside], pred_seg[inside]
   pairs_of = lambda labels: np.unique(labels, return_counts=True)[1]  # noqa: E731
   alone = np.sum(p == 0)  # predicted background: singletons

@@ -6,8 +6,11 @@ iterate over all of them. An unknown name fails at once with the known names.
 """
 
 import importlib
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from jaxseg.errors import UserError
 
 
 def resolve(table: Mapping[str, str], name: str, kind: str) -> Any:
@@ -18,7 +21,18 @@ def resolve(table: Mapping[str, str], name: str, kind: str) -> Any:
 
 
 def check(table: Mapping[str, str], name: str, kind: str) -> None:
-  """Raises a ``ValueError`` naming the known entries if ``name`` is unknown."""
+  """Raises a :class:`UserError` naming the known entries if ``name`` is unknown."""
   if name not in table:
     known = ", ".join(sorted(table))
-    raise ValueError(f"Unknown {kind} name {name!r}; known {kind} names: {known}.")
+    raise UserError(f"Unknown {kind} name {name!r}; known {kind} names: {known}.")
+
+
+def check_settings(factory: Callable, settings: Mapping, where: str) -> None:
+  """Raises a :class:`UserError` for a key of ``settings`` that ``factory`` does not take."""
+  params = inspect.signature(factory).parameters
+  if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+    return
+  known = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+  for key in settings:
+    if key not in known:
+      raise UserError(f"{where}: unknown setting {key!r}; known: {', '.join(known) or '(none)'}.")

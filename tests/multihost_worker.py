@@ -6,18 +6,18 @@ import os
 import sys
 import traceback
 
-from jaxseg.train import runtime
+from jaxseg.run import runtime
 
 runtime.initialize_distributed()
 
 import jax  # noqa: E402
 
-from jaxseg.train import loop  # noqa: E402
+from jaxseg import main  # noqa: E402
 from tests.conftest import make_tiny_config  # noqa: E402
 from tests.test_scaling import scaling_config  # noqa: E402
 
 try:
-  state = loop.train(scaling_config(make_tiny_config()), sys.argv[1])
+  state = main.train(scaling_config(make_tiny_config()), sys.argv[1])
 except BaseException:
   traceback.print_exc()
   sys.stdout.flush()

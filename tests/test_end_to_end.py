@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image
 
 from configs import unet_covid_ct, unet_isbi2012
-from jaxseg import infer
-from jaxseg.train import loop, predict
+from jaxseg import infer, main
+from jaxseg.run import evaluation, predict
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
@@ -18,8 +18,8 @@ def test_isbi_smoke_train_eval_predict(tmp_path):
   config.data.dir = f"{SHARED}/isbi2012"
   config.train.update(steps=2, eval_every=2)
   workdir = str(tmp_path / "run")
-  loop.train(config, workdir)
-  result = loop.evaluate(workdir)
+  main.train(config, workdir)
+  result = main.evaluate(workdir)
   assert {"rand_error", "warping_error", "pixel_error", "dice"} <= set(result)
   image_path = f"{SHARED}/isbi2012/test/0.png"
   (mask_path,) = predict.run(workdir, image_path, str(tmp_path / "pred"))
@@ -27,8 +27,8 @@ def test_isbi_smoke_train_eval_predict(tmp_path):
   assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}
   assert os.path.exists(tmp_path / "pred" / "0_overlay.png")
   # Tile by tile (284-px tiles) equals one pass over the whole mirrored image.
-  _, model, variables = predict.restore_best(workdir)
-  fn = infer.make_predict_fn(model, variables)
+  exp, variables, _ = evaluation.restore(workdir, splits=())
+  fn = infer.make_predict_fn(exp.model, variables)
   image = np.asarray(Image.open(image_path), np.float32)[..., None] / 255.0
   whole = np.asarray(jax.jit(fn)(np.pad(image, ((92, 96), (92, 96), (0, 0)), "symmetric")[None]))
   expected = infer.labels_of(whole[0, :512, :512]) * 255
@@ -38,6 +38,6 @@ def test_isbi_smoke_train_eval_predict(tmp_path):
 def test_covid_ct_smoke(tmp_path):
   config = unet_covid_ct.get_config("smoke")
   config.data.dir = f"{SHARED}/covid_ct"
-  state = loop.train(config, str(tmp_path))
+  state = main.train(config, str(tmp_path))
   assert int(state.step) == config.train.steps
-  assert loop.evaluate(str(tmp_path))["images"] == 48
+  assert main.evaluate(str(tmp_path))["images"] == 48

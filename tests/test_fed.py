@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from configs import fed_common
-from jaxseg import perturb
-from jaxseg.fed import cost, layout, partition, seed_search, simulate
-from jaxseg.fed import loop as fed_loop
-from jaxseg.train import loop
+from jaxseg import main, perturb
+from jaxseg.fed import backends, cost, layout, partition, seed_search, simulate
+from jaxseg.run import federated
+from jaxseg.run.experiment import Experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,7 +84,7 @@ def test_layouts_round_fractions_up_and_keep_labels_where_they_belong():
 
 def test_communication_cost_follows_what_is_exchanged():
   def relative(method):
-    exp = fed_loop.FedExperiment(tiny_fed_config(method), splits=("validation",))
+    exp = Experiment(tiny_fed_config(method), splits=("validation",))
     return cost.communication(exp.method, exp.abstract_state().nets)
 
   cps, fedwep, fedavg = relative("cps"), relative("rwp"), relative("supervised")
@@ -99,9 +99,9 @@ def test_communication_cost_follows_what_is_exchanged():
 
 
 def test_seed_search_picks_the_most_similar_pair():
-  exp = fed_loop.FedExperiment(tiny_fed_config("rwp"), splits=("validation",))
-  sim_ctx = loop.make_context(exp.config, exp.model, exp.loss_fn, exp.tx, 1)
-  net = exp.init_state().nets["model"]
+  exp = Experiment(tiny_fed_config("rwp"), splits=("validation",))
+  sim_ctx = exp.ctx
+  net = exp.init().nets["model"]
   probe = jax.random.uniform(jax.random.key(1), (3, 32, 32, 1))
   kw = dict(candidates=4, target=0.9, p=0.5, sigma=0.5)
   seeds, info = seed_search.search(
@@ -145,18 +145,18 @@ def supervised_fed():
   # SGD: Adam would turn the rounding noise in the gradients of the conv biases that
   # precede BatchNorm (mathematically zero) into lr-sized steps.
   config.optim.update(name="sgd", lr=0.05)
-  exp = fed_loop.FedExperiment(config)
-  sim = exp.simulation()
-  arrays, _ = fed_loop.load_arrays(exp.sources["train"], config.data)
+  exp = Experiment(config)
+  sim = federated.simulation(exp)
+  arrays, _ = federated.load_arrays(exp.sources["train"], config.data)
   return exp, sim, arrays
 
 
 def _round(exp, sim, arrays, where, rows):
   data, _ = layout.client_data(where, rows, 3, 0.0, 2, 2)
-  run, place = fed_loop.compile_round(
+  run, place = backends.compile_round(
     sim.fed, data, arrays, np.zeros(1, np.float32), exp.train_key, "device", jax.devices()[:1]
   )
-  return run(place(exp.init_state()))
+  return run(place(exp.init()))
 
 
 def test_a_padded_client_changes_nothing(supervised_fed):
@@ -177,9 +177,12 @@ def test_one_client_equals_centralized_training(supervised_fed):
   fed_state, _ = _round(exp, sim, arrays, one, rows=1)
   # The same local steps, one by one, outside the simulator.
   data, _ = layout.client_data(one, 1, 3, 0.0, 2, 2)
-  keys, data_key = fed_loop.round_keys(exp.train_key)
+  placed = backends.place(
+    sim.fed, data, arrays, np.zeros(1), exp.train_key, "device", jax.devices()[:1]
+  )
+  keys, data_key = placed.keys, placed.data_key
   idx = simulate.client_indices(sim.fed, data, data_key, 0)
-  state = simulate.start(sim.fed, exp.init_state().nets, 0)
+  state = simulate.start(sim.fed, exp.init().nets, 0)
   key = jax.random.fold_in(jax.random.fold_in(keys["train"], 0), 0)
   step = jax.jit(lambda s, lab, unl: exp.method.step(sim.fed.ctx, s, lab, unl, key))
   for s in range(3):
@@ -197,7 +200,7 @@ def test_streamed_or_looped_rounds_equal_the_vmapped_round_on_device(supervised_
   data, _ = layout.client_data(sim.layout, 3, 3, 0.0, 2, 2)  # one padding row
   results = []
   for placement, client_map in (("device", "vmap"), ("stream", "vmap"), ("device", "loop")):
-    run, place = fed_loop.compile_round(
+    run, place = backends.compile_round(
       sim.fed,
       data,
       arrays,
@@ -207,7 +210,7 @@ def test_streamed_or_looped_rounds_equal_the_vmapped_round_on_device(supervised_
       jax.devices()[:1],
       client_map,
     )
-    results.append(_params(run(place(exp.init_state()))[0]))
+    results.append(_params(run(place(exp.init()))[0]))
   for other in results[1:]:
     jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), results[0], other
@@ -215,8 +218,8 @@ def test_streamed_or_looped_rounds_equal_the_vmapped_round_on_device(supervised_
 
 
 def test_unequal_clients_run_masked_local_epochs():
-  exp = fed_loop.FedExperiment(tiny_fed_config(local_epochs=1.0, partition="dirichlet"))
-  where = exp.simulation().layout
+  exp = Experiment(tiny_fed_config(local_epochs=1.0, partition="dirichlet"))
+  where = federated.simulation(exp).layout
   data, longest = layout.client_data(where, 4, 0, 1.0, 2, 2)
   sizes = [
     max(len(lab) / 2, len(unl) / 2) for lab, unl in zip(where.labeled, where.unlabeled, strict=True)
@@ -231,9 +234,9 @@ def test_unequal_clients_run_masked_local_epochs():
 def test_fedwep_run_is_reproducible_and_resumes_exactly(tmp_path):
   config = tiny_fed_config("rwp", rounds=3, scenario="label_at_server")
   config.fed.seed_search.probe = "real"
-  full = loop.train(config, str(tmp_path / "full"))
-  loop.train(config, str(tmp_path / "cut"), stop_after=2)  # killed after round 2
-  resumed = loop.train(config, str(tmp_path / "cut"))
+  full = main.train(config, str(tmp_path / "full"))
+  main.train(config, str(tmp_path / "cut"), stop_after=2)  # killed after round 2
+  resumed = main.train(config, str(tmp_path / "cut"))
   jax.tree.map(np.testing.assert_array_equal, _params(full), _params(resumed))
 
   def seeds(run):
@@ -249,14 +252,13 @@ def test_fedwep_run_is_reproducible_and_resumes_exactly(tmp_path):
 
 def test_fedwep_tables_smoke_sweep_writes_the_papers_layout(tmp_path):
   from configs import fedwep_tables
-  from jaxseg.train import sweep
 
   config = fedwep_tables.get_config("smoke")
   config.data.dir = os.path.join(REPO, "..", "shared", "data", "covid_ct")
   config.model.kwargs.widths = (4, 8)
   config.fed.unroll = 1
   config.sweep.exclude += ((("partition", "NonIID"),),)  # halves the test's time
-  rows = sweep.run(config, str(tmp_path))
+  rows = main.sweep(config, str(tmp_path))
   # FedAvg (supervised) is excluded at label_at_server: 3 cells.
   assert len(rows) == 3 and {r["cost"] for r in rows} == {"50%", "50% + 8 B seeds"}
   server, client = open(tmp_path / "results.md").read().split("scenario = label_at_client")
@@ -275,23 +277,23 @@ def test_federated_configs_train_and_evaluate(name, tmp_path):
   config.model.kwargs.widths = (4, 8)
   config.data.kwargs.update(num_train=16, num_validation=4, num_test=4)
   config.fed.update(rounds=1, local_steps=1, partition="site", unroll=1)
-  loop.train(config, str(tmp_path))
-  result = loop.evaluate(str(tmp_path))
+  main.train(config, str(tmp_path))
+  result = main.evaluate(str(tmp_path))
   assert result["step"] == 1 and 0.0 <= result["dice"]["mean"] <= 1.0
 
 
 def test_bad_federated_settings_name_the_key(tmp_path):
   config = tiny_fed_config("supervised", scenario="label_at_server")
   with pytest.raises(ValueError, match="supervised.*label_at_server"):
-    fed_loop.FedExperiment(config).simulation()
+    main.train(config, str(tmp_path))
   config = tiny_fed_config("rwp")
   config.fed.seed_search.probe = "real"
   with pytest.raises(ValueError, match="FedWeP-Real"):
-    fed_loop.FedExperiment(config).simulation()
+    main.train(config, str(tmp_path))
   config = tiny_fed_config("cps")
   config.optim.warmup_steps = 5
   with pytest.raises(ValueError, match="warmup_steps"):
-    loop.train(config, str(tmp_path))
+    main.train(config, str(tmp_path))
 
 
 def test_client_axis_sharded_over_eight_devices_matches_one_device():
@@ -302,7 +304,8 @@ import sys; sys.path.insert(0, {os.path.join(REPO, "tests")!r})
 import jax, numpy as np
 jax.config.update("jax_num_cpu_devices", 8)
 from test_fed import tiny_fed_config, _params
-from jaxseg.fed import loop as fed_loop
+from jaxseg.run import federated
+from jaxseg.run.experiment import Experiment
 out = []
 # one device; 8 clients' rows over 8 devices; 4 groups of 2 devices splitting each batch
 for shard, data_devices in ((False, 1), (True, 1), (True, 2)):
@@ -310,9 +313,9 @@ for shard, data_devices in ((False, 1), (True, 1), (True, 2)):
     "supervised", num_clients=3, shard_clients=shard, client_map="vmap", data_devices=data_devices
   )
   config.optim.update(name="sgd", lr=0.05)  # Adam amplifies rounding noise (see above)
-  exp = fed_loop.FedExperiment(config)
-  sim = exp.simulation()
-  state, _ = sim.run_round(sim.place_state(exp.init_state()))
+  exp = Experiment(config)
+  sim = federated.simulation(exp)
+  state, _ = sim.run_round(sim.place_state(exp.init()))
   if shard:
     leaf = jax.tree.leaves(state.nets)[0]
     assert len(leaf.sharding.device_set) == 8, leaf.sharding

@@ -11,12 +11,14 @@ import pytest
 
 from configs import augstudy_covid_ct, dagan_covid_ct, pix2pix_covid_ct
 from jaxseg import data as datasets
+from jaxseg import main
 from jaxseg.data import pipeline
+from jaxseg.errors import UserError
 from jaxseg.gan import get_gan
-from jaxseg.gan import loop as gan_loop
 from jaxseg.gan import step as gan_step
 from jaxseg.gan.networks import PatchDiscriminator
-from jaxseg.train import loop, sweep
+from jaxseg.run import skeleton
+from jaxseg.run import train as run_train
 from jaxseg.train.state import count_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,14 +35,18 @@ def test_reference_parameter_counts():
   # pix2pix's unet_256 generator and n_layers=3 PatchGAN for one-channel images and
   # masks: the counts of an independent PyTorch build of the same recipe.
   _, state = _abstract("pix2pix", 1, 256)
-  assert count_params(state.generator.params) == 54_407_809
-  assert count_params(state.discriminator.params) == 2_764_609
+  assert count_params(state.nets["generator"].params) == 54_407_809
+  assert count_params(state.nets["discriminator"].params) == 2_764_609
   # DAGAN: pair in (+1,024), pair out (+2,049), z -> Dense(512) (+51,712) concatenated
   # to the bottleneck (innermost up-convolution 1,024 -> 512: +4,194,304); the
   # discriminator sees two pairs (4 channels) and has biases instead of BatchNorm.
   _, state = _abstract("dagan", 1, 256)
-  assert count_params(state.generator.params) == 54_407_809 + 1024 + 2049 + 51_712 + 4_194_304
-  assert count_params(state.discriminator.params) == 4160 + 131_200 + 524_544 + 2_097_664 + 8193
+  assert (
+    count_params(state.nets["generator"].params) == 54_407_809 + 1024 + 2049 + 51_712 + 4_194_304
+  )
+  assert (
+    count_params(state.nets["discriminator"].params) == 4160 + 131_200 + 524_544 + 2_097_664 + 8193
+  )
 
 
 def test_patchgan_receptive_field_is_70_pixels():
@@ -119,25 +125,25 @@ def _smoke(module, arg="smoke"):
 
 def test_gan_trains_resumes_exactly_and_synthesizes_a_dataset(tmp_path):
   config = _smoke(pix2pix_covid_ct)
-  full = loop.train(config, str(tmp_path / "full"))  # `jaxseg train` dispatches on config.gan
-  loop.train(config, str(tmp_path / "cut"), stop_after=3)  # killed after step 3 (saved: 2)
-  resumed = loop.train(config, str(tmp_path / "cut"))
+  full = main.train(config, str(tmp_path / "full"))  # `jaxseg train` dispatches on config.gan
+  main.train(config, str(tmp_path / "cut"), stop_after=3)  # killed after step 3 (saved: 2)
+  resumed = main.train(config, str(tmp_path / "cut"))
   jax.tree.map(np.testing.assert_array_equal, full, resumed)
   assert sorted(os.listdir(tmp_path / "full" / "samples")) == ["2.png", "4.png"]
   with pytest.raises(ValueError, match="is a GAN run"):
-    loop.evaluate(str(tmp_path / "full"))
+    main.evaluate(str(tmp_path / "full"))
 
   dagan = _smoke(dagan_covid_ct)
-  loop.train(dagan, str(tmp_path / "dagan"))
-  out = gan_loop.synthesize(str(tmp_path / "dagan"), 10, str(tmp_path / "pairs"))
+  main.train(dagan, str(tmp_path / "dagan"))
+  out = main.synthesize(str(tmp_path / "dagan"), 10, str(tmp_path / "pairs"))
   assert sorted(os.listdir(out)) == ["images", "masks", "synthesis.json"]
   builder = datasets.make_builder("image_folder", source_dir=out, cache_dir=None, image_size=None)
   builder.download_and_prepare(file_format="array_record")
   pairs = builder.as_data_source("train")
   assert len(pairs) == 10 and pairs[0]["image"].shape == (32, 32, 1)
   assert set(np.unique(np.stack([p["mask"] for p in pairs]))) <= {0, 1}
-  with pytest.raises(FileExistsError, match="not empty"):
-    gan_loop.synthesize(str(tmp_path / "dagan"), 4, out)
+  with pytest.raises(UserError, match="not empty"):
+    main.synthesize(str(tmp_path / "dagan"), 4, out)
 
   # The study's "GAN trained on GAN images": a synthesized folder is a dataset.
   again = _smoke(pix2pix_covid_ct, "folder")
@@ -145,15 +151,15 @@ def test_gan_trains_resumes_exactly_and_synthesizes_a_dataset(tmp_path):
   again.data.kwargs.image_size = (32, 32)
   again.gan.kwargs.update(_smoke(pix2pix_covid_ct).gan.kwargs)
   again.train.update(batch_size=4, steps=2, epochs=0, eval_every=2, log_every=1)
-  assert int(loop.train(again, str(tmp_path / "second")).step) == 2
+  assert int(main.train(again, str(tmp_path / "second")).step) == 2
   dagan.gan.name = "cyclegan"
   with pytest.raises(ValueError, match="GAN name 'cyclegan'.*dagan, pix2pix"):
-    loop.train(dagan, str(tmp_path / "bad"))
+    main.train(dagan, str(tmp_path / "bad"))
 
 
 def test_augmentation_study_smoke_sweep(tmp_path):
   config = _smoke(augstudy_covid_ct)
-  rows = sweep.run(config, str(tmp_path))
+  rows = main.sweep(config, str(tmp_path))
   assert len(rows) == 2
   synthetic = str(tmp_path / "synthetic")
   assert json.load(open(os.path.join(synthetic, "synthesis.json")))["num"] == 16
@@ -162,7 +168,7 @@ def test_augmentation_study_smoke_sweep(tmp_path):
   header = table.index("| augmentation | test loss | F1 | mIoU | n |")
   assert header < table.index("| original |") < table.index("| + GAN + JPEG |")
   # The "+ GAN" cells trained on the training split plus the 16 synthesized pairs.
-  cell = loop.load_config(
+  cell = skeleton.load_config(
     str(tmp_path / "augmentation=+ GAN + JPEG_objective=BCE_model=unet_epochs=4 steps_seed=0")
   )
   assert cell.data.extra_train_dir == synthetic
@@ -170,4 +176,4 @@ def test_augmentation_study_smoke_sweep(tmp_path):
   assert len(pipeline.load_splits(cell.data)["train"]) == own + 16
   # Epochs count passes over the augmented training split.
   cell.train.epochs = 2
-  assert loop.resolve_epochs(cell).train.steps == 2 * -(-(own + 16) // cell.train.batch_size)
+  assert run_train.resolve_epochs(cell).train.steps == 2 * -(-(own + 16) // cell.train.batch_size)

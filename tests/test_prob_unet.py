@@ -7,10 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg import models
+from jaxseg import main, models
 from jaxseg.data import augment
 from jaxseg.models.prob_unet import kl_diagonal
-from jaxseg.train import loop
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 
@@ -80,8 +79,8 @@ def test_prob_unet_and_baseline_train_on_lidc_and_report_ged(tmp_path):
     config.data.dir = os.path.join(SHARED, "lidc_multirater")
     config.train.update(steps=2, eval_every=2)
     workdir = str(tmp_path / arg)
-    loop.train(config, workdir)
-    results[arg] = loop.evaluate(workdir, "validation")  # fewer images than test
+    main.train(config, workdir)
+    results[arg] = main.evaluate(workdir, "validation")  # fewer images than test
     assert os.path.exists(os.path.join(workdir, "validation_samples.png"))
   for result in results.values():
     assert 0.0 <= result["ged"]["mean"] <= 2.0
@@ -97,5 +96,5 @@ def test_segformer_trains_on_covid_ct(tmp_path):
   config = segformer_covid_ct.get_config("smoke")
   config.data.dir = os.path.join(SHARED, "covid_ct")
   config.train.update(steps=2, eval_every=2)
-  loop.train(config, str(tmp_path))
-  assert 0.0 <= loop.evaluate(str(tmp_path))["dice"]["mean"] <= 1.0
+  main.train(config, str(tmp_path))
+  assert 0.0 <= main.evaluate(str(tmp_path))["dice"]["mean"] <= 1.0

@@ -13,11 +13,11 @@ import numpy as np
 import optax
 import pytest
 
-from jaxseg import losses, models
-from jaxseg.train import loop, runtime
-from jaxseg.train import state as state_lib
-from jaxseg.train.checkpoint import Checkpoints
-from jaxseg.train.step import make_train_step
+from jaxseg import losses, main, models, semi
+from jaxseg.run import runtime
+from jaxseg.run.checkpoint import Checkpoints
+from jaxseg.run.experiment import Experiment
+from jaxseg.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,28 +43,32 @@ import jax, numpy as np
 jax.config.update("jax_num_cpu_devices", 8)
 from tests.conftest import make_tiny_config
 from tests.test_scaling import scaling_config
-from jaxseg.train import loop, sharding
+from jaxseg.run import train
+from jaxseg.run.experiment import Experiment
+from jaxseg.train import sharding
 sharding.FSDP_MIN_SIZE = 64  # the tiny U-Net's arrays are small
 out = {}
 for devices, fsdp in ((1, False), (2, False), (4, True), (8, False)):
   config = scaling_config(make_tiny_config())
   config.mesh.update(devices=devices, fsdp=fsdp)
-  exp = loop.Experiment(config, splits=("train",))
-  state, batches = exp.init_state(), exp.loaders()["train"]
+  exp = Experiment(config, splits=("train",))
+  mesh, init, step = train.compile_step(exp)
+  state, batches = init(), train.loaders(exp)
   for _ in range(3):
-    state, _ = exp.train_step(state, sharding.put_batch(next(batches), exp.mesh), exp.train_key)
-  leaves = jax.tree.leaves(state.params)
+    batch = sharding.put_batch({"labeled": next(batches["labeled"])}, mesh)
+    state, _ = step(state, batch, exp.train_key)
+  leaves = jax.tree.leaves(state.nets["model"].params)
   assert all(len(x.sharding.device_set) == devices for x in leaves)
   split = [x for x in leaves if not x.sharding.is_fully_replicated]
   assert bool(split) == fsdp, (fsdp, [x.sharding.spec for x in leaves])
-  out[devices, fsdp] = jax.device_get(state.params)
+  out[devices, fsdp] = jax.device_get(state.nets["model"].params)
 close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 for params in out.values():
   jax.tree.map(close, out[1, False], params)
 config = make_tiny_config()
 config.train.batch_size = 12
 try:
-  loop.Experiment(config, splits=("train",))
+  train.compile_step(Experiment(config, splits=("train",)))
   raise SystemExit("no error")
 except ValueError as e:
   assert "config.train.batch_size=12 does not divide by the 8 devices" in str(e), e
@@ -86,7 +90,7 @@ def test_two_processes_train_like_one(tmp_path, tiny_config):
   orbax checkpoints the global state, only process 0 writes logs; the result equals
   a one-process run."""
   config = scaling_config(tiny_config)
-  one = loop.train(config, str(tmp_path / "one"))  # also prepares the dataset once
+  one = main.train(config, str(tmp_path / "one"))  # also prepares the dataset once
   port, workdir = _free_port(), str(tmp_path / "two")
   logs = [open(tmp_path / f"process{i}.log", "w+") for i in range(2)]  # files: pipes can fill
   procs = [
@@ -120,7 +124,7 @@ def test_two_processes_train_like_one(tmp_path, tiny_config):
     assert p.returncode == 0, outputs[-1][-3000:]
   assert "process 1 of 2: step 4" in outputs[1]
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
-  exp = loop.Experiment(config, splits=("train",))
+  exp = Experiment(config, splits=("train",))
   two, _ = ckpts.restore(ckpts.latest_step(), exp.abstract_state())
   ckpts.close()
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), one, two)
@@ -128,28 +132,45 @@ def test_two_processes_train_like_one(tmp_path, tiny_config):
   assert len(lines) == len(open(tmp_path / "one" / "metrics.jsonl").read().splitlines())
 
 
-def test_mixed_precision_keeps_float32_state():
+def _mixed_precision_step(method_name, dtype, scale):
+  """One step of ``method_name`` on the tiny U-Net in ``dtype`` (None: float32)."""
   model = models.get_model("unet", widths=(4, 8))
-  loss_fn = losses.get_loss("bce")
-  tx = optax.sgd(0.1)
-  state = state_lib.create(model, tx, jax.random.key(0), (16, 16, 1))
+  ctx = step_lib.Context(
+    model, losses.get_loss("bce"), optax.sgd(0.1), {}, (16, 16, 1), 10, dtype, scale
+  )
+  method = semi.make_method(method_name)
+  state = method.init(ctx, jax.random.key(0))
   labels = (jax.random.uniform(jax.random.key(1), (2, 16, 16)) > 0.5).astype(jnp.int32)
   batch = {"image": jax.random.uniform(jax.random.key(2), (2, 16, 16, 1)), "labels": labels}
+  unlabeled = jax.tree.map(lambda x: x[::-1], batch)
+  step = jax.jit(lambda s, b, k: method.step(ctx, s, b, unlabeled, k))
+  return step(state, batch, jax.random.key(3))
+
+
+def test_mixed_precision_keeps_float32_state():
   results = {}
   for dtype, scale in ((None, 1.0), (jnp.bfloat16, 1.0), (jnp.float16, 1024.0)):
-    step = jax.jit(make_train_step(model, loss_fn, tx, {}, compute_dtype=dtype, loss_scale=scale))
-    new, metrics = step(state, batch, jax.random.key(3))
-    assert {x.dtype for x in jax.tree.leaves(new.params)} == {jnp.dtype(jnp.float32)}
+    new, metrics = _mixed_precision_step("supervised", dtype, scale)
+    assert {x.dtype for x in jax.tree.leaves(new.nets)} == {jnp.dtype(jnp.float32)}
     results[dtype] = (float(metrics["loss"]), float(metrics["grad_norm"]))
   f32 = results[None]
   for dtype, tol in ((jnp.bfloat16, 3e-2), (jnp.float16, 3e-3)):
     np.testing.assert_allclose(results[dtype], f32, rtol=tol)  # grads unscaled again
 
 
+def test_a_semi_supervised_method_trains_in_bfloat16():
+  """CPS (two networks, cross pseudo-labels) in bfloat16: float32 state, losses close
+  to float32's."""
+  f32, bf16 = (_mixed_precision_step("cps", dtype, 1.0) for dtype in (None, jnp.bfloat16))
+  assert {x.dtype for x in jax.tree.leaves(bf16[0].nets)} == {jnp.dtype(jnp.float32)}
+  for name in ("sup", "unsup"):
+    np.testing.assert_allclose(float(bf16[1][name]), float(f32[1][name]), rtol=5e-2)
+
+
 def test_mixed_precision_config_errors(tiny_config, tmp_path):
   tiny_config.train.compute_dtype = "float8"
   with pytest.raises(ValueError, match="compute_dtype must be one of"):
-    loop.train(tiny_config, str(tmp_path))
+    main.train(tiny_config, str(tmp_path))
 
 
 def test_runtime_setup_sets_deterministic_gpu_flags(tiny_config, monkeypatch):

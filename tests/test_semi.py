@@ -13,8 +13,10 @@ from flax import linen as nn
 
 from jaxseg import losses, perturb, semi
 from jaxseg.data import pipeline
+from jaxseg.errors import UserError
+from jaxseg.models.interface import Interface
 from jaxseg.semi import base, pseudoseg
-from jaxseg.semi import rwp as rwp_method
+from jaxseg.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,13 +83,16 @@ def test_rwp_gradient_is_z():
 class Pixel(nn.Module):
   """A per-pixel linear model: closed forms stay easy."""
 
+  interface = Interface(in_channels=2, num_classes=1, takes_labels=False, stride=1)
+
   @nn.compact
   def __call__(self, x, *, train=False):
     return nn.Dense(1, name="dense")(x)
 
 
-def _ctx(**kwargs):
-  return base.Context(Pixel(), losses.get_loss("bce"), optax.sgd(0.1), {}, (4, 4, 2), 100, kwargs)
+def _ctx(model=None):
+  model = model or Pixel()
+  return step_lib.Context(model, losses.get_loss("bce"), optax.sgd(0.1), {}, (4, 4, 2), 100)
 
 
 def _batches():
@@ -102,7 +107,7 @@ def _logits(params, x):
 
 
 def test_methods_declare_what_they_exchange():
-  table = {name: semi.get_method(name) for name in semi.METHODS}
+  table = {name: semi.make_method(name) for name in semi.METHODS}
   assert table["mean_teacher"].exchanged == ("student", "teacher")
   assert table["cps"].exchanged == ("a", "b")
   assert all(len(table[n].exchanged) == 1 for n in ("supervised", "pseudoseg", "rwp"))
@@ -110,10 +115,10 @@ def test_methods_declare_what_they_exchange():
 
 
 def test_supervised_and_cps_losses_closed_form():
-  ctx = _ctx(weight=1.5)
+  ctx, cps = _ctx(), semi.make_method("cps", {"weight": 1.5})
   labeled, unlabeled = _batches()
-  state = semi.get_method("cps").init(ctx, jax.random.key(2))
-  _, m = semi.get_method("cps").step(ctx, state, labeled, unlabeled, jax.random.key(3))
+  state = cps.init(ctx, jax.random.key(2))
+  _, m = cps.step(ctx, state, labeled, unlabeled, jax.random.key(3))
   pa, pb = state.nets["a"].params, state.nets["b"].params
   bce = lambda lg, y: float(losses.bce(lg, y))  # noqa: E731
   ya = (_logits(pa, unlabeled["image"])[..., 0] > 0).astype(int)
@@ -123,8 +128,9 @@ def test_supervised_and_cps_losses_closed_form():
   )
   cross = bce(_logits(pa, unlabeled["image"]), yb) + bce(_logits(pb, unlabeled["image"]), ya)
   np.testing.assert_allclose(m["loss"], sup + 1.5 * cross, rtol=1e-5)
-  state = semi.get_method("supervised").init(ctx, jax.random.key(2))
-  _, m = semi.get_method("supervised").step(ctx, state, labeled, unlabeled, jax.random.key(3))
+  supervised = semi.make_method("supervised")
+  state = supervised.init(ctx, jax.random.key(2))
+  _, m = supervised.step(ctx, state, labeled, unlabeled, jax.random.key(3))
   np.testing.assert_allclose(
     m["loss"],
     bce(_logits(state.nets["model"].params, labeled["image"]), labeled["labels"]),
@@ -133,12 +139,11 @@ def test_supervised_and_cps_losses_closed_form():
 
 
 def test_rwp_loss_closed_form():
-  ctx = _ctx(p=1.0, sigma=0.3, weight=2.0)
+  ctx, method = _ctx(), semi.make_method("rwp", dict(p=1.0, sigma=0.3, weight=2.0))
   labeled, unlabeled = _batches()
-  method = semi.get_method("rwp")
   state = method.init(ctx, jax.random.key(2))
   seeds = jnp.array([7, 9], jnp.uint32)
-  _, m = rwp_method.step(ctx, state, labeled, unlabeled, jax.random.key(3), seeds=seeds)
+  _, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(3), seeds=seeds)
   w = state.nets["model"].params
   w1 = perturb.rwp(w, jnp.uint32(7), p=1.0, sigma=0.3)
   w2 = perturb.rwp(w, jnp.uint32(9), p=1.0, sigma=0.3)
@@ -152,9 +157,11 @@ def test_rwp_loss_closed_form():
 
 
 def test_mean_teacher_consistency_and_ema():
-  ctx = _ctx(decay=0.9, weight=2.0, ramp_up_steps=10, input_noise=0.0)
+  ctx = _ctx()
+  method = semi.make_method(
+    "mean_teacher", dict(decay=0.9, weight=2.0, ramp_up_steps=10, input_noise=0.0)
+  )
   labeled, unlabeled = _batches()
-  method = semi.get_method("mean_teacher")
   state = method.init(ctx, jax.random.key(2))
   new, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(3))
   # Teacher == student at init: the consistency term is 0, the loss is supervised.
@@ -173,15 +180,14 @@ def test_mean_teacher_consistency_and_ema():
 
 def test_mean_teacher_averages_batchnorm_statistics():
   class WithBN(nn.Module):
+    interface = Pixel.interface
+
     @nn.compact
     def __call__(self, x, *, train=False):
       return nn.Dense(1)(nn.BatchNorm(use_running_average=not train, momentum=0.5)(x))
 
-  ctx = base.Context(
-    WithBN(), losses.get_loss("bce"), optax.sgd(0.1), {}, (4, 4, 2), 100, dict(decay=0.5)
-  )
+  ctx, method = _ctx(WithBN()), semi.make_method("mean_teacher", {"decay": 0.5})
   labeled, unlabeled = _batches()
-  method = semi.get_method("mean_teacher")
   state = method.init(ctx, jax.random.key(0))
   new, _ = method.step(ctx, state, labeled, unlabeled, jax.random.key(1))
   old_mean = state.nets["teacher"].batch_stats["BatchNorm_0"]["mean"]
@@ -200,10 +206,11 @@ def test_pseudoseg_fusion_and_sharpening():
   np.testing.assert_allclose(pseudoseg.fuse(p, p, 0.5), 0.64 / (0.64 + 0.04), rtol=1e-5)
   refined = pseudoseg.attention_refine(jnp.zeros((1, 8, 8, 1)), p)
   np.testing.assert_allclose(refined, 0.8, rtol=1e-5)  # uniform maps stay uniform
-  ctx = _ctx(temperature=0.5, weight=1.0, noise=0.0)
+  ctx = _ctx()
+  method = semi.make_method("pseudoseg", dict(temperature=0.5, weight=1.0, noise=0.0))
   labeled, unlabeled = _batches()
-  state = semi.get_method("pseudoseg").init(ctx, jax.random.key(2))
-  _, m = semi.get_method("pseudoseg").step(ctx, state, labeled, unlabeled, jax.random.key(3))
+  state = method.init(ctx, jax.random.key(2))
+  _, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(3))
   assert np.isfinite(m["loss"]) and m["unsup"] > 0
 
 
@@ -214,3 +221,46 @@ def test_labeled_fraction():
   assert not set(labeled.indices) & set(unlabeled.indices)
   with pytest.raises(ValueError, match="labeled_fraction=0.0625 of 4 training images leaves no"):
     pipeline.labeled_split(list(range(4)), 1 / 16, seed=0)
+
+
+def test_a_misspelt_method_setting_is_an_error_naming_it():
+  with pytest.raises(UserError, match=r"unknown setting 'sigmaa'; known: p, sigma, weight"):
+    semi.make_method("rwp", {"sigmaa": 0.2})
+  from configs import rwp_covid_ct  # noqa: PLC0415  (a config file that builds on another)
+  from jaxseg.run import experiment  # noqa: PLC0415
+
+  config = rwp_covid_ct.get_config("synthetic_smoke")
+  config.method.kwargs.sigmaa = 0.2
+  with pytest.raises(UserError, match="config.method.kwargs of method 'rwp': unknown setting"):
+    experiment.check_config(config)
+
+
+class DeepHeads(nn.Module):
+  """Two heads (deep supervision): the evaluated logits are their mean."""
+
+  interface = Pixel.interface
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    heads = [nn.Dense(1, name=f"head{i}")(x) for i in range(2)]
+    return {"logits": (heads[0] + heads[1]) / 2, "heads": heads}
+
+
+@pytest.mark.parametrize("name", sorted(semi.METHODS))
+def test_every_method_trains_every_deep_supervision_head(name):
+  """The supervised loss of every method is the mean over all heads (as centralized
+  training): each head gets its own, non-zero gradient."""
+  ctx, method = _ctx(DeepHeads()), semi.make_method(name)
+  labeled, unlabeled = _batches()
+  state = method.init(ctx, jax.random.key(2))
+  new, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(3))
+  net = method.evaluated if name != "mean_teacher" else "student"
+  before, after = state.nets[net].params, new.nets[net].params
+  moved = [
+    float(jnp.abs(after[h]["kernel"] - before[h]["kernel"]).sum()) for h in ("head0", "head1")
+  ]
+  assert min(moved) > 0 and moved[0] != moved[1]
+  heads = [nn.Dense(1).apply({"params": before[h]}, labeled["image"]) for h in ("head0", "head1")]
+  sup = np.mean([float(losses.bce(h, labeled["labels"])) for h in heads])
+  if name == "supervised":
+    np.testing.assert_allclose(m["sup"], sup, rtol=1e-5)

@@ -7,7 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxseg.train import loop, sweep
+from jaxseg import main
+from jaxseg.run import sweep
 from tests.conftest import make_tiny_config
 
 
@@ -44,14 +45,14 @@ def test_sweep_runs_cells_and_resumes(tmp_path, monkeypatch):
       metrics=("dice", "hd"),
     )
   )
-  rows = sweep.run(config, str(tmp_path))
+  rows = main.sweep(config, str(tmp_path))
   assert len(rows) == 1 and rows[0]["n"] == 2 and set(rows[0]) >= {"dice", "hd", "model"}
   saved = json.load(open(tmp_path / "results.json"))
   assert saved == rows
   assert "| unet |" in open(tmp_path / "results.md").read()
   assert sorted(os.listdir(tmp_path / "jax_cache"))  # compiled steps are cached
   # Finished cells are not rerun.
-  monkeypatch.setattr(loop, "train", lambda *a, **k: pytest.fail("a finished cell was rerun"))
-  assert sweep.run(config, str(tmp_path)) == rows
+  monkeypatch.setattr(main, "train", lambda *a, **k: pytest.fail("a finished cell was rerun"))
+  assert main.sweep(config, str(tmp_path)) == rows
   with pytest.raises(ValueError, match="no `sweep` section"):
-    sweep.run(make_tiny_config(), str(tmp_path / "x"))
+    main.sweep(make_tiny_config(), str(tmp_path / "x"))

@@ -2,10 +2,10 @@
 the clients vmapped in one compiled program against a Python loop over clients.
 
 Both run the same local steps of the same model on the same batches
-(:func:`jaxseg.fed.loop.compile_round` with ``client_map`` ``vmap`` and ``loop``).
+(:func:`jaxseg.fed.backends.compile_round` with ``client_map`` ``vmap`` and ``loop``).
 The data are random images (8 per client) of the config's size; the method, model,
-batch sizes and local steps come from the config (default: FedAvg on the built-in
-data's smoke scale).
+batch sizes and local steps come from the config (e.g.
+``configs/fedavg_covid_ct.py:synthetic_smoke``).
 """
 
 import statistics
@@ -14,8 +14,10 @@ import time
 import jax
 import numpy as np
 
-from jaxseg.fed import layout
-from jaxseg.fed import loop as fed_loop
+from jaxseg.errors import UserError
+from jaxseg.fed import backends, layout
+from jaxseg.run import federated
+from jaxseg.run.experiment import Experiment
 
 IMAGES_PER_CLIENT = 8
 
@@ -24,11 +26,11 @@ def federation(config, num_clients: int):
   """``(experiment, Federation, ClientData, arrays)`` of ``num_clients`` IID clients
   on random data."""
   if config.fed.scenario != "label_at_client":
-    raise ValueError(
+    raise UserError(
       f"jaxseg bench --clients times client training: needs config.fed.scenario="
       f"'label_at_client', found {config.fed.scenario!r}."
     )
-  exp = fed_loop.FedExperiment(config, splits=("validation",))
+  exp = Experiment(config, splits=("validation",))
   size = config.data.kwargs.image_size
   n = num_clients * IMAGES_PER_CLIENT
   key = jax.random.key(0)
@@ -49,7 +51,7 @@ def federation(config, num_clients: int):
     config.train.batch_size,
     config.method.unlabeled_batch_size,
   )
-  fed = exp.federation(longest)
+  fed = federated.federation(exp, longest)
   return exp, fed, data, arrays
 
 
@@ -70,7 +72,7 @@ def run(config, client_counts: list[int], repeats: int) -> list[dict]:
     exp, fed, data, arrays = federation(config, count)
     timings = {}
     for client_map in ("vmap", "loop"):
-      run_round, place = fed_loop.compile_round(
+      run_round, place = backends.compile_round(
         fed,
         data,
         arrays,
@@ -80,7 +82,7 @@ def run(config, client_counts: list[int], repeats: int) -> list[dict]:
         jax.devices()[:1],
         client_map,
       )
-      timings[client_map] = _time(run_round, place(exp.init_state()), repeats)
+      timings[client_map] = _time(run_round, place(jax.jit(exp.init)()), repeats)
     (first_v, vmap_s), (first_l, loop_s) = timings["vmap"], timings["loop"]
     records.append(
       {

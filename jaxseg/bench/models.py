@@ -9,8 +9,10 @@ import optax
 
 from jaxseg import losses, models, tables
 from jaxseg.bench import flops, throughput
+from jaxseg.errors import UserError
+from jaxseg.semi import supervised
 from jaxseg.train import state as state_lib
-from jaxseg.train.step import make_train_step
+from jaxseg.train import step as step_lib
 
 COLUMNS = (
   ("model", "{}"),
@@ -56,7 +58,7 @@ def parse_model(spec: str) -> tuple[str, dict]:
   for item in filter(None, _split_top_level(rest)):
     key, sep, value = item.partition("=")
     if not sep:
-      raise ValueError(f"model spec {spec!r}: expected key=value, found {item!r}.")
+      raise UserError(f"model spec {spec!r}: expected key=value, found {item!r}.")
     try:
       kwargs[key] = ast.literal_eval(value)
     except (ValueError, SyntaxError):
@@ -83,8 +85,19 @@ def parse_input(text: str) -> tuple[int, int, int, int]:
   try:
     n, c, h, w = (int(v) for v in text.lower().split("x"))
   except ValueError as e:
-    raise ValueError(f"--input: expected NxCxHxW such as 1x1x426x545, found {text!r}.") from e
+    raise UserError(f"--input: expected NxCxHxW such as 1x1x426x545, found {text!r}.") from e
   return n, c, h, w
+
+
+def supervised_step(model, tx, image_shape, compute_dtype=None):
+  """``(state, train_step(state, batch, key))`` of plain supervised BCE+Dice training
+  of ``model`` (no augmentation), as ``jaxseg train`` runs it."""
+  ctx = step_lib.Context(
+    model, losses.get_loss("bce_dice"), tx, {}, image_shape, 1, compute_dtype=compute_dtype
+  )
+  method = supervised.make()
+  state = jax.jit(lambda: method.init(ctx, jax.random.key(0)))()
+  return state, lambda state, batch, key: method.step(ctx, state, batch, None, key)
 
 
 def bench_model(spec: str, shape, *, dtype: str, repeats: int) -> dict:
@@ -94,15 +107,14 @@ def bench_model(spec: str, shape, *, dtype: str, repeats: int) -> dict:
   model = models.get_model(name, **{"in_channels": c, **kwargs})
   x = jnp.zeros((n, h, w, c), jnp.float32)
   tx = optax.adam(1e-4)
-  state = jax.jit(lambda: state_lib.create(model, tx, jax.random.key(0), (h, w, c)))()
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
   compute = jnp.dtype(dtype)
+  state, step = supervised_step(model, tx, (h, w, c), None if dtype == "float32" else compute)
+  variables = state_lib.variables(state.nets["model"])
 
   def forward(variables, x):
     cast = jax.tree.map(lambda a: a.astype(compute), variables)
     return model.apply(cast, x.astype(compute), train=False)
 
-  step = make_train_step(model, losses.get_loss("bce_dice"), tx, {}, compute_dtype=compute)
   batch = {"image": x, "labels": jnp.zeros((n, h, w), jnp.int32)}
   fwd = throughput.measure(forward, (variables, x), repeats=repeats)
   train = throughput.measure(
@@ -116,7 +128,7 @@ def bench_model(spec: str, shape, *, dtype: str, repeats: int) -> dict:
     "model": spec,
     "input": f"{n}x{c}x{h}x{w}",
     "dtype": dtype,
-    "params": state_lib.count_params(state.params),
+    "params": state_lib.count_params(variables["params"]),
     "gmacs": macs / n / 1e9,
     "gmacs_paper": flops.paper_macs(model, variables, x) / n / 1e9,
     "xla_gflops_forward": fwd["xla_flops"] / n / 1e9,

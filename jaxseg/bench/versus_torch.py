@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxseg import losses, models
-from jaxseg.train import state as state_lib
-from jaxseg.train.step import make_train_step
+from jaxseg import models
+from jaxseg.bench.models import supervised_step
+from jaxseg.train.state import count_params
 
 
 def torch_unet(widths, in_channels: int = 1, num_classes: int = 1):
@@ -83,8 +83,8 @@ def run(input_shape, *, widths=(32, 64, 128, 256, 512), repeats: int = 5) -> dic
 
   model = models.get_model("unet", widths=widths, in_channels=c)
   tx = optax.adam(1e-4)
-  state = jax.jit(lambda: state_lib.create(model, tx, jax.random.key(0), (h, w, c)))()
-  step = jax.jit(make_train_step(model, losses.get_loss("bce_dice"), tx, {}), donate_argnums=0)
+  state, step = supervised_step(model, tx, (h, w, c))
+  step = jax.jit(step, donate_argnums=0)
   batch = {"image": jnp.asarray(image), "labels": jnp.asarray(labels)}
   key = jax.random.key(1)
 
@@ -110,7 +110,7 @@ def run(input_shape, *, widths=(32, 64, 128, 256, 512), repeats: int = 5) -> dic
   result = {
     "input": "x".join(map(str, input_shape)),
     "widths": list(widths),
-    "params_jax": state_lib.count_params(state.params),
+    "params_jax": count_params(state.nets["model"].params),
     "params_torch": sum(p.numel() for p in tmodel.parameters()),
     "jax_step_s": statistics.median(jax_s),
     "torch_step_s": statistics.median(torch_s),

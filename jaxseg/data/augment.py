@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg import tables
+from jaxseg.errors import UserError
 
 AUGMENTATIONS = {
   "flip": "jaxseg.data.augment:flip",
@@ -211,7 +212,7 @@ def random_crop(key, example, size: int = 256, pad: int = 0):
   """
   h, w = example["labels"].shape
   if size > min(h, w) + 2 * pad:
-    raise ValueError(f"random_crop: size {size} exceeds the padded image {h}x{w} + 2*{pad}.")
+    raise UserError(f"random_crop: size {size} exceeds the padded image {h}x{w} + 2*{pad}.")
   ky, kx = jax.random.split(key)
   top = jax.random.randint(ky, (), 0, h + 2 * pad - size + 1)
   left = jax.random.randint(kx, (), 0, w + 2 * pad - size + 1)

@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from jaxseg.data import folder, records
+from jaxseg.errors import UserError
 
 VARIANTS = ("binary", "multiclass")
 HU_WINDOW = (-1250.0, 250.0)
@@ -63,7 +64,7 @@ def _slice_items(source_dir: str, s: Settings) -> dict[str, list]:
     masks = folder.list_images(os.path.join(source_dir, sub, "GT"))
     missing = sorted(set(images) ^ set(masks))
     if missing:
-      raise ValueError(f"{source_dir}/{sub}: slices without an image or a mask: {missing[:10]}.")
+      raise UserError(f"{source_dir}/{sub}: slices without an image or a mask: {missing[:10]}.")
     splits[split] = [folder.Item(f"{split}_{k}", (images[k], masks[k]), read) for k in images]
   return splits
 
@@ -75,9 +76,9 @@ def _volume_items(source_dir: str, s: Settings) -> dict[str, list]:
   try:
     volume, labels = (np.asarray(nibabel.load(p).dataobj) for p in paths)
   except Exception as e:  # nibabel raises several types for corrupt files
-    raise ValueError(f"{source_dir}: cannot read the NIfTI volumes ({e}).") from e
+    raise UserError(f"{source_dir}: cannot read the NIfTI volumes ({e}).") from e
   if volume.shape != labels.shape:
-    raise ValueError(f"{paths[1]}: mask volume {labels.shape} does not match image {volume.shape}.")
+    raise UserError(f"{paths[1]}: mask volume {labels.shape} does not match image {volume.shape}.")
   mapping = {0: 0, 1: 1, 2: 1, 3: 0} if s.variant == "binary" else {0: 0, 1: 1, 2: 2, 3: 0}
   lo, hi = HU_WINDOW
 
@@ -95,9 +96,7 @@ def _volume_items(source_dir: str, s: Settings) -> dict[str, list]:
 def make_builder(*, source_dir, data_dir, **kwargs) -> CovidCtLesion:
   s = records.settings(Settings, kwargs, "covid_ct_lesion")
   if s.variant not in VARIANTS:
-    raise ValueError(
-      f"config.data.kwargs.variant: expected one of {VARIANTS}, found {s.variant!r}."
-    )
+    raise UserError(f"config.data.kwargs.variant: expected one of {VARIANTS}, found {s.variant!r}.")
   source_dir = folder.require_dir(source_dir, "covid_ct_lesion")
   if os.path.exists(os.path.join(source_dir, "tr_im.nii.gz")):
     splits = _volume_items(source_dir, s)

@@ -19,22 +19,23 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from jaxseg.data import records
+from jaxseg.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def require_dir(path: str | None, dataset: str) -> str:
   if not path:
-    raise ValueError(f"dataset {dataset!r} is read from a directory: set config.data.dir.")
+    raise UserError(f"dataset {dataset!r} is read from a directory: set config.data.dir.")
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"dataset {dataset!r}: data directory {path!r} does not exist.")
+    raise UserError(f"dataset {dataset!r}: data directory {path!r} does not exist.")
   return path
 
 
 def list_images(folder: str) -> dict[str, str]:
   """``{stem: path}`` of the image files in ``folder`` (raises on a missing folder)."""
   if not os.path.isdir(folder):
-    raise FileNotFoundError(f"expected a folder of images at {folder!r}; it does not exist.")
+    raise UserError(f"expected a folder of images at {folder!r}; it does not exist.")
   files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
   return {os.path.splitext(f)[0]: os.path.join(folder, f) for f in files}
 
@@ -46,7 +47,7 @@ def read_image(path: str, channels: int = 1) -> np.ndarray:
       img.load()
       array = np.asarray(img.convert("L" if channels == 1 else "RGB"))
   except (OSError, ValueError) as e:
-    raise ValueError(f"{path}: cannot read the image ({e}).") from e
+    raise UserError(f"{path}: cannot read the image ({e}).") from e
   return array[..., None] if channels == 1 else array
 
 
@@ -61,7 +62,7 @@ def read_mask(path: str, mapping: dict[int, int], threshold: int = 0) -> np.ndar
       img.load()
       raw = np.asarray(img if img.mode in ("L", "P", "1", "I", "I;16") else img.convert("L"))
   except (OSError, ValueError) as e:
-    raise ValueError(f"{path}: cannot read the mask ({e}).") from e
+    raise UserError(f"{path}: cannot read the mask ({e}).") from e
   return map_values(raw.astype(np.int64), mapping, threshold, path)
 
 
@@ -71,7 +72,7 @@ def map_values(raw: np.ndarray, mapping: dict[int, int], threshold: int, where: 
   bad = np.abs(nearest - raw) > threshold
   if bad.any():
     found = sorted(set(np.unique(raw[bad]).tolist()))[:10]
-    raise ValueError(
+    raise UserError(
       f"{where}: mask values {found} are not in the mapping {dict(mapping)} "
       f"(threshold {threshold}); set config.data.kwargs.mask_values."
     )
@@ -95,12 +96,12 @@ def fit(
     return image, mask
   if mode == "pad":
     if image.shape[0] > h or image.shape[1] > w:
-      raise ValueError(
+      raise UserError(
         f"{where}: image {image.shape[:2]} is larger than the pad size {size}; use resize mode."
       )
     pads = ((0, h - image.shape[0]), (0, w - image.shape[1]))
     return np.pad(image, (*pads, (0, 0))), np.pad(mask, pads)
-  raise ValueError(f"config.data.kwargs.resize_mode: expected 'resize' or 'pad', found {mode!r}.")
+  raise UserError(f"config.data.kwargs.resize_mode: expected 'resize' or 'pad', found {mode!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +162,7 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder):
     for item in items:
       image, masks, site = item.read(item)
       if masks.shape[1:] != image.shape[:2] or image.shape != self.shape:
-        raise ValueError(
+        raise UserError(
           f"{item.files[0]}: prepared image {image.shape} / masks {masks.shape} "
           f"do not match the dataset shape {self.shape}; set an image size."
         )

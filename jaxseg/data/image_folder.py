@@ -15,6 +15,7 @@ import dataclasses
 import os
 
 from jaxseg.data import folder, records
+from jaxseg.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +38,7 @@ def _pairs(base: str, split: str, read) -> list:
   masks = folder.list_images(os.path.join(base, "masks"))
   only_images, only_masks = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
   if only_images or only_masks:
-    raise ValueError(
+    raise UserError(
       f"{base}: unmatched files — images without a mask: {only_images[:10]}, "
       f"masks without an image: {only_masks[:10]} (matched by file stem)."
     )
@@ -65,7 +66,7 @@ def make_builder(*, source_dir, data_dir, **kwargs) -> ImageFolder:
       if os.path.isdir(os.path.join(root, split))
     }
   if not splits.get("train"):
-    raise ValueError(f"image_folder: no images/ + masks/ pairs found in {root!r}.")
+    raise UserError(f"image_folder: no images/ + masks/ pairs found in {root!r}.")
   first = splits["train"][0]
   shape = first.read(first)[0].shape
   return ImageFolder(

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from jaxseg.data import folder, records
+from jaxseg.errors import UserError
 
 LABELS = {0: 0, 255: 1}
 
@@ -44,7 +45,7 @@ def _tif_pages(path: str) -> np.ndarray:
   try:
     pages = tifffile.imread(path)
   except Exception as e:  # tifffile raises several types for corrupt files
-    raise ValueError(f"{path}: cannot read the TIF stack ({e}).") from e
+    raise UserError(f"{path}: cannot read the TIF stack ({e}).") from e
   return pages if pages.ndim == 3 else pages[None]
 
 
@@ -63,7 +64,7 @@ def _items(source_dir: str, size: int):
   if os.path.exists(tif):
     volume, labels = _tif_pages(tif), _tif_pages(os.path.join(source_dir, "train-labels.tif"))
     if volume.shape != labels.shape:
-      raise ValueError(f"{tif}: {volume.shape} pages do not match train-labels.tif {labels.shape}.")
+      raise UserError(f"{tif}: {volume.shape} pages do not match train-labels.tif {labels.shape}.")
     test_path = os.path.join(source_dir, "test-volume.tif")
     test = _tif_pages(test_path) if os.path.exists(test_path) else np.zeros((0, 1, 1))
 
@@ -84,7 +85,7 @@ def _items(source_dir: str, size: int):
   images = folder.list_images(os.path.join(source_dir, "train", "image"))
   labels = folder.list_images(os.path.join(source_dir, "train", "label"))
   if set(images) != set(labels):
-    raise ValueError(
+    raise UserError(
       f"{source_dir}/train: images without labels {sorted(set(images) - set(labels))}"
       f", labels without images {sorted(set(labels) - set(images))}."
     )
@@ -99,7 +100,7 @@ def make_builder(*, source_dir, data_dir, **kwargs) -> Isbi2012:
   s = records.settings(Settings, kwargs, "isbi2012")
   train, unlabeled = _items(folder.require_dir(source_dir, "isbi2012"), s.image_size)
   if not train:
-    raise ValueError(f"isbi2012: no training images found in {source_dir!r}.")
+    raise UserError(f"isbi2012: no training images found in {source_dir!r}.")
   h, w, c = train[0].read(train[0])[0].shape
   return Isbi2012(
     splits={"train": train, "unlabeled": unlabeled},

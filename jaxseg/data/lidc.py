@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from jaxseg.data import folder, records
+from jaxseg.errors import UserError
 
 RATERS = 4
 
@@ -45,7 +46,7 @@ def make_builder(*, source_dir, data_dir, **kwargs) -> LidcMultirater:
     root = os.path.join(root, "LIDC-IDRI-slices")
   patients = sorted(p for p in os.listdir(root) if os.path.isdir(os.path.join(root, p)))
   if not patients:
-    raise ValueError(f"lidc_multirater: no patient folders in {root!r}.")
+    raise UserError(f"lidc_multirater: no patient folders in {root!r}.")
   order = np.asarray(jax.random.permutation(jax.random.key(s.seed), len(patients)))
   n_test = max(1, round(s.test_fraction * len(patients)))
   n_val = max(1, round(s.validation_fraction * len(patients)))
@@ -63,7 +64,7 @@ def make_builder(*, source_dir, data_dir, **kwargs) -> LidcMultirater:
       for stem, path in images.items():
         missing = [r for r in range(RATERS) if stem not in raters[r]]
         if missing:
-          raise ValueError(f"{path}: no mask of rater(s) {missing} (expected mask-k/{stem}.png).")
+          raise UserError(f"{path}: no mask of rater(s) {missing} (expected mask-k/{stem}.png).")
         files = (path, *(raters[r][stem] for r in range(RATERS)))
         splits[split_of[patient]].append(folder.Item(f"{patient}_{nodule}_{stem}", files, _read))
   return LidcMultirater(

@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 
 from jaxseg import data as datasets
 from jaxseg.data import weathering, weight_map
+from jaxseg.errors import UserError
 
 
 class Subset:
@@ -65,7 +66,7 @@ def _permutation(size: int, seed: int) -> np.ndarray:
 def fold_indices(size: int, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """``(rest, held_out)`` indices of fold ``fold`` of a seeded ``folds``-fold split."""
   if not 0 <= fold < folds or folds > size:
-    raise ValueError(
+    raise UserError(
       f"config.data.fold={fold} with config.data.folds={folds}: need 0 <= fold < folds <= "
       f"{size} (the training examples)."
     )
@@ -77,7 +78,7 @@ def carve(indices: np.ndarray, fraction: float, seed: int, what: str) -> tuple:
   """Splits ``indices`` into ``(rest, carved)`` with ``round(fraction * n)`` (>= 1) carved."""
   count = max(1, round(fraction * len(indices))) if fraction > 0 else 0
   if count == 0 or count >= len(indices):
-    raise ValueError(
+    raise UserError(
       f"config.data.{what}_fraction={fraction} leaves no {what} or no training examples "
       f"out of {len(indices)}."
     )
@@ -109,14 +110,14 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
   builder.download_and_prepare(file_format="array_record")
   stored = {k: v.num_examples for k, v in builder.info.splits.items() if v.num_examples}
   if "train" not in stored:
-    raise ValueError(f"dataset {data_config.name!r}: split 'train' has no examples.")
+    raise UserError(f"dataset {data_config.name!r}: split 'train' has no examples.")
   train = builder.as_data_source("train")
   rest, views, seed = np.arange(stored["train"]), {}, data_config.fold_seed
   if data_config.folds:
     rest, views["test"] = fold_indices(len(rest), data_config.folds, data_config.fold, seed)
-  elif "test" not in stored and "test" in splits:
+  elif "test" not in stored:  # carved whatever ``splits`` asks for: the same train split
     rest, views["test"] = carve(rest, data_config.test_fraction, seed, "test")
-  if "validation" not in stored and "validation" in splits:
+  if "validation" not in stored:
     rest, views["validation"] = carve(rest, data_config.validation_fraction, seed + 1, "validation")
   views["train"] = rest
   sources = {}
@@ -129,7 +130,7 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
     elif split in stored:
       sources[split] = builder.as_data_source(split)
     else:
-      raise ValueError(
+      raise UserError(
         f"dataset {data_config.name!r}: split {split!r} has no examples (check config.data.kwargs)."
       )
   return sources
@@ -157,7 +158,7 @@ def labeled_split(source, fraction: float, seed: int) -> tuple:
   size = len(source)
   count = int(np.floor(fraction * size + 0.5))
   if count == 0:
-    raise ValueError(
+    raise UserError(
       f"config.method.labeled_fraction={fraction} of {size} training images leaves no "
       f"labeled example; raise the fraction or use more data."
     )
@@ -244,7 +245,7 @@ def train_loader(
   :func:`jaxseg.data.augment.pick_annotator`).
   """
   if len(source) == 0:
-    raise ValueError("the training split has no examples.")
+    raise UserError("the training split has no examples.")
   if len(source) < batch_size:  # e.g. a small labeled fraction: repeat it within the batch
     source = Subset(source, np.tile(np.arange(len(source)), -(-batch_size // len(source))))
   sampler = grain.samplers.IndexSampler(

@@ -14,6 +14,8 @@ import json
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxseg.errors import UserError
+
 
 def features(height: int, width: int, channels: int, annotators: int) -> tfds.features.FeaturesDict:
   tensor = lambda shape: tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding="zlib")  # noqa: E731
@@ -30,7 +32,7 @@ def features(height: int, width: int, channels: int, annotators: int) -> tfds.fe
 def check_pair(image: np.ndarray, mask: np.ndarray, where: str) -> None:
   """Raises if ``mask`` does not cover ``image`` pixel for pixel."""
   if image.shape[:2] != mask.shape[:2]:
-    raise ValueError(
+    raise UserError(
       f"{where}: mask size {mask.shape[:2]} does not match image size "
       f"{image.shape[:2]} (height, width)."
     )
@@ -41,7 +43,7 @@ def settings(cls, kwargs: dict, dataset: str):
   known = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(kwargs) - known)
   if unknown:
-    raise ValueError(
+    raise UserError(
       f"config.data.kwargs: unknown {dataset} settings {unknown}; known: {sorted(known)}."
     )
   return cls(**kwargs)

@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 
 from jaxseg.data import SPLITS, records
 from jaxseg.data.nerve_render import render, site_params
+from jaxseg.errors import UserError
 
 CHUNK = 64  # images rendered per compiled call
 
@@ -106,7 +107,7 @@ class SyntheticNerve(tfds.core.GeneratorBasedBuilder):
 def make_builder(*, source_dir, data_dir, **kwargs) -> SyntheticNerve:
   """Builder for ``Settings(**kwargs)``; ``source_dir`` must be unset (no source)."""
   if source_dir:
-    raise ValueError(
+    raise UserError(
       f"dataset 'synthetic_nerve' is generated, not read: config.data.dir "
       f"must be empty, found {source_dir!r}."
     )

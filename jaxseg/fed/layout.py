@@ -16,6 +16,7 @@ import math
 import jax
 import numpy as np
 
+from jaxseg.errors import UserError
 from jaxseg.fed import partition, simulate
 
 
@@ -35,19 +36,19 @@ def assign(fed_config, fraction: float, foreground, sites, seed: int) -> Layout:
   """The layout of ``len(foreground)`` training images (``foreground``: per-image
   foreground fraction, the ``lesion_size`` attribute; ``sites``: acquisition sites)."""
   if fed_config.scenario not in simulate.SCENARIOS:
-    raise ValueError(
+    raise UserError(
       f"config.fed.scenario: unknown {fed_config.scenario!r}; known: "
       f"{', '.join(simulate.SCENARIOS)}."
     )
   if not 0 < fraction <= 1:
-    raise ValueError(f"config.method.labeled_fraction must be in (0, 1], found {fraction}.")
+    raise UserError(f"config.method.labeled_fraction must be in (0, 1], found {fraction}.")
   n = len(foreground)
   key = jax.random.key(seed)
   indices, server = np.arange(n), np.zeros(0, np.int64)
   if fed_config.scenario == "label_at_server":
     count = math.ceil(fraction * n)
     if count >= n:
-      raise ValueError(
+      raise UserError(
         f"label_at_server with labeled_fraction={fraction} leaves no unlabeled image for "
         f"the clients out of {n}."
       )
@@ -78,11 +79,11 @@ def _partition(fed_config, indices, foreground, sites, seed):
     elif fed_config.attribute == "site":
       groups = sites[indices]
     else:
-      raise ValueError(
+      raise UserError(
         f"config.fed.attribute: unknown {fed_config.attribute!r}; known: lesion_size, site."
       )
     return partition.dirichlet(indices, groups, clients, fed_config.alpha, seed)
-  raise ValueError(
+  raise UserError(
     f"config.fed.partition: unknown {name!r}; known: {', '.join(partition.PARTITIONS)}."
   )
 

@@ -16,6 +16,8 @@ Randomness comes from ``jax.random`` keys of the given seed (host-side, once).
 import jax
 import numpy as np
 
+from jaxseg.errors import UserError
+
 PARTITIONS = ("iid", "dirichlet", "site")
 
 
@@ -41,7 +43,7 @@ def dirichlet(
   """Non-IID: images of each group spread over clients by ``Dirichlet(alpha)`` shares."""
   _check(len(indices), num_clients)
   if alpha <= 0:
-    raise ValueError(f"config.fed.alpha must be positive, found {alpha}.")
+    raise UserError(f"config.fed.alpha must be positive, found {alpha}.")
   key = jax.random.key(seed)
   parts = [[] for _ in range(num_clients)]
   for g, value in enumerate(np.unique(groups)):
@@ -65,7 +67,7 @@ def by_site(indices: np.ndarray, sites: np.ndarray, num_clients: int) -> list[np
   _check(len(indices), num_clients)
   unique = np.unique(sites)
   if len(unique) < num_clients:
-    raise ValueError(
+    raise UserError(
       f"config.fed.partition='site' with {num_clients} clients, but the training images "
       f"come from {len(unique)} site(s) {unique.tolist()}; use fewer clients, a dataset "
       "with more sites (e.g. synthetic_nerve num_sites), or partition='dirichlet'."
@@ -75,7 +77,7 @@ def by_site(indices: np.ndarray, sites: np.ndarray, num_clients: int) -> list[np
 
 def _check(size: int, num_clients: int) -> None:
   if not 1 <= num_clients <= size:
-    raise ValueError(
+    raise UserError(
       f"config.fed.num_clients={num_clients}: need 1 <= clients <= {size} (the images "
       "to partition)."
     )

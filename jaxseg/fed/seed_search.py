@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg import perturb
-from jaxseg.semi import base
+from jaxseg.errors import UserError
+from jaxseg.models.interface import probabilities
+from jaxseg.train import step as step_lib
 
 CRITERIA = ("most_similar", "least_similar", "target")
 PROBES = ("random", "real")
@@ -28,10 +30,10 @@ def predictions(ctx, params, batch_stats, seeds, probe, *, p: float, sigma: floa
   """Probabilities ``[N, X, H, W, K]`` of the ``N`` perturbed models on ``probe``."""
 
   def one(seed):
-    logits, _ = base.forward(
+    out, _ = step_lib.forward(
       ctx, perturb.rwp(params, seed, p=p, sigma=sigma), batch_stats, probe, None, train=False
     )
-    return jax.nn.sigmoid(logits) if logits.shape[-1] == 1 else jax.nn.softmax(logits)
+    return probabilities(out.logits)
 
   return jax.vmap(one)(seeds)
 
@@ -54,7 +56,7 @@ def choose(c, criterion: str, target: float = 0.9):
   elif criterion == "target":
     score = -jnp.abs(c - target)
   else:
-    raise ValueError(
+    raise UserError(
       f"config.fed.seed_search.criterion: unknown {criterion!r}; known: {', '.join(CRITERIA)}."
     )
   flat = jnp.argmax(jnp.where(upper, score, -jnp.inf))
@@ -66,7 +68,7 @@ def search(
 ):
   """``(seeds [2] uint32, info)``: the chosen pair, its similarity and the matrix."""
   if candidates < 2:
-    raise ValueError(f"config.fed.seed_search.candidates must be >= 2, found {candidates}.")
+    raise UserError(f"config.fed.seed_search.candidates must be >= 2, found {candidates}.")
   seeds = jax.random.bits(key, (candidates,), jnp.uint32)
   c = similarity(predictions(ctx, params, batch_stats, seeds, probe, p=p, sigma=sigma))
   i, j = choose(c, criterion, target)

@@ -35,8 +35,11 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxseg.errors import UserError
 from jaxseg.fed import seed_search
-from jaxseg.semi import base
+from jaxseg.semi import Method
+from jaxseg.train import state as state_lib
+from jaxseg.train.step import Context
 
 SCENARIOS = ("label_at_client", "label_at_server")
 SERVER = 2**31 - 1  # the server's index where keys are folded per participant
@@ -44,7 +47,7 @@ SERVER = 2**31 - 1  # the server's index where keys are folded per participant
 
 class ServerState(struct.PyTreeNode):
   step: jax.Array  # rounds done
-  nets: dict  # name -> base.Net (opt_state None): the global model(s)
+  nets: dict  # name -> Net (opt_state None): the global model(s)
   opt_state: Any  # the server optimizer's state over {name: params}
 
 
@@ -71,8 +74,8 @@ class ClientData(struct.PyTreeNode):
 class Federation:
   """The static parts of a simulation."""
 
-  ctx: base.Context
-  method: base.Method
+  ctx: Context
+  method: Method
   server_tx: optax.GradientTransformation
   scenario: str
   local_steps: int  # the longest client's
@@ -85,15 +88,12 @@ class Federation:
   unroll: int = 1  # local steps unrolled per scan iteration (XLA:CPU runs loops slowly)
 
 
-def init(method: base.Method, ctx: base.Context, server_tx, key) -> ServerState:
+def init(method: Method, ctx: Context, server_tx, key) -> ServerState:
   state = method.init(ctx, key)
   missing = set(state.nets) - set(method.exchanged)
   if missing:
-    raise ValueError(f"federated methods must exchange every network; not exchanged: {missing}.")
-  nets = {
-    n: base.Net(params=v.params, batch_stats=v.batch_stats, opt_state=None)
-    for n, v in state.nets.items()
-  }
+    raise UserError(f"federated methods must exchange every network; not exchanged: {missing}.")
+  nets = {n: v.replace(opt_state=None) for n, v in state.nets.items()}
   return ServerState(
     step=jnp.zeros((), jnp.int32),
     nets=nets,
@@ -101,14 +101,14 @@ def init(method: base.Method, ctx: base.Context, server_tx, key) -> ServerState:
   )
 
 
-def start(fed: Federation, nets: dict, step) -> base.SemiState:
+def start(fed: Federation, nets: dict, step) -> state_lib.State:
   """A participant's method state from the global networks (fresh optimizer state)."""
-  return base.SemiState(
-    step=jnp.asarray(step, jnp.int32),
-    nets={
+  return state_lib.start(
+    {
       n: v.replace(opt_state=fed.ctx.tx.init(v.params) if n in fed.trainable else None)
       for n, v in nets.items()
     },
+    step,
   )
 
 
@@ -297,7 +297,7 @@ def round_(
   ``fetch(arrays, x)`` makes one step's batches from its ``xs`` entry.
   ``map_clients(block, shared, rows, xs, steps, size)`` runs :func:`clients`:
   directly, or per device on its shard of the clients with the sums combined by
-  ``psum`` (:func:`jaxseg.fed.loop.compile_round`).
+  ``psum`` (:func:`jaxseg.fed.backends.vmap_round`).
   """
   shared, metrics = broadcast(fed, server, server_xs, fetch, probe, keys, arrays)
   rows = jnp.arange(data.size.shape[0])

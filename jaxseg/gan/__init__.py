@@ -5,7 +5,7 @@ Every entry is a function ``make(channels, **config.gan.kwargs) -> Spec``
 (:class:`jaxseg.gan.networks.Spec`): the generator and discriminator and how a
 training batch becomes the generator's input, the discriminator's real examples and,
 after generation, an image/mask pair. Training (:mod:`jaxseg.gan.step`, pure;
-:mod:`jaxseg.gan.loop`, I/O) and synthesis are the same for every GAN.
+:mod:`jaxseg.run.gan`, I/O) and synthesis are the same for every GAN.
 """
 
 from jaxseg import tables

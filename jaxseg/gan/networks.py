@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxseg.errors import UserError
+
 INIT = nn.initializers.normal(0.02)  # pix2pix's weight initialisation
 PAD = ((1, 1), (1, 1))
 
@@ -65,7 +67,7 @@ class Generator(nn.Module):
   def __call__(self, x, z=None, *, train: bool = False):
     size, levels = x.shape[1:3], len(self.widths)
     if size[0] % 2**levels or size[1] % 2**levels:
-      raise ValueError(
+      raise UserError(
         f"the GAN generator halves its input {levels} times (config.gan.kwargs.generator."
         f"widths has {levels} entries): image size {size} must divide by {2**levels}."
       )
@@ -110,7 +112,7 @@ class PatchDiscriminator(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     if self.norm not in ("batch", "spectral"):
-      raise ValueError(
+      raise UserError(
         f"PatchDiscriminator norm must be 'batch' or 'spectral', found {self.norm!r}."
       )
 

@@ -10,17 +10,11 @@ pass (``jax.vjp``). Each player has its own optimizer state.
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
 from jaxseg.data import augment
 from jaxseg.gan.networks import Spec
-from jaxseg.semi.base import Net
-
-
-class GanState(struct.PyTreeNode):
-  step: jax.Array
-  generator: Net
-  discriminator: Net
+from jaxseg.train import state as state_lib
+from jaxseg.train.step import apply_grads
 
 
 def _bce(logits, target: float):
@@ -32,37 +26,30 @@ def example_batch(image_shape: tuple) -> dict:
   return {"image": jnp.zeros((1, *image_shape)), "labels": jnp.zeros((1, *image_shape[:2]), int)}
 
 
-def init(spec: Spec, tx, key: jax.Array, image_shape: tuple) -> GanState:
+def init(spec: Spec, tx, key: jax.Array, image_shape: tuple) -> state_lib.State:
   """Both networks and their optimizer states (``tx`` serves both players)."""
   kg, kd = jax.random.split(key)
   batch = example_batch(image_shape)
   cond = spec.condition(batch)
   g = spec.generator.init({"params": kg, "dropout": kg}, cond, spec.noise(kg, 1))
   d = spec.discriminator.init(kd, jnp.concatenate([cond, spec.real(batch)], -1))
-  nets = [
-    Net(params=v["params"], batch_stats=v.get("batch_stats", {}), opt_state=tx.init(v["params"]))
-    for v in (g, d)
-  ]
-  return GanState(step=jnp.zeros((), jnp.int32), generator=nets[0], discriminator=nets[1])
+  return state_lib.start(
+    {"generator": state_lib.make_net(g, tx), "discriminator": state_lib.make_net(d, tx)}
+  )
 
 
-def generator_variables(state: GanState) -> dict:
-  return {"params": state.generator.params, "batch_stats": state.generator.batch_stats}
-
-
-def _update(net: Net, tx, grads, batch_stats) -> Net:
-  updates, opt_state = tx.update(grads, net.opt_state, net.params)
-  return Net(optax.apply_updates(net.params, updates), batch_stats, opt_state)
+def generator_variables(state: state_lib.State) -> dict:
+  return state_lib.variables(state.nets["generator"])
 
 
 def make_train_step(spec: Spec, tx, augmentations):
   """``train_step(state, batch, key) -> (state, metrics)``; randomness folds in the step."""
 
-  def train_step(state: GanState, batch: dict, key: jax.Array):
+  def train_step(state: state_lib.State, batch: dict, key: jax.Array):
     aug_key, dropout_key, z_key = jax.random.split(jax.random.fold_in(key, state.step), 3)
     batch = augment.apply(augmentations, aug_key, batch)
     cond, real = spec.condition(batch), spec.real(batch)
-    g, d = state.generator, state.discriminator
+    g, d = state.nets["generator"], state.nets["discriminator"]
 
     def generate(params):
       fake, updates = spec.generator.apply(
@@ -95,7 +82,7 @@ def make_train_step(spec: Spec, tx, augmentations):
     (loss_d, (d_stats, d_real, d_fake)), d_grads = jax.value_and_grad(d_loss, has_aux=True)(
       d.params
     )
-    d = _update(d, tx, d_grads, d_stats)
+    d = apply_grads(tx, d, d_grads, d_stats)
 
     def g_loss(generated):
       logits, _ = critic(d.params, d.batch_stats, generated)
@@ -104,12 +91,10 @@ def make_train_step(spec: Spec, tx, augmentations):
 
     (loss_g, (adversarial, l1)), fake_grad = jax.value_and_grad(g_loss, has_aux=True)(fake)
     (g_grads,) = pull_back(fake_grad)
-    state = GanState(state.step + 1, _update(g, tx, g_grads, g_stats), d)
-    return state, {
-      "loss": loss_g,
-      "d_loss": loss_d,
-      "g_adversarial": adversarial,
-      "l1": l1,
+    nets = {"generator": apply_grads(tx, g, g_grads, g_stats), "discriminator": d}
+    metrics = dict(loss=loss_g, d_loss=loss_d, g_adversarial=adversarial, l1=l1)
+    return state.replace(step=state.step + 1, nets=nets), {
+      **metrics,
       "d_real": d_real,
       "d_fake": d_fake,
     }

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxseg.errors import UserError
+from jaxseg.models.interface import Interface
 from jaxseg.models.layers import CBA, LeakyReLU, batch_norm, max_pool2, resize_nearest
 
 REFERENCE = dict(in_channels=1, num_classes=1, widths=(32, 64, 128, 256, 512))
@@ -84,10 +86,16 @@ class MultiResUNet(nn.Module):
   num_classes: int = 1
   in_channels: int = 1
 
+  @property
+  def interface(self) -> Interface:
+    return Interface(
+      self.in_channels, self.num_classes, takes_labels=False, stride=2 ** (len(self.widths) - 1)
+    )
+
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     if x.shape[-1] != self.in_channels:
-      raise ValueError(f"MultiResUNet expects {self.in_channels} input channels, got {x.shape}.")
+      raise UserError(f"MultiResUNet expects {self.in_channels} input channels, got {x.shape}.")
     depth = len(self.widths)
     skips = []
     for level, units in enumerate(self.widths):

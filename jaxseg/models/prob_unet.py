@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxseg.errors import UserError
+from jaxseg.models.interface import Interface
 from jaxseg.models.layers import CBA, max_pool2
 from jaxseg.models.unet import UNet
 
@@ -68,12 +70,17 @@ class ProbUNet(nn.Module):
   latent_dim: int = 6
   combination_convs: int = 3
   beta: float = 1.0
-  takes_labels = True  # the training step passes the (augmented) labels
+
+  @property
+  def interface(self) -> Interface:
+    return Interface(
+      self.in_channels, self.num_classes, takes_labels=True, stride=2 ** (len(self.widths) - 1)
+    )
 
   @nn.compact
   def __call__(self, x, labels=None, *, train: bool = False, num_samples: int = 0):
     if x.shape[-1] != self.in_channels:
-      raise ValueError(f"ProbUNet expects {self.in_channels} input channels, got {x.shape}.")
+      raise UserError(f"ProbUNet expects {self.in_channels} input channels, got {x.shape}.")
     features = UNet(
       self.widths, num_classes=self.widths[0], in_channels=self.in_channels, name="unet"
     )(x, train=train)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxseg.errors import UserError
 from jaxseg.models.layers import GlobalAvgPool, LeakyReLU, batch_norm
 from jaxseg.models.unet import UNet
 
@@ -119,7 +120,7 @@ class SCAUNet(UNet):
 
   def block(self, width: int, name: str) -> nn.Module:
     if self.attention not in ATTENTIONS:
-      raise ValueError(f"scaunet: unknown attention {self.attention!r}; known: {ATTENTIONS}.")
+      raise UserError(f"scaunet: unknown attention {self.attention!r}; known: {ATTENTIONS}.")
     return SCABlock(width, self.scale_width, self.attention, name=name)
 
 

@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxseg.errors import UserError
+from jaxseg.models.interface import Interface
 from jaxseg.models.layers import batch_norm
 
 # Mix Transformer sizes: embedding dims, blocks, heads, sequence reduction, decoder width.
@@ -110,7 +112,7 @@ class SegFormer(nn.Module):
   @property
   def spec(self) -> dict:
     if self.variant not in VARIANTS:
-      raise ValueError(f"segformer: unknown variant {self.variant!r}; known: {list(VARIANTS)}.")
+      raise UserError(f"segformer: unknown variant {self.variant!r}; known: {list(VARIANTS)}.")
     spec = dict(VARIANTS[self.variant])
     for name in ("dims", "depths", "decoder"):
       if getattr(self, name) is not None:
@@ -121,12 +123,16 @@ class SegFormer(nn.Module):
   def widths(self):
     return self.spec["dims"]
 
+  @property
+  def interface(self) -> Interface:
+    return Interface(self.in_channels, self.num_classes, takes_labels=False, stride=32)
+
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     if x.shape[-1] != self.in_channels:
-      raise ValueError(f"SegFormer expects {self.in_channels} input channels, got {x.shape}.")
+      raise UserError(f"SegFormer expects {self.in_channels} input channels, got {x.shape}.")
     if x.shape[1] % 32 or x.shape[2] % 32:
-      raise ValueError(f"SegFormer needs a height and width divisible by 32, got {x.shape}.")
+      raise UserError(f"SegFormer needs a height and width divisible by 32, got {x.shape}.")
     spec, image_size = self.spec, x.shape[1:3]
     total = sum(spec["depths"])
     rates = [self.drop_path * i / max(total - 1, 1) for i in range(total)]

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxseg.errors import UserError
+from jaxseg.models.interface import Interface
 from jaxseg.models.layers import CBA, max_pool2, resize_nearest
 
 REFERENCE = dict(in_channels=1, num_classes=1, widths=(32, 64, 128, 256, 512))
@@ -36,10 +38,16 @@ class UNet(nn.Module):
   in_channels: int = 1
   up_convs: int = 2
 
+  @property
+  def interface(self) -> Interface:
+    return Interface(
+      self.in_channels, self.num_classes, takes_labels=False, stride=2 ** (len(self.widths) - 1)
+    )
+
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     if x.shape[-1] != self.in_channels:
-      raise ValueError(f"UNet expects {self.in_channels} input channels, got shape {x.shape}.")
+      raise UserError(f"UNet expects {self.in_channels} input channels, got shape {x.shape}.")
     skips = []
     for level, width in enumerate(self.widths):
       if level:

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxseg.errors import UserError
+from jaxseg.models.interface import Interface
 from jaxseg.models.layers import UpConv2x2, center_crop, max_pool2
 
 REFERENCE = dict(in_channels=1, num_classes=2, widths=(64, 128, 256, 512, 1024))
@@ -23,7 +25,7 @@ def output_size(size: int, depth: int = 5) -> int:
   for level in range(depth - 1):
     size -= 4
     if size <= 0 or size % 2:
-      raise ValueError(
+      raise UserError(
         f"unet_paper: an input side of {size_in(size, level)} gives {size} pixels before "
         f"max-pool {level}; every max-pool needs an even size (e.g. 572 or 188 at depth 5)."
       )
@@ -32,7 +34,7 @@ def output_size(size: int, depth: int = 5) -> int:
   for _ in range(depth - 1):
     size = 2 * size - 4
   if size <= 0:
-    raise ValueError(f"unet_paper: input too small, output side would be {size}.")
+    raise UserError(f"unet_paper: input too small, output side would be {size}.")
   return size
 
 
@@ -65,10 +67,16 @@ class UNetPaper(nn.Module):
   in_channels: int = 1
   dropout_rate: float = 0.5
 
+  @property
+  def interface(self) -> Interface:
+    return Interface(
+      self.in_channels, self.num_classes, takes_labels=False, stride=2 ** (len(self.widths) - 1)
+    )
+
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     if x.shape[-1] != self.in_channels:
-      raise ValueError(f"UNetPaper expects {self.in_channels} input channels, got {x.shape}.")
+      raise UserError(f"UNetPaper expects {self.in_channels} input channels, got {x.shape}.")
     for side in x.shape[1:3]:
       output_size(side, len(self.widths))
     conv = lambda width, name: nn.Conv(  # noqa: E731

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxseg.errors import UserError
+from jaxseg.models.interface import Interface
 from jaxseg.models.layers import CBA, max_pool2, resize_nearest
 
 REFERENCE = dict(in_channels=1, num_classes=1, widths=(32, 64, 128, 256, 512))
@@ -52,16 +54,22 @@ class UNetPP(nn.Module):
   in_channels: int = 1
   mode: str = "single"
 
+  @property
+  def interface(self) -> Interface:
+    return Interface(
+      self.in_channels, self.num_classes, takes_labels=False, stride=2 ** (len(self.widths) - 1)
+    )
+
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):
     if self.mode not in MODES:
-      raise ValueError(f"unetpp: unknown mode {self.mode!r}; known: {', '.join(MODES)}.")
+      raise UserError(f"unetpp: unknown mode {self.mode!r}; known: {', '.join(MODES)}.")
     if x.shape[-1] != self.in_channels:
-      raise ValueError(f"UNetPP expects {self.in_channels} input channels, got {x.shape}.")
+      raise UserError(f"UNetPP expects {self.in_channels} input channels, got {x.shape}.")
     depth = len(self.widths)
     last = int(self.mode[1]) if self.mode.startswith("l") else depth - 1
     if last >= depth:
-      raise ValueError(f"unetpp: mode {self.mode!r} needs depth > {last}, widths give {depth}.")
+      raise UserError(f"unetpp: mode {self.mode!r} needs depth > {last}, widths give {depth}.")
 
     def block(inputs, i, j):
       width = self.widths[i]

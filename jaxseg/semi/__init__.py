@@ -1,31 +1,55 @@
 """Semi-supervised methods (FedWeP paper's baselines and RWP) and their name table.
 
-Every method module exposes one ``METHOD = Method(...)``:
+Every method module has a factory ``make(**settings) -> Method`` (optax style): the
+settings are its keyword arguments with their defaults there and nowhere else, and
+``config.method.kwargs`` is passed to it — a misspelt setting is an error. A
+:class:`Method` holds pure functions:
 
-* ``init(ctx, key) -> SemiState``: the method's networks (``state.nets``, each a
-  :class:`~jaxseg.semi.base.Net` of params, BatchNorm statistics and optimizer
-  state);
-* ``step(ctx, state, labeled, unlabeled, key) -> (state, metrics)``: one pure,
-  jit-able training step on a labeled and an unlabeled batch (vmappable over stacked
-  client states);
+* ``init(ctx, key) -> State``: the method's networks (``state.nets``, each a
+  :class:`~jaxseg.train.state.Net`);
+* ``step(ctx, state, labeled, unlabeled, key) -> (state, metrics)``: one pure, jit-able
+  training step (vmappable over stacked client states), built from
+  :mod:`jaxseg.train.step` like every other step; ``unlabeled`` may be ``None`` for
+  the supervised method;
 * ``evaluated``: the network whose predictions are scored;
-* ``exchanged``: which networks' trees a federated client sends and receives
-  (two-model methods cost 100%, one model 50%), and whether seeds travel too.
+* ``exchanged``: the networks a federated client sends and receives (two-model
+  methods cost 100%, one model 50%); ``perturb``: RWP's ``{p, sigma}`` for methods
+  whose clients also receive a seed pair (then ``step`` takes ``seeds=``).
 
-``ctx`` (:class:`~jaxseg.semi.base.Context`) holds the static parts: model, loss,
-optimizer, augmentations and the method's settings (``config.method.kwargs``).
+``ctx`` (:class:`~jaxseg.train.step.Context`) holds the static parts: model, loss,
+optimizer, augmentations, compute dtype.
 """
+
+import dataclasses
+from collections.abc import Callable, Mapping
 
 from jaxseg import tables
 
 METHODS = {
-  "supervised": "jaxseg.semi.supervised:METHOD",
-  "mean_teacher": "jaxseg.semi.mean_teacher:METHOD",
-  "cps": "jaxseg.semi.cps:METHOD",
-  "pseudoseg": "jaxseg.semi.pseudoseg:METHOD",
-  "rwp": "jaxseg.semi.rwp:METHOD",
+  "supervised": "jaxseg.semi.supervised:make",
+  "mean_teacher": "jaxseg.semi.mean_teacher:make",
+  "cps": "jaxseg.semi.cps:make",
+  "pseudoseg": "jaxseg.semi.pseudoseg:make",
+  "rwp": "jaxseg.semi.rwp:make",
 }
 
 
-def get_method(name: str):
-  return tables.resolve(METHODS, name, "method")
+@dataclasses.dataclass(frozen=True)
+class Method:
+  init: Callable
+  step: Callable
+  evaluated: str
+  exchanged: tuple[str, ...]
+  perturb: Mapping | None = None  # RWP's {p, sigma}: clients also receive a seed pair
+
+  @property
+  def sends_seeds(self) -> bool:
+    return self.perturb is not None
+
+
+def make_method(name: str, settings: Mapping | None = None) -> Method:
+  """``METHODS[name]`` made with ``settings``; an unknown setting raises, naming it."""
+  factory = tables.resolve(METHODS, name, "method")
+  settings = dict(settings or {})
+  tables.check_settings(factory, settings, f"config.method.kwargs of method {name!r}")
+  return factory(**settings)

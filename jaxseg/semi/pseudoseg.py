@@ -17,13 +17,16 @@ gray-value jitter and Gaussian noise (photometric, so the pseudo-label stays
 aligned). Simplifications against the paper: no separate Grad-CAM head (the
 attention map is computed from the network's own output, parameter-free), binary
 or per-class sigmoid-style fusion, and no distribution alignment beyond the mass
-calibration. Settings: ``temperature`` (0.5), ``weight`` (1.0), ``noise`` (0.05).
+calibration.
 """
 
 import jax
 import jax.numpy as jnp
 
-from jaxseg.semi import base
+from jaxseg.data import augment
+from jaxseg.models.interface import probabilities
+from jaxseg.semi import Method, base
+from jaxseg.train import step as step_lib
 
 POOL = 4
 
@@ -55,43 +58,38 @@ def fuse(probs, refined, temperature):
   return sharp / sharp.sum(-1, keepdims=True)
 
 
-def init(ctx, key):
-  return base.SemiState(step=jnp.zeros((), jnp.int32), nets={"model": base.init_net(ctx, key)})
+def make(temperature: float = 0.5, weight: float = 1.0, noise: float = 0.05) -> Method:
+  """``temperature``: sharpening of the fused pseudo-label; ``weight``: of its loss;
+  ``noise``: std of the Gaussian noise of the strong view."""
 
+  def step(ctx, state, labeled, unlabeled, key):
+    key = jax.random.fold_in(key, state.step)
+    k_aug, k_strong, k_noise, k_drop = jax.random.split(key, 4)
+    labeled, weak = step_lib.augmented(ctx, k_aug, labeled, unlabeled)
+    strong = augment.gray_value(
+      k_strong, {"image": weak["image"]}, brightness=0.2, contrast=0.4, gamma=0.4
+    )["image"]
+    strong = strong + noise * jax.random.normal(k_noise, strong.shape)
+    net = state.nets["model"]
+    weak_out, _ = step_lib.forward(
+      ctx, net.params, net.batch_stats, weak["image"], k_drop, train=False
+    )
+    probs = probabilities(weak_out.logits)
+    image = weak["image"][:, : probs.shape[1], : probs.shape[2]]
+    target = jax.lax.stop_gradient(fuse(probs, attention_refine(image, probs), temperature))
+    target = target[..., 0] if target.shape[-1] == 1 else target
 
-def step(ctx, state, labeled, unlabeled, key):
-  kw = {"temperature": 0.5, "weight": 1.0, "noise": 0.05, **ctx.kwargs}
-  key = jax.random.fold_in(key, state.step)
-  k_aug, k_strong, k_noise, k_drop = jax.random.split(key, 4)
-  labeled, weak = base.augmented(ctx, k_aug, labeled, unlabeled)
-  strong = base.augment.gray_value(
-    k_strong, {"image": weak["image"]}, brightness=0.2, contrast=0.4, gamma=0.4
-  )["image"]
-  strong = strong + kw["noise"] * jax.random.normal(k_noise, strong.shape)
-  net = state.nets["model"]
-  weak_logits, _ = base.forward(
-    ctx, net.params, net.batch_stats, weak["image"], k_drop, train=False
-  )
-  probs = jax.nn.sigmoid(weak_logits) if weak_logits.shape[-1] == 1 else jax.nn.softmax(weak_logits)
-  image = weak["image"][:, : probs.shape[1], : probs.shape[2]]
-  target = jax.lax.stop_gradient(fuse(probs, attention_refine(image, probs), kw["temperature"]))
-  target = target[..., 0] if target.shape[-1] == 1 else target
+    def loss_of(params):
+      sup_out, un_out, stats = step_lib.forward_pair(
+        ctx, params, net.batch_stats, labeled, strong, k_drop
+      )
+      sup = step_lib.supervised_loss(ctx, sup_out, labeled)
+      unsup = base.pseudo_label_loss(un_out.logits, target)
+      return sup + weight * unsup, (stats, sup, unsup)
 
-  def loss_of(params):
-    both = jnp.concatenate([labeled["image"], strong])
-    logits, stats = base.forward(ctx, params, net.batch_stats, both, k_drop)
-    n = labeled["image"].shape[0]
-    sup = base.supervised_loss(ctx, logits[:n], labeled)
-    unsup = base.pseudo_label_loss(logits[n:], target)
-    return sup + kw["weight"] * unsup, (stats, sup, unsup)
+    (loss, (stats, sup, unsup)), grads = step_lib.value_and_grad(ctx, loss_of, net.params)
+    net = step_lib.apply_grads(ctx.tx, net, grads, stats)
+    metrics = {"loss": loss, "sup": sup, "unsup": unsup}
+    return state.replace(step=state.step + 1, nets={"model": net}), metrics
 
-  (loss, (stats, sup, unsup)), grads = jax.value_and_grad(loss_of, has_aux=True)(net.params)
-  net = base.apply_grads(ctx, net, grads, stats)
-  return state.replace(step=state.step + 1, nets={"model": net}), {
-    "loss": loss,
-    "sup": sup,
-    "unsup": unsup,
-  }
-
-
-METHOD = base.Method(init=init, step=step, evaluated="model", exchanged=("model",))
+  return Method(init=base.init_one, step=step, evaluated="model", exchanged=("model",))

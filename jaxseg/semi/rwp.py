@@ -10,20 +10,18 @@ supervised loss on the labeled batch:
 Gradients of the cross terms reach ``W`` through the perturbation (dW~/dW = Z).
 BatchNorm statistics are updated only by the unperturbed model's pass; the
 perturbed passes normalise with their own batch statistics and discard them. The
-seed pair comes from ``state.seeds`` (set by the federated server's seed search) or,
-centralized, is drawn from the key every ``seed_period`` steps. Settings: ``p``,
-``sigma`` (the perturbation), ``weight`` (1.0), ``seed_period`` (1).
+seed pair is passed in (``seeds=``, by the federated server's seed search) or,
+centralized and at a label-at-server server, drawn from the key every
+``seed_period`` steps (1: fresh seeds every step — a choice of ours; the paper does
+not say how the server picks its own seeds).
 """
 
 import jax
 import jax.numpy as jnp
 
 from jaxseg import perturb
-from jaxseg.semi import base
-
-
-def init(ctx, key):
-  return base.SemiState(step=jnp.zeros((), jnp.int32), nets={"model": base.init_net(ctx, key)})
+from jaxseg.semi import Method, base
+from jaxseg.train import step as step_lib
 
 
 def seed_pair(key, step, period: int):
@@ -31,44 +29,46 @@ def seed_pair(key, step, period: int):
   return jax.random.bits(jax.random.fold_in(key, step // period), (2,), jnp.uint32)
 
 
-def rwp_loss(ctx, params, batch_stats, labeled, unlabeled, seeds, key, kw):
+def rwp_loss(ctx, params, batch_stats, labeled, unlabeled, seeds, key, p, sigma, weight):
   """``(loss, (new_batch_stats, sup, cross))`` of the RWP objective."""
   k0, k1, k2 = jax.random.split(key, 3)
-  logits, stats = base.forward(ctx, params, batch_stats, labeled["image"], k0)
-  sup = base.supervised_loss(ctx, logits, labeled)
-  w1 = perturb.rwp(params, seeds[0], p=kw["p"], sigma=kw["sigma"])
-  w2 = perturb.rwp(params, seeds[1], p=kw["p"], sigma=kw["sigma"])
-  logits1, _ = base.forward(ctx, w1, batch_stats, unlabeled["image"], k1)
-  logits2, _ = base.forward(ctx, w2, batch_stats, unlabeled["image"], k2)
+  out, stats = step_lib.forward(
+    ctx, params, batch_stats, labeled["image"], k0, labels=labeled["labels"]
+  )
+  sup = step_lib.supervised_loss(ctx, out, labeled)
+  w1 = perturb.rwp(params, seeds[0], p=p, sigma=sigma)
+  w2 = perturb.rwp(params, seeds[1], p=p, sigma=sigma)
+  logits1 = step_lib.forward(ctx, w1, batch_stats, unlabeled["image"], k1)[0].logits
+  logits2 = step_lib.forward(ctx, w2, batch_stats, unlabeled["image"], k2)[0].logits
   cross = base.pseudo_label_loss(logits1, base.hard_pseudo_labels(logits2)) + (
     base.pseudo_label_loss(logits2, base.hard_pseudo_labels(logits1))
   )
-  return sup + kw["weight"] * cross, (stats, sup, cross)
+  return sup + weight * cross, (stats, sup, cross)
 
 
-def settings(kwargs) -> dict:
-  return {"p": 0.5, "sigma": 0.1, "weight": 1.0, "seed_period": 1, **kwargs}
+def make(p: float = 0.5, sigma: float = 0.1, weight: float = 1.0, seed_period: int = 1) -> Method:
+  """``p``, ``sigma``: the perturbation (:func:`jaxseg.perturb.rwp`); ``weight``: of the
+  cross terms; ``seed_period``: steps that share a drawn seed pair."""
 
+  def step(ctx, state, labeled, unlabeled, key, seeds=None):
+    if seeds is None:
+      seeds = seed_pair(jax.random.fold_in(key, 7), state.step, seed_period)
+    key = jax.random.fold_in(key, state.step)
+    k_aug, k_loss = jax.random.split(key)
+    labeled, unlabeled = step_lib.augmented(ctx, k_aug, labeled, unlabeled)
+    net = state.nets["model"]
+    loss_of = lambda params: rwp_loss(  # noqa: E731
+      ctx, params, net.batch_stats, labeled, unlabeled, seeds, k_loss, p, sigma, weight
+    )
+    (loss, (stats, sup, cross)), grads = step_lib.value_and_grad(ctx, loss_of, net.params)
+    net = step_lib.apply_grads(ctx.tx, net, grads, stats)
+    metrics = {"loss": loss, "sup": sup, "unsup": cross}
+    return state.replace(step=state.step + 1, nets={"model": net}), metrics
 
-def step(ctx, state, labeled, unlabeled, key, seeds=None):
-  kw = settings(ctx.kwargs)
-  if seeds is None:
-    seeds = seed_pair(jax.random.fold_in(key, 7), state.step, kw["seed_period"])
-  key = jax.random.fold_in(key, state.step)
-  k_aug, k_loss = jax.random.split(key)
-  labeled, unlabeled = base.augmented(ctx, k_aug, labeled, unlabeled)
-  net = state.nets["model"]
-  (loss, (stats, sup, cross)), grads = jax.value_and_grad(rwp_loss, argnums=1, has_aux=True)(
-    ctx, net.params, net.batch_stats, labeled, unlabeled, seeds, k_loss, kw
+  return Method(
+    init=base.init_one,
+    step=step,
+    evaluated="model",
+    exchanged=("model",),
+    perturb={"p": p, "sigma": sigma},
   )
-  net = base.apply_grads(ctx, net, grads, stats)
-  return state.replace(step=state.step + 1, nets={"model": net}), {
-    "loss": loss,
-    "sup": sup,
-    "unsup": cross,
-  }
-
-
-METHOD = base.Method(
-  init=init, step=step, evaluated="model", exchanged=("model",), sends_seeds=True
-)

@@ -1,29 +1,29 @@
-"""Supervised baseline: the labeled batch only (the unlabeled batch is ignored)."""
+"""Supervised training: the labeled batch only (an unlabeled batch is ignored). Plain
+supervised runs (configs without ``config.method``) train with this method too."""
 
 import jax
+import optax
 
-from jaxseg.semi import base
-
-
-def init(ctx, key):
-  return base.SemiState(
-    step=jax.numpy.zeros((), jax.numpy.int32), nets={"model": base.init_net(ctx, key)}
-  )
+from jaxseg.semi import Method, base
+from jaxseg.train import step as step_lib
 
 
-def step(ctx, state, labeled, unlabeled, key):
-  del unlabeled
-  aug_key, dropout_key = jax.random.split(jax.random.fold_in(key, state.step))
-  labeled = base.augment.apply(ctx.augmentations, aug_key, labeled)
-  net = state.nets["model"]
+def make() -> Method:
+  def step(ctx, state, labeled, unlabeled, key):
+    del unlabeled
+    aug_key, dropout_key = jax.random.split(jax.random.fold_in(key, state.step))
+    (labeled,) = step_lib.augmented(ctx, aug_key, labeled)
+    net = state.nets["model"]
 
-  def loss_of(params):
-    logits, stats = base.forward(ctx, params, net.batch_stats, labeled["image"], dropout_key)
-    return base.supervised_loss(ctx, logits, labeled), stats
+    def loss_of(params):
+      out, stats = step_lib.forward(
+        ctx, params, net.batch_stats, labeled["image"], dropout_key, labels=labeled["labels"]
+      )
+      return step_lib.supervised_loss(ctx, out, labeled), stats
 
-  (loss, stats), grads = jax.value_and_grad(loss_of, has_aux=True)(net.params)
-  net = base.apply_grads(ctx, net, grads, stats)
-  return state.replace(step=state.step + 1, nets={"model": net}), {"loss": loss, "sup": loss}
+    (loss, stats), grads = step_lib.value_and_grad(ctx, loss_of, net.params)
+    net = step_lib.apply_grads(ctx.tx, net, grads, stats)
+    metrics = {"loss": loss, "sup": loss, "grad_norm": optax.tree.norm(grads)}
+    return state.replace(step=state.step + 1, nets={"model": net}), metrics
 
-
-METHOD = base.Method(init=init, step=step, evaluated="model", exchanged=("model",))
+  return Method(init=base.init_one, step=step, evaluated="model", exchanged=("model",))

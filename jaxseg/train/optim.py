@@ -3,6 +3,7 @@
 import optax
 
 from jaxseg import tables
+from jaxseg.errors import UserError
 
 OPTIMIZERS = {
   "adam": "optax:adam",
@@ -15,7 +16,7 @@ SCHEDULES = ("constant", "cosine")
 def check(optim_config) -> None:
   tables.check(OPTIMIZERS, optim_config.name, "optimizer")
   if optim_config.schedule not in SCHEDULES:
-    raise ValueError(
+    raise UserError(
       f"config.optim.schedule: unknown schedule {optim_config.schedule!r}; "
       f"known: {', '.join(SCHEDULES)}."
     )

@@ -19,6 +19,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxseg.errors import UserError
+
 AXIS = "data"
 FSDP_MIN_SIZE = 2**14  # smaller arrays stay replicated: gathering them costs more than it saves
 
@@ -28,7 +30,7 @@ def make_mesh(mesh_config) -> Mesh:
   devices = jax.devices()
   count = mesh_config.devices or len(devices)
   if not 0 < count <= len(devices):
-    raise ValueError(
+    raise UserError(
       f"config.mesh.devices={mesh_config.devices}: this run sees {len(devices)} devices."
     )
   return Mesh(np.array(devices[:count]), (AXIS,))
@@ -37,7 +39,7 @@ def make_mesh(mesh_config) -> Mesh:
 def check_batch(batch_size: int, mesh: Mesh, key: str = "config.train.batch_size") -> None:
   """The global batch must split evenly over the devices (and so over processes)."""
   if batch_size % mesh.size:
-    raise ValueError(
+    raise UserError(
       f"{key}={batch_size} does not divide by the {mesh.size} devices of the data mesh; "
       f"use a multiple of {mesh.size} or set config.mesh.devices."
     )

@@ -1,5 +1,18 @@
-"""Pure, jit-able training and evaluation steps."""
+"""The one step stack: a network's forward pass, its supervised loss, its update.
 
+Every method — supervised training, the semi-supervised methods, the federated
+clients — builds its step from these, so deep supervision (the loss on every head),
+multi-rater picking, label-taking models (``interface.takes_labels``) and mixed
+precision work the same in all of them. :class:`Context` holds a run's static parts.
+
+Mixed precision (``compute_dtype``, e.g. ``jnp.bfloat16``): the forward and backward
+pass run in it on a cast copy of the float32 parameters; parameters, optimizer state,
+BatchNorm statistics and losses stay float32. ``loss_scale``: the loss is multiplied
+by it before differentiation and the gradients divided by it after, so that small
+float16 gradients do not flush to zero (bfloat16 has float32's range: keep 1).
+"""
+
+import dataclasses
 from collections.abc import Callable, Mapping
 
 import jax
@@ -9,14 +22,66 @@ from flax import linen as nn
 
 from jaxseg import metrics
 from jaxseg.data import augment
+from jaxseg.models.interface import Outputs, decode
 from jaxseg.models.layers import center_crop
-from jaxseg.train.state import TrainState
+from jaxseg.train.state import Net, make_net
 
 
-def _targets(batch: dict, logits: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-  """Loss targets (soft labels after mixup, else labels) and weights, cropped to the
-  logits' size (valid-conv nets output less)."""
-  size = logits.shape[1:3]
+@dataclasses.dataclass(frozen=True)
+class Context:
+  model: nn.Module
+  loss_fn: Callable
+  tx: optax.GradientTransformation
+  augmentations: Mapping
+  image_shape: tuple  # [H, W, C] the networks are initialised at
+  total_steps: int  # training steps of the run (of one client over all rounds)
+  compute_dtype: jnp.dtype | None = None
+  loss_scale: float = 1.0
+
+
+def init_net(ctx: Context, key: jax.Array, trainable: bool = True) -> Net:
+  """A freshly initialised network (with optimizer state if ``trainable``)."""
+  variables = ctx.model.init(
+    {"params": key, "dropout": key}, jnp.zeros((1, *ctx.image_shape), jnp.float32)
+  )
+  return make_net(variables, ctx.tx if trainable else None)
+
+
+def forward(ctx: Context, params, batch_stats, image, key, *, train=True, labels=None):
+  """``(outputs, new_batch_stats)`` of one network on ``image`` (float32 outputs).
+
+  ``labels`` reach models that take them (in training; ``None``: they use their prior).
+  """
+  if ctx.compute_dtype is not None:
+    params, image = jax.tree.map(lambda a: a.astype(ctx.compute_dtype), (params, image))
+  extra = [labels] if ctx.model.interface.takes_labels and labels is not None else []
+  variables = {"params": params, "batch_stats": batch_stats}
+  if not train:
+    return decode(ctx.model.apply(variables, image, train=False)).astype(jnp.float32), batch_stats
+  out, updates = ctx.model.apply(
+    variables, image, *extra, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+  )
+  stats = jax.tree.map(lambda a: a.astype(jnp.float32), updates.get("batch_stats", batch_stats))
+  return decode(out).astype(jnp.float32), stats
+
+
+def forward_pair(ctx: Context, params, batch_stats, labeled: dict, image, key):
+  """``(labeled outputs, outputs on image, new_batch_stats)``: one pass over both
+  batches (BatchNorm sees them together), or two where the model takes the labels."""
+  n = labeled["image"].shape[0]
+  if ctx.model.interface.takes_labels:
+    k1, k2 = jax.random.split(key)
+    sup, stats = forward(ctx, params, batch_stats, labeled["image"], k1, labels=labeled["labels"])
+    other, stats = forward(ctx, params, stats, image, k2)
+    return sup, other, stats
+  both = jnp.concatenate([labeled["image"], image.astype(labeled["image"].dtype)])
+  out, stats = forward(ctx, params, batch_stats, both, key)
+  return out.take(slice(None, n)), out.take(slice(n, None)), stats
+
+
+def targets(batch: dict, size) -> tuple[jax.Array, jax.Array | None]:
+  """Loss targets (soft labels after mixup, else labels) and weights, cropped to
+  ``size`` (valid-conv networks output less than their input)."""
   weights = batch.get("weights")
   return (
     center_crop(batch.get("soft_labels", batch["labels"]), size),
@@ -24,82 +89,51 @@ def _targets(batch: dict, logits: jax.Array) -> tuple[jax.Array, jax.Array | Non
   )
 
 
-def split_outputs(outputs) -> tuple[jax.Array, list[jax.Array]]:
-  """``(logits to evaluate, heads to train)`` of a model's output (array or dict)."""
-  if isinstance(outputs, dict):
-    return outputs["logits"], list(outputs["heads"])
-  return outputs, [outputs]
+def supervised_loss(ctx: Context, outputs: Outputs, batch: dict):
+  """The loss averaged over every head, plus the model's regularizer.
 
-
-def make_train_step(
-  model: nn.Module,
-  loss_fn: Callable,
-  tx: optax.GradientTransformation,
-  augmentations: Mapping[str, Mapping],
-  compute_dtype=None,
-  loss_scale: float = 1.0,
-) -> Callable:
-  """Returns ``train_step(state, batch, key) -> (state, metrics)``.
-
-  ``compute_dtype`` (e.g. ``jnp.bfloat16``): the forward and backward pass run in it
-  on a cast copy of the float32 parameters; parameters, optimizer state, BatchNorm
-  statistics and the loss stay float32. ``loss_scale``: the loss is multiplied by it
-  before differentiation and the gradients divided by it after, so that small
-  float16 gradients do not flush to zero (bfloat16 has float32's range: keep 1).
-
-  ``key`` is the run's training key; the step folds in ``state.step``, so the
-  randomness of step ``n`` (augmentation, dropout) does not depend on how the run got
-  there: a resumed run repeats an uninterrupted one bit for bit.
+  A federated client without labels (label-at-server) sends its unlabeled batch with
+  ``sup_weight`` 0: same shapes for every client, no supervised signal.
   """
+  labels, weights = targets(batch, outputs.heads[0].shape[1:3])
+  loss = sum(ctx.loss_fn(head, labels, weights) for head in outputs.heads) / len(outputs.heads)
+  if outputs.regularizer is not None:
+    loss = loss + outputs.regularizer
+  return loss * batch["sup_weight"] if "sup_weight" in batch else loss
 
-  takes_labels = getattr(model, "takes_labels", False)  # e.g. prob_unet's posterior net
 
-  def train_step(state: TrainState, batch: dict, key: jax.Array):
-    aug_key, dropout_key, rater_key = jax.random.split(jax.random.fold_in(key, state.step), 3)
-    batch = augment.apply(augmentations, aug_key, augment.pick_annotator(rater_key, batch))
+def value_and_grad(ctx: Context, loss_of: Callable, params):
+  """``((loss, aux), grads)`` of ``loss_of(params) -> (loss, aux)``, loss-scaled."""
+  scaled = lambda p: (lambda loss, aux: (loss * ctx.loss_scale, (loss, aux)))(*loss_of(p))  # noqa: E731
+  (_, (loss, aux)), grads = jax.value_and_grad(scaled, has_aux=True)(params)
+  if ctx.loss_scale != 1.0:
+    grads = jax.tree.map(lambda g: g / ctx.loss_scale, grads)
+  return (loss, aux), grads
 
-    def loss_of(params):
-      image = batch["image"]
-      if compute_dtype is not None:
-        params, image = jax.tree.map(lambda a: a.astype(compute_dtype), (params, image))
-      outputs, updates = model.apply(
-        {"params": params, "batch_stats": state.batch_stats},
-        image,
-        *([batch["labels"]] if takes_labels else []),
-        train=True,
-        rngs={"dropout": dropout_key},
-        mutable=["batch_stats"],
-      )
-      _, heads = split_outputs(outputs)  # deep supervision: the loss on every head
-      labels, weights = _targets(batch, heads[0])
-      heads = [head.astype(jnp.float32) for head in heads]
-      loss = sum(loss_fn(head, labels, weights) for head in heads) / len(heads)
-      if isinstance(outputs, dict) and "regularizer" in outputs:  # prob_unet: beta * KL
-        loss = loss + outputs["regularizer"].astype(jnp.float32)
-      stats = jax.tree.map(lambda a: a.astype(jnp.float32), updates.get("batch_stats", {}))
-      return loss * loss_scale, (loss, stats)
 
-    (_, (loss, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    if loss_scale != 1.0:
-      grads = jax.tree.map(lambda g: g / loss_scale, grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    state = state.replace(
-      step=state.step + 1,
-      params=optax.apply_updates(state.params, updates),
-      batch_stats=batch_stats,
-      opt_state=opt_state,
-    )
-    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+def apply_grads(tx: optax.GradientTransformation, net: Net, grads, batch_stats) -> Net:
+  updates, opt_state = tx.update(grads, net.opt_state, net.params)
+  return net.replace(
+    params=optax.apply_updates(net.params, updates), batch_stats=batch_stats, opt_state=opt_state
+  )
 
-  return train_step
+
+def augmented(ctx: Context, key, *batches):
+  """Each batch through the config's augmentation chain (independent keys), after
+  picking one rater's mask where the batch holds several."""
+  keys = jax.random.split(key, 2 * len(batches))
+  return tuple(
+    augment.apply(ctx.augmentations, keys[2 * i], augment.pick_annotator(keys[2 * i + 1], b))
+    for i, b in enumerate(batches)
+  )
 
 
 def make_eval_step(model: nn.Module, loss_fn: Callable) -> Callable:
   """Returns ``eval_step(variables, batch) -> per-image loss, confusion counts, prediction``."""
 
   def eval_step(variables: dict, batch: dict):
-    logits, _ = split_outputs(model.apply(variables, batch["image"], train=False))
-    labels, weights = _targets(batch, logits)
+    logits = decode(model.apply(variables, batch["image"], train=False)).logits
+    labels, weights = targets(batch, logits.shape[1:3])
     per_image = jax.vmap(
       lambda lg, lb, w: loss_fn(lg[None], lb[None], None if w is None else w[None])
     )

@@ -1,15 +1,22 @@
 """Orbax checkpoints: ``DIR/<step>/`` folders keeping the latest and the best.
 
 A checkpoint holds the training state (arrays) and a JSON record with the data
-iterator's state and the loop's bookkeeping (best validation Dice, early-stopping
-counter), so a resumed run continues exactly where the saved one was. Orbax writes
-into a temporary folder and renames it when complete, so a crash or kill mid-save
-never leaves a corrupt checkpoint behind.
+iterator's state, the loop's bookkeeping (best validation Dice, early-stopping
+counter) and the state layout's ``format`` (:data:`jaxseg.train.state.FORMAT`), so a
+resumed run continues exactly where the saved one was and a checkpoint of another
+layout is refused with a clear message. Orbax writes into a temporary folder and
+renames it when complete, so a crash or kill mid-save never leaves a corrupt
+checkpoint behind.
 """
+
+import os
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
+
+from jaxseg.errors import UserError
+from jaxseg.train.state import FORMAT
 
 BEST_METRIC = "dice"
 
@@ -32,6 +39,7 @@ class Checkpoints:
       read_only=read_only,
       enable_async_checkpointing=False,
     )
+    self.directory = directory
     self.manager = ocp.CheckpointManager(directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -44,20 +52,43 @@ class Checkpoints:
     self.manager.save(
       step,
       metrics={k: float(v) for k, v in metrics.items()},
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)),
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        record=ocp.args.JsonSave({**record, "format": FORMAT}),
+      ),
     )
     self.manager.wait_until_finished()
 
   def restore(self, step: int, abstract_state):
     """``(state, record)`` of ``step``; ``abstract_state`` gives the tree structure."""
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    record = self.manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))
+    found = record["record"].get("format", 1)
+    if found != FORMAT:
+      path = os.path.join(self.directory, str(step))
+      raise UserError(
+        f"checkpoint {path} has checkpoint format {found}; this jaxseg reads format {FORMAT} "
+        "(one state of named networks, since the run-layer redesign): train it again in a new "
+        "workdir."
+      )
+    target = jax.tree.map(_target, abstract_state)
     restored = self.manager.restore(
       step,
       args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()
       ),
     )
-    return restored["state"], restored["record"]
+    record = dict(restored["record"])
+    record.pop("format")
+    return restored["state"], record
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _target(leaf) -> jax.ShapeDtypeStruct:
+  """A restore target: ``leaf``'s sharding, or (none given) this process's first device,
+  so that a checkpoint written by several processes restores in one."""
+  sharding = getattr(leaf, "sharding", None) or jax.sharding.SingleDeviceSharding(
+    jax.local_devices()[0]
+  )
+  return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)

@@ -18,6 +18,8 @@ import os
 
 import jax
 
+from jaxseg.errors import UserError
+
 DETERMINISTIC_FLAGS = "--xla_gpu_deterministic_ops=true"
 
 
@@ -39,7 +41,7 @@ def initialize_distributed() -> None:
   if "JAXSEG_NUM_PROCESSES" in env:
     missing = [k for k in ("JAXSEG_COORDINATOR", "JAXSEG_PROCESS_ID") if k not in env]
     if missing:
-      raise ValueError(f"JAXSEG_NUM_PROCESSES is set but {missing} are not.")
+      raise UserError(f"JAXSEG_NUM_PROCESSES is set but {missing} are not.")
     kwargs = dict(
       coordinator_address=env["JAXSEG_COORDINATOR"],
       num_processes=int(env["JAXSEG_NUM_PROCESSES"]),

@@ -31,10 +31,11 @@ from PIL import Image
 
 from jaxseg import gan, tables
 from jaxseg.data import augment, pipeline
+from jaxseg.errors import UserError
 from jaxseg.gan import step as gan_step
-from jaxseg.train import loop, optim, report
-from jaxseg.train import state as state_lib
-from jaxseg.train.checkpoint import Checkpoints
+from jaxseg.run import pictures, skeleton
+from jaxseg.run.checkpoint import Checkpoints
+from jaxseg.train import optim
 
 SHOWN = 4  # examples in the sample grid
 
@@ -44,7 +45,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   augment.check(config.augment)
   augment.check(config.gan.source_augment)
   optim.check(config.optim)
-  loop.check_positive(config.train, ("batch_size", "steps", "eval_every", "log_every"))
+  skeleton.check_positive(config.train, ("batch_size", "steps", "eval_every", "log_every"))
 
 
 class GanExperiment:
@@ -84,68 +85,72 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
 
   ``stop_after``: end after that many steps of this call without saving (as a kill).
   """
-  config = loop.start_run(config, workdir, check_config)
+  skeleton.start_run(config, workdir, check_config)
   exp = GanExperiment(config)
-  cfg = config.train
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), best=None)
-  loader = iter(pipeline.train_loader(exp.source, cfg.batch_size, config.seed, config.data))
-  if ckpts.latest_step() is not None:
-    state, record = ckpts.restore(ckpts.latest_step(), exp.abstract_state())
+  loader = iter(
+    pipeline.train_loader(exp.source, config.train.batch_size, config.seed, config.data)
+  )
+  state, record = skeleton.resume_or_init(
+    ckpts, exp.abstract_state(), exp.init_state, skeleton.describe_nets(config.gan.name)
+  )
+  if "loader" in record:
     loader.set_state(record["loader"].encode())
-    print(f"Resumed from {workdir}/checkpoints/{int(state.step)}.")
-  else:
-    state = exp.init_state()
-    g, d = (state_lib.count_params(n.params) for n in (state.generator, state.discriminator))
-    print(f"{config.gan.name}: generator {g:,} parameters, discriminator {d:,}.")
   shown = next(pipeline.eval_batches(exp.source, min(SHOWN, len(exp.source))))
   shown.pop("valid")
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-  logger = loop.Logger(workdir)
-  step = start = int(state.step)
-  pending, last_time = [], time.time()
-  bar = tqdm.tqdm(total=cfg.steps, initial=start, desc="gan", unit="step", mininterval=1.0)
+  logger = skeleton.Logger(workdir)
+  bar = skeleton.progress(config.train.steps, int(state.step), "gan", "step")
   try:
-    while step < cfg.steps:
-      if stop_after is not None and step - start >= stop_after:
-        return state
-      state, step_metrics = exp.train_step(state, next(loader), exp.train_key)
-      step += 1
-      pending.append(step_metrics)
-      save = step % cfg.eval_every == 0 or step == cfg.steps
-      if step % cfg.log_every == 0 or save:
-        values = loop.mean_metrics(pending, step, ckpts)
-        now = time.time()
-        values["images_per_s"] = len(pending) * cfg.batch_size / (now - last_time)
-        last_time, pending = now, []
-        logger.write(step, "train", values)
-        bar.set_postfix(g=f"{values['loss']:.3f}", d=f"{values['d_loss']:.3f}")
-        bar.update(step - bar.n)
-      if save:
-        ckpts.save(step, state, {"loader": loader.get_state().decode()}, {})
-        path = os.path.join(workdir, "samples", f"{step}.png")
-        report.save_grid(path, exp.sample_rows(state, shown))
-        bar.write(f"step {step}: checkpoint and {path}")
-        last_time = time.time()
+    return _loop(exp, state, loader, shown, ckpts, logger, bar, workdir, stop_after)
   finally:
     bar.close()
     logger.close()
     ckpts.close()
+
+
+def _loop(exp, state, loader, shown, ckpts, logger, bar, workdir, stop_after):
+  cfg = exp.config.train
+  step = start = int(state.step)
+  pending, last_time = [], time.time()
+  while step < cfg.steps:
+    if stop_after is not None and step - start >= stop_after:
+      break
+    state, step_metrics = exp.train_step(state, next(loader), exp.train_key)
+    step += 1
+    pending.append(step_metrics)
+    save = step % cfg.eval_every == 0 or step == cfg.steps
+    if step % cfg.log_every == 0 or save:
+      values = skeleton.mean_metrics(pending, step, ckpts)
+      now = time.time()
+      values["images_per_s"] = len(pending) * cfg.batch_size / (now - last_time)
+      last_time, pending = now, []
+      logger.write(step, "train", values)
+      bar.set_postfix(g=f"{values['loss']:.3f}", d=f"{values['d_loss']:.3f}")
+      bar.update(step - bar.n)
+    if save:
+      ckpts.save(step, state, {"loader": loader.get_state().decode()}, {})
+      path = os.path.join(workdir, "samples", f"{step}.png")
+      if logger.enabled:
+        pictures.save_grid(path, exp.sample_rows(state, shown))
+      bar.write(f"step {step}: checkpoint and {path}")
+      last_time = time.time()
   return state
 
 
 def synthesize(workdir: str, num: int, output: str) -> str:
   """Writes ``num`` synthetic pairs from the GAN run in ``workdir`` to ``output``."""
-  config = loop.load_config(workdir)
+  config = skeleton.load_config(workdir)
   if "gan" not in config:
-    raise ValueError(f"{workdir} is not a GAN run (its config has no `gan` section).")
+    raise UserError(f"{workdir} is not a GAN run (its config has no `gan` section).")
   if num <= 0:
-    raise ValueError(f"--num must be positive, found {num}.")
+    raise UserError(f"--num must be positive, found {num}.")
   if os.path.exists(output) and os.listdir(output):
-    raise FileExistsError(f"--output {output!r} exists and is not empty; choose a new folder.")
+    raise UserError(f"--output {output!r} exists and is not empty; choose a new folder.")
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True, best=None)
   step = ckpts.latest_step()
   if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train the GAN first.")
+    raise UserError(f"no checkpoint in {workdir}/checkpoints; train the GAN first.")
   exp = GanExperiment(config)
   state, _ = ckpts.restore(step, exp.abstract_state())
   ckpts.close()

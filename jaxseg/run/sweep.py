@@ -25,7 +25,10 @@ A config declares its sweep in ``config.sweep``:
   override value ``"<synthetic>"`` stands for that folder (e.g.
   ``data.extra_train_dir``).
 
-Cells run one after another in this process, each in ``DIR/<axis>=<label>_.../``,
+The runners come from the caller (``jaxseg.main``: ``train`` picks the runner of each
+cell's config, ``evaluate`` is ``jaxseg eval``, ``synthesize`` is ``jaxseg
+synthesize``), so this module imports none of them. Cells run one after another in
+this process, each in ``DIR/<axis>=<label>_.../``,
 trained and evaluated exactly as ``jaxseg train`` / ``jaxseg eval`` would. A cell
 whose ``test_metrics.json`` exists is not rerun, so an interrupted sweep resumes.
 Compiled executables are shared across cells through JAX's persistent compilation
@@ -34,18 +37,50 @@ training step). The table goes to ``DIR/results.md`` and ``DIR/results.json``.
 """
 
 import copy
+import dataclasses
 import itertools
 import json
 import os
+from collections.abc import Callable
 
 import jax
 import ml_collections
 import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 
-from jaxseg.train import loop
+from jaxseg import tables
+from jaxseg.errors import UserError
+from jaxseg.run import skeleton
 
 SYNTHETIC = "<synthetic>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """``config.sweep`` with the defaults of its optional keys (see the module doc)."""
+
+  axes: tuple
+  average: str
+  metrics: tuple
+  headers: tuple | None = None
+  cost: tuple | None = None
+  exclude: tuple = ()
+  pivot: tuple | None = None
+  sections: str | tuple | None = None
+  synthesis: object = None
+
+
+def settings(config_sweep) -> Sweep:
+  values = {k: config_sweep[k] for k in config_sweep.keys()}
+  tables.check_settings(Sweep, values, "config.sweep")
+  return Sweep(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Runners:
+  train: Callable  # (config, workdir) -> state
+  evaluate: Callable  # (workdir) -> test metrics
+  synthesize: Callable  # (gan_workdir, num, output) -> output
 
 
 def axis(name: str, variants: dict) -> tuple:
@@ -61,19 +96,19 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
     node = config
     for part in path:
       if part not in node:
-        raise ValueError(f"sweep override {key!r}: no config key {part!r}.")
+        raise UserError(f"sweep override {key!r}: no config key {part!r}.")
       node = node[part]
     if last not in node:
-      raise ValueError(f"sweep override {key!r}: no config key {last!r}.")
+      raise UserError(f"sweep override {key!r}: no config key {last!r}.")
     with node.unlocked():
       node[last] = ml_collections.ConfigDict(dict(value)) if isinstance(value, dict) else value
   return config
 
 
-def cells(sweep: ml_collections.ConfigDict):
+def cells(sweep: Sweep):
   """Every combination of the axes' labels (less ``exclude``), with the merged overrides."""
   names = [name for name, _ in sweep.axes]
-  exclude = [dict(e) for e in sweep.get("exclude", ())]
+  exclude = [dict(e) for e in sweep.exclude]
   for combo in itertools.product(*[variants for _, variants in sweep.axes]):
     labels = dict(zip(names, [label for label, _ in combo], strict=True))
     if any(all(labels[k] == v for k, v in e.items()) for e in exclude):
@@ -82,22 +117,22 @@ def cells(sweep: ml_collections.ConfigDict):
     yield labels, overrides
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+def run(config: ml_collections.ConfigDict, workdir: str, runners: Runners) -> list[dict]:
   """Runs (or resumes) every cell of ``config.sweep`` and writes the results table."""
   if "sweep" not in config:
-    raise ValueError("config has no `sweep` section; use `jaxseg train` for a single run.")
-  sweep = config.sweep
+    raise UserError("config has no `sweep` section; use `jaxseg train` for a single run.")
+  sweep = settings(config.sweep)
   names = [name for name, _ in sweep.axes]
   if sweep.average not in names:
-    raise ValueError(f"config.sweep.average={sweep.average!r} is not an axis; axes: {names}.")
-  loop.prepare_workdir(workdir)
+    raise UserError(f"config.sweep.average={sweep.average!r} is not an axis; axes: {names}.")
+  skeleton.prepare_workdir(workdir)
   jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   compilation_cache.reset_cache()  # a cache this process opened before moves here
   base = copy.deepcopy(config)
   with base.unlocked():
     del base["sweep"]
-  synthetic = synthesize(base, sweep.synthesis, workdir) if "synthesis" in sweep else None
+  synthetic = synthesize(base, sweep.synthesis, workdir, runners) if sweep.synthesis else None
   results = []
   todo = list(cells(sweep))
   for i, (labels, overrides) in enumerate(todo):
@@ -107,8 +142,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     path = os.path.join(cell_dir, "test_metrics.json")
     if not os.path.exists(path):
       print(f"\n[{i + 1}/{len(todo)}] {labels}", flush=True)
-      loop.train(apply_overrides(base, overrides), cell_dir)
-      loop.evaluate(cell_dir)
+      runners.train(apply_overrides(base, overrides), cell_dir)
+      runners.evaluate(cell_dir)
     with open(path) as f:
       results.append({"labels": labels, "metrics": json.load(f)})
     measured = os.path.join(cell_dir, "communication.json")
@@ -116,8 +151,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       with open(measured) as f:
         results[-1]["cost"] = json.load(f)["text"]
   rows = aggregate(results, names, sweep.average, list(sweep.metrics))
-  headers = dict(zip(sweep.metrics, sweep.get("headers", sweep.metrics), strict=True))
-  if "cost" in sweep:
+  headers = dict(zip(sweep.metrics, sweep.headers or sweep.metrics, strict=True))
+  if sweep.cost:
     cost = dict(sweep.cost)
     for row in rows:
       row["cost"] = cost.get(row[names[0]], "")
@@ -125,11 +160,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     json.dump(rows, f, indent=2)
   keep = [n for n in names if n != sweep.average]
   has_cost = any("cost" in row for row in rows)
-  if "pivot" in sweep:
+  if sweep.pivot:
     order = {name: [label for label, _ in variants] for name, variants in sweep.axes}
-    table = pivoted(rows, keep, list(sweep.pivot), sweep.get("sections"), sweep.metrics[0], order)
+    table = pivoted(rows, keep, list(sweep.pivot), sweep.sections, sweep.metrics[0], order)
   else:
-    sections = sweep.get("sections")
+    sections = sweep.sections
     sections = [sections] if isinstance(sections, str) else list(sections or ())
     table = sectioned(
       rows,
@@ -143,11 +178,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   return rows
 
 
-def synthesize(base: ml_collections.ConfigDict, synthesis, workdir: str) -> str:
+def synthesize(base: ml_collections.ConfigDict, synthesis, workdir: str, runners: Runners) -> str:
   """Trains ``synthesis.gan`` on ``base``'s data and synthesizes ``synthesis.num`` pairs,
   once (a finished synthesis is kept); returns the pairs' folder."""
-  from jaxseg.gan import loop as gan_loop  # noqa: PLC0415
-
   output = os.path.join(workdir, "synthetic")
   if not os.path.exists(os.path.join(output, "synthesis.json")):
     gan = copy.deepcopy(synthesis.gan)
@@ -155,8 +188,8 @@ def synthesize(base: ml_collections.ConfigDict, synthesis, workdir: str) -> str:
       gan.data = copy.deepcopy(base.data)  # the GAN sees the cells' training split
       gan.data.extra_train_dir = ""
     print(f"\n[GAN] {gan.gan.name} on the training split, then {synthesis.num} pairs", flush=True)
-    loop.train(gan, os.path.join(workdir, "gan"))
-    gan_loop.synthesize(os.path.join(workdir, "gan"), synthesis.num, output)
+    runners.train(gan, os.path.join(workdir, "gan"))
+    runners.synthesize(os.path.join(workdir, "gan"), synthesis.num, output)
   return os.path.abspath(output)
 
 

@@ -1,0 +1,75 @@
+"""Every check of a federated config's ``config.fed.*`` keys, in one place, before
+any data is prepared (the partition's own checks need the data: :mod:`partition`,
+:mod:`layout`)."""
+
+from jaxseg import semi
+from jaxseg.errors import UserError
+from jaxseg.fed import seed_search, simulate
+
+PLACEMENTS = ("auto", "device", "stream")
+CLIENT_MAPS = ("auto", "vmap", "loop")
+
+
+def _choice(key: str, value: str, known) -> None:
+  if value not in known:
+    raise UserError(f"config.fed.{key}: unknown {value!r}; known: {', '.join(known)}.")
+
+
+def check(config, devices: int) -> None:
+  """Raises a :class:`UserError` naming the first ``config.fed`` key that is wrong
+  (``devices``: how many the client mesh would span)."""
+  fc = config.fed
+  if "method" not in config:
+    raise UserError("a federated config needs config.method (e.g. 'supervised' for FedAvg).")
+  if fc.rounds <= 0:
+    raise UserError(f"config.fed.rounds must be positive, found {fc.rounds}.")
+  if config.optim.schedule != "constant" or config.optim.warmup_steps:
+    raise UserError(
+      "a federated client's optimizer restarts every round: config.optim.schedule must be "
+      f"'constant' and config.optim.warmup_steps 0, found {config.optim.schedule!r} and "
+      f"{config.optim.warmup_steps}."
+    )
+  if config.data.jpeg.qualities:
+    raise UserError(
+      "config.data.jpeg (host-side JPEG weathering) is not supported in federated runs, "
+      "whose batches are drawn inside the compiled round; set config.data.jpeg.qualities=()."
+    )
+  _choice("scenario", fc.scenario, simulate.SCENARIOS)
+  _choice("placement", fc.placement, PLACEMENTS)
+  _choice("client_map", fc.client_map, CLIENT_MAPS)
+  if fc.scenario == "label_at_server" and config.method.name == "supervised":
+    raise UserError(
+      "method 'supervised' with scenario 'label_at_server' gives the clients nothing to "
+      "train on; use label_at_client (FedAvg) or a semi-supervised method."
+    )
+  _check_data_devices(config, devices)
+  if semi.make_method(config.method.name, config.method.kwargs).sends_seeds:
+    _check_search(fc.seed_search, fc.scenario)
+
+
+def _check_data_devices(config, devices: int) -> None:
+  fc, data = config.fed, config.fed.data_devices
+  if data < 1 or devices % data:
+    raise UserError(
+      f"config.fed.data_devices={data} must divide the {devices} devices of the client mesh."
+    )
+  if data > 1 and fc.client_map == "loop":
+    raise UserError("config.fed.data_devices > 1 needs config.fed.client_map 'vmap' or 'auto'.")
+  for key, batch in (
+    ("config.train.batch_size", config.train.batch_size),
+    ("config.method.unlabeled_batch_size", config.method.unlabeled_batch_size),
+  ):
+    if batch % data:
+      raise UserError(f"{key}={batch} does not divide by config.fed.data_devices={data}.")
+
+
+def _check_search(search, scenario: str) -> None:
+  _choice("seed_search.probe", search.probe, seed_search.PROBES)
+  _choice("seed_search.criterion", search.criterion, seed_search.CRITERIA)
+  if search.candidates < 2:
+    raise UserError(f"config.fed.seed_search.candidates must be >= 2, found {search.candidates}.")
+  if search.probe == "real" and scenario != "label_at_server":
+    raise UserError(
+      "config.fed.seed_search.probe='real' (FedWeP-Real) needs the server's images: use "
+      "scenario 'label_at_server', or probe 'random'."
+    )

@@ -1,0 +1,111 @@
+"""``jaxseg eval``: scores a run's best checkpoint on a split, prints and saves a table
+(``<split>_metrics.json``; with ``config.eval.samples`` also the generalized energy
+distance and ``<split>_samples.png``)."""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseg import metrics
+from jaxseg.data import pipeline
+from jaxseg.models.interface import decode
+from jaxseg.run import evaluation, pictures
+from jaxseg.run.experiment import Experiment
+
+
+def run(workdir: str, split: str = "test") -> dict:
+  """Scores the best checkpoint of ``workdir`` on ``split``; prints and saves a table."""
+  exp, variables, step = evaluation.restore(workdir, (split,))
+  config = exp.config
+  per_image, _ = evaluation.evaluate_split(exp, variables, split)
+  table = metrics_table(per_image, exp.image_shape, config.eval.topology)
+  if config.eval.samples:
+    ged, diversity, shown = sampled_scores(exp, variables, split, config.eval.samples)
+    for name, values in (("ged", ged), ("sample_diversity", diversity)):
+      table[name] = {"mean": float(values.mean()), "std": float(values.std()), "pooled": None}
+    pictures.save_samples(os.path.join(workdir, f"{split}_samples.png"), **shown)
+  result = {"step": step, "split": split, "images": len(per_image["loss"]), **table}
+  with open(os.path.join(workdir, f"{split}_metrics.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"\n{split} split, {result['images']} images, best checkpoint (step {step}):\n")
+  print(format_table(table))
+  return result
+
+
+def sampled_scores(exp: Experiment, variables, split: str, m: int, shown: int = 4):
+  """Per-image generalized energy distance (``d = 1 - IoU``) of ``m`` samples against
+  every rater's mask, the samples' diversity, and the first ``shown`` examples.
+
+  A ``prob_unet`` draws its ``m`` samples from the prior (keys from the config's
+  seed); any other model's single prediction stands for all ``m`` (its diversity 0).
+  """
+  model, cfg = exp.model, exp.config
+
+  @jax.jit
+  def sample(variables, image, key):
+    if model.interface.takes_labels:  # a generative model: samples of its prior
+      out = decode(model.apply(variables, image, num_samples=m, rngs={"sample": key}))
+      return metrics.hard_labels(out.samples)
+    logits = decode(model.apply(variables, image)).logits
+    return jnp.broadcast_to(metrics.hard_labels(logits), (m, *logits.shape[:3]))
+
+  key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
+  ged, diversity, pictures = [], [], {"images": [], "raters": [], "samples": []}
+  batches = pipeline.eval_batches(exp.sources[split], cfg.eval.batch_size, cfg.data, True)
+  for i, batch in enumerate(batches):
+    drawn = np.asarray(sample(variables, batch["image"], jax.random.fold_in(key, i)))
+    for j in np.flatnonzero(batch["valid"]):
+      ged.append(float(metrics.ged(drawn[:, j], batch["annotators"][j])))
+      diversity.append(float(metrics.diversity(drawn[:, j])))
+      if len(pictures["images"]) < shown:
+        pictures["images"].append(batch["image"][j])
+        pictures["raters"].append(batch["annotators"][j])
+        pictures["samples"].append(drawn[:, j])
+  return np.array(ged), np.array(diversity), pictures
+
+
+def metrics_table(per_image: dict, image_shape, topology: bool = False) -> dict:
+  """``{metric: {mean, std, pooled}}`` incl. HD and HD95 in pixels, and with
+  ``topology`` the ISBI 2012 Rand and warping errors.
+
+  A Hausdorff distance is infinite when exactly one of prediction and truth is empty;
+  for the mean it is replaced by the image diagonal (the largest possible distance),
+  and the number of such images is reported as ``hd_missed``.
+  """
+  per = {k: np.asarray(v) for k, v in metrics.scores(per_image).items()}
+  pooled = {k: float(v) for k, v in metrics.pooled(per_image).items()}
+  diag = math.hypot(*image_shape[:2])
+  pairs = list(zip(per_image["pred"], per_image["labels"], strict=True))
+  hd = np.array([metrics.hausdorff(p, g) for p, g in pairs])
+  hd95 = np.array([metrics.hausdorff(p, g, percentile=95) for p, g in pairs])
+  table = {
+    k: {"mean": float(v.mean()), "std": float(v.std()), "pooled": pooled[k]} for k, v in per.items()
+  }
+  if topology:
+    for name, fn in (("rand_error", metrics.rand_error), ("warping_error", metrics.warping_error)):
+      values = np.array([fn(p, g) for p, g in pairs])
+      table[name] = {"mean": float(values.mean()), "std": float(values.std()), "pooled": None}
+  for name, values in (("hd", hd), ("hd95", hd95)):
+    finite = np.where(np.isfinite(values), values, diag)
+    table[name] = {"mean": float(finite.mean()), "std": float(finite.std()), "pooled": None}
+  table["hd_missed"] = int(np.sum(~np.isfinite(hd)))
+  table["loss"] = {
+    "mean": float(np.mean(per_image["loss"])),
+    "std": float(np.std(per_image["loss"])),
+    "pooled": None,
+  }
+  return table
+
+
+def format_table(table: dict) -> str:
+  lines = ["| metric | mean ± std (per image) | pooled |", "|---|---|---|"]
+  for name, row in table.items():
+    if isinstance(row, dict):
+      pooled = "" if row["pooled"] is None else f"{row['pooled']:.4f}"
+      lines.append(f"| {name} | {row['mean']:.4f} ± {row['std']:.4f} | {pooled} |")
+  lines.append(f"| images with HD = inf (one mask empty) | {table['hd_missed']} | |")
+  return "\n".join(lines)

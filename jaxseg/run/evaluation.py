@@ -1,0 +1,128 @@
+"""Scoring a split, validating during training, and restoring a finished run.
+
+``evaluate_split`` runs the evaluated network over a split (in fixed-size padded
+batches, or image by image through :func:`jaxseg.infer.predict` with
+``config.eval.tiled``); ``restore(workdir)`` is the one way ``eval``, ``predict`` and
+``sweep`` get a run's best checkpoint back.
+"""
+
+import functools
+import os
+
+import jax
+import numpy as np
+
+from jaxseg import infer, metrics
+from jaxseg.data import pipeline
+from jaxseg.errors import UserError
+from jaxseg.run import pictures, skeleton
+from jaxseg.run.checkpoint import Checkpoints
+from jaxseg.run.experiment import Experiment
+
+SHOWN = ("image", "labels", "pred")
+
+
+def evaluate_split(exp: Experiment, variables, split: str, keep: int = 0) -> tuple[dict, dict]:
+  """Per-image arrays (loss, counts, prediction) over ``split`` and the first ``keep``
+  examples (image, labels, prediction) for pictures."""
+  if exp.config.eval.tiled:
+    return _evaluate_tiled(exp, variables, split, keep)
+  outputs, shown = [], {name: [] for name in SHOWN}
+  for batch in pipeline.eval_batches(
+    exp.sources[split], exp.config.eval.batch_size, exp.config.data
+  ):
+    valid = batch.pop("valid")
+    out = {k: v[valid] for k, v in jax.device_get(exp.eval_step(variables, batch)).items()}
+    outputs.append(out)
+    for name, value in zip(SHOWN, (batch["image"][valid], out["labels"], out["pred"]), strict=True):
+      shown[name].extend(value[: keep - len(shown[name])])
+  return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}, shown
+
+
+def _evaluate_tiled(exp: Experiment, variables, split: str, keep: int) -> tuple[dict, dict]:
+  """Image by image through :func:`jaxseg.infer.predict` (any size, any network)."""
+  predict_fn = functools.partial(exp.tile_fn, variables)
+  rows, shown = [], {name: [] for name in SHOWN}
+  for batch in pipeline.eval_batches(exp.sources[split], 1, exp.config.data):
+    image, labels = batch["image"][0], batch["labels"][0]
+    prob = predict(exp.config.infer, predict_fn, exp.model.interface, image)
+    pred = infer.labels_of(prob).astype(np.int32)
+    loss = exp.loss_fn(infer.logits_of(prob)[None], labels[None], batch.get("weights"))
+    counts = {k: int(v) for k, v in metrics.confusion(pred, labels).items()}
+    rows.append({"loss": float(loss), "pred": pred, "labels": labels, **counts})
+    if len(shown["image"]) < keep:
+      for name, value in zip(SHOWN, (image, labels, pred), strict=True):
+        shown[name].append(value)
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}, shown
+
+
+def predict(infer_config, predict_fn, interface, image: np.ndarray) -> np.ndarray:
+  """Probabilities ``[H, W, K]`` of one image by ``config.infer``'s tiling: overlap-tile
+  for valid-conv networks, sliding windows otherwise."""
+  valid = infer.margin_of(predict_fn, infer_config.tile, interface.in_channels) > 0
+  return infer.predict(
+    predict_fn,
+    image,
+    tile=infer_config.tile,
+    valid=valid,
+    overlap=infer_config.overlap,
+    tile_batch=infer_config.tile_batch,
+    tta=tuple(infer_config.tta),
+    align=interface.stride,
+  )
+
+
+def summarize(per_image: dict) -> dict:
+  """Pooled overlap scores, mean per-image Dice and the mean loss."""
+  pooled = {k: float(v) for k, v in metrics.pooled(per_image).items()}
+  per_dice = metrics.scores(per_image)["dice"]
+  return {
+    "loss": float(np.mean(per_image["loss"])),
+    **pooled,
+    "dice_per_image": float(np.mean(per_dice)),
+  }
+
+
+def validate_and_save(exp, state, step, record, extra, ckpts, logger, workdir, write) -> bool:
+  """Scores the validation split, checkpoints (with ``record`` and ``extra``), draws
+  the pictures; updates ``record`` and returns whether early stopping says stop."""
+  per_image, shown = evaluate_split(exp, exp.variables(state), "validation", keep=8)
+  val = summarize(per_image)
+  logger.write(step, "validation", val)
+  if val["dice"] > record["best_dice"]:
+    record.update(best_dice=val["dice"], evals_since_best=0)
+  else:
+    record["evals_since_best"] += 1
+  ckpts.save(step, state, {**record, **extra}, val)
+  patience = exp.config.train.early_stopping_patience
+  stop = bool(patience) and record["evals_since_best"] >= patience
+  if logger.enabled:  # every process decides the same; process 0 draws and reports
+    path = os.path.join(workdir, "validation_overlays.png")
+    pictures.save_overlays(path, shown["image"], shown["labels"], shown["pred"])
+    pictures.save_learning_curves(logger.path, os.path.join(workdir, "learning_curves.png"))
+    write(
+      f"step {step}: validation loss {val['loss']:.4f} Dice {val['dice']:.4f} "
+      f"(best {record['best_dice']:.4f})"
+    )
+    if stop:
+      write(f"Early stopping: no better validation Dice in {patience} validations.")
+  return stop
+
+
+def restore(workdir: str, splits=("test",)):
+  """``(experiment, evaluated variables, step)`` of the best checkpoint of ``workdir``
+  (a segmentation run, centralized or federated), with ``splits`` of its data."""
+  config = skeleton.load_config(workdir)
+  if "gan" in config:
+    raise UserError(
+      f"{workdir} is a GAN run: it has no segmentation to score; "
+      f"`jaxseg synthesize --workdir {workdir} --num N --output DIR` makes pairs from it."
+    )
+  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
+  step = ckpts.best_step()
+  if step is None:
+    raise UserError(f"no checkpoint in {workdir}/checkpoints; train first.")
+  exp = Experiment(config, splits)
+  state, _ = ckpts.restore(step, exp.abstract_state())
+  ckpts.close()
+  return exp, exp.variables(state), step

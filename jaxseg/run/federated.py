@@ -1,0 +1,186 @@
+"""``jaxseg train`` on a config with ``config.fed``: the federated simulation.
+
+What a run writes besides the usual files (:mod:`jaxseg.run.train`): ``clients.md``
+(per-client sizes, labeled counts and foreground fractions of the partition) and
+``communication.json`` (bytes per client per round). ``metrics.jsonl`` has one
+``train`` line per round (losses; for FedWeP the chosen seeds and their similarity).
+Checkpoints hold the server state (global networks, server optimizer, round); the
+clients' data and batches are pure functions of the config and the round, so a
+resumed run continues exactly. Only process 0 writes files.
+"""
+
+import dataclasses
+import math
+import os
+import time
+
+import jax
+import numpy as np
+
+from jaxseg.data import pipeline
+from jaxseg.fed import backends, checks, cost, layout, partition, simulate
+from jaxseg.run import evaluation, skeleton
+from jaxseg.run.checkpoint import Checkpoints
+from jaxseg.run.experiment import Experiment, check_config
+from jaxseg.train import optim
+
+
+def load_arrays(source, data_config) -> tuple[dict, np.ndarray]:
+  """The training split as model inputs ``{image, labels[, weights]}`` and sites."""
+  to_inputs = pipeline.ToModelInputs(pipeline.weight_config(data_config))
+  records = [source[i] for i in range(len(source))]
+  items = [to_inputs.map(r) for r in records]
+  arrays = {k: np.stack([item[k] for item in items]) for k in items[0]}
+  return arrays, np.array([int(r["site"]) for r in records])
+
+
+def devices_of(fc) -> list:
+  return jax.devices() if fc.shard_clients else jax.devices()[:1]
+
+
+def check(config) -> None:
+  check_config(config)
+  checks.check(config, len(devices_of(config.fed)))
+  skeleton.check_positive(config.train, ("batch_size", "eval_every", "log_every"))
+
+
+def unroll_of(setting: int, steps: int) -> int:
+  """``config.fed.unroll``, or with 0 the default: on CPU every local step is unrolled
+  (XLA:CPU runs convolutions inside a loop about 9x slower than outside one; measured
+  for the U-Net step, see the README), elsewhere none (faster compiles)."""
+  if setting:
+    return setting
+  return max(steps, 1) if jax.default_backend() == "cpu" else 1
+
+
+def federation(exp: Experiment, local_steps: int) -> simulate.Federation:
+  """The static parts of the simulation (``local_steps``: the longest client's)."""
+  cfg, fc = exp.config, exp.config.fed
+  abstract = jax.eval_shape(lambda: exp.method.init(exp.ctx, jax.random.key(0)))
+  search = dict(fc.seed_search) if exp.method.sends_seeds else None
+  return simulate.Federation(
+    ctx=exp.ctx,
+    method=exp.method,
+    server_tx=optim.make(fc.server_optim, fc.rounds),
+    scenario=fc.scenario,
+    local_steps=local_steps,
+    server_steps=fc.server_steps,
+    batch_size=cfg.train.batch_size,
+    unlabeled_batch_size=cfg.method.unlabeled_batch_size,
+    trainable=tuple(n for n, v in abstract.nets.items() if v.opt_state is not None),
+    search=search,
+    perturb=dict(exp.method.perturb) if exp.method.sends_seeds else None,
+    unroll=unroll_of(fc.unroll, max(local_steps, fc.server_steps)),
+  )
+
+
+@dataclasses.dataclass
+class Simulation:
+  """A compiled federation over the training split: ``run_round(state)``."""
+
+  fed: simulate.Federation
+  layout: layout.Layout
+  table: str
+  communication: dict
+  placement: str
+  run_round: object
+  place_state: object
+
+
+def client_layout(exp: Experiment, arrays, sites, groups: int):
+  """``(where, data, longest, foreground)``: who holds what, as padded index tables."""
+  cfg, fc = exp.config, exp.config.fed
+  foreground = (arrays["labels"] > 0).mean(axis=(1, 2))
+  where = layout.assign(fc, cfg.method.labeled_fraction, foreground, sites, cfg.seed)
+  rows = math.ceil(fc.num_clients / groups) * groups
+  data, longest = layout.client_data(
+    where,
+    rows,
+    fc.local_steps,
+    fc.local_epochs,
+    cfg.train.batch_size,
+    cfg.method.unlabeled_batch_size,
+  )
+  return where, data, longest, foreground
+
+
+def simulation(exp: Experiment) -> Simulation:
+  cfg, fc = exp.config, exp.config.fed
+  arrays, sites = load_arrays(exp.sources["train"], cfg.data)
+  devices = devices_of(fc)
+  where, data, longest, foreground = client_layout(
+    exp, arrays, sites, len(devices) // fc.data_devices
+  )
+  probe = np.zeros((1,), np.float32)
+  if exp.method.sends_seeds and fc.seed_search.probe == "real":
+    probe = arrays["image"][np.resize(where.server, fc.seed_search.probe_size)]
+  fed = federation(exp, longest)
+  placement = fc.placement
+  if placement == "auto":
+    nbytes = sum(v.nbytes for v in arrays.values())
+    placement = "device" if nbytes <= fc.device_budget_mib * 2**20 else "stream"
+  client_map = fc.client_map
+  if client_map == "auto":  # measured: see `jaxseg bench --clients` in the README
+    client_map = "loop" if jax.default_backend() == "cpu" and fc.data_devices == 1 else "vmap"
+  run_round, place_state = backends.compile_round(
+    fed, data, arrays, probe, exp.train_key, placement, devices, client_map, fc.data_devices
+  )
+  server = (
+    f"\nserver: {len(where.server)} labeled images" if fc.scenario == "label_at_server" else ""
+  )
+  table = partition.table(where.clients, foreground, where.labeled) + server
+  comm = cost.communication(exp.method, exp.abstract_state().nets)
+  return Simulation(fed, where, table, comm, f"{placement}, {client_map}", run_round, place_state)
+
+
+def train(config, workdir: str, *, stop_after: int | None = None):
+  """Federated training of ``config`` in ``workdir`` (resumes from its latest checkpoint);
+  ``stop_after`` ends after that many rounds without saving, as a kill would."""
+  skeleton.start_run(config, workdir, check)
+  exp = Experiment(config)
+  sim = simulation(exp)
+  fc, comm = config.fed, sim.communication
+  skeleton.write_text(workdir, "clients.md", sim.table + "\n")
+  skeleton.write_json(workdir, "communication.json", comm)
+  skeleton.say(
+    f"{fc.num_clients} clients ({fc.partition}, {fc.scenario}), data {sim.placement}:\n"
+    f"{sim.table}\n"
+    f"communication per client per round: {comm['down_bytes']:,} B down, "
+    f"{comm['up_bytes']:,} B up ({comm['text']} of a two-model method)"
+  )
+  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
+  state, record = skeleton.resume_or_init(
+    ckpts, exp.abstract_state(), jax.jit(exp.init), skeleton.describe_nets(config.model.name)
+  )
+  record = {"best_dice": -1.0, "evals_since_best": 0, **record}
+  state = sim.place_state(state)
+  logger = skeleton.Logger(workdir)
+  bar = skeleton.progress(fc.rounds, int(state.step), "rounds", "round")
+  try:
+    return _rounds(exp, sim, state, record, ckpts, logger, bar, workdir, stop_after)
+  finally:
+    bar.close()
+    logger.close()
+    ckpts.close()
+
+
+def _rounds(exp, sim, state, record, ckpts, logger, bar, workdir, stop_after):
+  start, rounds = int(state.step), exp.config.fed.rounds
+  for r in range(start + 1, rounds + 1):
+    if stop_after is not None and r - 1 - start >= stop_after:
+      break
+    began = time.time()
+    state, metrics = sim.run_round(state)
+    values = skeleton.mean_metrics([metrics], r, ckpts)
+    for name in ("seed_a", "seed_b"):
+      if name in values:
+        values[name] = int(values[name])
+    values["rounds_per_s"] = 1.0 / (time.time() - began)
+    logger.write(r, "train", values)
+    bar.set_postfix(loss=f"{values['loss']:.4f}")
+    bar.update(r - bar.n)
+    if r % exp.config.train.eval_every == 0 or r == rounds:
+      args = (exp, state, r, record, {}, ckpts, logger, workdir, bar.write)
+      if evaluation.validate_and_save(*args):
+        break
+  return state

@@ -1,0 +1,146 @@
+"""The run skeleton every runner shares: the workdir, its ``config.json``, resume or
+init, the logger and progress bar, and the multi-host rules (every process computes,
+process 0 alone writes files and prints)."""
+
+import json
+import os
+import socket
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from tensorboardX import SummaryWriter
+
+from jaxseg.errors import UserError
+from jaxseg.run.checkpoint import Checkpoints
+from jaxseg.train import sharding
+from jaxseg.train.state import count_params
+
+
+def primary() -> bool:
+  """Whether this process writes files and prints (process 0 of a multi-host run)."""
+  return jax.process_index() == 0
+
+
+def prepare_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    # One probe per process: processes of a multi-host run share the workdir.
+    probe = os.path.join(workdir, f".write_test.{socket.gethostname()}.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"workdir {workdir!r} is not writable: {e.strerror or e}.") from e
+
+
+def check_positive(train_config, keys) -> None:
+  for key in keys:
+    if train_config[key] <= 0:
+      raise UserError(f"config.train.{key} must be positive, found {train_config[key]}.")
+
+
+def start_run(config, workdir: str, check: Callable) -> None:
+  """Prepares ``workdir``, checks ``config`` with ``check`` and (process 0) writes it."""
+  prepare_workdir(workdir)
+  check(config)
+  write_json(workdir, "config.json", config)
+
+
+def write_json(workdir: str, name: str, value) -> None:
+  """``value`` (a ConfigDict or JSON-able) as ``workdir/name``, from process 0 only."""
+  if not primary():
+    return
+  with open(os.path.join(workdir, name), "w") as f:
+    if isinstance(value, ml_collections.ConfigDict):
+      f.write(value.to_json_best_effort(indent=2))
+    else:
+      json.dump(value, f, indent=2)
+
+
+def write_text(workdir: str, name: str, text: str) -> None:
+  if primary():
+    with open(os.path.join(workdir, name), "w") as f:
+      f.write(text)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise UserError(f"{path} not found: {workdir!r} is not a jaxseg run directory.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def resume_or_init(ckpts: Checkpoints, abstract_state, init_state: Callable, describe: Callable):
+  """``(state, record)``: the latest checkpoint's, or a fresh state (``describe(state)``
+  prints what was built) and an empty record."""
+  step = ckpts.latest_step()
+  if step is not None:
+    state, record = ckpts.restore(step, abstract_state)
+    say(f"Resumed from {ckpts.directory}/{int(state.step)}.")
+    return state, record
+  state = init_state()
+  describe(state)
+  return state, {}
+
+
+def describe_nets(name: str) -> Callable:
+  """``describe`` for :func:`resume_or_init`: the parameter count of each network."""
+
+  def describe(state) -> None:
+    sizes = [(n, count_params(net.params)) for n, net in state.nets.items()]
+    counts = ", ".join(f"{n} {c:,}" for n, c in sizes) if len(sizes) > 1 else f"{sizes[0][1]:,}"
+    say(f"{name}: {counts} parameters.")
+
+  return describe
+
+
+def say(text: str) -> None:
+  if primary():
+    print(text, flush=True)
+
+
+def progress(total: int, initial: int, desc: str, unit: str) -> tqdm.tqdm:
+  return tqdm.tqdm(
+    total=total, initial=initial, desc=desc, unit=unit, mininterval=1.0, disable=not primary()
+  )
+
+
+class Logger:
+  """Appends to ``metrics.jsonl`` and writes TensorBoard events (process 0 only)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.enabled = primary()
+    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard")) if self.enabled else None
+
+  def write(self, step: int, split: str, values: dict) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+    for name, value in values.items():
+      self.tb.add_scalar(f"{split}/{name}", value, step)
+    self.tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self.tb.close()
+
+
+def mean_metrics(pending: list, step: int, ckpts: Checkpoints) -> dict:
+  """Means of the pending step metrics; raises on the first non-finite loss."""
+  pending = sharding.fetch(pending)
+  losses_ = np.asarray([m["loss"] for m in pending])
+  bad = np.flatnonzero(~np.isfinite(losses_))
+  if bad.size:
+    first = step - len(pending) + 1 + int(bad[0])
+    raise UserError(
+      f"Training diverged: loss is {losses_[bad[0]]} at step {first}. The last good "
+      f"checkpoint (step {ckpts.latest_step()}) is intact; lower config.optim.lr or "
+      f"set config.optim.grad_clip."
+    )
+  return {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}

@@ -1,0 +1,156 @@
+"""``jaxseg train`` on a segmentation config: supervised or semi-supervised.
+
+``train(config, workdir)`` trains ``config`` in ``workdir`` and resumes automatically
+from the latest checkpoint there. What a run writes in ``workdir``:
+
+* ``config.json`` — the resolved config;
+* ``checkpoints/<step>/`` — orbax checkpoints, the latest and the best by Dice;
+* ``metrics.jsonl`` — one JSON line per log/validation event; ``tensorboard/`` events;
+* ``validation_overlays.png`` (image, truth green, prediction red) and
+  ``learning_curves.png``.
+
+The training step is jitted over a ``data`` mesh of ``config.mesh.devices`` devices
+(:mod:`jaxseg.train.sharding`): batches split over the devices, the state replicated
+or, with ``config.mesh.fsdp``, split.
+"""
+
+import copy
+import functools
+import json
+import math
+import os
+import time
+
+import jax
+import ml_collections
+
+from jaxseg.data import pipeline
+from jaxseg.run import evaluation, skeleton
+from jaxseg.run.checkpoint import Checkpoints
+from jaxseg.run.experiment import Experiment, check_config
+from jaxseg.train import sharding
+
+KEYS = ("batch_size", "steps", "eval_every", "log_every")
+
+
+def check(config) -> None:
+  check_config(config)
+  skeleton.check_positive(config.train, KEYS)
+
+
+def resolve_epochs(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config``, or with ``train.epochs > 0`` a copy whose ``train.steps`` makes that
+  many passes over the training split (extra training data included)."""
+  if not config.train.epochs:
+    return config
+  size = len(pipeline.load_splits(config.data, ("train",))["train"])
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.train.steps = config.train.epochs * math.ceil(size / config.train.batch_size)
+  return config
+
+
+def compile_step(exp: Experiment):
+  """``(mesh, init_state, train_step)`` jitted over the data mesh; ``train_step`` takes
+  ``{labeled[, unlabeled]}`` batches."""
+  cfg, method = exp.config, exp.method
+  mesh = sharding.make_mesh(cfg.mesh)
+  sharding.check_batch(cfg.train.batch_size, mesh)
+  if "method" in cfg:
+    sharding.check_batch(
+      cfg.method.unlabeled_batch_size, mesh, "config.method.unlabeled_batch_size"
+    )
+  shardings = sharding.state_shardings(exp.abstract_state(), mesh, cfg.mesh.fsdp)
+  replicated = sharding.replicated(mesh)
+
+  def step(state, batch, key):
+    return method.step(exp.ctx, state, batch["labeled"], batch.get("unlabeled"), key)
+
+  train_step = jax.jit(
+    step,
+    in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
+    out_shardings=(shardings, replicated),
+    donate_argnums=0,
+  )
+  return mesh, jax.jit(exp.init, out_shardings=shardings), train_step
+
+
+def loaders(exp: Experiment) -> dict:
+  """Training iterators: ``labeled`` (and ``unlabeled`` for a semi-supervised method)."""
+  cfg, source = exp.config, exp.sources["train"]
+  # Each process reads its slice of every global batch.
+  loader = functools.partial(
+    pipeline.train_loader, data_config=cfg.data, process=(jax.process_index(), jax.process_count())
+  )
+  if "method" not in cfg:
+    return {"labeled": iter(loader(source, cfg.train.batch_size, cfg.seed))}
+  labeled, unlabeled = pipeline.labeled_split(source, cfg.method.labeled_fraction, cfg.seed)
+  return {
+    "labeled": iter(loader(labeled, cfg.train.batch_size, cfg.seed)),
+    "unlabeled": iter(loader(unlabeled, cfg.method.unlabeled_batch_size, cfg.seed + 1)),
+  }
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None):
+  """Trains ``config`` in ``workdir``; resumes from its latest checkpoint if any.
+
+  Args:
+    config: an experiment config (see ``configs/``).
+    workdir: output folder (created).
+    stop_after: end after this many steps of this invocation *without saving*, as a
+      kill would (tests use it to prove that resuming is exact).
+
+  Returns:
+    The final training state.
+  """
+  skeleton.prepare_workdir(workdir)
+  check(config)
+  config = resolve_epochs(config)
+  skeleton.write_json(workdir, "config.json", config)
+  exp = Experiment(config)
+  mesh, init_state, train_step = compile_step(exp)
+  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
+  its = loaders(exp)
+  state, record = skeleton.resume_or_init(
+    ckpts, jax.eval_shape(init_state), init_state, skeleton.describe_nets(config.model.name)
+  )
+  for name, loader_state in json.loads(record.pop("loader", "{}")).items():
+    its[name].set_state(loader_state.encode())
+  record = {"best_dice": -1.0, "evals_since_best": 0, **record}
+  logger = skeleton.Logger(workdir)
+  bar = skeleton.progress(config.train.steps, int(state.step), "train", "step")
+  try:
+    return _loop(exp, state, train_step, mesh, its, record, ckpts, logger, bar, workdir, stop_after)
+  finally:
+    bar.close()
+    logger.close()
+    ckpts.close()
+
+
+def _loop(exp, state, train_step, mesh, its, record, ckpts, logger, bar, workdir, stop_after):
+  cfg = exp.config.train
+  step = start = int(state.step)
+  pending, last_log_time, last_log_step = [], time.time(), start
+  while step < cfg.steps:
+    if stop_after is not None and step - start >= stop_after:
+      break
+    batch = sharding.put_batch({name: next(it) for name, it in its.items()}, mesh)
+    state, step_metrics = train_step(state, batch, exp.train_key)
+    step += 1
+    pending.append(step_metrics)
+    validate = step % cfg.eval_every == 0 or step == cfg.steps
+    if step % cfg.log_every == 0 or validate:
+      values = skeleton.mean_metrics(pending, step, ckpts)
+      now = time.time()
+      values["images_per_s"] = (step - last_log_step) * cfg.batch_size / (now - last_log_time)
+      last_log_time, last_log_step, pending = now, step, []
+      logger.write(step, "train", values)
+      bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.1f}")
+      bar.update(step - bar.n)
+    if validate:
+      extra = {"loader": json.dumps({n: it.get_state().decode() for n, it in its.items()})}
+      args = (exp, state, step, record, extra, ckpts, logger, workdir, bar.write)
+      if evaluation.validate_and_save(*args):
+        break
+      last_log_time = time.time()  # validation time is not training throughput
+  return state

@@ -10,6 +10,11 @@ and mask as two channels) and a 100-dimensional noise vector and generates a pai
 the conditional PatchGAN has spectrally normalised convolutions and no BatchNorm.
 No L1 term (the real partner is another training pair). Arguments as pix2pix's:
 ``smoke``, ``folder``.
+
+Expect sample grids (``samples/``) whose generated masks stay lesion-shaped and whose
+images show lung texture after a few epochs; DAGAN's paper has no segmentation number
+for this dataset, so the test is the augmentation study's "+ GAN" cell trained on
+these pairs.
 """
 
 import ml_collections

@@ -8,14 +8,11 @@ on ``covid_ct_lesion`` (``config.data.dir`` required) or ``synthetic_nerve``.
 import ml_collections
 
 from configs import unet_covid_ct, unet_synthetic
+from jaxseg import semi
 
-METHOD_KWARGS = {
-  "supervised": {},
-  "mean_teacher": dict(decay=0.99, weight=1.0, ramp_up_steps=0, input_noise=0.05),
-  "cps": dict(weight=1.5),
-  "pseudoseg": dict(temperature=0.5, weight=1.0, noise=0.05),
-  "rwp": dict(p=0.5, sigma=0.1, weight=1.0, seed_period=1),
-}
+# Every method's settings at their defaults (from the method's factory, where they
+# are defined), so that each can be overridden: --config.method.kwargs.weight=2.
+METHOD_KWARGS = {name: semi.default_settings(name) for name in semi.METHODS}
 
 
 def semi_config(method: str, dataset: str = "covid_ct", arg: str | None = None):

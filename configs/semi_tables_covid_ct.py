@@ -10,6 +10,10 @@ federation (two-model methods 100%, one model 50%).
 
 Arguments: none — 128 px, widths 16..256, 3 seeds, 1,500 steps (a GPU run); ``cpu`` —
 64 px, widths 8..128, one seed, 300 steps; ``smoke`` — two methods, one fraction.
+
+Expect (not yet measured here): every method at least as good as ``supervised`` at
+its fraction, the gap shrinking as the fraction grows; there is no published
+centralized table to match (the FedWeP paper's are federated: ``configs/fedwep_tables.py``).
 """
 
 import ml_collections

@@ -9,6 +9,11 @@ BCE (the study's better U-Net loss at 50 epochs), Adam at lr 1e-3, flips and
 rotations; the validation split is a seeded 25% of the training slices (the study's
 75/25), the test split the dataset's own. ``--config.data.kwargs.image_size=256
 --config.model.kwargs.widths='(32,64,128,256,512)'`` is the study's full scale.
+
+Expect: the augmentation study's U-Net control F1 0.7489 (BCE, 256 px, 50 epochs;
+``../shared/reference/tables.md``); at 64 px and 300 steps we measured test F1 0.627
+(README, augmentation study at CPU scale). This config's 128 px / 600 steps is not
+yet measured.
 """
 
 import ml_collections

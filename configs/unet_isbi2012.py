@@ -20,6 +20,10 @@ per step, 31 M parameters):
     --config.augment.random_crop.size=572 --config.infer.tile=572 --config.train.steps=20000
 and ``--config.infer.tta='("rotate:0","rotate:51.4","rotate:102.9","rotate:154.3",
 "rotate:205.7","rotate:257.1","rotate:308.6")'`` for the paper's 7-rotation averaging.
+
+Expect: at full scale the paper's Rand error 0.0382 and warping error 0.000353 on
+ISBI's hidden test labels (``../shared/reference/tables.md``); ours are on a
+held-out fold, and the CPU scale has not been measured yet.
 """
 
 import ml_collections

@@ -27,6 +27,12 @@ def check(table: Mapping[str, str], name: str, kind: str) -> None:
     raise UserError(f"Unknown {kind} name {name!r}; known {kind} names: {known}.")
 
 
+def defaults(factory: Callable) -> dict:
+  """The keyword arguments of ``factory`` and their defaults (for configs to show)."""
+  params = inspect.signature(factory).parameters.values()
+  return {p.name: p.default for p in params if p.default is not p.empty}
+
+
 def check_settings(factory: Callable, settings: Mapping, where: str) -> None:
   """Raises a :class:`UserError` for a key of ``settings`` that ``factory`` does not take."""
   params = inspect.signature(factory).parameters

@@ -154,7 +154,10 @@ def test_mixed_precision_keeps_float32_state():
     assert {x.dtype for x in jax.tree.leaves(new.nets)} == {jnp.dtype(jnp.float32)}
     results[dtype] = (float(metrics["loss"]), float(metrics["grad_norm"]))
   f32 = results[None]
-  for dtype, tol in ((jnp.bfloat16, 3e-2), (jnp.float16, 3e-3)):
+  # Low precision moves the gradient norm by a few percent (measured: bfloat16 2.4%,
+  # float16 0.1% with XLA's LLVM optimisations; 4.4% and 0.4% without, as in the
+  # tests); a float16 gradient left loss-scaled would be 1024x off.
+  for dtype, tol in ((jnp.bfloat16, 6e-2), (jnp.float16, 1e-2)):
     np.testing.assert_allclose(results[dtype], f32, rtol=tol)  # grads unscaled again
 
 

@@ -1,6 +1,7 @@
 """Attention U-Net (Oktay et al. 2018): additive attention gates on the skips."""
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 from flax import linen as nn
@@ -9,7 +10,6 @@ from jaxseg.models.layers import LeakyReLU, batch_norm
 from jaxseg.models.unet import UNet
 
 REFERENCE = dict(in_channels=1, num_classes=1, widths=(32, 64, 128, 256, 512))
-REFERENCE_PARAMS = 9_511_437
 
 
 class AttentionGate(nn.Module):
@@ -35,6 +35,9 @@ class AttentionUNet(UNet):
 
   Attributes: those of :class:`~jaxseg.models.unet.UNet`.
   """
+
+  # The parameter count of the defaults (the published recipe), pinned by a test.
+  REFERENCE_PARAMS: ClassVar[int] = 9_511_437
 
   widths: Sequence[int] = REFERENCE["widths"]
 

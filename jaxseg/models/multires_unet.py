@@ -1,6 +1,7 @@
 """MultiRes U-Net (Ibtehaz & Rahman 2020): MultiRes blocks and residual skip paths."""
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,6 @@ from jaxseg.models.interface import Interface
 from jaxseg.models.layers import CBA, LeakyReLU, batch_norm, max_pool2, resize_nearest
 
 REFERENCE = dict(in_channels=1, num_classes=1, widths=(32, 64, 128, 256, 512))
-REFERENCE_PARAMS = 9_472_862
 ALPHA = 1.67
 
 
@@ -81,6 +81,9 @@ class MultiResUNet(nn.Module):
     num_classes: output channels.
     in_channels: expected input channels.
   """
+
+  # The parameter count of the defaults (the published recipe), pinned by a test.
+  REFERENCE_PARAMS: ClassVar[int] = 9_472_862
 
   widths: Sequence[int] = REFERENCE["widths"]
   num_classes: int = 1

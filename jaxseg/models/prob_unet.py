@@ -1,6 +1,7 @@
 """Probabilistic U-Net (Kohl et al. 2018): a U-Net and a conditional latent space."""
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +64,9 @@ class ProbUNet(nn.Module):
     combination_convs: 1x1 convs of the combination head (3).
     beta: weight of the KL term (1.0).
   """
+
+  # The parameter count of the defaults (the published recipe), pinned by a test.
+  REFERENCE_PARAMS: ClassVar[int] = 3_622_809
 
   widths: Sequence[int] = (32, 64, 128, 192)
   num_classes: int = 1

@@ -1,6 +1,7 @@
 """U-Net: the reference recipe of the SCAUnet paper's size table."""
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,6 @@ from jaxseg.models.interface import Interface
 from jaxseg.models.layers import CBA, max_pool2, resize_nearest
 
 REFERENCE = dict(in_channels=1, num_classes=1, widths=(32, 64, 128, 256, 512))
-REFERENCE_PARAMS = 9_421_569
 
 
 class UNet(nn.Module):
@@ -32,6 +32,9 @@ class UNet(nn.Module):
     up_convs: convs after the resize and before the concatenation (2 in the
       reference recipe; 1 gives the common U-Net, 8,636,769 parameters at 32..512).
   """
+
+  # The parameter count of the defaults (the published recipe), pinned by a test.
+  REFERENCE_PARAMS: ClassVar[int] = 9_421_569
 
   widths: Sequence[int] = REFERENCE["widths"]
   num_classes: int = 1
@@ -79,11 +82,13 @@ class UNet(nn.Module):
 # The UNet++ paper's "wide U-Net" baseline: the common U-Net (one conv after the
 # resize) with widths raised until its size matches U-Net++ (9,162,753): 9,184,660.
 WIDE_REFERENCE = dict(in_channels=1, num_classes=1, widths=(33, 66, 132, 264, 528), up_convs=1)
-WIDE_REFERENCE_PARAMS = 9_184_660
 
 
 class WideUNet(UNet):
   """:class:`UNet` with the wide U-Net defaults (:data:`WIDE_REFERENCE`)."""
+
+  # The parameter count of the defaults (the published recipe), pinned by a test.
+  REFERENCE_PARAMS: ClassVar[int] = 9_184_660
 
   widths: Sequence[int] = WIDE_REFERENCE["widths"]
   up_convs: int = 1

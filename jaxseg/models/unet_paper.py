@@ -1,6 +1,7 @@
 """U-Net in the form of the 2015 paper (valid convolutions, cropped skips)."""
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,6 @@ from jaxseg.models.interface import Interface
 from jaxseg.models.layers import UpConv2x2, center_crop, max_pool2
 
 REFERENCE = dict(in_channels=1, num_classes=2, widths=(64, 128, 256, 512, 1024))
-REFERENCE_PARAMS = 31_030_658
 
 # "Gaussian with standard deviation sqrt(2/N), N the fan-in" (the paper, section 3).
 HE_NORMAL = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -61,6 +61,9 @@ class UNetPaper(nn.Module):
     in_channels: expected input channels.
     dropout_rate: dropout at the end of the contracting path.
   """
+
+  # The parameter count of the defaults (the published recipe), pinned by a test.
+  REFERENCE_PARAMS: ClassVar[int] = 31_030_658
 
   widths: Sequence[int] = REFERENCE["widths"]
   num_classes: int = 2

@@ -53,3 +53,9 @@ def make_method(name: str, settings: Mapping | None = None) -> Method:
   settings = dict(settings or {})
   tables.check_settings(factory, settings, f"config.method.kwargs of method {name!r}")
   return factory(**settings)
+
+
+def default_settings(name: str) -> dict:
+  """Method ``name``'s settings with their defaults: what a config's
+  ``method.kwargs`` starts from, so a config shows every setting it can override."""
+  return tables.defaults(tables.resolve(METHODS, name, "method"))

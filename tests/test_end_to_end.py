@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from configs import unet_covid_ct, unet_isbi2012
+from configs import segformer_covid_ct, unet_isbi2012
 from jaxseg import infer, main
 from jaxseg.run import evaluation, predict
 
@@ -35,9 +35,14 @@ def test_isbi_smoke_train_eval_predict(tmp_path):
   np.testing.assert_array_equal(mask, expected)
 
 
-def test_covid_ct_smoke(tmp_path):
-  config = unet_covid_ct.get_config("smoke")
+def test_covid_ct_smoke_with_segformer(tmp_path):
+  """``configs/segformer_covid_ct.py`` is ``unet_covid_ct.py`` with SegFormer: one run
+  covers the configs' data path and the transformer's training and evaluation (the
+  U-Net trains on COVID-19 CT in the augmentation study's sweep test)."""
+  config = segformer_covid_ct.get_config("smoke")
   config.data.dir = f"{SHARED}/covid_ct"
+  config.train.update(steps=2, eval_every=2)
   state = main.train(config, str(tmp_path))
   assert int(state.step) == config.train.steps
-  assert main.evaluate(str(tmp_path))["images"] == 48
+  result = main.evaluate(str(tmp_path))
+  assert result["images"] == 48 and 0.0 <= result["dice"]["mean"] <= 1.0

@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import unet_synthetic
 from jaxseg import data as datasets
 from jaxseg.data import augment, nerve_render, pipeline, records
 
@@ -15,19 +16,11 @@ SMALL = dict(image_size=32, num_train=16, num_validation=4, num_test=4)
 
 
 def _data_config(folds=0, fold=0, **kwargs):
-  return ml_collections.ConfigDict(
-    dict(
-      name="synthetic_nerve",
-      dir="",
-      cache_dir="",
-      folds=folds,
-      fold=fold,
-      fold_seed=0,
-      validation_fraction=0.2,
-      test_fraction=0.2,
-      kwargs={**SMALL, **kwargs},
-    )
-  )
+  """The data config every experiment starts from, on small synthetic data."""
+  config = unet_synthetic.get_config().data
+  config.update(folds=folds, fold=fold, validation_fraction=0.2, test_fraction=0.2)
+  config.kwargs = ml_collections.ConfigDict({**SMALL, **kwargs})
+  return config
 
 
 def test_render_is_deterministic_and_nerve_is_small():

@@ -7,25 +7,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs import unet_synthetic
 from jaxseg.data import pipeline
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
 def _config(name, directory, folds=0, **kwargs):
-  return ml_collections.ConfigDict(
-    dict(
-      name=name,
-      dir=str(directory),
-      cache_dir="",
-      folds=folds,
-      fold=0,
-      fold_seed=0,
-      validation_fraction=0.2,
-      test_fraction=0.2,
-      kwargs=kwargs,
-    )
-  )
+  """The data config every experiment starts from, on dataset ``name``."""
+  config = unet_synthetic.get_config().data
+  config.update(name=name, dir=str(directory), folds=folds, fold=0)
+  config.update(validation_fraction=0.2, test_fraction=0.2)
+  config.kwargs = ml_collections.ConfigDict(kwargs)
+  return config
 
 
 def _listing(directory):

@@ -122,7 +122,7 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
   views["train"] = rest
   sources = {}
   for split in splits:
-    if split == "train" and "extra_train_dir" in data_config and data_config.extra_train_dir:
+    if split == "train" and data_config.extra_train_dir:
       own = Subset(train, views[split])
       sources[split] = Concat(own, extra_train(data_config, own[0]["image"].shape))
     elif split in views:
@@ -260,7 +260,7 @@ def train_loader(
     sampler = ProcessSlice(sampler, batch_size, index, count)
   random_rater = data_config is not None and data_config.annotator == "random"
   operations = [ToModelInputs(weight_config(data_config), annotators=random_rater)]
-  if data_config is not None and "jpeg" in data_config and data_config.jpeg.qualities:
+  if data_config is not None and data_config.jpeg.qualities:
     operations.append(Weathering(data_config.jpeg))
   operations.append(grain.transforms.Batch(batch_size // count, drop_remainder=True))
   return grain.DataLoader(
@@ -269,7 +269,7 @@ def train_loader(
 
 
 def weight_config(data_config):
-  return None if data_config is None or "weight_map" not in data_config else data_config.weight_map
+  return None if data_config is None else data_config.weight_map
 
 
 def eval_batches(

@@ -74,16 +74,6 @@ def put_batch(batch, mesh: Mesh):
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-def place(tree, shardings):
-  """Host arrays (the same on every process) -> global arrays with ``shardings``."""
-
-  def one(x, sharding):
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-  return jax.tree.map(one, tree, shardings)
-
-
 def fetch(tree):
   """Global arrays -> numpy on every process (gathered across processes if needed)."""
   if jax.process_count() == 1:

@@ -154,14 +154,9 @@ def train(config, workdir: str, *, stop_after: int | None = None):
   )
   record = {"best_dice": -1.0, "evals_since_best": 0, **record}
   state = sim.place_state(state)
-  logger = skeleton.Logger(workdir)
-  bar = skeleton.progress(fc.rounds, int(state.step), "rounds", "round")
-  try:
+  run_outputs = skeleton.outputs(workdir, ckpts, fc.rounds, int(state.step), "rounds", "round")
+  with run_outputs as (logger, bar):
     return _rounds(exp, sim, state, record, ckpts, logger, bar, workdir, stop_after)
-  finally:
-    bar.close()
-    logger.close()
-    ckpts.close()
 
 
 def _rounds(exp, sim, state, record, ckpts, logger, bar, workdir, stop_after):

@@ -99,14 +99,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   shown = next(pipeline.eval_batches(exp.source, min(SHOWN, len(exp.source))))
   shown.pop("valid")
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-  logger = skeleton.Logger(workdir)
-  bar = skeleton.progress(config.train.steps, int(state.step), "gan", "step")
-  try:
+  steps, done = config.train.steps, int(state.step)
+  run_outputs = skeleton.outputs(workdir, ckpts, steps, done, "gan", "step")
+  with run_outputs as (logger, bar):
     return _loop(exp, state, loader, shown, ckpts, logger, bar, workdir, stop_after)
-  finally:
-    bar.close()
-    logger.close()
-    ckpts.close()
 
 
 def _loop(exp, state, loader, shown, ckpts, logger, bar, workdir, stop_after):

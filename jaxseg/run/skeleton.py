@@ -2,6 +2,7 @@
 init, the logger and progress bar, and the multi-host rules (every process computes,
 process 0 alone writes files and prints)."""
 
+import contextlib
 import json
 import os
 import socket
@@ -107,6 +108,18 @@ def progress(total: int, initial: int, desc: str, unit: str) -> tqdm.tqdm:
   return tqdm.tqdm(
     total=total, initial=initial, desc=desc, unit=unit, mininterval=1.0, disable=not primary()
   )
+
+
+@contextlib.contextmanager
+def outputs(workdir: str, ckpts: Checkpoints, total: int, done: int, desc: str, unit: str):
+  """A run's logger and progress bar; closes them and ``ckpts`` however the run ends."""
+  logger, bar = Logger(workdir), progress(total, done, desc, unit)
+  try:
+    yield logger, bar
+  finally:
+    bar.close()
+    logger.close()
+    ckpts.close()
 
 
 class Logger:

@@ -117,14 +117,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   for name, loader_state in json.loads(record.pop("loader", "{}")).items():
     its[name].set_state(loader_state.encode())
   record = {"best_dice": -1.0, "evals_since_best": 0, **record}
-  logger = skeleton.Logger(workdir)
-  bar = skeleton.progress(config.train.steps, int(state.step), "train", "step")
-  try:
+  steps, done = config.train.steps, int(state.step)
+  run_outputs = skeleton.outputs(workdir, ckpts, steps, done, "train", "step")
+  with run_outputs as (logger, bar):
     return _loop(exp, state, train_step, mesh, its, record, ckpts, logger, bar, workdir, stop_after)
-  finally:
-    bar.close()
-    logger.close()
-    ckpts.close()
 
 
 def _loop(exp, state, train_step, mesh, its, record, ckpts, logger, bar, workdir, stop_after):

@@ -17,6 +17,7 @@ their traceback.
 
 import json
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -132,7 +133,7 @@ def _bench() -> None:
 def _require(command: str, **values) -> None:
   for flag, value in values.items():
     if not value:
-      raise app.UsageError(f"jaxseg {command}: --{flag} is required.")
+      raise UserError(f"jaxseg {command}: --{flag} is required.")
 
 
 def _run(command: str) -> None:
@@ -161,15 +162,72 @@ def _run(command: str) -> None:
     evaluate(FLAGS.workdir, FLAGS.split)
 
 
+def _debug() -> bool:
+  return "--verbose" in sys.argv or os.environ.get("JAXSEG_DEBUG") == "1"
+
+
+def _fail(message: str) -> None:
+  print(f"jaxseg: error: {' '.join(message.split())}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _unknown_key(argv, error: Exception) -> str:
+  """ml_collections' ``'stepz' Did you mean "steps"...`` as ``unknown key
+  config.train.stepz (did you mean config.train.steps?)``, the path taken from the
+  override on the command line."""
+  message = error
+  while isinstance(message, BaseException) and message.args:  # AttributeError(KeyError(str))
+    message = message.args[0]
+  found = re.match(r"""'(\w+)'\s*(?:Did you mean "(\w+)")?""", str(message))
+  if found is None:
+    return str(error)
+  key, near = found.groups()
+  for arg in argv:
+    path = arg[2:].split("=", 1)[0].split(".")
+    if arg.startswith("--config.") and key in path:
+      parent = path[: path.index(key)]
+      hint = f" (did you mean {'.'.join([*parent, near])}?)" if near else ""
+      return f"unknown key {'.'.join([*parent, key])}{hint}"
+  return str(error)
+
+
+def _last_line(error: Exception) -> str:
+  """The message of an error that quotes a traceback: its last line, without the
+  exception's name."""
+  if "Traceback" not in str(error):
+    return str(error)
+  last = [line for line in str(error).splitlines() if line.strip()][-1].strip()
+  return re.sub(r"^\w+(Error|Exception): ", "", last)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with its errors (and the config file's) as one line, exit
+  status 2, instead of a traceback or a usage dump."""
+  try:
+    argv = FLAGS(argv)
+    if FLAGS["config"].present:
+      FLAGS.config.keys()  # a file that failed to load raises here, not where it is used
+    return argv
+  except flags.Error as e:
+    message = _last_line(e)
+  except (AttributeError, KeyError) as e:  # ml_collections: an override of a missing key
+    message = _unknown_key(argv, e)
+  except OSError as e:  # the config file could not be read
+    path = config_flags.get_config_filename(FLAGS["config"])
+    message = f"--config={path}: {str(e).splitlines()[-1].strip()}"
+  if _debug():
+    raise
+  _fail(message)
+
+
 def _main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     _run(argv[1])
   except UserError as e:
-    if FLAGS.verbose or os.environ.get("JAXSEG_DEBUG") == "1":
+    if FLAGS.verbose or _debug():
       raise
-    print(f"jaxseg: error: {' '.join(str(e).split())}", file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
 
 
 def main(argv=None):
@@ -178,4 +236,4 @@ def main(argv=None):
     print(USAGE.strip(), file=sys.stderr)
     sys.exit(0 if len(argv) >= 2 and argv[1] in ("-h", "--help") else 2)
   # absl parses the flags after the command; the command stays at argv[1] for _main.
-  app.run(_main, argv=argv)
+  app.run(_main, argv=argv, flags_parser=_parse_flags)

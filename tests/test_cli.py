@@ -1,0 +1,74 @@
+"""Mistakes on the command line, in a config or in the data: one line, exit status 2."""
+
+import os
+import sys
+
+import pytest
+from absl import flags
+
+from jaxseg import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = f"{REPO}/configs/unet_synthetic.py:smoke"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_flags():
+  yield
+  flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (
+      ["train", f"--config={SMOKE}", "--workdir=W", "--config.train.stepz=3"],
+      "unknown key config.train.stepz (did you mean config.train.steps?)",
+    ),
+    (
+      ["train", f"--config={SMOKE}", "--workdir=W", "--config.trian.steps=3"],
+      "unknown key config.trian (did you mean config.train?)",
+    ),
+    (
+      ["train", f"--config={SMOKE}", "--workdir=W", "--config.train.steps=abc"],
+      "flag --config.train.steps=abc: invalid literal for int() with base 10: 'abc'",
+    ),
+    (
+      ["train", f"--config={SMOKE[:-1]}", "--workdir=W"],
+      "unknown argument 'smok'; known: 'smoke'.",
+    ),
+    (
+      ["train", f"--config={REPO}/configs/nope.py", "--workdir=W"],
+      f"--config={REPO}/configs/nope.py: [Errno 2] No such file or directory",
+    ),
+    (["train", f"--config={SMOKE}"], "jaxseg train: --workdir is required."),
+    (
+      ["train", f"--config={SMOKE}", "--workdir=W", "--bogus=1"],
+      "Unknown command line flag 'bogus'",
+    ),
+    (["eval", "--workdir=/no/such/run"], "'/no/such/run' is not a jaxseg run directory."),
+    (
+      ["train", f"--config={SMOKE}", "--workdir=W", "--config.model.name=resnet"],
+      "Unknown model name 'resnet'",
+    ),
+    (
+      [
+        "train",
+        f"--config={REPO}/configs/unet_covid_ct.py:smoke",
+        "--workdir=W",
+        "--config.data.dir=/no/such/data",
+      ],
+      "/no/such/data",
+    ),
+  ],
+)
+def test_a_user_mistake_is_one_line_and_exit_status_2(args, message, tmp_path, capsys, monkeypatch):
+  """The real command line, in this process (config overrides are read from sys.argv)."""
+  args = [a.replace("--workdir=W", f"--workdir={tmp_path / 'run'}") for a in args]
+  monkeypatch.setattr(sys, "argv", ["jaxseg", *args])
+  with pytest.raises(SystemExit) as exit_:
+    main.main()
+  err = capsys.readouterr().err.strip()
+  assert exit_.value.code == 2, err
+  assert len(err.splitlines()) == 1 and err.startswith("jaxseg: error: "), err
+  assert message in err, err

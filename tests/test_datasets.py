@@ -146,12 +146,34 @@ def test_image_folder_jpeg_masks_need_a_threshold(tmp_path):
   mask[5:19, 7:22] = 255  # not aligned with JPEG's 8x8 blocks: ringing
   for i in range(5):
     _write_pair(tmp_path, f"c{i}", mask, mask, ".jpg", ".jpg")
-  with pytest.raises(ValueError, match=r"masks/c\d\.jpg: mask values .* not in the mapping"):
+  jpeg_hint = r"masks/c\d\.jpg: mask values .* not in the mapping.*JPEG.*mask_threshold"
+  with pytest.raises(ValueError, match=jpeg_hint):
     pipeline.load_splits(_config("image_folder", tmp_path, image_size=(32, 32)))
   sources = pipeline.load_splits(
     _config("image_folder", tmp_path, image_size=(32, 32), mask_threshold=60)
   )
   assert set(np.unique(sources["train"][0]["mask"])) == {0, 1}
+
+
+def test_image_folder_reads_masks_as_they_look(tmp_path):
+  """1-bit, 8-bit gray and gray RGB masks of one folder: all black/white {0, 255}."""
+  mask = np.zeros((16, 16), np.uint8)
+  mask[4:10, 3:12] = 255
+  modes = {"bit": mask > 0, "gray": mask, "rgb": np.stack([mask] * 3, -1)}
+  for stem, pixels in modes.items():
+    _write_pair(tmp_path, stem, mask, pixels)
+  assert Image.open(tmp_path / "masks" / "bit.png").mode == "1"
+  _write_pair(tmp_path, "gray2", mask, mask)
+  _write_pair(tmp_path, "gray3", mask, mask)
+  sources = pipeline.load_splits(_config("image_folder", tmp_path, image_size=(16, 16)))
+  examples = [e for s in sources.values() for e in (s[i] for i in range(len(s)))]
+  assert len(examples) == 5
+  for example in examples:
+    np.testing.assert_array_equal(example["mask"], mask > 0)
+  colour = np.stack([mask, np.zeros_like(mask), mask], -1)
+  _write_pair(tmp_path, "colour", mask, colour)
+  with pytest.raises(ValueError, match=r"masks/colour.png: a colour mask \(mode RGB"):
+    pipeline.load_splits(_config("image_folder", tmp_path, image_size=(16, 16)))
 
 
 @pytest.mark.parametrize("problem", ["unmatched", "size", "unreadable", "value", "missing"])

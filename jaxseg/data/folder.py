@@ -60,10 +60,28 @@ def read_mask(path: str, mapping: dict[int, int], threshold: int = 0) -> np.ndar
   try:
     with Image.open(path) as img:
       img.load()
-      raw = np.asarray(img if img.mode in ("L", "P", "1", "I", "I;16") else img.convert("L"))
+      raw = _mask_pixels(img, path)
   except (OSError, ValueError) as e:
+    if isinstance(e, UserError):
+      raise
     raise UserError(f"{path}: cannot read the mask ({e}).") from e
   return map_values(raw.astype(np.int64), mapping, threshold, path)
+
+
+def _mask_pixels(img: Image.Image, path: str) -> np.ndarray:
+  """A mask's values as it depicts them: a 1-bit mask is black (0) and white (255),
+  a palette mask its indices, an RGB mask whose channels agree its gray levels."""
+  if img.mode in ("L", "P", "I", "I;16"):
+    return np.asarray(img)
+  if img.mode == "1":
+    return np.asarray(img.convert("L"))
+  rgb = np.asarray(img.convert("RGB"))
+  if np.any(rgb != rgb[..., :1]):
+    raise UserError(
+      f"{path}: a colour mask (mode {img.mode}, channels differ); save masks as gray "
+      "levels or palette indices, one value per class."
+    )
+  return rgb[..., 0]
 
 
 def map_values(raw: np.ndarray, mapping: dict[int, int], threshold: int, where: str) -> np.ndarray:
@@ -71,10 +89,17 @@ def map_values(raw: np.ndarray, mapping: dict[int, int], threshold: int, where: 
   nearest = keys[np.abs(raw[..., None] - keys).argmin(-1)]
   bad = np.abs(nearest - raw) > threshold
   if bad.any():
-    found = sorted(set(np.unique(raw[bad]).tolist()))[:10]
+    found = sorted(set(np.unique(raw[bad]).tolist()))
+    # Many values around the mapped ones: lossy (JPEG) compression, not classes.
+    hint = (
+      "the mask looks lossily compressed (JPEG): set config.data.kwargs.mask_threshold, "
+      "e.g. 64, to snap values to the nearest mapped one"
+      if len(found) > 8
+      else "set config.data.kwargs.mask_values"
+    )
     raise UserError(
-      f"{where}: mask values {found} are not in the mapping {dict(mapping)} "
-      f"(threshold {threshold}); set config.data.kwargs.mask_values."
+      f"{where}: mask values {found[:10]}{' ...' if len(found) > 10 else ''} are not in the "
+      f"mapping {dict(mapping)} (threshold {threshold}); {hint}."
     )
   classes = np.array([mapping[k] for k in keys], np.uint8)
   return classes[np.searchsorted(keys, nearest)]

@@ -6,7 +6,9 @@ counter) and the state layout's ``format`` (:data:`jaxseg.train.state.FORMAT`), 
 resumed run continues exactly where the saved one was and a checkpoint of another
 layout is refused with a clear message. Orbax writes into a temporary folder and
 renames it when complete, so a crash or kill mid-save never leaves a corrupt
-checkpoint behind.
+checkpoint behind. Saves are asynchronous: ``save`` returns once the arrays are on
+the host and the training continues while they are written (the next save, a read
+and ``close`` wait for the write to finish).
 """
 
 import os
@@ -37,15 +39,17 @@ class Checkpoints:
       best_mode="max",
       preservation_policy=None if read_only else policy,
       read_only=read_only,
-      enable_async_checkpointing=False,
+      enable_async_checkpointing=not read_only,
     )
     self.directory = directory
     self.manager = ocp.CheckpointManager(directory, options=options)
 
   def latest_step(self) -> int | None:
+    self.manager.wait_until_finished()
     return self.manager.latest_step()
 
   def best_step(self) -> int | None:
+    self.manager.wait_until_finished()
     return self.manager.best_step()
 
   def save(self, step: int, state, record: dict, metrics: dict) -> None:
@@ -56,11 +60,11 @@ class Checkpoints:
         state=ocp.args.StandardSave(state),
         record=ocp.args.JsonSave({**record, "format": FORMAT}),
       ),
-    )
-    self.manager.wait_until_finished()
+    )  # returns once the arrays are copied to the host; written in the background
 
   def restore(self, step: int, abstract_state):
     """``(state, record)`` of ``step``; ``abstract_state`` gives the tree structure."""
+    self.manager.wait_until_finished()
     record = self.manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))
     found = record["record"].get("format", 1)
     if found != FORMAT:
@@ -82,6 +86,7 @@ class Checkpoints:
     return restored["state"], record
 
   def close(self) -> None:
+    self.manager.wait_until_finished()
     self.manager.close()
 
 

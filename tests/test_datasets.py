@@ -9,6 +9,8 @@ from PIL import Image
 
 from configs import unet_synthetic
 from jaxseg.data import pipeline
+from jaxseg.errors import UserError
+from jaxseg.run.experiment import Experiment
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
@@ -200,3 +202,20 @@ def test_image_folder_bad_input_names_the_file(tmp_path, problem):
     pattern = "data directory .*nowhere.* does not exist"
   with pytest.raises((ValueError, FileNotFoundError), match=pattern):
     pipeline.load_splits(_config("image_folder", tmp_path, image_size=(8, 8)))
+
+
+def test_rgb_images_need_a_three_channel_model(tmp_path):
+  """A model whose input channels disagree with the images is refused before training,
+  naming both and the setting to change."""
+  rng = np.random.default_rng(0)
+  for i in range(5):
+    image = rng.integers(0, 255, (16, 16, 3), np.uint8)
+    _write_pair(tmp_path, f"rgb{i}", image, np.zeros((16, 16), np.uint8))
+  config = unet_synthetic.get_config("smoke")
+  config.data = _config("image_folder", tmp_path, image_size=(16, 16), channels=3)
+  config.model.kwargs.widths = (4, 8)
+  refused = r"in_channels is 1 but the image_folder images have 3 channels.*in_channels=3"
+  with pytest.raises(UserError, match=refused):
+    Experiment(config, splits=("train",))
+  config.model.kwargs.in_channels = 3
+  assert Experiment(config, splits=("train",)).ctx.image_shape[-1] == 3

@@ -67,7 +67,13 @@ class Experiment:
     self.tx = optim.make(config.optim, training_steps(config))
     self.method = make_method(config)
     self.image_shape = next(iter(self.sources.values()))[0]["image"].shape if self.sources else None
-    channels = self.image_shape[-1] if self.sources else self.model.interface.in_channels
+    channels = self.model.interface.in_channels
+    if self.sources and self.image_shape[-1] != channels:
+      raise UserError(
+        f"config.model.kwargs.in_channels is {channels} but the {config.data.name} images have "
+        f"{self.image_shape[-1]} channels (shape {self.image_shape}); set "
+        f"--config.model.kwargs.in_channels={self.image_shape[-1]}."
+      )
     dtype = config.train.compute_dtype
     self.ctx = step_lib.Context(
       model=self.model,

@@ -219,3 +219,18 @@ def test_rgb_images_need_a_three_channel_model(tmp_path):
     Experiment(config, splits=("train",))
   config.model.kwargs.in_channels = 3
   assert Experiment(config, splits=("train",)).ctx.image_shape[-1] == 3
+
+
+def test_unet_folder_config_needs_only_the_data_dir(tmp_path):
+  from configs import unet_folder
+
+  mask = np.zeros((40, 40), np.uint8)
+  mask[10:30, 5:25] = 255
+  for i in range(5):
+    _write_pair(tmp_path, f"c{i}", mask, mask)
+  config = unet_folder.get_config("smoke")
+  config.data.dir = str(tmp_path)
+  exp = Experiment(config)
+  assert {k: len(v) for k, v in exp.sources.items()} == {"train": 3, "validation": 1, "test": 1}
+  assert exp.sources["train"][0]["image"].shape == (32, 32, 1)
+  assert dict(unet_folder.get_config().data.kwargs.mask_values) == {0: 0, 255: 1}

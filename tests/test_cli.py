@@ -10,6 +10,8 @@ from jaxseg import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = f"{REPO}/configs/unet_synthetic.py:smoke"
+FED = f"{REPO}/configs/fedavg_covid_ct.py:synthetic_smoke"
+CPS = f"{REPO}/configs/cps_covid_ct.py:synthetic_smoke"
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +61,14 @@ def _fresh_flags():
         "--config.data.dir=/no/such/data",
       ],
       "/no/such/data",
+    ),
+    (
+      ["train", f"--config={FED}", "--workdir=W", "--config.fed.num_clients=40"],
+      "config.fed.num_clients=40: need 1 <= clients <= 32 (the images to partition).",
+    ),
+    (
+      ["train", f"--config={CPS}", "--workdir=W", "--config.method.labeled_fraction=0.001"],
+      "config.method.labeled_fraction=0.001 of 32 training images leaves no labeled example",
     ),
   ],
 )

@@ -21,7 +21,6 @@ training pairs. The folder appears only when complete.
 import json
 import os
 import shutil
-import time
 
 import jax
 import ml_collections
@@ -108,19 +107,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
 def _loop(exp, state, loader, shown, ckpts, logger, bar, workdir, stop_after):
   cfg = exp.config.train
   step = start = int(state.step)
-  pending, last_time = [], time.time()
+  meter = skeleton.Meter()
   while step < cfg.steps:
     if stop_after is not None and step - start >= stop_after:
       break
     state, step_metrics = exp.train_step(state, next(loader), exp.train_key)
     step += 1
-    pending.append(step_metrics)
+    meter.add(step_metrics)
     save = step % cfg.eval_every == 0 or step == cfg.steps
     if step % cfg.log_every == 0 or save:
-      values = skeleton.mean_metrics(pending, step, ckpts)
-      now = time.time()
-      values["images_per_s"] = len(pending) * cfg.batch_size / (now - last_time)
-      last_time, pending = now, []
+      values = meter.flush(step, ckpts, cfg.batch_size)
       logger.write(step, "train", values)
       bar.set_postfix(g=f"{values['loss']:.3f}", d=f"{values['d_loss']:.3f}")
       bar.update(step - bar.n)
@@ -130,7 +126,7 @@ def _loop(exp, state, loader, shown, ckpts, logger, bar, workdir, stop_after):
       if logger.enabled:
         pictures.save_grid(path, exp.sample_rows(state, shown))
       bar.write(f"step {step}: checkpoint and {path}")
-      last_time = time.time()
+      meter.restart()
   return state
 
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import socket
+import time
 from collections.abc import Callable
 
 import jax
@@ -142,6 +143,28 @@ class Logger:
   def close(self) -> None:
     if self.enabled:
       self.tb.close()
+
+
+class Meter:
+  """The step metrics since the last log line and the training throughput over them
+  (``restart`` after a validation or checkpoint: that time is not training)."""
+
+  def __init__(self):
+    self.pending, self.since = [], time.time()
+
+  def add(self, step_metrics: dict) -> None:
+    self.pending.append(step_metrics)
+
+  def restart(self) -> None:
+    self.since = time.time()
+
+  def flush(self, step: int, ckpts: Checkpoints, batch_size: int) -> dict:
+    """Means of the pending metrics (see :func:`mean_metrics`) and ``images_per_s``."""
+    values = mean_metrics(self.pending, step, ckpts)
+    now = time.time()
+    values["images_per_s"] = len(self.pending) * batch_size / (now - self.since)
+    self.pending, self.since = [], now
+    return values
 
 
 def mean_metrics(pending: list, step: int, ckpts: Checkpoints) -> dict:

@@ -19,7 +19,6 @@ import functools
 import json
 import math
 import os
-import time
 
 import jax
 import ml_collections
@@ -126,20 +125,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
 def _loop(exp, state, train_step, mesh, its, record, ckpts, logger, bar, workdir, stop_after):
   cfg = exp.config.train
   step = start = int(state.step)
-  pending, last_log_time, last_log_step = [], time.time(), start
+  meter = skeleton.Meter()
   while step < cfg.steps:
     if stop_after is not None and step - start >= stop_after:
       break
     batch = sharding.put_batch({name: next(it) for name, it in its.items()}, mesh)
     state, step_metrics = train_step(state, batch, exp.train_key)
     step += 1
-    pending.append(step_metrics)
+    meter.add(step_metrics)
     validate = step % cfg.eval_every == 0 or step == cfg.steps
     if step % cfg.log_every == 0 or validate:
-      values = skeleton.mean_metrics(pending, step, ckpts)
-      now = time.time()
-      values["images_per_s"] = (step - last_log_step) * cfg.batch_size / (now - last_log_time)
-      last_log_time, last_log_step, pending = now, step, []
+      values = meter.flush(step, ckpts, cfg.batch_size)
       logger.write(step, "train", values)
       bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.1f}")
       bar.update(step - bar.n)
@@ -148,5 +144,5 @@ def _loop(exp, state, train_step, mesh, its, record, ckpts, logger, bar, workdir
       args = (exp, state, step, record, extra, ckpts, logger, workdir, bar.write)
       if evaluation.validate_and_save(*args):
         break
-      last_log_time = time.time()  # validation time is not training throughput
+      meter.restart()  # validation time is not training throughput
   return state

@@ -234,3 +234,25 @@ def test_unet_folder_config_needs_only_the_data_dir(tmp_path):
   assert {k: len(v) for k, v in exp.sources.items()} == {"train": 3, "validation": 1, "test": 1}
   assert exp.sources["train"][0]["image"].shape == (32, 32, 1)
   assert dict(unet_folder.get_config().data.kwargs.mask_values) == {0: 0, 255: 1}
+
+
+def test_image_folder_merges_the_object_masks_of_an_image(tmp_path):
+  """``case_mask.png`` + ``case_mask_1.png`` (one object each) -> their union."""
+  image = np.zeros((16, 16), np.uint8)
+  one, two = np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8)
+  one[2:6, 2:6], two[9:14, 8:15] = 255, 255
+  os.makedirs(tmp_path / "images")
+  os.makedirs(tmp_path / "masks")
+  for i in range(5):
+    Image.fromarray(image).save(tmp_path / "images" / f"case{i}.png")
+    Image.fromarray(one).save(tmp_path / "masks" / f"case{i}_mask.png")
+  Image.fromarray(two).save(tmp_path / "masks" / "case3_mask_1.png")
+  with pytest.raises(UserError, match=r"masks without an image: \['case0_mask'"):
+    pipeline.load_splits(_config("image_folder", tmp_path, image_size=(16, 16)))
+  config = _config("image_folder", tmp_path, image_size=(16, 16), mask_suffixes=("_mask",))
+  sources = pipeline.load_splits(config)
+  masks = sorted(
+    (s[i]["mask"] for s in sources.values() for i in range(len(s))), key=lambda m: int(m.sum())
+  )
+  assert [int(m.sum()) for m in masks] == [16, 16, 16, 16, 16 + 35]
+  np.testing.assert_array_equal(masks[-1], (one > 0) | (two > 0))

@@ -9,10 +9,18 @@ snaps values of lossy JPEG masks; ``image_size`` (H, W) with ``resize_mode``
 ``resize`` or ``pad`` brings every pair to one size. Empty masks are allowed.
 Unmatched files, a mask whose size differs from its image, an unreadable file, or a
 mask value outside the mapping raise an error naming the file.
+
+``mask_suffixes`` (e.g. ``("_mask",)``): masks are named ``<stem><suffix>`` and, for
+images with several objects in separate files, ``<stem><suffix>_<n>``
+(``case_mask.png``, ``case_mask_1.png``, …, as some public sets store them); all of an
+image's masks are merged by union (the larger class where they overlap).
 """
 
 import dataclasses
 import os
+import re
+
+import numpy as np
 
 from jaxseg.data import folder, records
 from jaxseg.errors import UserError
@@ -27,22 +35,35 @@ class Settings:
   mask_values: tuple = ((0, 0), (255, 1))
   mask_threshold: int = 0
   channels: int = 1
+  mask_suffixes: tuple = ()
 
 
 class ImageFolder(folder.FolderBuilder):
   pass
 
 
-def _pairs(base: str, split: str, read) -> list:
+def _image_stem(mask_stem: str, suffixes: tuple) -> str:
+  """The image a mask belongs to: its stem without ``<suffix>`` or ``<suffix>_<n>``."""
+  for suffix in suffixes:
+    found = re.fullmatch(rf"(.+){re.escape(suffix)}(_\d+)?", mask_stem)
+    if found:
+      return found.group(1)
+  return mask_stem
+
+
+def _pairs(base: str, split: str, read, suffixes: tuple = ()) -> list:
   images = folder.list_images(os.path.join(base, "images"))
-  masks = folder.list_images(os.path.join(base, "masks"))
+  masks = {}
+  for stem, path in folder.list_images(os.path.join(base, "masks")).items():
+    masks.setdefault(_image_stem(stem, suffixes), []).append(path)
   only_images, only_masks = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
   if only_images or only_masks:
+    how = f"file stem + one of {list(suffixes)}" if suffixes else "file stem"
     raise UserError(
       f"{base}: unmatched files — images without a mask: {only_images[:10]}, "
-      f"masks without an image: {only_masks[:10]} (matched by file stem)."
+      f"masks without an image: {only_masks[:10]} (matched by {how})."
     )
-  return [folder.Item(f"{split}_{stem}", (images[stem], masks[stem]), read) for stem in images]
+  return [folder.Item(f"{split}_{s}", (images[s], *sorted(masks[s])), read) for s in images]
 
 
 def make_builder(*, source_dir, data_dir, **kwargs) -> ImageFolder:
@@ -53,15 +74,18 @@ def make_builder(*, source_dir, data_dir, **kwargs) -> ImageFolder:
 
   def read(item):
     image = folder.read_image(item.files[0], s.channels)
-    mask = folder.read_mask(item.files[1], mapping, s.mask_threshold)
+    masks = [folder.read_mask(path, mapping, s.mask_threshold) for path in item.files[1:]]
+    if len({m.shape for m in masks}) > 1:
+      raise UserError(f"{item.files[1]}: the masks of one image differ in size.")
+    mask = np.maximum.reduce(masks)  # several object masks of one image: their union
     image, mask = folder.fit(image, mask, size, s.resize_mode, item.files[1])
     return image, mask[None], 0
 
   if os.path.isdir(os.path.join(root, "images")):
-    splits = {"train": _pairs(root, "train", read)}
+    splits = {"train": _pairs(root, "train", read, tuple(s.mask_suffixes))}
   else:
     splits = {
-      split: _pairs(os.path.join(root, split), split, read)
+      split: _pairs(os.path.join(root, split), split, read, tuple(s.mask_suffixes))
       for split in ("train", "validation", "test")
       if os.path.isdir(os.path.join(root, split))
     }

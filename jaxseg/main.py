@@ -200,6 +200,16 @@ def _last_line(error: Exception) -> str:
   return re.sub(r"^\w+(Error|Exception): ", "", last)
 
 
+def _flag_message(argv, error: Exception) -> str:
+  """One line for an error of flag parsing or of loading the config file."""
+  if isinstance(error, flags.Error):
+    return _last_line(error)
+  if isinstance(error, OSError):  # the config file could not be read
+    path = config_flags.get_config_filename(FLAGS["config"])
+    return f"--config={path}: {str(error).splitlines()[-1].strip()}"
+  return _unknown_key(argv, error)  # ml_collections: an override of a missing key
+
+
 def _parse_flags(argv):
   """absl's flag parsing, with its errors (and the config file's) as one line, exit
   status 2, instead of a traceback or a usage dump."""
@@ -208,16 +218,10 @@ def _parse_flags(argv):
     if FLAGS["config"].present:
       FLAGS.config.keys()  # a file that failed to load raises here, not where it is used
     return argv
-  except flags.Error as e:
-    message = _last_line(e)
-  except (AttributeError, KeyError) as e:  # ml_collections: an override of a missing key
-    message = _unknown_key(argv, e)
-  except OSError as e:  # the config file could not be read
-    path = config_flags.get_config_filename(FLAGS["config"])
-    message = f"--config={path}: {str(e).splitlines()[-1].strip()}"
-  if _debug():
-    raise
-  _fail(message)
+  except (flags.Error, AttributeError, KeyError, OSError) as e:
+    if _debug():
+      raise
+    _fail(_flag_message(argv, e))
 
 
 def _main(argv):

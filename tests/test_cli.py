@@ -7,6 +7,7 @@ import pytest
 from absl import flags
 
 from jaxseg import main
+from jaxseg.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = f"{REPO}/configs/unet_synthetic.py:smoke"
@@ -82,3 +83,15 @@ def test_a_user_mistake_is_one_line_and_exit_status_2(args, message, tmp_path, c
   assert exit_.value.code == 2, err
   assert len(err.splitlines()) == 1 and err.startswith("jaxseg: error: "), err
   assert message in err, err
+
+
+def test_verbose_shows_the_traceback(monkeypatch):
+  misspelt = ["train", f"--config={SMOKE}", "--workdir=W", "--config.train.stepz=3"]
+  for args, error in (
+    (["eval", "--workdir=/no/such/run", "--verbose"], UserError),
+    ([*misspelt, "--verbose"], AttributeError),  # ml_collections' own error, unchanged
+  ):
+    monkeypatch.setattr(sys, "argv", ["jaxseg", *args])
+    with pytest.raises(error):
+      main.main()
+    flags.FLAGS.unparse_flags()

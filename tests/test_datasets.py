@@ -1,5 +1,6 @@
 """Directory-based datasets: the real copies in ../shared/data, layouts, bad input."""
 
+import dataclasses
 import os
 
 import ml_collections
@@ -8,8 +9,9 @@ import pytest
 from PIL import Image
 
 from configs import unet_synthetic
-from jaxseg.data import pipeline
+from jaxseg.data import image_folder, pipeline
 from jaxseg.errors import UserError
+from jaxseg.run import predict
 from jaxseg.run.experiment import Experiment
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
@@ -256,3 +258,16 @@ def test_image_folder_merges_the_object_masks_of_an_image(tmp_path):
   )
   assert [int(m.sum()) for m in masks] == [16, 16, 16, 16, 16 + 35]
   np.testing.assert_array_equal(masks[-1], (one > 0) | (two > 0))
+
+
+def test_predicted_masks_are_written_in_the_datasets_own_encoding():
+  encoding = predict.mask_encoding
+  palette = _config("image_folder", "", mask_values=((0, 0), (128, 1), (255, 2)))
+  np.testing.assert_array_equal(encoding(palette, 3), [0, 128, 255])
+  default = _config("image_folder", "", **dataclasses.asdict(image_folder.Settings()))
+  np.testing.assert_array_equal(encoding(default, 1), [0, 255])  # binary: one logit
+  # Two values of one class (0 and 10 both background): the smallest is written.
+  merged = _config("image_folder", "", mask_values=((10, 0), (0, 0), (200, 1)))
+  np.testing.assert_array_equal(encoding(merged, 2), [0, 200])
+  np.testing.assert_array_equal(encoding(_config("isbi2012", ""), 2), [0, 255])
+  np.testing.assert_array_equal(encoding(_config("covid_ct_lesion", ""), 4), [0, 1, 2, 3])

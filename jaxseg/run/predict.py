@@ -25,8 +25,24 @@ def input_files(path: str) -> list[str]:
   return [path]
 
 
+def mask_encoding(data_config, num_classes: int) -> np.ndarray:
+  """``class -> pixel value`` of the written masks: the dataset's own encoding where its
+  settings give one (``mask_values``, e.g. 0/255 or palette indices; the smallest value
+  of a class mapped from several), else 0/255 for binary masks and class ids otherwise."""
+  classes = max(num_classes, 2)
+  if "mask_values" in data_config.kwargs:
+    values = np.full(classes, -1)
+    for value, cls in sorted(data_config.kwargs.mask_values, reverse=True):
+      if cls < classes:
+        values[cls] = value
+    if (values >= 0).all() and values.max() <= 255:
+      return values.astype(np.uint8)
+  return np.array([0, 255] if classes == 2 else range(classes), np.uint8)
+
+
 def run(workdir: str, input_path: str, output: str) -> list[str]:
-  """Writes ``<stem>_mask.png`` and ``<stem>_overlay.png`` per input image."""
+  """Writes ``<stem>_mask.png`` (in :func:`mask_encoding`) and ``<stem>_overlay.png``
+  per input image."""
   exp, variables, _ = evaluation.restore(workdir, splits=())
   files = input_files(input_path)
   os.makedirs(output, exist_ok=True)
@@ -34,15 +50,15 @@ def run(workdir: str, input_path: str, output: str) -> list[str]:
   predict_fn = functools.partial(exp.tile_fn, variables)
   valid = infer.margin_of(predict_fn, exp.config.infer.tile, interface.in_channels) > 0
   tiling = "overlap-tile" if valid else "sliding window"
+  encoding = mask_encoding(exp.config.data, interface.num_classes)
   written = []
   for path in files:
     image = folder.read_image(path, interface.in_channels).astype(np.float32) / 255.0
     prob = evaluation.predict(exp.config.infer, predict_fn, interface, image)
     labels = infer.labels_of(prob)
     stem = os.path.splitext(os.path.basename(path))[0]
-    scale = 255 if prob.shape[-1] <= 2 else 1  # binary masks as {0, 255}; else class ids
     mask_path = os.path.join(output, f"{stem}_mask.png")
-    Image.fromarray(labels * scale).save(mask_path)
+    Image.fromarray(encoding[labels]).save(mask_path)
     Image.fromarray(pictures.overlay(image, np.zeros_like(labels), labels)).save(
       os.path.join(output, f"{stem}_overlay.png")
     )

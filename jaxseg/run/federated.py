@@ -160,10 +160,8 @@ def train(config, workdir: str, *, stop_after: int | None = None):
 
 
 def _rounds(exp, sim, state, record, ckpts, logger, bar, workdir, stop_after):
-  start, rounds = int(state.step), exp.config.fed.rounds
-  for r in range(start + 1, rounds + 1):
-    if stop_after is not None and r - 1 - start >= stop_after:
-      break
+  rounds = exp.config.fed.rounds
+  for r in skeleton.remaining(int(state.step), rounds, stop_after):
     began = time.time()
     state, metrics = sim.run_round(state)
     values = skeleton.mean_metrics([metrics], r, ckpts)

@@ -106,13 +106,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
 
 def _loop(exp, state, loader, shown, ckpts, logger, bar, workdir, stop_after):
   cfg = exp.config.train
-  step = start = int(state.step)
   meter = skeleton.Meter()
-  while step < cfg.steps:
-    if stop_after is not None and step - start >= stop_after:
-      break
+  for step in skeleton.remaining(int(state.step), cfg.steps, stop_after):
     state, step_metrics = exp.train_step(state, next(loader), exp.train_key)
-    step += 1
     meter.add(step_metrics)
     save = step % cfg.eval_every == 0 or step == cfg.steps
     if step % cfg.log_every == 0 or save:

@@ -145,6 +145,13 @@ class Logger:
       self.tb.close()
 
 
+def remaining(done: int, total: int, stop_after: int | None) -> range:
+  """The steps (or rounds) a run resumed after ``done`` still takes, up to ``total``;
+  at most ``stop_after`` of them (tests stop a run there, as a kill would)."""
+  end = total if stop_after is None else min(total, done + stop_after)
+  return range(done + 1, end + 1)
+
+
 class Meter:
   """The step metrics since the last log line and the training throughput over them
   (``restart`` after a validation or checkpoint: that time is not training)."""

@@ -124,14 +124,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
 
 def _loop(exp, state, train_step, mesh, its, record, ckpts, logger, bar, workdir, stop_after):
   cfg = exp.config.train
-  step = start = int(state.step)
   meter = skeleton.Meter()
-  while step < cfg.steps:
-    if stop_after is not None and step - start >= stop_after:
-      break
+  for step in skeleton.remaining(int(state.step), cfg.steps, stop_after):
     batch = sharding.put_batch({name: next(it) for name, it in its.items()}, mesh)
     state, step_metrics = train_step(state, batch, exp.train_key)
-    step += 1
     meter.add(step_metrics)
     validate = step % cfg.eval_every == 0 or step == cfg.steps
     if step % cfg.log_every == 0 or validate:

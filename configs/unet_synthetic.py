@@ -49,8 +49,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # An image_folder dataset (e.g. from `jaxseg synthesize`) added to the training split.
   config.data.extra_train_dir = ""
 
-  # Host-side steps of the input pipeline: the U-Net paper's weight map (w0 > 0 on)
-  # and JPEG weathering (non-empty qualities on).
+  # Where training batches come from (README, input pipeline): "device" uploads the
+  # training split once and draws every batch inside the compiled step; "host" streams
+  # grain batches (`workers` processes; "auto": cpu_count // 2 - 1, at most 8),
+  # prefetched to the device; "auto": device when the split fits device_budget_mib
+  # (0: a quarter of the device's memory, or 1024 MiB where it reports none, as on CPU).
+  config.data.placement = "auto"
+  config.data.device_budget_mib = 0
+  config.data.workers = "auto"
+
+  # The U-Net paper's weight map (w0 > 0 on; computed once, kept with the prepared
+  # data) and JPEG weathering (non-empty qualities on; on the host).
   config.data.weight_map = ml_collections.ConfigDict(dict(w0=0.0, sigma=5.0))
   config.data.jpeg = ml_collections.ConfigDict(dict(qualities=(), repeats=1, p=1.0))
 
@@ -75,6 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       early_stopping_patience=0,
       compute_dtype="float32",
       loss_scale=1.0,
+      profile_steps=(),  # (first, last): a JAX profiler trace of those steps
     )
   )
   # Devices (README, Scaling): a data-parallel mesh over the first `devices` devices

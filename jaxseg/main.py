@@ -9,12 +9,15 @@ jaxseg bench --models unet,unetpp:mode=l2,... --input NxCxHxW [--batch N]
              [--dtype float32|bfloat16] [--repeats N] [--json FILE]
 jaxseg bench --versus_torch --input NxCxHxW [--repeats N] [--json FILE]
 jaxseg bench --clients 4,16,64 --config FILE[:ARG] [--repeats N] [--json FILE]
+jaxseg bench --pipeline [--config FILE[:ARG]] [--input BxCxHxW] [--json FILE]
+jaxseg bench --suite accelerator [--json FILE]
 
 Mistakes in the config, command line or data are printed as one line
 (``jaxseg: error: ...``, exit status 2); ``--verbose`` or ``JAXSEG_DEBUG=1`` shows
 their traceback.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -30,6 +33,7 @@ USAGE = __doc__
 
 FLAGS = flags.FLAGS
 BENCH_INPUT = "1x1x426x545"  # the SCAUnet paper's input for its size table
+PIPELINE_INPUT = "8x1x256x256"
 config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (FILE[:ARG]).", lock_config=True
 )
@@ -60,6 +64,20 @@ flags.DEFINE_list(
   None,
   "bench: federated rounds/s with vmapped clients against a loop over clients, for these "
   "client counts (--config: a federated config, e.g. configs/fedavg_covid_ct.py:synthetic_smoke).",
+)
+flags.DEFINE_bool(
+  "pipeline",
+  False,
+  "bench: images/s of training batches reaching the device, host path (by grain workers) "
+  "and device path, and the train loop against its bare step (--config, default "
+  "configs/unet_synthetic.py; --input BxCxHxW).",
+)
+flags.DEFINE_enum(
+  "suite",
+  None,
+  ["accelerator"],
+  "bench: the accelerator report (pipeline, reference step in float32/bfloat16, federated "
+  "round, deterministic ops) as --json F and F.md.",
 )
 flags.DEFINE_bool("verbose", False, "Show the traceback of a user error too.")
 
@@ -110,6 +128,16 @@ def _bench() -> None:
     result = versus_torch.run((FLAGS.batch or shape[0], *shape[1:]), repeats=FLAGS.repeats)
     print(versus_torch.report(result))
     _write_json(result)
+  elif FLAGS.suite:
+    from jaxseg.bench import suite  # noqa: PLC0415
+
+    fed = _default_config("fedavg_covid_ct", "synthetic_smoke")
+    suite.run(FLAGS.config or _default_config("unet_synthetic"), fed, FLAGS.json)
+  elif FLAGS.pipeline:
+    from jaxseg.bench import pipeline  # noqa: PLC0415
+
+    config = FLAGS.config or _default_config("unet_synthetic")
+    _write_json(pipeline.run(config, bench_models.parse_input(FLAGS.input or PIPELINE_INPUT)))
   elif FLAGS.clients:
     from jaxseg.bench import federated  # noqa: PLC0415
 
@@ -128,6 +156,20 @@ def _bench() -> None:
       repeats=FLAGS.repeats,
       json_path=FLAGS.json,
     )
+
+
+def _default_config(name: str, arg: str | None = None):
+  """``configs/<name>.py`` of a source checkout (the package itself ships no configs)."""
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  path = os.path.join(path, f"{name}.py")
+  if not os.path.exists(path):
+    raise UserError(f"{path} not found (not a source checkout): pass --config FILE.")
+  if os.path.dirname(os.path.dirname(path)) not in sys.path:  # configs import each other
+    sys.path.insert(0, os.path.dirname(os.path.dirname(path)))
+  spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def _require(command: str, **values) -> None:

@@ -147,7 +147,7 @@ def supervised_fed():
   config.optim.update(name="sgd", lr=0.05)
   exp = Experiment(config)
   sim = federated.simulation(exp)
-  arrays, _ = federated.load_arrays(exp.sources["train"], config.data)
+  arrays, _ = federated.load_arrays(exp.sources["train"])
   return exp, sim, arrays
 
 

@@ -37,38 +37,46 @@ def _subprocess(code: str, env=None):
 
 def test_data_parallel_trajectory_matches_one_device():
   """Three steps on 1, 2, 4 (FSDP) and 8 CPU devices give the parameters of one
-  device up to the order of floating-point sums."""
+  device up to the order of floating-point sums, and the device-resident data draws
+  bitwise the same global batches on every mesh."""
   code = """
 import jax, numpy as np
 jax.config.update("jax_num_cpu_devices", 8)
 from tests.conftest import make_tiny_config
 from tests.test_scaling import scaling_config
-from jaxseg.run import train
+from jaxseg.run import feed, train
 from jaxseg.run.experiment import Experiment
 from jaxseg.train import sharding
 sharding.FSDP_MIN_SIZE = 64  # the tiny U-Net's arrays are small
-out = {}
+out, drawn = {}, {}
 for devices, fsdp in ((1, False), (2, False), (4, True), (8, False)):
   config = scaling_config(make_tiny_config())
   config.mesh.update(devices=devices, fsdp=fsdp)
+  config.data.placement = "device"
   exp = Experiment(config, splits=("train",))
-  mesh, init, step = train.compile_step(exp)
-  state, batches = init(), train.loaders(exp)
-  for _ in range(3):
-    batch = sharding.put_batch({"labeled": next(batches["labeled"])}, mesh)
-    state, _ = step(state, batch, exp.train_key)
+  mesh = train.make_mesh(config)
+  data = feed.make(exp, mesh)
+  init, step = train.compile_step(exp, mesh, data)
+  state, batches = init(), []
+  for i in range(3):
+    inputs = data.next()
+    batches.append(jax.device_get(jax.jit(data.batch)(inputs, i)))
+    state, _ = step(state, inputs, exp.train_key)
+  data.close()
   leaves = jax.tree.leaves(state.nets["model"].params)
   assert all(len(x.sharding.device_set) == devices for x in leaves)
   split = [x for x in leaves if not x.sharding.is_fully_replicated]
   assert bool(split) == fsdp, (fsdp, [x.sharding.spec for x in leaves])
-  out[devices, fsdp] = jax.device_get(state.nets["model"].params)
+  out[devices] = jax.device_get(state.nets["model"].params)
+  drawn[devices] = batches
 close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-for params in out.values():
-  jax.tree.map(close, out[1, False], params)
+for devices, params in out.items():
+  jax.tree.map(close, out[1], params)
+  jax.tree.map(np.testing.assert_array_equal, drawn[1], drawn[devices])
 config = make_tiny_config()
 config.train.batch_size = 12
 try:
-  train.compile_step(Experiment(config, splits=("train",)))
+  train.make_mesh(config)
   raise SystemExit("no error")
 except ValueError as e:
   assert "config.train.batch_size=12 does not divide by the 8 devices" in str(e), e
@@ -85,17 +93,19 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_train_like_one(tmp_path, tiny_config):
-  """jax.distributed on two local CPU processes: each reads its half of every batch,
-  orbax checkpoints the global state, only process 0 writes logs; the result equals
-  a one-process run."""
+@pytest.mark.parametrize("placement", ["host", "device"])
+def test_two_processes_train_like_one(tmp_path, tiny_config, placement):
+  """jax.distributed on two local CPU processes: each reads its half of every batch
+  (host) or holds the whole split (device), orbax checkpoints the global state, only
+  process 0 writes logs; the result equals a one-process run."""
   config = scaling_config(tiny_config)
+  config.data.placement = placement
   one = main.train(config, str(tmp_path / "one"))  # also prepares the dataset once
   port, workdir = _free_port(), str(tmp_path / "two")
   logs = [open(tmp_path / f"process{i}.log", "w+") for i in range(2)]  # files: pipes can fill
   procs = [
     subprocess.Popen(
-      [sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"), workdir],
+      [sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"), workdir, placement],
       env={
         **os.environ,
         "PYTHONPATH": REPO,

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -60,6 +61,81 @@ def test_interrupted_run_resumes_exactly(reference_run, tmp_path):
   assert int(partial.step) == 4
   resumed = main.train(config, str(tmp_path))
   assert int(resumed.step) == 6
+  for a, b in zip(_leaves(state), _leaves(resumed), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_host_path_with_workers_is_reproducible_and_resumes_exactly(reference_run, tmp_path):
+  """grain with 2 worker processes, prefetched to the device: two runs are bitwise
+  equal, and a run stopped after 4 steps resumes (from grain's iterator state) to the
+  uninterrupted run's parameters."""
+  config = make_tiny_config()
+  config.data.update(placement="host", workers="2")
+  full = main.train(config, str(tmp_path / "full"))
+  main.train(config, str(tmp_path / "cut"), stop_after=4)
+  resumed = main.train(config, str(tmp_path / "cut"))
+  for a, b in zip(_leaves(full), _leaves(resumed), strict=True):
+    np.testing.assert_array_equal(a, b)
+  again = main.train(config, str(tmp_path / "again"))
+  for a, b in zip(_leaves(full), _leaves(again), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_truncated_latest_checkpoint_is_set_aside_and_the_run_resumes(reference_run, tmp_path):
+  """Latest checkpoint 6 truncated, 3 intact beside it: the resume reports 6, renames
+  it ``6.damaged``, continues from 3 and ends at the uninterrupted parameters; with
+  every checkpoint damaged it stops with one line saying so."""
+  config, _, state = reference_run
+  workdir, ckdir = str(tmp_path / "run"), tmp_path / "run" / "checkpoints"
+  main.train(config, workdir, stop_after=3)  # saves step 3
+  shutil.copytree(ckdir / "3", tmp_path / "3")
+  main.train(config, workdir)  # saves 6; the preservation policy drops 3 (no better Dice)
+  if not (ckdir / "3").exists():
+    shutil.copytree(tmp_path / "3", ckdir / "3")
+  _truncate(ckdir / "6")
+  resumed = main.train(config, workdir)
+  assert (ckdir / "6.damaged").is_dir()
+  for a, b in zip(_leaves(state), _leaves(resumed), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert main.evaluate(workdir)["images"] == 4  # eval restores the new step 6
+  for path in ckdir.iterdir():
+    if path.name.isdigit():
+      _truncate(path)
+  with pytest.raises(UserError, match="no checkpoint in .* restores"):
+    main.evaluate(workdir)
+  names = sorted(p.name for p in ckdir.iterdir())
+  assert "6.damaged+" in names and all(".damaged" in n for n in names), names
+
+
+def _truncate(checkpoint) -> None:
+  for path in checkpoint.rglob("*"):
+    if path.is_file() and "d" in path.parts[-2:-1]:
+      os.truncate(path, path.stat().st_size // 2)
+
+
+def test_kill_during_an_async_save_keeps_the_previous_checkpoint(reference_run, tmp_path):
+  """The process dies (SIGKILL-like ``os._exit``) right after the step-6 save is
+  started, while orbax writes it in the background: a resume finds an intact
+  checkpoint and ends at the uninterrupted run's parameters."""
+  config, _, state = reference_run
+  code = f"""
+import os
+from jaxseg import main
+from jaxseg.run import checkpoint
+from tests.conftest import make_tiny_config
+save = checkpoint.Checkpoints.save
+def save_then_die(self, step, *args):
+  save(self, step, *args)
+  if step == 6:
+    os._exit(9)
+checkpoint.Checkpoints.save = save_then_die
+main.train(make_tiny_config(), {str(tmp_path)!r})
+"""
+  env = {**os.environ, "PYTHONPATH": REPO}
+  killed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert killed.returncode == 9, killed.stderr[-3000:]
+  assert any(p.name in ("3", "6") for p in (tmp_path / "checkpoints").iterdir())
+  resumed = main.train(config, str(tmp_path))
   for a, b in zip(_leaves(state), _leaves(resumed), strict=True):
     np.testing.assert_array_equal(a, b)
 

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxseg import data as datasets
-from jaxseg.data import weathering, weight_map
+from jaxseg.data import arrays, weathering
 from jaxseg.errors import UserError
 
 
@@ -33,6 +33,9 @@ class Subset:
 
   def __getitem__(self, i):
     return self.source[int(self.indices[i])]
+
+  def take(self, indices) -> dict:
+    return self.source.take(self.indices[np.asarray(indices, np.int64)])
 
   def __repr__(self) -> str:
     # Stable across processes: grain stores the data source's repr in its iterator
@@ -54,6 +57,11 @@ class Concat:
   def __getitem__(self, i):
     which = bisect.bisect_right(self.starts, i) - 1
     return self.sources[which][int(i - self.starts[which])]
+
+  def take(self, indices) -> dict:
+    parts = [s.take(np.arange(len(s))) for s in self.sources]
+    indices = np.asarray(indices, np.int64)
+    return {k: np.concatenate([p[k] for p in parts])[indices] for k in parts[0]}
 
   def __repr__(self) -> str:
     return f"Concat({', '.join(repr(s) for s in self.sources)})"
@@ -111,7 +119,7 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
   stored = {k: v.num_examples for k, v in builder.info.splits.items() if v.num_examples}
   if "train" not in stored:
     raise UserError(f"dataset {data_config.name!r}: split 'train' has no examples.")
-  train = builder.as_data_source("train")
+  train = arrays.open_split(builder, "train", data_config.weight_map)
   rest, views, seed = np.arange(stored["train"]), {}, data_config.fold_seed
   if data_config.folds:
     rest, views["test"] = fold_indices(len(rest), data_config.folds, data_config.fold, seed)
@@ -128,7 +136,7 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
     elif split in views:
       sources[split] = Subset(train, views[split])
     elif split in stored:
-      sources[split] = builder.as_data_source(split)
+      sources[split] = arrays.open_split(builder, split, data_config.weight_map)
     else:
       raise UserError(
         f"dataset {data_config.name!r}: split {split!r} has no examples (check config.data.kwargs)."
@@ -148,7 +156,7 @@ def extra_train(data_config, image_shape: tuple):
     "image_folder", source_dir=folder, cache_dir=data_config.cache_dir, **kwargs
   )
   builder.download_and_prepare(file_format="array_record")
-  return builder.as_data_source("train")
+  return arrays.open_split(builder, "train", data_config.weight_map)
 
 
 def labeled_split(source, fraction: float, seed: int) -> tuple:
@@ -168,25 +176,32 @@ def labeled_split(source, fraction: float, seed: int) -> tuple:
   return Subset(source, np.sort(order[:count])), Subset(source, np.sort(order[count:]))
 
 
-class ToModelInputs(grain.transforms.Map):
-  """uint8 record -> float32 image in [0, 1], int32 labels (and pixel weights, and
-  with ``annotators`` every rater's mask ``[A, H, W]``)."""
+def model_inputs(record: dict, annotators: bool = False) -> dict:
+  """A stored record -> what a step takes: float32 image in [0, 1], int32 labels, the
+  stored pixel weights if any, and with ``annotators`` every rater's mask ``[A, H, W]``.
 
-  def __init__(self, weight_map=None, annotators: bool = False):
-    self.weight_map, self.annotators = weight_map, annotators
+  The same function of numpy arrays (the host path) and of jax arrays (inside the
+  jitted step of the device-resident path), so both feed identical values.
+  """
+  out = {
+    "image": record["image"].astype(np.float32) / 255.0,
+    "labels": record["mask"].astype(np.int32),
+  }
+  if annotators:
+    out["annotators"] = record["annotators"].astype(np.int32)
+  if "weights" in record:
+    out["weights"] = record["weights"]
+  return out
+
+
+class ToModelInputs(grain.transforms.Map):
+  """:func:`model_inputs` as a grain transform."""
+
+  def __init__(self, annotators: bool = False):
+    self.annotators = annotators
 
   def map(self, record):
-    out = {
-      "image": record["image"].astype(np.float32) / 255.0,
-      "labels": record["mask"].astype(np.int32),
-    }
-    if self.annotators:
-      out["annotators"] = record["annotators"].astype(np.int32)
-    if self.weight_map is not None and self.weight_map.w0 > 0:
-      out["weights"] = weight_map.weight_map(
-        out["labels"], self.weight_map.w0, self.weight_map.sigma
-      )
-    return out
+    return model_inputs(record, self.annotators)
 
 
 class Weathering(grain.transforms.RandomMap):
@@ -231,18 +246,24 @@ class ProcessSlice:
 
 
 def train_loader(
-  source, batch_size: int, seed: int, data_config=None, process: tuple[int, int] = (0, 1)
+  source,
+  batch_size: int,
+  seed: int,
+  data_config=None,
+  process: tuple[int, int] = (0, 1),
+  workers: int = 0,
 ) -> grain.DataLoader:
   """Infinite, seeded, shuffled batches of ``batch_size`` (last partial batch dropped).
 
   A source smaller than one batch is repeated so that a batch can be filled.
   ``process = (index, count)``: this process's slice of each global batch
-  (:class:`ProcessSlice`), ``batch_size / count`` examples.
+  (:class:`ProcessSlice`), ``batch_size / count`` examples. ``workers``: grain worker
+  processes (0: in this thread); the batches are deterministic for each count (grain
+  gives each record its own seeded randomness), and differ between counts.
 
-  ``data_config`` adds the host-side steps it enables: pixel weight maps
-  (``weight_map.w0 > 0``), JPEG weathering (non-empty ``jpeg.qualities``) and every
-  rater's mask (``annotator = "random"``: each step trains on one drawn at random,
-  :func:`jaxseg.data.augment.pick_annotator`).
+  ``data_config`` adds the host-side steps it enables: JPEG weathering (non-empty
+  ``jpeg.qualities``) and every rater's mask (``annotator = "random"``: each step
+  trains on one drawn at random, :func:`jaxseg.data.augment.pick_annotator`).
   """
   if len(source) == 0:
     raise UserError("the training split has no examples.")
@@ -259,29 +280,20 @@ def train_loader(
   if count > 1:
     sampler = ProcessSlice(sampler, batch_size, index, count)
   random_rater = data_config is not None and data_config.annotator == "random"
-  operations = [ToModelInputs(weight_config(data_config), annotators=random_rater)]
+  operations = [ToModelInputs(annotators=random_rater)]
   if data_config is not None and data_config.jpeg.qualities:
     operations.append(Weathering(data_config.jpeg))
   operations.append(grain.transforms.Batch(batch_size // count, drop_remainder=True))
   return grain.DataLoader(
-    data_source=source, sampler=sampler, worker_count=0, operations=operations
+    data_source=source, sampler=sampler, worker_count=workers, operations=operations
   )
 
 
-def weight_config(data_config):
-  return None if data_config is None else data_config.weight_map
-
-
-def eval_batches(
-  source, batch_size: int, data_config=None, annotators: bool = False
-) -> Iterator[dict]:
+def eval_batches(source, batch_size: int, annotators: bool = False) -> Iterator[dict]:
   """All examples in order, in batches of ``batch_size``, padded, with ``valid``."""
-  to_inputs = ToModelInputs(weight_config(data_config), annotators)
   for start in range(0, len(source), batch_size):
-    items = [to_inputs.map(source[i]) for i in range(start, min(start + batch_size, len(source)))]
-    valid = np.zeros(batch_size, bool)
-    valid[: len(items)] = True
-    items += [items[-1]] * (batch_size - len(items))
-    batch = {k: np.stack([item[k] for item in items]) for k in items[0]}
-    batch["valid"] = valid
+    count = min(batch_size, len(source) - start)
+    indices = start + np.minimum(np.arange(batch_size), count - 1)  # pad with the last
+    batch = model_inputs(source.take(indices), annotators)
+    batch["valid"] = np.arange(batch_size) < count
     yield batch

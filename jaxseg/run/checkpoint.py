@@ -6,9 +6,11 @@ counter) and the state layout's ``format`` (:data:`jaxseg.train.state.FORMAT`), 
 resumed run continues exactly where the saved one was and a checkpoint of another
 layout is refused with a clear message. Orbax writes into a temporary folder and
 renames it when complete, so a crash or kill mid-save never leaves a corrupt
-checkpoint behind. Saves are asynchronous: ``save`` returns once the arrays are on
-the host and the training continues while they are written (the next save, a read
-and ``close`` wait for the write to finish).
+checkpoint behind; a checkpoint damaged later (truncated files) is set aside when a
+run resumes or is restored (:meth:`Checkpoints.restore_usable`). Saves are
+asynchronous: ``save`` returns once the arrays are on the host and the training
+continues while they are written (the next save, a read and ``close`` wait for the
+write to finish).
 """
 
 import os
@@ -84,6 +86,48 @@ class Checkpoints:
     record = dict(restored["record"])
     record.pop("format")
     return restored["state"], record
+
+  def restore_usable(self, abstract_state, prefer_best: bool = False):
+    """``(step, state, record)`` of the newest checkpoint that restores (with
+    ``prefer_best``: the best first), or ``(None, None, None)`` when there is none.
+
+    A checkpoint that does not restore (truncated or missing files, bad metadata) is
+    reported by path and reason and moved aside as ``<step>.damaged`` (never
+    deleted); the next one is tried. Raises when checkpoints exist but none restores.
+    """
+    self.manager.wait_until_finished()
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if prefer_best and self.manager.best_step() is not None:
+      steps.remove(best := self.manager.best_step())
+      steps.insert(0, best)
+    damaged = []
+    for step in steps:
+      try:
+        return (step, *self.restore(step, abstract_state))
+      except UserError:
+        raise
+      except Exception as e:  # noqa: BLE001 - any failure to read it: set it aside
+        damaged.append(self._set_aside(step, e))
+    if damaged:
+      raise UserError(
+        f"no checkpoint in {self.directory} restores (set aside: {', '.join(damaged)}); "
+        "train again in a new workdir."
+      )
+    return None, None, None
+
+  def _set_aside(self, step: int, error: Exception) -> str:
+    path = os.path.join(self.directory, str(step))
+    aside = f"{path}.damaged"
+    while os.path.exists(aside):
+      aside += "+"
+    reason = " ".join(str(error).split())[:300]
+    print(
+      f"Checkpoint {path} does not restore ({type(error).__name__}: {reason}); moved to {aside}.",
+      flush=True,
+    )
+    os.rename(path, aside)
+    self.manager.reload()
+    return aside
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -55,7 +55,7 @@ def sampled_scores(exp: Experiment, variables, split: str, m: int, shown: int = 
 
   key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
   ged, diversity, pictures = [], [], {"images": [], "raters": [], "samples": []}
-  batches = pipeline.eval_batches(exp.sources[split], cfg.eval.batch_size, cfg.data, True)
+  batches = pipeline.eval_batches(exp.sources[split], cfg.eval.batch_size, annotators=True)
   for i, batch in enumerate(batches):
     drawn = np.asarray(sample(variables, batch["image"], jax.random.fold_in(key, i)))
     for j in np.flatnonzero(batch["valid"]):

@@ -27,23 +27,26 @@ def evaluate_split(exp: Experiment, variables, split: str, keep: int = 0) -> tup
   examples (image, labels, prediction) for pictures."""
   if exp.config.eval.tiled:
     return _evaluate_tiled(exp, variables, split, keep)
-  outputs, shown = [], {name: [] for name in SHOWN}
-  for batch in pipeline.eval_batches(
-    exp.sources[split], exp.config.eval.batch_size, exp.config.data
-  ):
-    valid = batch.pop("valid")
-    out = {k: v[valid] for k, v in jax.device_get(exp.eval_step(variables, batch)).items()}
-    outputs.append(out)
-    for name, value in zip(SHOWN, (batch["image"][valid], out["labels"], out["pred"]), strict=True):
-      shown[name].extend(value[: keep - len(shown[name])])
-  return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}, shown
+  outputs = []
+  for batch, valid in exp.eval_inputs(split):
+    outputs.append(
+      {k: v[valid] for k, v in jax.device_get(exp.eval_step(variables, batch)).items()}
+    )
+  per_image = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+  source = exp.sources[split]
+  images = pipeline.model_inputs(source.take(range(min(keep, len(source)))))["image"]
+  return per_image, {
+    "image": list(images),
+    "labels": list(per_image["labels"][:keep]),
+    "pred": list(per_image["pred"][:keep]),
+  }
 
 
 def _evaluate_tiled(exp: Experiment, variables, split: str, keep: int) -> tuple[dict, dict]:
   """Image by image through :func:`jaxseg.infer.predict` (any size, any network)."""
   predict_fn = functools.partial(exp.tile_fn, variables)
   rows, shown = [], {name: [] for name in SHOWN}
-  for batch in pipeline.eval_batches(exp.sources[split], 1, exp.config.data):
+  for batch in pipeline.eval_batches(exp.sources[split], 1):
     image, labels = batch["image"][0], batch["labels"][0]
     prob = predict(exp.config.infer, predict_fn, exp.model.interface, image)
     pred = infer.labels_of(prob).astype(np.int32)
@@ -119,10 +122,11 @@ def restore(workdir: str, splits=("test",)):
       f"`jaxseg synthesize --workdir {workdir} --num N --output DIR` makes pairs from it."
     )
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
-  step = ckpts.best_step()
-  if step is None:
+  if ckpts.latest_step() is None:
     raise UserError(f"no checkpoint in {workdir}/checkpoints; train first.")
   exp = Experiment(config, splits)
-  state, _ = ckpts.restore(step, exp.abstract_state())
-  ckpts.close()
+  try:
+    step, state, _ = ckpts.restore_usable(exp.abstract_state(), prefer_best=True)
+  finally:
+    ckpts.close()
   return exp, exp.variables(state), step

@@ -92,6 +92,8 @@ class Experiment:
     else:
       self.init = lambda: self.method.init(self.ctx, init_key)
     self.eval_step = jax.jit(step_lib.make_eval_step(self.model, self.loss_fn))
+    self.eval_on_device = False  # the train runner sets it where validation fits there
+    self._eval_cache = {}
     self.tile_fn = infer.make_tile_fn(self.model)
 
   def abstract_state(self):
@@ -100,3 +102,14 @@ class Experiment:
   def variables(self, state) -> dict:
     """The evaluated network's ``{params, batch_stats}`` on the host (every process)."""
     return sharding.fetch(state_lib.variables(state.nets[self.method.evaluated]))
+
+  def eval_inputs(self, split: str) -> list:
+    """``(batch, valid)`` pairs over ``split`` (padded batches of ``config.eval.batch_size``);
+    with ``eval_on_device`` uploaded once and kept on the device."""
+    if split in self._eval_cache:
+      return self._eval_cache[split]
+    batches = pipeline.eval_batches(self.sources[split], self.config.eval.batch_size)
+    pairs = ((b, b.pop("valid")) for b in batches)
+    if self.eval_on_device:
+      pairs = self._eval_cache[split] = [(jax.device_put(b), v) for b, v in pairs]
+    return pairs

@@ -25,13 +25,10 @@ from jaxseg.run.experiment import Experiment, check_config
 from jaxseg.train import optim
 
 
-def load_arrays(source, data_config) -> tuple[dict, np.ndarray]:
+def load_arrays(source) -> tuple[dict, np.ndarray]:
   """The training split as model inputs ``{image, labels[, weights]}`` and sites."""
-  to_inputs = pipeline.ToModelInputs(pipeline.weight_config(data_config))
-  records = [source[i] for i in range(len(source))]
-  items = [to_inputs.map(r) for r in records]
-  arrays = {k: np.stack([item[k] for item in items]) for k in items[0]}
-  return arrays, np.array([int(r["site"]) for r in records])
+  stored = source.take(np.arange(len(source)))
+  return pipeline.model_inputs(stored), stored["site"].astype(np.int64)
 
 
 def devices_of(fc) -> list:
@@ -105,8 +102,8 @@ def client_layout(exp: Experiment, arrays, sites, groups: int):
 
 
 def simulation(exp: Experiment) -> Simulation:
-  cfg, fc = exp.config, exp.config.fed
-  arrays, sites = load_arrays(exp.sources["train"], cfg.data)
+  fc = exp.config.fed
+  arrays, sites = load_arrays(exp.sources["train"])
   devices = devices_of(fc)
   where, data, longest, foreground = client_layout(
     exp, arrays, sites, len(devices) // fc.data_devices

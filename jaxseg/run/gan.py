@@ -140,7 +140,7 @@ def synthesize(workdir: str, num: int, output: str) -> str:
   if step is None:
     raise UserError(f"no checkpoint in {workdir}/checkpoints; train the GAN first.")
   exp = GanExperiment(config)
-  state, _ = ckpts.restore(step, exp.abstract_state())
+  _, state, _ = ckpts.restore_usable(exp.abstract_state())
   ckpts.close()
   variables = gan_step.generator_variables(state)
   partial = output.rstrip("/") + ".partial"

@@ -79,10 +79,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def resume_or_init(ckpts: Checkpoints, abstract_state, init_state: Callable, describe: Callable):
   """``(state, record)``: the latest checkpoint's, or a fresh state (``describe(state)``
   prints what was built) and an empty record."""
-  step = ckpts.latest_step()
+  step, state, record = ckpts.restore_usable(abstract_state)
   if step is not None:
-    state, record = ckpts.restore(step, abstract_state)
-    say(f"Resumed from {ckpts.directory}/{int(state.step)}.")
+    say(f"Resumed from {ckpts.directory}/{step}.")
     return state, record
   state = init_state()
   describe(state)
@@ -150,6 +149,29 @@ def remaining(done: int, total: int, stop_after: int | None) -> range:
   at most ``stop_after`` of them (tests stop a run there, as a kill would)."""
   end = total if stop_after is None else min(total, done + stop_after)
   return range(done + 1, end + 1)
+
+
+class Profile:
+  """``config.train.profile_steps = (first, last)``: a JAX profiler trace of those
+  steps (inclusive) in ``workdir/profile`` (process 0), viewable in TensorBoard's
+  profile plugin or Perfetto; ``()`` off."""
+
+  def __init__(self, workdir: str, steps):
+    self.directory = os.path.join(workdir, "profile")
+    self.first, self.last = tuple(steps) if steps and primary() else (0, -1)
+    self.tracing = False
+
+  def before(self, step: int) -> None:
+    if not self.tracing and self.first <= step <= self.last:
+      jax.profiler.start_trace(self.directory)
+      self.tracing = True
+
+  def after(self, step: int, step_metrics) -> None:
+    if self.tracing and step == self.last:
+      jax.block_until_ready(step_metrics)
+      jax.profiler.stop_trace()
+      self.tracing = False
+      say(f"Profiler trace of steps {self.first}..{self.last} in {self.directory}.")
 
 
 class Meter:

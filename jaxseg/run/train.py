@@ -14,8 +14,8 @@ The training step is jitted over a ``data`` mesh of ``config.mesh.devices`` devi
 or, with ``config.mesh.fsdp``, split.
 """
 
+import contextlib
 import copy
-import functools
 import json
 import math
 import os
@@ -24,7 +24,7 @@ import jax
 import ml_collections
 
 from jaxseg.data import pipeline
-from jaxseg.run import evaluation, skeleton
+from jaxseg.run import evaluation, feed, skeleton
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.run.experiment import Experiment, check_config
 from jaxseg.train import sharding
@@ -49,45 +49,34 @@ def resolve_epochs(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return config
 
 
-def compile_step(exp: Experiment):
-  """``(mesh, init_state, train_step)`` jitted over the data mesh; ``train_step`` takes
-  ``{labeled[, unlabeled]}`` batches."""
+def compile_step(exp: Experiment, mesh, feed):
+  """``(init_state, train_step)`` jitted over the data mesh; ``train_step(state, inputs,
+  key)`` takes what ``feed.next()`` gives (a batch, or the resident split)."""
   cfg, method = exp.config, exp.method
-  mesh = sharding.make_mesh(cfg.mesh)
-  sharding.check_batch(cfg.train.batch_size, mesh)
-  if "method" in cfg:
-    sharding.check_batch(
-      cfg.method.unlabeled_batch_size, mesh, "config.method.unlabeled_batch_size"
-    )
   shardings = sharding.state_shardings(exp.abstract_state(), mesh, cfg.mesh.fsdp)
   replicated = sharding.replicated(mesh)
 
-  def step(state, batch, key):
+  def step(state, inputs, key):
+    batch = feed.batch(inputs, state.step)
     return method.step(exp.ctx, state, batch["labeled"], batch.get("unlabeled"), key)
 
   train_step = jax.jit(
     step,
-    in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
+    in_shardings=(shardings, feed.input_sharding, replicated),
     out_shardings=(shardings, replicated),
     donate_argnums=0,
   )
-  return mesh, jax.jit(exp.init, out_shardings=shardings), train_step
+  return jax.jit(exp.init, out_shardings=shardings), train_step
 
 
-def loaders(exp: Experiment) -> dict:
-  """Training iterators: ``labeled`` (and ``unlabeled`` for a semi-supervised method)."""
-  cfg, source = exp.config, exp.sources["train"]
-  # Each process reads its slice of every global batch.
-  loader = functools.partial(
-    pipeline.train_loader, data_config=cfg.data, process=(jax.process_index(), jax.process_count())
-  )
-  if "method" not in cfg:
-    return {"labeled": iter(loader(source, cfg.train.batch_size, cfg.seed))}
-  labeled, unlabeled = pipeline.labeled_split(source, cfg.method.labeled_fraction, cfg.seed)
-  return {
-    "labeled": iter(loader(labeled, cfg.train.batch_size, cfg.seed)),
-    "unlabeled": iter(loader(unlabeled, cfg.method.unlabeled_batch_size, cfg.seed + 1)),
-  }
+def make_mesh(config):
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch(config.train.batch_size, mesh)
+  if "method" in config:
+    sharding.check_batch(
+      config.method.unlabeled_batch_size, mesh, "config.method.unlabeled_batch_size"
+    )
+  return mesh
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None):
@@ -107,27 +96,30 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   config = resolve_epochs(config)
   skeleton.write_json(workdir, "config.json", config)
   exp = Experiment(config)
-  mesh, init_state, train_step = compile_step(exp)
+  mesh = make_mesh(config)
+  data = feed.make(exp, mesh)
+  skeleton.say(f"Training data on the {data.where} ({data.why}).")
+  init_state, train_step = compile_step(exp, mesh, data)
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
-  its = loaders(exp)
   state, record = skeleton.resume_or_init(
     ckpts, jax.eval_shape(init_state), init_state, skeleton.describe_nets(config.model.name)
   )
-  for name, loader_state in json.loads(record.pop("loader", "{}")).items():
-    its[name].set_state(loader_state.encode())
+  data.restore(json.loads(record.pop("loader", "{}")))
   record = {"best_dice": -1.0, "evals_since_best": 0, **record}
   steps, done = config.train.steps, int(state.step)
   run_outputs = skeleton.outputs(workdir, ckpts, steps, done, "train", "step")
-  with run_outputs as (logger, bar):
-    return _loop(exp, state, train_step, mesh, its, record, ckpts, logger, bar, workdir, stop_after)
+  with run_outputs as (logger, bar), contextlib.closing(data):
+    return _loop(exp, state, train_step, data, record, ckpts, logger, bar, workdir, stop_after)
 
 
-def _loop(exp, state, train_step, mesh, its, record, ckpts, logger, bar, workdir, stop_after):
+def _loop(exp, state, train_step, data, record, ckpts, logger, bar, workdir, stop_after):
   cfg = exp.config.train
   meter = skeleton.Meter()
+  profile = skeleton.Profile(workdir, cfg.profile_steps)
   for step in skeleton.remaining(int(state.step), cfg.steps, stop_after):
-    batch = sharding.put_batch({name: next(it) for name, it in its.items()}, mesh)
-    state, step_metrics = train_step(state, batch, exp.train_key)
+    profile.before(step)
+    state, step_metrics = train_step(state, data.next(), exp.train_key)
+    profile.after(step, step_metrics)
     meter.add(step_metrics)
     validate = step % cfg.eval_every == 0 or step == cfg.steps
     if step % cfg.log_every == 0 or validate:
@@ -136,7 +128,7 @@ def _loop(exp, state, train_step, mesh, its, record, ckpts, logger, bar, workdir
       bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.1f}")
       bar.update(step - bar.n)
     if validate:
-      extra = {"loader": json.dumps({n: it.get_state().decode() for n, it in its.items()})}
+      extra = {"loader": json.dumps(data.state())}
       args = (exp, state, step, record, extra, ckpts, logger, workdir, bar.write)
       if evaluation.validate_and_save(*args):
         break

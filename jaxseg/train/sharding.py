@@ -74,6 +74,15 @@ def put_batch(batch, mesh: Mesh):
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
+def put_replicated(tree, mesh: Mesh):
+  """Host arrays, the same on every process -> global arrays replicated over ``mesh``."""
+  where = replicated(mesh)
+  return jax.tree.map(
+    lambda x: jax.make_array_from_callback(np.shape(x), where, lambda index: np.asarray(x)[index]),
+    tree,
+  )
+
+
 def fetch(tree):
   """Global arrays -> numpy on every process (gathered across processes if needed)."""
   if jax.process_count() == 1:

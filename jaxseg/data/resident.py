@@ -1,0 +1,50 @@
+"""Device-resident training data: the split lives on the device and every step draws
+its batch there, by index, inside the jitted step.
+
+The order is a pure function of a key and the step number. Epoch ``e`` is the
+permutation of the ``n`` examples drawn with ``fold_in(key, e)``; the stream of
+examples is epoch 0, then epoch 1, and so on, and batch ``s`` (counting from 0) is
+positions ``s*B .. s*B + B - 1`` of that stream. So sampling is without
+replacement, every epoch visits every example exactly once, and the batch that
+reaches the end of an epoch is completed with the first examples of the next (no
+example dropped, no batch short; a split smaller than a batch spans several epochs
+in one batch). Nothing but the step number is needed to resume, and the batches do
+not depend on how many devices share them.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from jaxseg.data import pipeline
+
+FIELDS = ("image", "mask", "weights", "annotators")  # what a step may read
+
+
+def batch_indices(key: jax.Array, step, size: int, batch: int) -> jax.Array:
+  """Indices ``[batch]`` of batch ``step`` (0-based) of the stream of ``size`` examples."""
+  start = step * batch
+  positions = start + jnp.arange(batch)
+  first = start // size
+  spanned = -(-batch // size) + 1  # epochs one batch can touch (static)
+  epochs = first + jnp.arange(spanned)
+  orders = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), size))(epochs)
+  return orders[positions // size - first, positions % size]
+
+
+def draw(arrays: dict, key: jax.Array, step, batch: int, annotators: bool = False) -> dict:
+  """Batch ``step`` of the resident ``arrays`` as model inputs (see
+  :func:`jaxseg.data.pipeline.model_inputs`)."""
+  indices = batch_indices(key, step, arrays["image"].shape[0], batch)
+  return pipeline.model_inputs({k: v[indices] for k, v in arrays.items()}, annotators)
+
+
+def stored(source, annotators: bool = False) -> dict:
+  """The fields of ``source`` a step reads, as host arrays in their stored dtypes
+  (uint8 images and masks: a quarter of their float32 size on the device)."""
+  everything = source.take(range(len(source)))
+  keep = [f for f in FIELDS if f in everything and (f != "annotators" or annotators)]
+  return {f: everything[f] for f in keep}
+
+
+def nbytes(arrays: dict) -> int:
+  return sum(v.nbytes for v in arrays.values())

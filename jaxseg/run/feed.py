@@ -1,0 +1,251 @@
+"""Where a training run's batches come from: the device, or the host ahead of it.
+
+``config.data.placement``:
+
+* ``device`` — the prepared training split (labeled and unlabeled pools of a
+  semi-supervised method) is uploaded once, replicated over the data mesh, and
+  every step draws its batch inside the jitted step
+  (:mod:`jaxseg.data.resident`): no host work and no transfer per step, and a
+  resumed run needs only the step number;
+* ``host`` — grain loaders (``config.data.workers`` worker processes) whose batches
+  a background thread puts on the device while the current step runs
+  (``PREFETCH`` batches ahead); the grain iterator state of the last batch the loop
+  *consumed* is what a checkpoint keeps, so resuming is exact;
+* ``auto`` — ``device`` when the split's stored arrays fit
+  ``config.data.device_budget_mib`` (0: :func:`default_budget_mib`), else ``host``.
+
+JPEG weathering runs on the host, so it forces ``host`` (the log says so).
+"""
+
+import dataclasses
+import os
+import queue
+import threading
+
+import jax
+import numpy as np
+from absl import flags
+
+from jaxseg.data import pipeline, resident
+from jaxseg.errors import UserError
+from jaxseg.train import sharding
+
+PLACEMENTS = ("auto", "device", "host")
+BUDGET_FRACTION = 0.25  # of the memory a device reports (GPU, TPU)
+FIXED_BUDGET_MIB = 1024  # where it reports none (CPU)
+PREFETCH = 2
+
+
+def default_budget_mib() -> int:
+  """A quarter of the first device's memory where it reports it, else 1024 MiB."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  limit = stats.get("bytes_limit")
+  return int(limit * BUDGET_FRACTION / 2**20) if limit else FIXED_BUDGET_MIB
+
+
+def workers(setting) -> int:
+  """``config.data.workers``: an int, or ``auto`` = ``cpu_count // 2 - 1`` (0 on 2
+  cores, where the loop's own thread and XLA need both; at most 8)."""
+  if str(setting) == "auto":
+    return max(0, min(8, (os.cpu_count() or 1) // 2 - 1))
+  try:
+    count = int(setting)
+  except ValueError:
+    count = -1
+  if count < 0:
+    raise UserError(f"config.data.workers must be 'auto' or a count >= 0, found {setting!r}.")
+  return count
+
+
+def check(data_config) -> None:
+  if data_config.placement not in PLACEMENTS:
+    raise UserError(
+      f"config.data.placement must be one of {PLACEMENTS}, found {data_config.placement!r}."
+    )
+  workers(data_config.workers)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+  """One training stream: its source, global batch size and order seed."""
+
+  source: object
+  batch_size: int
+  seed: int
+
+
+def streams(exp) -> dict:
+  """``labeled`` (and ``unlabeled`` for a semi-supervised method) :class:`Stream` s."""
+  cfg, source = exp.config, exp.sources["train"]
+  if "method" not in cfg:
+    return {"labeled": Stream(source, cfg.train.batch_size, cfg.seed)}
+  labeled, unlabeled = pipeline.labeled_split(source, cfg.method.labeled_fraction, cfg.seed)
+  return {
+    "labeled": Stream(labeled, cfg.train.batch_size, cfg.seed),
+    "unlabeled": Stream(unlabeled, cfg.method.unlabeled_batch_size, cfg.seed + 1),
+  }
+
+
+def budget_bytes(data_config) -> int:
+  return (data_config.device_budget_mib or default_budget_mib()) * 2**20
+
+
+def choose(data_config, nbytes: int) -> tuple[str, str]:
+  """``(placement, why)`` for training arrays of ``nbytes``."""
+  if data_config.jpeg.qualities:
+    if data_config.placement == "device":
+      raise UserError(
+        "config.data.placement='device' with JPEG weathering (config.data.jpeg.qualities), "
+        "which runs on the host: use placement 'host' or 'auto'."
+      )
+    return "host", "JPEG weathering (config.data.jpeg) runs on the host"
+  budget = budget_bytes(data_config)
+  size = f"{nbytes / 2**20:.1f} MiB of training arrays, budget {budget / 2**20:.0f} MiB"
+  if data_config.placement != "auto":
+    return data_config.placement, f"config.data.placement; {size}"
+  return ("device" if nbytes <= budget else "host"), f"auto: {size}"
+
+
+def make(exp, mesh):
+  """The run's :class:`DeviceFeed` or :class:`HostFeed` (see the module docstring).
+
+  With the training split on the device, the validation split is kept there too
+  (``exp.eval_on_device``) if both fit the budget together (its float32 images take
+  four times their stored size).
+  """
+  cfg = exp.config.data
+  check(cfg)
+  by_name = streams(exp)
+  annotators = cfg.annotator == "random"
+  if cfg.jpeg.qualities:
+    return HostFeed(by_name, cfg, mesh, choose(cfg, 0)[1])
+  stored = {n: resident.stored(s.source, annotators) for n, s in by_name.items()}
+  nbytes = sum(resident.nbytes(a) for a in stored.values())
+  where, why = choose(cfg, nbytes)
+  if where == "host":
+    return HostFeed(by_name, cfg, mesh, why)
+  validation = exp.sources.get("validation")
+  if validation is not None:
+    extra = 4 * resident.nbytes(resident.stored(validation))
+    exp.eval_on_device = nbytes + extra <= budget_bytes(cfg)
+  return DeviceFeed(by_name, stored, annotators, mesh, why)
+
+
+def order_key(seed) -> jax.Array:
+  """The key of a stream's example order (:mod:`jaxseg.data.resident`)."""
+  return jax.random.fold_in(jax.random.key(seed), 1)
+
+
+class DeviceFeed:
+  """The training split on the device; batches drawn inside the step."""
+
+  where = "device"
+
+  def __init__(self, by_name: dict, stored: dict, annotators: bool, mesh, why: str):
+    self.why, self.mesh, self.annotators = why, mesh, annotators
+    self.batch_sizes = {n: s.batch_size for n, s in by_name.items()}
+    self.inputs = sharding.put_replicated(
+      {n: {"arrays": stored[n], "seed": np.int32(s.seed)} for n, s in by_name.items()}, mesh
+    )
+    self.input_sharding = sharding.replicated(mesh)
+
+  def batch(self, inputs, step):
+    """The global batch of ``step`` (0-based, traced) from the resident ``inputs``."""
+    drawn = {
+      n: resident.draw(
+        x["arrays"], order_key(x["seed"]), step, self.batch_sizes[n], self.annotators
+      )
+      for n, x in inputs.items()
+    }
+    return jax.lax.with_sharding_constraint(drawn, sharding.batch_sharding(self.mesh))
+
+  def next(self):
+    return self.inputs
+
+  def state(self) -> dict:
+    return {}
+
+  def restore(self, state: dict) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+class Fixed:
+  """Inputs that are already a batch on the device (a benchmark's one fixed batch)."""
+
+  def __init__(self, mesh):
+    self.input_sharding = sharding.batch_sharding(mesh)
+
+  def batch(self, inputs, step):
+    return inputs
+
+
+class HostFeed:
+  """grain loaders on the host, prefetched onto the device by a background thread."""
+
+  where = "host"
+
+  def __init__(self, by_name: dict, data_config, mesh, why: str):
+    self.mesh, self.input_sharding = mesh, sharding.batch_sharding(mesh)
+    self.workers = workers(data_config.workers)
+    self.why = f"{why}; {self.workers} grain workers"
+    if self.workers and not flags.FLAGS.is_parsed():  # grain reads its flags (library use)
+      flags.FLAGS.mark_as_parsed()
+    process = (jax.process_index(), jax.process_count())  # each its slice of every batch
+    self.loaders = {
+      n: pipeline.train_loader(s.source, s.batch_size, s.seed, data_config, process, self.workers)
+      for n, s in by_name.items()
+    }
+    self.consumed = {n: None for n in by_name}
+    self._thread = None
+
+  def batch(self, inputs, step):
+    return inputs
+
+  def restore(self, state: dict) -> None:
+    self.consumed.update(state)
+
+  def _start(self) -> None:
+    self._queue, self._stop = queue.Queue(PREFETCH), threading.Event()
+    its = {}
+    for n, loader in self.loaders.items():
+      its[n] = iter(loader)
+      if self.consumed[n] is not None:
+        its[n].set_state(self.consumed[n].encode())
+    self._thread = threading.Thread(target=self._fill, args=(its,), daemon=True)
+    self._thread.start()
+
+  def _fill(self, its: dict) -> None:
+    try:
+      while not self._stop.is_set():
+        host = {n: next(it) for n, it in its.items()}
+        states = {n: it.get_state().decode() for n, it in its.items()}
+        self._offer((sharding.put_batch(host, self.mesh), states))
+    except Exception as e:  # noqa: BLE001 - re-raised in the loop's thread by next()
+      self._offer((e, None))
+
+  def _offer(self, item) -> None:
+    while not self._stop.is_set():
+      try:
+        return self._queue.put(item, timeout=0.1)
+      except queue.Full:
+        continue
+
+  def next(self):
+    if self._thread is None:
+      self._start()
+    batch, states = self._queue.get()
+    if states is None:
+      raise batch
+    self.consumed = states
+    return batch
+
+  def state(self) -> dict:
+    return {n: s for n, s in self.consumed.items() if s is not None}
+
+  def close(self) -> None:
+    if self._thread is not None:
+      self._stop.set()
+      self._thread.join()

@@ -163,7 +163,15 @@ def test_augmentations_move_image_and_labels_together():
   again = augment.apply(chain, jax.random.key(0), batch)
   np.testing.assert_array_equal(again["image"], out["image"])
   # Non-square images are only flipped or turned by 180 degrees.
-  rect = {"image": jnp.zeros((1, 4, 6, 1)), "labels": jnp.zeros((1, 4, 6), int)}
-  assert augment.apply(chain, jax.random.key(3), rect)["image"].shape == (1, 4, 6, 1)
+  rect = {"image": jnp.arange(24.0).reshape(1, 4, 6, 1), "labels": jnp.zeros((1, 4, 6), int)}
+  # A run of dihedral transforms is applied as the one permutation it composes to:
+  # the same pixels as applying them one by one with the chain's keys.
+  for key in map(jax.random.key, range(6)):
+    for b in (batch, rect):
+      merged = augment.apply(chain, key, b)["image"]
+      for i, k in enumerate(jax.random.split(key, len(b["image"]))):
+        one = {"image": b["image"][i], "labels": b["labels"][i]}
+        one = augment.rot90(jax.random.fold_in(k, 1), augment.flip(jax.random.fold_in(k, 0), one))
+        np.testing.assert_array_equal(merged[i], one["image"])
   with pytest.raises(ValueError, match="Unknown augmentation name 'warp'"):
     augment.check({"warp": {}})

@@ -26,7 +26,7 @@ from jaxseg.run import feed, train
 from jaxseg.run.experiment import Experiment
 from jaxseg.train import step as step_lib
 
-MIN_IMAGES = 512  # timed per record, after one warm-up batch
+MIN_IMAGES = 2048  # timed per record, after one warm-up batch
 LOOP_LOGS = 6  # log lines of the timed train loop (the first is not counted)
 
 

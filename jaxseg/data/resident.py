@@ -35,7 +35,10 @@ def draw(arrays: dict, key: jax.Array, step, batch: int, annotators: bool = Fals
   """Batch ``step`` of the resident ``arrays`` as model inputs (see
   :func:`jaxseg.data.pipeline.model_inputs`)."""
   indices = batch_indices(key, step, arrays["image"].shape[0], batch)
-  return pipeline.model_inputs({k: v[indices] for k, v in arrays.items()}, annotators)
+  # jnp.take, not v[indices]: XLA:CPU fused the latter's gather into the dtype
+  # conversion and ran it 5x slower (measured: 3.9 vs 0.8 ms, batch 8 of 256x256).
+  gathered = {k: jnp.take(v, indices, axis=0) for k, v in arrays.items()}
+  return pipeline.model_inputs(gathered, annotators)
 
 
 def stored(source, annotators: bool = False) -> dict:

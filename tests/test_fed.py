@@ -12,6 +12,7 @@ import pytest
 
 from configs import fed_common
 from jaxseg import main, perturb
+from jaxseg.data import pipeline
 from jaxseg.fed import backends, cost, layout, partition, seed_search, simulate
 from jaxseg.run import federated
 from jaxseg.run.experiment import Experiment
@@ -147,22 +148,28 @@ def supervised_fed():
   config.optim.update(name="sgd", lr=0.05)
   exp = Experiment(config)
   sim = federated.simulation(exp)
-  arrays, _ = federated.load_arrays(exp.sources["train"])
-  return exp, sim, arrays
+  return exp, sim, exp.sources["train"]
 
 
-def _round(exp, sim, arrays, where, rows):
+def _round(exp, sim, source, where, rows, placement="device", client_map="vmap"):
   data, _ = layout.client_data(where, rows, 3, 0.0, 2, 2)
-  run, place = backends.compile_round(
-    sim.fed, data, arrays, np.zeros(1, np.float32), exp.train_key, "device", jax.devices()[:1]
+  run, state_sharding = backends.compile_round(
+    sim.fed,
+    data,
+    source,
+    np.zeros(1, np.float32),
+    exp.train_key,
+    placement,
+    jax.devices()[:1],
+    client_map,
   )
-  return run(place(exp.init()))
+  return run(jax.device_put(exp.init(), state_sharding))
 
 
 def test_a_padded_client_changes_nothing(supervised_fed):
-  exp, sim, arrays = supervised_fed
-  two, _ = _round(exp, sim, arrays, sim.layout, rows=2)
-  padded, _ = _round(exp, sim, arrays, sim.layout, rows=3)
+  exp, sim, source = supervised_fed
+  two, _ = _round(exp, sim, source, sim.layout, rows=2)
+  padded, _ = _round(exp, sim, source, sim.layout, rows=3)
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
     _params(two),
@@ -171,15 +178,16 @@ def test_a_padded_client_changes_nothing(supervised_fed):
 
 
 def test_one_client_equals_centralized_training(supervised_fed):
-  exp, sim, arrays = supervised_fed
-  n = len(arrays["image"])
+  exp, sim, source = supervised_fed
+  n = len(source)
   one = layout.Layout([np.arange(n)], [np.arange(n)], [np.arange(n)], np.zeros(0, np.int64))
-  fed_state, _ = _round(exp, sim, arrays, one, rows=1)
+  fed_state, _ = _round(exp, sim, source, one, rows=1)
   # The same local steps, one by one, outside the simulator.
   data, _ = layout.client_data(one, 1, 3, 0.0, 2, 2)
   placed = backends.place(
-    sim.fed, data, arrays, np.zeros(1), exp.train_key, "device", jax.devices()[:1]
+    sim.fed, data, source, np.zeros(1), exp.train_key, "device", jax.devices()[:1]
   )
+  arrays = pipeline.model_inputs(source.take(np.arange(n)))
   keys, data_key = placed.keys, placed.data_key
   idx = simulate.client_indices(sim.fed, data, data_key, 0)
   state = simulate.start(sim.fed, exp.init().nets, 0)
@@ -196,21 +204,11 @@ def test_one_client_equals_centralized_training(supervised_fed):
 
 
 def test_streamed_or_looped_rounds_equal_the_vmapped_round_on_device(supervised_fed):
-  exp, sim, arrays = supervised_fed
-  data, _ = layout.client_data(sim.layout, 3, 3, 0.0, 2, 2)  # one padding row
+  exp, sim, source = supervised_fed
   results = []
   for placement, client_map in (("device", "vmap"), ("stream", "vmap"), ("device", "loop")):
-    run, place = backends.compile_round(
-      sim.fed,
-      data,
-      arrays,
-      np.zeros(1, np.float32),
-      exp.train_key,
-      placement,
-      jax.devices()[:1],
-      client_map,
-    )
-    results.append(_params(run(place(exp.init()))[0]))
+    state, _ = _round(exp, sim, source, sim.layout, 3, placement, client_map)  # 1 padding row
+    results.append(_params(state))
   for other in results[1:]:
     jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), results[0], other

@@ -18,6 +18,7 @@ from jaxseg.run import runtime
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.run.experiment import Experiment
 from jaxseg.train import step as step_lib
+from tests.conftest import make_tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,19 +94,35 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("placement", ["host", "device"])
-def test_two_processes_train_like_one(tmp_path, tiny_config, placement):
-  """jax.distributed on two local CPU processes: each reads its half of every batch
-  (host) or holds the whole split (device), orbax checkpoints the global state, only
-  process 0 writes logs; the result equals a one-process run."""
-  config = scaling_config(tiny_config)
-  config.data.placement = placement
-  one = main.train(config, str(tmp_path / "one"))  # also prepares the dataset once
-  port, workdir = _free_port(), str(tmp_path / "two")
+def multihost_jobs() -> dict:
+  """What the two-process test runs in one process and in two: the tiny config with
+  its data on the host (each process reads its half of every batch) and on the
+  device (each holds the split), and a FedAvg smoke run (each process holds its
+  own clients' images)."""
+  from tests.test_fed import tiny_fed_config
+
+  jobs = {}
+  for placement in ("host", "device"):
+    jobs[placement] = scaling_config(make_tiny_config())
+    jobs[placement].data.placement = placement
+  fed = tiny_fed_config("supervised", rounds=2, local_steps=2, num_clients=3)
+  fed.optim.update(name="sgd", lr=0.05)  # Adam amplifies rounding noise (see test_fed)
+  jobs["federated"] = fed
+  return jobs
+
+
+def test_two_processes_train_like_one(tmp_path):
+  """jax.distributed on two local CPU processes: data-parallel training (host and
+  device data) and a federated run whose client axis spans both processes;
+  orbax checkpoints the global state, only process 0 writes logs; each result
+  equals the one-process run's."""
+  jobs = multihost_jobs()
+  one = {name: main.train(config, str(tmp_path / "one" / name)) for name, config in jobs.items()}
+  port, workdir = _free_port(), tmp_path / "two"
   logs = [open(tmp_path / f"process{i}.log", "w+") for i in range(2)]  # files: pipes can fill
   procs = [
     subprocess.Popen(
-      [sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"), workdir, placement],
+      [sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"), str(workdir)],
       env={
         **os.environ,
         "PYTHONPATH": REPO,
@@ -118,7 +135,7 @@ def test_two_processes_train_like_one(tmp_path, tiny_config, placement):
     )
     for i, log in enumerate(logs)
   ]
-  deadline = time.time() + 300
+  deadline = time.time() + 400
   while any(p.poll() is None for p in procs) and time.time() < deadline:
     if any(p.poll() for p in procs):  # one failed: the other would wait for it
       break
@@ -132,14 +149,17 @@ def test_two_processes_train_like_one(tmp_path, tiny_config, placement):
     log.seek(0)
     outputs.append(log.read())
     assert p.returncode == 0, outputs[-1][-3000:]
-  assert "process 1 of 2: step 4" in outputs[1]
-  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
-  exp = Experiment(config, splits=("train",))
-  two, _ = ckpts.restore(ckpts.latest_step(), exp.abstract_state())
-  ckpts.close()
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), one, two)
-  lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
-  assert len(lines) == len(open(tmp_path / "one" / "metrics.jsonl").read().splitlines())
+  assert "process 1 of 2: federated 2" in outputs[1], outputs[1][-3000:]
+  assert "3 clients" in outputs[0] and "3 clients" not in outputs[1]  # process 0 prints
+  for name, config in jobs.items():
+    ckpts = Checkpoints(str(workdir / name / "checkpoints"), read_only=True)
+    two, _ = ckpts.restore(ckpts.latest_step(), Experiment(config, ("train",)).abstract_state())
+    ckpts.close()
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)  # noqa: E731
+    jax.tree.map(close, jax.device_get(one[name]), two)
+    lines = (workdir / name / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len((tmp_path / "one" / name / "metrics.jsonl").read_text().splitlines())
+  assert "clients.md" in os.listdir(workdir / "federated")
 
 
 def _mixed_precision_step(method_name, dtype, scale):

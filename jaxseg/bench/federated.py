@@ -14,6 +14,7 @@ import time
 import jax
 import numpy as np
 
+from jaxseg.data import arrays
 from jaxseg.errors import UserError
 from jaxseg.fed import backends, layout
 from jaxseg.run import federated
@@ -23,7 +24,7 @@ IMAGES_PER_CLIENT = 8
 
 
 def federation(config, num_clients: int):
-  """``(experiment, Federation, ClientData, arrays)`` of ``num_clients`` IID clients
+  """``(experiment, Federation, ClientData, source)`` of ``num_clients`` IID clients
   on random data."""
   if config.fed.scenario != "label_at_client":
     raise UserError(
@@ -34,12 +35,9 @@ def federation(config, num_clients: int):
   size = config.data.kwargs.image_size
   n = num_clients * IMAGES_PER_CLIENT
   key = jax.random.key(0)
-  arrays = {
-    "image": np.asarray(jax.random.uniform(key, (n, size, size, exp.image_shape[-1]))),
-    "labels": np.asarray(
-      jax.random.bernoulli(jax.random.fold_in(key, 1), 0.1, (n, size, size))
-    ).astype(np.int32),
-  }
+  image = jax.random.randint(key, (n, size, size, exp.image_shape[-1]), 0, 256)
+  mask = jax.random.bernoulli(jax.random.fold_in(key, 1), 0.1, (n, size, size))
+  source = arrays.InMemory({"image": np.asarray(image, np.uint8), "mask": np.asarray(mask, "u1")})
   parts = np.array_split(np.arange(n), num_clients)
   where = layout.Layout(parts, parts, parts, np.zeros(0, np.int64))
   fc = config.fed
@@ -52,7 +50,7 @@ def federation(config, num_clients: int):
     config.method.unlabeled_batch_size,
   )
   fed = federated.federation(exp, longest)
-  return exp, fed, data, arrays
+  return exp, fed, data, source
 
 
 def _time(run_round, state, repeats: int) -> tuple[float, float]:
@@ -69,20 +67,21 @@ def _time(run_round, state, repeats: int) -> tuple[float, float]:
 def run(config, client_counts: list[int], repeats: int) -> list[dict]:
   records = []
   for count in client_counts:
-    exp, fed, data, arrays = federation(config, count)
+    exp, fed, data, source = federation(config, count)
     timings = {}
     for client_map in ("vmap", "loop"):
-      run_round, place = backends.compile_round(
+      run_round, state_sharding = backends.compile_round(
         fed,
         data,
-        arrays,
+        source,
         np.zeros(1, np.float32),
         exp.train_key,
         "device",
         jax.devices()[:1],
         client_map,
       )
-      timings[client_map] = _time(run_round, place(jax.jit(exp.init)()), repeats)
+      state = jax.jit(exp.init, out_shardings=state_sharding)()
+      timings[client_map] = _time(run_round, state, repeats)
     (first_v, vmap_s), (first_l, loop_s) = timings["vmap"], timings["loop"]
     records.append(
       {

@@ -25,14 +25,11 @@ from jaxseg.data import weight_map
 FIELDS = ("image", "mask", "annotators", "site")
 
 
-class Arrays:
-  """Random access to a split stored by :func:`open_split` (a grain data source)."""
+class InMemory:
+  """Random access to examples held as arrays ``{field: [N, ...]}`` (a grain data source)."""
 
-  def __init__(self, directory: str, weights: str | None = None):
-    self.directory, self.weights = directory, weights
-    self.fields = {name: np.load(_path(directory, name), mmap_mode="r") for name in FIELDS}
-    if weights is not None:
-      self.fields["weights"] = np.load(os.path.join(directory, weights), mmap_mode="r")
+  def __init__(self, fields: dict):
+    self.fields = fields
 
   def __len__(self) -> int:
     return len(self.fields["image"])
@@ -40,10 +37,23 @@ class Arrays:
   def __getitem__(self, i):
     return {name: np.asarray(value[i]) for name, value in self.fields.items()}
 
-  def take(self, indices) -> dict:
-    """The examples ``indices`` as arrays ``{field: [len(indices), ...]}``."""
+  def take(self, indices, fields=None) -> dict:
+    """The examples ``indices`` as arrays ``{field: [len(indices), ...]}`` (only
+    ``fields``, if given: the others are not read)."""
     indices = np.asarray(indices, np.int64)
-    return {name: np.asarray(value[indices]) for name, value in self.fields.items()}
+    names = self.fields if fields is None else fields
+    return {name: np.asarray(self.fields[name][indices]) for name in names}
+
+
+class Arrays(InMemory):
+  """A split stored by :func:`open_split`, read through memory maps."""
+
+  def __init__(self, directory: str, weights: str | None = None):
+    self.directory, self.weights = directory, weights
+    fields = {name: np.load(_path(directory, name), mmap_mode="r") for name in FIELDS}
+    if weights is not None:
+      fields["weights"] = np.load(os.path.join(directory, weights), mmap_mode="r")
+    super().__init__(fields)
 
   def __reduce__(self):  # grain workers reopen the memory maps instead of copying them
     return Arrays, (self.directory, self.weights)

@@ -34,8 +34,8 @@ class Subset:
   def __getitem__(self, i):
     return self.source[int(self.indices[i])]
 
-  def take(self, indices) -> dict:
-    return self.source.take(self.indices[np.asarray(indices, np.int64)])
+  def take(self, indices, fields=None) -> dict:
+    return self.source.take(self.indices[np.asarray(indices, np.int64)], fields)
 
   def __repr__(self) -> str:
     # Stable across processes: grain stores the data source's repr in its iterator
@@ -58,10 +58,14 @@ class Concat:
     which = bisect.bisect_right(self.starts, i) - 1
     return self.sources[which][int(i - self.starts[which])]
 
-  def take(self, indices) -> dict:
-    parts = [s.take(np.arange(len(s))) for s in self.sources]
+  def take(self, indices, fields=None) -> dict:
     indices = np.asarray(indices, np.int64)
-    return {k: np.concatenate([p[k] for p in parts])[indices] for k in parts[0]}
+    which = np.searchsorted(self.starts, indices, side="right") - 1
+    parts = [
+      s.take(indices[which == i] - self.starts[i], fields) for i, s in enumerate(self.sources)
+    ]
+    order = np.argsort(np.argsort(which, kind="stable"), kind="stable")  # back to ``indices``
+    return {k: np.concatenate([p[k] for p in parts])[order] for k in parts[0]}
 
   def __repr__(self) -> str:
     return f"Concat({', '.join(repr(s) for s in self.sources)})"

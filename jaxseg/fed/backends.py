@@ -8,12 +8,16 @@ same result:
   client, a compiled aggregation — how frameworks that train clients one by one
   simulate, and faster on CPU (XLA:CPU's grouped convolutions are slow).
 
-Data (:func:`place`): ``device`` keeps the training arrays on the device and gathers
-batches inside the round; ``stream`` draws indices on the device, gathers the batches
-on the host and sends them every round. ``data_devices`` > 1 (vmap): the mesh is
-``clients x data``; each group of ``data_devices`` devices trains its clients with
-every batch split over the group. The batch is split only where a group holds one
-client: several vmapped clients make grouped convolutions, which XLA keeps whole.
+Data (:func:`place`): ``device`` keeps the training arrays on the device, each client
+group (device of the ``clients`` axis) with only its own clients' images, and gathers
+batches inside the round; ``stream`` draws indices on the device, reads the batches
+on the host and sends them every round (one process only). With several processes
+(``JAXSEG_DISTRIBUTED=1``) the ``clients`` axis spans every process's devices and each
+process reads and places only its own devices' client groups. ``data_devices`` > 1
+(vmap): the mesh is ``clients x data``; each group of ``data_devices`` devices trains
+its clients with every batch split over the group. The batch is split only where a
+group holds one client: several vmapped clients make grouped convolutions, which XLA
+keeps whole.
 """
 
 import dataclasses
@@ -26,6 +30,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxseg.data import pipeline
 from jaxseg.fed import simulate
 
 
@@ -36,8 +41,9 @@ class Placed:
   fed: simulate.Federation
   mesh: jax.sharding.Mesh
   data: simulate.ClientData  # sharded by client rows
-  arrays: dict  # the training arrays on the host
-  device_arrays: dict  # ... and on the device ({} when streamed)
+  source: object  # the training split on the host (``take``, as a grain source)
+  client_arrays: dict  # [groups, N, ...] split by client group ({} when streamed)
+  server_arrays: dict  # [1, N, ...] the server's images, replicated ({} when streamed)
   probe: jax.Array
   keys: dict  # train, search
   data_key: jax.Array
@@ -52,12 +58,12 @@ class Placed:
     return simulate.client_indices(self.fed, data, self.data_key, step), server
 
   def host_batches(self, state):
-    """This round's batches gathered on the host (``stream``), or None."""
+    """This round's batches read on the host (``stream``), or None."""
     if not self.streamed:
       return None
     client_idx, server_idx = jax.device_get(self.draw(state.step, self.data))
-    client_xs = jax.device_put(simulate.gather(self.arrays, client_idx), self.rows)
-    return client_xs, None if server_idx is None else simulate.gather(self.arrays, server_idx)
+    client_xs = jax.device_put(host_gather(self.source, client_idx), self.rows)
+    return client_xs, None if server_idx is None else host_gather(self.source, server_idx)
 
   @functools.cached_property
   def draw(self) -> Callable:
@@ -68,15 +74,76 @@ class Placed:
     return NamedSharding(self.mesh, P("clients"))
 
 
-def place(fed, data, arrays, probe, train_key, placement: str, devices, data_devices: int = 1):
+def host_gather(source, indices) -> dict:
+  """:func:`jaxseg.fed.simulate.gather` on the host, reading only ``indices``."""
+
+  def one(idx):
+    batch = pipeline.model_inputs(source.take(idx.ravel()))
+    return {k: v.reshape(*idx.shape, *v.shape[1:]) for k, v in batch.items()}
+
+  return jax.tree.map(one, indices)
+
+
+def members(data: simulate.ClientData, groups: int) -> list[np.ndarray]:
+  """The training images each of ``groups`` client groups (rows split evenly) reads."""
+  rows = len(data.size) // groups
+  held = [
+    np.concatenate([data.labeled[r, : data.labeled_n[r]], data.unlabeled[r, : data.unlabeled_n[r]]])
+    for r in range(len(data.size))
+  ]
+  return [np.unique(np.concatenate(held[g * rows : (g + 1) * rows])) for g in range(groups)]
+
+
+def filled(source, images: list[np.ndarray], sharding: NamedSharding, length: int) -> dict:
+  """Arrays ``[len(images), length, ...]`` on ``sharding`` (split along the first axis):
+  slab ``g`` holds the model inputs of ``images[g]`` at their indices, zeros elsewhere.
+  Only the slabs of this process's devices are read and built."""
+  first = pipeline.model_inputs(source.take([0]))
+
+  @functools.cache
+  def slab(g: int) -> dict:
+    out = {k: np.zeros((length, *v.shape[1:]), v.dtype) for k, v in first.items()}
+    if len(images[g]):
+      for k, v in pipeline.model_inputs(source.take(images[g])).items():
+        out[k][images[g]] = v
+    return out
+
+  def field(k):
+    shape = (len(images), length, *first[k].shape[1:])
+    return jax.make_array_from_callback(
+      shape, sharding, lambda i: np.stack([slab(g)[k] for g in range(len(images))[i[0]]])[i[1:]]
+    )
+
+  return {k: field(k) for k in first}
+
+
+def put(tree, sharding):
+  """Host arrays, the same on every process, -> global arrays on ``sharding`` (each
+  process builds only its own devices' shards)."""
+  return jax.tree.map(
+    lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda i: np.asarray(x)[i]),
+    tree,
+  )
+
+
+def place(fed, data, source, probe, train_key, placement: str, devices, data_devices: int = 1):
   """A :class:`Placed` over ``devices`` (``len(devices) // data_devices`` client groups)."""
-  shape = (len(devices) // data_devices, data_devices)
+  groups = len(devices) // data_devices
   mesh = jax.make_mesh(
-    shape, ("clients", "data"), axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices
+    (groups, data_devices),
+    ("clients", "data"),
+    axis_types=(jax.sharding.AxisType.Auto,) * 2,
+    devices=devices,
   )
   rows, replicated = NamedSharding(mesh, P("clients")), NamedSharding(mesh, P())
   # Client tables split by rows; the server's replicated.
-  data_sharding = jax.tree.map(lambda _: rows, data).replace(server=replicated, server_n=replicated)
+  tables = put(data.replace(server=None, server_n=None), rows)
+  tables = tables.replace(**put({"server": data.server, "server_n": data.server_n}, replicated))
+  client_arrays, server_arrays = {}, {}
+  if placement == "device":
+    n, server = len(source), data.server[: data.server_n]
+    client_arrays = filled(source, members(data, groups), rows, n)
+    server_arrays = filled(source, [server], replicated, n if len(server) else 1)
   fetch = simulate.gather if placement == "device" else (lambda _, x: x)
   if data_devices > 1:  # a client's batches split over the data axis of its group
     unsplit, split = fetch, NamedSharding(mesh, P("data"))
@@ -85,10 +152,11 @@ def place(fed, data, arrays, probe, train_key, placement: str, devices, data_dev
   return Placed(
     fed=fed,
     mesh=mesh,
-    data=jax.device_put(data, data_sharding),
-    arrays=arrays,
-    device_arrays=jax.device_put(arrays, replicated) if placement == "device" else {},
-    probe=jax.device_put(probe, replicated),
+    data=tables,
+    source=source,
+    client_arrays=client_arrays,
+    server_arrays=server_arrays,
+    probe=put(probe, replicated),
     keys=keys,
     data_key=jax.random.fold_in(train_key, 2),
     fetch=fetch,
@@ -116,15 +184,26 @@ def vmap_round(placed: Placed) -> Callable:
     return mapped(shared, *client_args)
 
   @functools.partial(jax.jit, donate_argnums=0)
-  def one_program(state, data, arrays, probe, xs):
+  def one_program(state, data, server_arrays, client_arrays, probe, xs):
     client_xs, server_xs = placed.indices(state.step, data) if xs is None else xs
     return simulate.round_(
-      fed, state, data, client_xs, server_xs, placed.fetch, probe, placed.keys, arrays, map_clients
+      fed,
+      state,
+      data,
+      client_xs,
+      server_xs,
+      placed.fetch,
+      probe,
+      placed.keys,
+      server_arrays,
+      client_arrays,
+      map_clients,
     )
 
   def run_round(state):
     xs = placed.host_batches(state)
-    return one_program(state, placed.data, placed.device_arrays, placed.probe, xs)
+    arrays = (placed.server_arrays, placed.client_arrays)
+    return one_program(state, placed.data, *arrays, placed.probe, xs)
 
   return run_round
 
@@ -151,10 +230,11 @@ def loop_round(placed: Placed) -> Callable:
 
   def run_round(state):
     xs = placed.host_batches(state)
-    client_xs, (shared, metrics) = prepare(state, data, placed.device_arrays, placed.probe, xs)
+    client_xs, (shared, metrics) = prepare(state, data, placed.server_arrays, placed.probe, xs)
     total = None
     for one, row, steps, size in per_client:
-      part = block(shared, row, jax.tree.map(lambda x, one=one: x[one], client_xs), steps, size)
+      xs_c = jax.tree.map(lambda x, one=one: x[one], client_xs)
+      part = block(shared, placed.client_arrays, row, xs_c, steps, size)
       total = part if total is None else add(total, part)
     return finish(state, shared, total, metrics)
 
@@ -165,12 +245,12 @@ BACKENDS = {"vmap": vmap_round, "loop": loop_round}
 
 
 def compile_round(
-  fed, data, arrays, probe, train_key, placement, devices, client_map="vmap", data_devices=1
+  fed, data, source, probe, train_key, placement, devices, client_map="vmap", data_devices=1
 ):
-  """``(run_round(state) -> (state, metrics), place_state)`` of ``client_map``
-  (``vmap`` or ``loop``; ``loop`` runs on the first device)."""
+  """``(run_round(state) -> (state, metrics), state_sharding)`` of ``client_map``
+  (``vmap`` or ``loop``; ``loop`` runs on the first device); the server state goes on
+  ``state_sharding`` (replicated over the round's mesh)."""
   if client_map == "loop":
     devices = devices[:1]
-  placed = place(fed, data, arrays, probe, train_key, placement, devices, data_devices)
-  replicated = NamedSharding(placed.mesh, P())
-  return BACKENDS[client_map](placed), lambda state: jax.device_put(state, replicated)
+  placed = place(fed, data, source, probe, train_key, placement, devices, data_devices)
+  return BACKENDS[client_map](placed), NamedSharding(placed.mesh, P())

@@ -15,9 +15,9 @@ def _choice(key: str, value: str, known) -> None:
     raise UserError(f"config.fed.{key}: unknown {value!r}; known: {', '.join(known)}.")
 
 
-def check(config, devices: int) -> None:
+def check(config, devices: int, processes: int = 1) -> None:
   """Raises a :class:`UserError` naming the first ``config.fed`` key that is wrong
-  (``devices``: how many the client mesh would span)."""
+  (``devices``: how many the client mesh would span, over ``processes``)."""
   fc = config.fed
   if "method" not in config:
     raise UserError("a federated config needs config.method (e.g. 'supervised' for FedAvg).")
@@ -41,6 +41,12 @@ def check(config, devices: int) -> None:
     raise UserError(
       "method 'supervised' with scenario 'label_at_server' gives the clients nothing to "
       "train on; use label_at_client (FedAvg) or a semi-supervised method."
+    )
+  if processes > 1 and (fc.placement == "stream" or fc.client_map == "loop"):
+    raise UserError(
+      f"a federated run over {processes} processes keeps each process's clients on its own "
+      f"devices: config.fed.placement must be 'device' or 'auto' (found {fc.placement!r}) "
+      f"and config.fed.client_map 'vmap' or 'auto' (found {fc.client_map!r})."
     )
   _check_data_devices(config, devices)
   if semi.make_method(config.method.name, config.method.kwargs).sends_seeds:

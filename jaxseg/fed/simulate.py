@@ -21,7 +21,11 @@ Client states are stacked on a leading axis. A round, in this order:
 Data: ``xs`` holds, per client and local step, either indices into the training
 arrays (data on the device; gathered inside the step) or the batches themselves
 (streamed per round); ``fetch`` turns one step's ``xs`` into batches, so both modes
-run the same computation. Batch indices are drawn with keys
+run the same computation. On the device, each client group (a device of the
+``clients`` mesh axis) holds its own copy of the training arrays in which only its
+clients' images are filled in (``client_arrays [groups, N, ...]``), and the server
+one with only its own (``server_arrays``): a process of a multi-host run reads and
+holds no other client's images. Batch indices are drawn with keys
 ``fold_in(fold_in(fold_in(data_key, round), client), step)``.
 """
 
@@ -208,15 +212,16 @@ def aggregate(fed: Federation, server: ServerState, sums: dict, total) -> Server
   return server.replace(nets=nets, opt_state=opt_state)
 
 
-def clients(fed: Federation, fetch, shared: dict, rows, xs, steps, size):
+def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size):
   """Local training of a block of clients (vmapped) and their weighted sums.
 
-  ``shared``: what every client gets (``nets``, ``seeds``, ``key``, ``round``,
-  ``arrays`` for ``fetch``). Returns sums over the block, so that blocks on several
-  devices combine by ``psum``: ``{params, batch_stats}`` weighted by client size, the
-  total weight, the live (non-padding) clients and their metrics' sums.
+  ``shared``: what every client gets (``nets``, ``seeds``, ``key``, ``round``);
+  ``arrays``: the block's group's training arrays ``[1, N, ...]`` for ``fetch``.
+  Returns sums over the block, so that blocks on several devices combine by
+  ``psum``: ``{params, batch_stats}`` weighted by client size, the total weight, the
+  live (non-padding) clients and their metrics' sums.
   """
-  batches = functools.partial(fetch, shared["arrays"])
+  batches = functools.partial(fetch, jax.tree.map(lambda v: v[0], arrays))
 
   def client(c, xs, steps):
     state = start(fed, shared["nets"], shared["round"] * fed.local_steps)
@@ -235,7 +240,8 @@ def clients(fed: Federation, fetch, shared: dict, rows, xs, steps, size):
 
 def broadcast(fed: Federation, server: ServerState, server_xs, fetch, probe, keys, arrays):
   """Steps 1-3 of a round: ``(shared, metrics)``, what every client receives
-  (``nets``, ``seeds``, ``key``, ``round``, ``arrays``; see :func:`clients`)."""
+  (``nets``, ``seeds``, ``key``, ``round``; see :func:`clients`). ``arrays``: the
+  server's training arrays ``[1, N, ...]``."""
   round_idx = server.step
   metrics = {}
   nets = server.nets
@@ -243,7 +249,7 @@ def broadcast(fed: Federation, server: ServerState, server_xs, fetch, probe, key
   if fed.scenario == "label_at_server":
     state = start(fed, nets, round_idx * fed.server_steps)
     steps = jnp.asarray(fed.server_steps)
-    batches = functools.partial(fetch, arrays)
+    batches = functools.partial(fetch, jax.tree.map(lambda v: v[0], arrays))
     state, server_metrics = local_train(
       fed, state, server_xs, batches, steps, jax.random.fold_in(base_key, SERVER), None
     )
@@ -268,7 +274,7 @@ def broadcast(fed: Federation, server: ServerState, server_xs, fetch, probe, key
       **fed.perturb,
     )
     metrics.update(info)
-  shared = {"nets": nets, "seeds": seeds, "key": base_key, "round": round_idx, "arrays": arrays}
+  shared = {"nets": nets, "seeds": seeds, "key": base_key, "round": round_idx}
   return shared, metrics
 
 
@@ -289,18 +295,20 @@ def round_(
   fetch: Callable,
   probe,
   keys: dict,
-  arrays=None,
+  server_arrays=None,
+  client_arrays=None,
   map_clients: Callable = lambda block, shared, *client_args: block(shared, *client_args),
 ):
   """One round: ``(new server state, metrics)``. ``keys``: ``train``, ``search``.
 
-  ``fetch(arrays, x)`` makes one step's batches from its ``xs`` entry.
-  ``map_clients(block, shared, rows, xs, steps, size)`` runs :func:`clients`:
-  directly, or per device on its shard of the clients with the sums combined by
-  ``psum`` (:func:`jaxseg.fed.backends.vmap_round`).
+  ``fetch(arrays, x)`` makes one step's batches from its ``xs`` entry, out of the
+  server's ``server_arrays`` or a client group's ``client_arrays`` (see the module
+  docstring). ``map_clients(block, shared, arrays, rows, xs, steps, size)`` runs
+  :func:`clients`: directly, or per device on its shard of the client groups with the
+  sums combined by ``psum`` (:func:`jaxseg.fed.backends.vmap_round`).
   """
-  shared, metrics = broadcast(fed, server, server_xs, fetch, probe, keys, arrays)
+  shared, metrics = broadcast(fed, server, server_xs, fetch, probe, keys, server_arrays)
   rows = jnp.arange(data.size.shape[0])
   block = functools.partial(clients, fed, fetch)
-  sums = map_clients(block, shared, rows, client_xs, data.steps, data.size)
+  sums = map_clients(block, shared, client_arrays, rows, client_xs, data.steps, data.size)
   return finish(fed, server, shared, sums, metrics)

@@ -25,19 +25,15 @@ from jaxseg.run.experiment import Experiment, check_config
 from jaxseg.train import optim
 
 
-def load_arrays(source) -> tuple[dict, np.ndarray]:
-  """The training split as model inputs ``{image, labels[, weights]}`` and sites."""
-  stored = source.take(np.arange(len(source)))
-  return pipeline.model_inputs(stored), stored["site"].astype(np.int64)
-
-
 def devices_of(fc) -> list:
-  return jax.devices() if fc.shard_clients else jax.devices()[:1]
+  """The devices of the client mesh: all of them with ``shard_clients`` or several
+  processes (each process trains the clients of its own devices), else the first."""
+  return jax.devices() if fc.shard_clients or jax.process_count() > 1 else jax.devices()[:1]
 
 
 def check(config) -> None:
   check_config(config)
-  checks.check(config, len(devices_of(config.fed)))
+  checks.check(config, len(devices_of(config.fed)), jax.process_count())
   skeleton.check_positive(config.train, ("batch_size", "eval_every", "log_every"))
 
 
@@ -81,13 +77,18 @@ class Simulation:
   communication: dict
   placement: str
   run_round: object
-  place_state: object
+  state_sharding: object  # where the server state lives (replicated over the mesh)
+
+  def place_state(self, state):
+    return jax.device_put(state, self.state_sharding)
 
 
-def client_layout(exp: Experiment, arrays, sites, groups: int):
-  """``(where, data, longest, foreground)``: who holds what, as padded index tables."""
-  cfg, fc = exp.config, exp.config.fed
-  foreground = (arrays["labels"] > 0).mean(axis=(1, 2))
+def client_layout(exp: Experiment, groups: int):
+  """``(where, data, longest, foreground)``: who holds what, as padded index tables
+  (from the masks and sites alone: no image is read)."""
+  cfg, fc, source = exp.config, exp.config.fed, exp.sources["train"]
+  meta = source.take(np.arange(len(source)), ("mask", "site"))
+  foreground, sites = (meta["mask"] > 0).mean(axis=(1, 2)), meta["site"].astype(np.int64)
   where = layout.assign(fc, cfg.method.labeled_fraction, foreground, sites, cfg.seed)
   rows = math.ceil(fc.num_clients / groups) * groups
   data, longest = layout.client_data(
@@ -102,32 +103,33 @@ def client_layout(exp: Experiment, arrays, sites, groups: int):
 
 
 def simulation(exp: Experiment) -> Simulation:
-  fc = exp.config.fed
-  arrays, sites = load_arrays(exp.sources["train"])
+  fc, source = exp.config.fed, exp.sources["train"]
   devices = devices_of(fc)
-  where, data, longest, foreground = client_layout(
-    exp, arrays, sites, len(devices) // fc.data_devices
-  )
+  where, data, longest, foreground = client_layout(exp, len(devices) // fc.data_devices)
   probe = np.zeros((1,), np.float32)
   if exp.method.sends_seeds and fc.seed_search.probe == "real":
-    probe = arrays["image"][np.resize(where.server, fc.seed_search.probe_size)]
+    probe = pipeline.model_inputs(source.take(np.resize(where.server, fc.seed_search.probe_size)))
+    probe = probe["image"]
   fed = federation(exp, longest)
   placement = fc.placement
   if placement == "auto":
-    nbytes = sum(v.nbytes for v in arrays.values())
-    placement = "device" if nbytes <= fc.device_budget_mib * 2**20 else "stream"
+    nbytes = len(source) * sum(v.nbytes for v in pipeline.model_inputs(source[0]).values())
+    fits = nbytes <= fc.device_budget_mib * 2**20 or jax.process_count() > 1
+    placement = "device" if fits else "stream"
   client_map = fc.client_map
   if client_map == "auto":  # measured: see `jaxseg bench --clients` in the README
-    client_map = "loop" if jax.default_backend() == "cpu" and fc.data_devices == 1 else "vmap"
-  run_round, place_state = backends.compile_round(
-    fed, data, arrays, probe, exp.train_key, placement, devices, client_map, fc.data_devices
+    one_device = fc.data_devices == 1 and jax.process_count() == 1
+    client_map = "loop" if jax.default_backend() == "cpu" and one_device else "vmap"
+  run_round, state_sharding = backends.compile_round(
+    fed, data, source, probe, exp.train_key, placement, devices, client_map, fc.data_devices
   )
   server = (
     f"\nserver: {len(where.server)} labeled images" if fc.scenario == "label_at_server" else ""
   )
   table = partition.table(where.clients, foreground, where.labeled) + server
   comm = cost.communication(exp.method, exp.abstract_state().nets)
-  return Simulation(fed, where, table, comm, f"{placement}, {client_map}", run_round, place_state)
+  placed = f"{placement}, {client_map}"
+  return Simulation(fed, where, table, comm, placed, run_round, state_sharding)
 
 
 def train(config, workdir: str, *, stop_after: int | None = None):
@@ -146,11 +148,16 @@ def train(config, workdir: str, *, stop_after: int | None = None):
     f"{comm['up_bytes']:,} B up ({comm['text']} of a two-model method)"
   )
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
+  # Restored or initialised straight onto the mesh (which may span processes).
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sim.state_sharding),
+    exp.abstract_state(),
+  )
+  init = jax.jit(exp.init, out_shardings=sim.state_sharding)
   state, record = skeleton.resume_or_init(
-    ckpts, exp.abstract_state(), jax.jit(exp.init), skeleton.describe_nets(config.model.name)
+    ckpts, abstract, init, skeleton.describe_nets(config.model.name)
   )
   record = {"best_dice": -1.0, "evals_since_best": 0, **record}
-  state = sim.place_state(state)
   run_outputs = skeleton.outputs(workdir, ckpts, fc.rounds, int(state.step), "rounds", "round")
   with run_outputs as (logger, bar):
     return _rounds(exp, sim, state, record, ckpts, logger, bar, workdir, stop_after)

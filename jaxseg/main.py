@@ -43,7 +43,9 @@ flags.DEFINE_string(
   "output", None, "predict: folder for the masks and overlays; synthesize: the new dataset."
 )
 flags.DEFINE_integer("num", 2500, "synthesize: image/mask pairs to generate.")
-flags.DEFINE_list("models", ["unet"], "bench: model specs, name[:key=value,...].")
+flags.DEFINE_string(
+  "models", "unet", "bench: comma-separated model specs, name[:key=value,...] each."
+)
 flags.DEFINE_string(
   "input",
   None,
@@ -149,7 +151,7 @@ def _bench() -> None:
     _write_json(federated.run(FLAGS.config, [int(c) for c in FLAGS.clients], FLAGS.repeats))
   else:
     bench_models.run(
-      FLAGS.models,
+      bench_models.split_specs(FLAGS.models),
       FLAGS.input or BENCH_INPUT,
       batch=FLAGS.batch,
       dtype=FLAGS.dtype,

@@ -1,5 +1,7 @@
 """MAC counting (two conventions) and the bench records, on small inputs."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -80,6 +82,11 @@ def test_bench_record_and_spec_parsing(tmp_path):
     "unetpp",
     {"mode": "l2", "widths": (4, 8)},
   )
+  assert bench.split_specs("unetpp,unet:mode=l2,widths=(4,8),scaunet") == [
+    "unetpp",
+    "unet:mode=l2,widths=(4,8)",
+    "scaunet",
+  ]
   assert bench.parse_input("2x1x32x48") == (2, 1, 32, 48)
   with pytest.raises(ValueError, match="NxCxHxW"):
     bench.parse_input("32x32")
@@ -118,3 +125,32 @@ def test_model_flops_utilization_against_the_device_peak():
   assert bench.model_flops_utilization("NVIDIA H100 80GB HBM3", "bfloat16", 98.94) == "10.0%"
   assert bench.model_flops_utilization("NVIDIA H100 80GB HBM3", "float32", 49.47) == "10.0%"
   assert bench.model_flops_utilization("cpu", "float32", 1.0) == "-"
+
+
+def test_accelerator_suite_runs_every_part_on_cpu(tmp_path, monkeypatch):
+  """``jaxseg bench --suite accelerator`` at tiny sizes: the pipeline table (host and
+  device paths, with and without weight maps, the train loop against the bare step),
+  the step in float32 and bfloat16, the federated round and the deterministic-flag
+  cost, written as JSON and markdown."""
+  from jaxseg.bench import pipeline, suite
+  from tests.conftest import make_tiny_config
+  from tests.test_fed import tiny_fed_config
+
+  monkeypatch.setattr(pipeline, "MIN_IMAGES", 16)
+  monkeypatch.setattr(pipeline, "worker_counts", lambda: [0])  # workers: tests/test_train.py
+  size = {"pipeline": (2, 1, 32, 32), "step": (1, 1, 32, 32), "clients": (2,)}
+  path = tmp_path / "suite.json"
+  fed = tiny_fed_config(local_steps=1)
+  report = suite.run(make_tiny_config(), fed, str(path), size, "unet:widths=(4,8)")
+  assert json.loads(path.read_text()) == json.loads(json.dumps(report))
+  rows = [(r["path"], r["weight_map"]) for r in report["pipeline"]]
+  assert rows == [("host", False), ("device", False), ("host", True), ("device", True)] + [
+    ("train_loop", False)
+  ]
+  assert all(r["images_per_s"] > 0 for r in report["pipeline"][:-1])
+  assert report["loop_step_ratio"] > 0
+  assert [r["dtype"] for r in report["step"]] == ["float32", "bfloat16"]
+  assert [r["clients"] for r in report["federated"]] == [2]
+  assert report["deterministic"]["deterministic_img_s"] > 0
+  text = (tmp_path / "suite.md").read_text()
+  assert "| path | workers | weight map |" in text and "runtime.deterministic" in text

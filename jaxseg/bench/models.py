@@ -66,6 +66,19 @@ def parse_model(spec: str) -> tuple[str, dict]:
   return name, kwargs
 
 
+def split_specs(text: str) -> list[str]:
+  """``--models``: ``"unetpp,unet:mode=l2,widths=(4,8)"`` -> ``["unetpp",
+  "unet:mode=l2,widths=(4,8)"]`` (an item ``key=value`` continues the spec before it)."""
+  specs = []
+  for item in filter(None, _split_top_level(text)):
+    key, sep, _ = item.partition("=")
+    if sep and ":" not in key and specs:
+      specs[-1] += f",{item}"
+    else:
+      specs.append(item)
+  return specs
+
+
 def _split_top_level(text: str) -> list[str]:
   """Splits on commas outside brackets: ``"a=1,w=(4,8)"`` -> ``["a=1", "w=(4,8)"]``."""
   parts, depth, current = [], 0, ""

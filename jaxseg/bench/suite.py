@@ -37,12 +37,12 @@ def sizes() -> dict:
   return SIZES["cpu" if jax.default_backend() == "cpu" else "accelerator"]
 
 
-def deterministic_cost(shape) -> dict:
-  """Reference U-Net float32 train-step images/s in fresh processes, flag off and on."""
+def deterministic_cost(shape, model: str) -> dict:
+  """``model``'s float32 train-step images/s in fresh processes, flag off and on."""
   rates = {}
   for flag in ("0", "1"):
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-      command = [sys.executable, "-m", "jaxseg", "bench", "--models", "unet", "--input"]
+      command = [sys.executable, "-m", "jaxseg", "bench", "--models", model, "--input"]
       command += ["x".join(map(str, shape)), "--repeats", str(REPEATS), "--json", out.name]
       env = {**os.environ, "JAXSEG_DETERMINISTIC": flag}
       subprocess.run(command, env=env, check=True, capture_output=True)
@@ -51,19 +51,23 @@ def deterministic_cost(shape) -> dict:
   return {"img_s": rates["0"], "deterministic_img_s": rates["1"], "cost": cost}
 
 
-def run(pipeline_config, fed_config, json_path: str | None) -> dict:
-  """Runs every part, prints the markdown report and writes it (``json_path`` + ``.md``)."""
-  size = sizes()
+def run(
+  pipeline_config, fed_config, json_path: str | None, size: dict | None = None, model="unet"
+) -> dict:
+  """Runs every part, prints the markdown report and writes it (``json_path`` + ``.md``).
+  ``size``: :data:`SIZES` of this backend unless given; ``model``: the step's model
+  spec (the reference U-Net)."""
+  size = size or sizes()
   report = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend()}
   report["pipeline"] = pipeline.run(pipeline_config, size["pipeline"])
   loop = report["pipeline"][-1]
   report["loop_step_ratio"] = loop["loop_images_per_s"] / loop["step_images_per_s"]
   report["step"] = [
-    models.bench_model("unet", size["step"], dtype=dtype, repeats=REPEATS)
+    models.bench_model(model, size["step"], dtype=dtype, repeats=REPEATS)
     for dtype in ("float32", "bfloat16")
   ]
   report["federated"] = federated.run(fed_config, list(size["clients"]), REPEATS)
-  report["deterministic"] = deterministic_cost(size["step"])
+  report["deterministic"] = deterministic_cost(size["step"], model)
   text = markdown(report, size)
   print(text)
   if json_path:
@@ -82,7 +86,9 @@ def markdown(report: dict, size: dict) -> str:
       f"jax {jax.__version__}",
       pipeline.markdown(report["pipeline"], size["pipeline"]),
       f"Train loop / bare step: {report['loop_step_ratio']:.2f}.",
-      "Reference U-Net training step, input " + "x".join(map(str, size["step"])) + ":",
+      f"Training step of {report['step'][0]['model']}, input "
+      + "x".join(map(str, size["step"]))
+      + ":",
       models.markdown(report["step"]),
       f"Federated round, clients {', '.join(str(r['clients']) for r in report['federated'])}:",
       federated.markdown(report["federated"]),

@@ -5,6 +5,7 @@ jaxseg eval  --workdir DIR [--split test]
 jaxseg predict --workdir DIR --input FILE_OR_DIR --output DIR
 jaxseg sweep --config FILE[:ARG] --workdir DIR [--config.key=value ...]
 jaxseg synthesize --workdir GAN_RUN --num N --output DIR
+jaxseg inspect --config FILE[:ARG] [--config.data.key=value ...] [--json FILE]
 jaxseg bench --models unet,unetpp:mode=l2,... --input NxCxHxW [--batch N]
              [--dtype float32|bfloat16] [--repeats N] [--json FILE]
 jaxseg bench --versus_torch --input NxCxHxW [--repeats N] [--json FILE]
@@ -28,7 +29,7 @@ from ml_collections import config_flags
 
 from jaxseg.errors import UserError
 
-COMMANDS = ("train", "eval", "bench", "sweep", "predict", "synthesize")
+COMMANDS = ("train", "eval", "bench", "sweep", "predict", "synthesize", "inspect")
 USAGE = __doc__
 
 FLAGS = flags.FLAGS
@@ -54,7 +55,7 @@ flags.DEFINE_string(
 flags.DEFINE_integer("batch", None, "bench: batch size (overrides N of --input).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "bench: compute dtype.")
 flags.DEFINE_integer("repeats", 5, "bench: timed repeats after one warm-up call.")
-flags.DEFINE_string("json", None, "bench: write the records to this JSON file.")
+flags.DEFINE_string("json", None, "bench, inspect: write the records to this JSON file.")
 flags.DEFINE_bool(
   "versus_torch",
   False,
@@ -183,6 +184,11 @@ def _require(command: str, **values) -> None:
 def _run(command: str) -> None:
   if command == "bench":
     return _bench()
+  if command == "inspect":
+    _require(command, config=FLAGS.config)
+    from jaxseg.run import inspect  # noqa: PLC0415
+
+    return inspect.run(FLAGS.config, FLAGS.json)
   _require(command, workdir=FLAGS.workdir)
   if command in ("train", "sweep"):
     _require(command, config=FLAGS.config)

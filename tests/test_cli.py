@@ -71,6 +71,20 @@ def _fresh_flags():
       ["train", f"--config={CPS}", "--workdir=W", "--config.method.labeled_fraction=0.001"],
       "config.method.labeled_fraction=0.001 of 32 training images leaves no labeled example",
     ),
+    (
+      [
+        "train",
+        f"--config={SMOKE}",
+        "--workdir=W",
+        "--config.data.kwargs.num_validation=0",
+        "--config.data.validation_fraction=0.0",
+      ],
+      "config.data.validation_fraction=0.0 leaves no validation or no training examples",
+    ),
+    (
+      ["train", f"--config={SMOKE}", "--workdir=W", "--config.optim.lr=1e30"],
+      "Training diverged: loss is nan at step",
+    ),
   ],
 )
 def test_a_user_mistake_is_one_line_and_exit_status_2(args, message, tmp_path, capsys, monkeypatch):
@@ -81,8 +95,9 @@ def test_a_user_mistake_is_one_line_and_exit_status_2(args, message, tmp_path, c
     main.main()
   err = capsys.readouterr().err.strip()
   assert exit_.value.code == 2, err
-  assert len(err.splitlines()) == 1 and err.startswith("jaxseg: error: "), err
-  assert message in err, err
+  # One line (after the progress bar, for an error found while training), no traceback.
+  assert err.splitlines()[-1].startswith("jaxseg: error: ") and "Traceback" not in err, err
+  assert message in err.splitlines()[-1], err
 
 
 def test_verbose_shows_the_traceback(monkeypatch):

@@ -1,6 +1,7 @@
 """Directory-based datasets: the real copies in ../shared/data, layouts, bad input."""
 
 import dataclasses
+import json
 import os
 
 import ml_collections
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from configs import unet_synthetic
+from jaxseg import main
 from jaxseg.data import image_folder, pipeline
 from jaxseg.errors import UserError
 from jaxseg.run import predict
@@ -151,12 +153,12 @@ def test_image_folder_jpeg_masks_need_a_threshold(tmp_path):
   for i in range(5):
     _write_pair(tmp_path, f"c{i}", mask, mask, ".jpg", ".jpg")
   jpeg_hint = r"masks/c\d\.jpg: mask values .* not in the mapping.*JPEG.*mask_threshold"
+  binary = ((0, 0), (255, 1))
   with pytest.raises(ValueError, match=jpeg_hint):
-    pipeline.load_splits(_config("image_folder", tmp_path, image_size=(32, 32)))
-  sources = pipeline.load_splits(
-    _config("image_folder", tmp_path, image_size=(32, 32), mask_threshold=60)
-  )
-  assert set(np.unique(sources["train"][0]["mask"])) == {0, 1}
+    pipeline.load_splits(_config("image_folder", tmp_path, image_size=(32, 32), mask_values=binary))
+  for given in ({"mask_values": binary, "mask_threshold": 60}, {}):  # given, or chosen (auto)
+    sources = pipeline.load_splits(_config("image_folder", tmp_path, image_size=(32, 32), **given))
+    np.testing.assert_array_equal(sources["train"][0]["mask"], mask > 0)
 
 
 def test_image_folder_reads_masks_as_they_look(tmp_path):
@@ -202,8 +204,24 @@ def test_image_folder_bad_input_names_the_file(tmp_path, problem):
   else:
     tmp_path = tmp_path / "nowhere"
     pattern = "data directory .*nowhere.* does not exist"
+  binary = ((0, 0), (255, 1)) if problem == "value" else "auto"  # auto: {0, 7} is binary
   with pytest.raises((ValueError, FileNotFoundError), match=pattern):
-    pipeline.load_splits(_config("image_folder", tmp_path, image_size=(8, 8)))
+    pipeline.load_splits(_config("image_folder", tmp_path, image_size=(8, 8), mask_values=binary))
+
+
+def test_every_problem_of_a_folder_is_reported_at_once(tmp_path):
+  image, mask = np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8)
+  for i in range(3):
+    _write_pair(tmp_path, f"ok{i}", image, mask)
+  _write_pair(tmp_path, "short", image, np.zeros((6, 8), np.uint8))
+  _write_pair(tmp_path, "broken", image, mask)
+  (tmp_path / "masks" / "broken.png").write_bytes(b"not a png")
+  _write_pair(tmp_path, "lonely", image, mask)
+  os.remove(tmp_path / "masks" / "lonely.png")
+  with pytest.raises(UserError, match="3 problem") as error:
+    image_folder.resolve(str(tmp_path), {})
+  for found in ("'lonely'", "short.png: mask size (6, 8)", "broken.png: cannot read the mask"):
+    assert found in str(error.value)
 
 
 def test_rgb_images_need_a_three_channel_model(tmp_path):
@@ -215,11 +233,11 @@ def test_rgb_images_need_a_three_channel_model(tmp_path):
     _write_pair(tmp_path, f"rgb{i}", image, np.zeros((16, 16), np.uint8))
   config = unet_synthetic.get_config("smoke")
   config.data = _config("image_folder", tmp_path, image_size=(16, 16), channels=3)
-  config.model.kwargs.widths = (4, 8)
+  config.model.kwargs.update(widths=(4, 8), in_channels=1)
   refused = r"in_channels is 1 but the image_folder images have 3 channels.*in_channels=3"
   with pytest.raises(UserError, match=refused):
     Experiment(config, splits=("train",))
-  config.model.kwargs.in_channels = 3
+  del config.model.kwargs["in_channels"]  # unset: taken from the data
   assert Experiment(config, splits=("train",)).ctx.image_shape[-1] == 3
 
 
@@ -234,8 +252,8 @@ def test_unet_folder_config_needs_only_the_data_dir(tmp_path):
   config.data.dir = str(tmp_path)
   exp = Experiment(config)
   assert {k: len(v) for k, v in exp.sources.items()} == {"train": 3, "validation": 1, "test": 1}
-  assert exp.sources["train"][0]["image"].shape == (32, 32, 1)
-  assert dict(unet_folder.get_config().data.kwargs.mask_values) == {0: 0, 255: 1}
+  assert exp.sources["train"][0]["image"].shape == (64, 64, 1)
+  assert dict(exp.config.data.kwargs.mask_values) == {0: 0, 255: 1}
 
 
 def test_image_folder_merges_the_object_masks_of_an_image(tmp_path):
@@ -266,8 +284,137 @@ def test_predicted_masks_are_written_in_the_datasets_own_encoding():
   np.testing.assert_array_equal(encoding(palette, 3), [0, 128, 255])
   default = _config("image_folder", "", **dataclasses.asdict(image_folder.Settings()))
   np.testing.assert_array_equal(encoding(default, 1), [0, 255])  # binary: one logit
+  binary = _config("image_folder", "", mask_values=((0, 0), (1, 1)))
+  np.testing.assert_array_equal(encoding(binary, 1), [0, 1])
   # Two values of one class (0 and 10 both background): the smallest is written.
   merged = _config("image_folder", "", mask_values=((10, 0), (0, 0), (200, 1)))
   np.testing.assert_array_equal(encoding(merged, 2), [0, 200])
   np.testing.assert_array_equal(encoding(_config("isbi2012", ""), 2), [0, 255])
   np.testing.assert_array_equal(encoding(_config("covid_ct_lesion", ""), 4), [0, 1, 2, 3])
+
+
+COVID = f"{SHARED}/covid_ct"
+
+
+def _covid_pairs(count, multiclass=False):
+  """``count`` real COVID-19 CT slices (JPEG, several sizes) with their masks: binary
+  PNGs {0, 255}, or palette PNGs {0, 1, 2} (ground-glass, consolidation)."""
+  base = "TrainingSet/MultiClassInfection-Train" if multiclass else "TestingSet/LungInfection-Test"
+  stems = sorted(os.listdir(f"{COVID}/{base}/GT"))[:count]
+  for stem in stems:
+    image = Image.open(f"{COVID}/{base}/Imgs/{stem[:-4]}.jpg")
+    yield stem[:-4], image, Image.open(f"{COVID}/{base}/GT/{stem}")
+
+
+def _folder(root, kind):
+  """A folder of 6 real pairs in one of the encodings users bring."""
+  os.makedirs(root / "images")
+  os.makedirs(root / "masks")
+  for i, (stem, image, mask) in enumerate(_covid_pairs(6, multiclass=kind == "palette")):
+    if kind in ("rgb", "mixed_images") and (kind == "rgb" or i % 3):
+      tint = np.asarray(image.convert("RGB")) * np.array([1.0, 0.9, 0.8])
+      image = Image.fromarray(tint.astype(np.uint8))
+    image.save(root / "images" / f"{stem}.png")
+    if kind == "mixed_masks":  # 1-bit, 8-bit gray and gray RGB masks in one folder
+      mask = [mask.convert("1"), mask, mask.convert("RGB")][i % 3]
+    mask.save(root / "masks" / f"{stem}{'.jpg' if kind == 'jpeg' else '.png'}", quality=75)
+
+
+@pytest.mark.parametrize(
+  "kind, mapping, channels, classes",
+  [
+    ("mixed_masks", {0: 0, 255: 1}, 1, 1),
+    ("jpeg", {0: 0, 255: 1}, 1, 1),
+    ("palette", {0: 0, 1: 1, 2: 2}, 1, 3),
+    ("rgb", {0: 0, 255: 1}, 3, 1),
+    ("mixed_images", {0: 0, 255: 1}, 3, 1),
+  ],
+)
+def test_unet_folder_takes_encoding_channels_classes_and_size_from_the_data(
+  tmp_path, capsys, kind, mapping, channels, classes
+):
+  """configs/unet_folder.py with only the folder: the mask mapping (and JPEG
+  threshold), the channel count most images have, the model's channels and classes,
+  and the image size are chosen from the data and noted."""
+  from configs import unet_folder
+
+  _folder(tmp_path, kind)
+  config = unet_folder.get_config()
+  config.data.dir = str(tmp_path)
+  exp = Experiment(config, splits=("train",))
+  kwargs, model = exp.config.data.kwargs, exp.model.interface
+  assert dict(kwargs.mask_values) == mapping
+  assert (kwargs.mask_threshold > 0) == (kind == "jpeg")
+  assert kwargs.channels == channels and model.in_channels == channels
+  assert model.num_classes == classes
+  # Median of the slices' sizes (about 360 x 370), rounded to the U-Net's stride 16.
+  assert all(v % 16 == 0 and 320 <= v <= 448 for v in kwargs.image_size)
+  assert exp.sources["train"][0]["image"].shape == (*kwargs.image_size, channels)
+  text = " ".join(exp.notes)
+  assert "mask values:" in text and "channels:" in text and "image size:" in text
+  if kind == "mixed_images":
+    assert "2 gray and 4 colour images" in text
+  labels = exp.sources["train"].take(np.arange(len(exp.sources["train"])), ("mask",))["mask"]
+  assert set(np.unique(labels)) <= set(range(max(classes, 2))) and labels.max() > 0
+  if kind in ("palette", "mixed_images"):  # and the smoke run trains with nothing else set
+    smoke = unet_folder.get_config("smoke")
+    smoke.data.dir = str(tmp_path)
+    main.train(smoke, str(tmp_path / "run"))
+    printed = capsys.readouterr().out
+    assert "mask values:" in printed and "channels:" in printed and "model:" in printed
+    assert main.evaluate(str(tmp_path / "run"))["images"] == 1
+
+
+def test_ambiguous_masks_are_refused_naming_the_settings(tmp_path):
+  rng = np.random.default_rng(0)
+  for i in range(3):  # gray "masks" that are really images
+    _write_pair(
+      tmp_path, f"c{i}", np.zeros((16, 16), np.uint8), rng.integers(0, 255, (16, 16), np.uint8)
+    )
+  config = unet_synthetic.get_config("smoke")
+  config.data = _config("image_folder", tmp_path)
+  with pytest.raises(UserError, match=r"ambiguous.*mask_values.*mask_threshold"):
+    Experiment(config, splits=("train",))
+
+
+@pytest.mark.parametrize(
+  "config_arg, data",
+  [
+    ("unet_isbi2012.py:smoke", "isbi2012"),
+    ("unet_covid_ct.py:smoke", "covid_ct"),
+    ("prob_unet_lidc.py:smoke", "lidc_multirater"),
+  ],
+)
+def test_inspect_prints_the_fingerprint_of_every_2d_dataset(config_arg, data, tmp_path, capsys):
+  """``jaxseg inspect`` on the real data in ../shared/data: per split cases, shape,
+  empty masks, foreground and class fractions; the settings; dataset.md beside the
+  prepared data."""
+  from jaxseg.run import inspect
+
+  name, arg = config_arg.split(":")
+  config = __import__(f"configs.{name[:-3]}", fromlist=["get_config"]).get_config(arg)
+  config.data.dir = f"{SHARED}/{data}"
+  config.data.weight_map.w0 = 0.0
+  out = tmp_path / "fingerprint.json"
+  inspect.run(config, str(out))
+  report = json.loads(out.read_text())
+  assert set(report["splits"]) == {"train", "validation", "test"}
+  for split in report["splits"].values():
+    assert split["cases"] > 0 and 0 <= split["empty_masks"] <= 1
+    assert abs(sum(split["class_fractions"].values()) - 1) < 1e-6
+  text = capsys.readouterr().out
+  assert "| split | cases | image (H, W, C) |" in text and "model.in_channels" in text
+
+
+def test_inspect_lists_the_source_files_of_a_folder(tmp_path):
+  from configs import unet_folder
+  from jaxseg.run import inspect
+
+  _folder(tmp_path / "data", "mixed_images")
+  config = unet_folder.get_config("smoke")
+  config.data.dir = str(tmp_path / "data")
+  report = inspect.run(config)
+  files = report["files"]
+  assert files["train"]["images"] == 6 and files["train"]["colour"] == 4
+  assert files["masks"]["values"] == [0, 255] and not files["masks"]["lossy"]
+  assert files["train"]["height"]["min"] < files["train"]["height"]["max"]  # several sizes

@@ -18,7 +18,7 @@ from jaxseg.gan import get_gan
 from jaxseg.gan import step as gan_step
 from jaxseg.gan.networks import PatchDiscriminator
 from jaxseg.run import skeleton
-from jaxseg.run import train as run_train
+from jaxseg.run.experiment import Experiment
 from jaxseg.train.state import count_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,4 +176,5 @@ def test_augmentation_study_smoke_sweep(tmp_path):
   assert len(pipeline.load_splits(cell.data)["train"]) == own + 16
   # Epochs count passes over the augmented training split.
   cell.train.epochs = 2
-  assert run_train.resolve_epochs(cell).train.steps == 2 * -(-(own + 16) // cell.train.batch_size)
+  steps = Experiment(cell, splits=("train",)).config.train.steps
+  assert steps == 2 * -(-(own + 16) // cell.train.batch_size)

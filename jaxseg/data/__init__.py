@@ -19,6 +19,12 @@ DATASETS = {
   "image_folder": "jaxseg.data.image_folder:make_builder",
 }
 
+# Datasets whose settings may say ``auto``: ``resolve(source_dir, kwargs, stride) ->
+# (kwargs, notes)`` replaces each by what the data say.
+RESOLVERS = {
+  "image_folder": "jaxseg.data.image_folder:resolve",
+}
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -32,3 +38,11 @@ def make_builder(name: str, *, source_dir: str | None, cache_dir: str | None, **
   make = tables.resolve(DATASETS, name, "dataset")
   data_dir = os.path.join(cache_dir or default_cache_dir(), "tfds")
   return make(source_dir=source_dir, data_dir=data_dir, **kwargs)
+
+
+def resolve(name: str, source_dir: str | None, kwargs: dict, stride: int = 1):
+  """``(kwargs, notes)``: dataset ``name``'s settings with ``auto`` values chosen from
+  the data (:data:`RESOLVERS`), and what was chosen; other datasets unchanged."""
+  if name not in RESOLVERS:
+    return kwargs, []
+  return tables.resolve(RESOLVERS, name, "dataset")(source_dir, kwargs, stride)

@@ -51,6 +51,36 @@ def read_image(path: str, channels: int = 1) -> np.ndarray:
   return array[..., None] if channels == 1 else array
 
 
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def image_info(path: str) -> tuple[tuple[int, int], str, bool]:
+  """``((height, width), PIL mode, gray)`` of an image file; an RGB or palette image
+  whose channels agree everywhere counts as gray."""
+  try:
+    with Image.open(path) as img:
+      img.load()
+      gray = img.mode in GRAY_MODES
+      if not gray:
+        rgb = np.asarray(img.convert("RGB"))
+        gray = bool(np.all(rgb == rgb[..., :1]))
+      return (img.height, img.width), img.mode, gray
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path}: cannot read the image ({e}).") from e
+
+
+def mask_info(path: str) -> tuple[np.ndarray, str, bool]:
+  """``(pixel values as depicted, PIL mode, stored lossily)`` of a mask file."""
+  try:
+    with Image.open(path) as img:
+      img.load()
+      return _mask_pixels(img, path).astype(np.int64), img.mode, img.format == "JPEG"
+  except UserError:
+    raise
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path}: cannot read the mask ({e}).") from e
+
+
 def read_mask(path: str, mapping: dict[int, int], threshold: int = 0) -> np.ndarray:
   """Class map uint8 ``[H, W]`` from a mask file whose pixel values ``mapping`` maps.
 
@@ -167,7 +197,7 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder):
     settings: dict,
     **kwargs,
   ):
-    self.items = splits
+    self.items, self.settings = splits, settings
     self.shape, self.annotators, self.mask_from = shape, annotators, mask_from
     all_items = [item for items in splits.values() for item in items]
     name = f"h{fingerprint({**settings, 'shape': shape}, all_items)}"

@@ -7,6 +7,7 @@ flag, so the compiled evaluation step sees a single shape.
 """
 
 import bisect
+import dataclasses
 import hashlib
 import json
 import os
@@ -98,6 +99,28 @@ def carve(indices: np.ndarray, fraction: float, seed: int, what: str) -> tuple:
   return np.sort(order[count:]), np.sort(order[:count])
 
 
+def prepare(data_config):
+  """The TFDS builder of ``data_config``, its splits prepared (once, cached in
+  ``builder.data_dir``, with the builder's settings as ``settings.json`` there)."""
+  builder = datasets.make_builder(
+    data_config.name,
+    source_dir=data_config.dir,
+    cache_dir=data_config.cache_dir,
+    **data_config.kwargs,
+  )
+  tfds.disable_progress_bar()
+  builder.download_and_prepare(file_format="array_record")
+  settings = getattr(builder, "settings", None)
+  if dataclasses.is_dataclass(settings):
+    settings = dataclasses.asdict(settings)
+  path = os.path.join(builder.data_dir, "settings.json")
+  if settings is not None and not os.path.exists(path):
+    with open(f"{path}.{os.getpid()}.tmp", "w") as f:
+      json.dump(settings, f, indent=2, default=str)
+    os.replace(f"{path}.{os.getpid()}.tmp", path)
+  return builder
+
+
 def load_splits(data_config, splits=datasets.SPLITS) -> dict:
   """Prepares (once, cached) and opens ``splits`` of ``data_config.name``.
 
@@ -112,14 +135,7 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
   the dataset's image size; its masks are read with the ``mask_values`` its
   ``synthesis.json`` names (0/255 binary otherwise).
   """
-  builder = datasets.make_builder(
-    data_config.name,
-    source_dir=data_config.dir,
-    cache_dir=data_config.cache_dir,
-    **data_config.kwargs,
-  )
-  tfds.disable_progress_bar()
-  builder.download_and_prepare(file_format="array_record")
+  builder = prepare(data_config)
   stored = {k: v.num_examples for k, v in builder.info.splits.items() if v.num_examples}
   if "train" not in stored:
     raise UserError(f"dataset {data_config.name!r}: split 'train' has no examples.")

@@ -1,9 +1,12 @@
 """What every runner builds from a config: data, model, loss, optimizer, method and
 the initial state (:class:`Experiment`)."""
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from jaxseg import data as datasets
 from jaxseg import infer, losses, models, semi, tables
@@ -48,6 +51,63 @@ def training_steps(config) -> int:
   return config.fed.rounds * config.fed.local_steps if "fed" in config else config.train.steps
 
 
+def resolve_data(config) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """A copy of ``config`` whose dataset settings say no ``auto`` (chosen from the data,
+  sizes a multiple of the model's stride), and the notes saying what was chosen."""
+  stride = models.get_model(config.model.name, **config.model.kwargs).interface.stride
+  kwargs, notes = datasets.resolve(
+    config.data.name, config.data.dir, config.data.kwargs.to_dict(), stride
+  )
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.data.kwargs = ml_collections.ConfigDict(kwargs)
+  return config, notes
+
+
+def with_epochs(config, train_size: int) -> ml_collections.ConfigDict:
+  """``config``, or with ``train.epochs > 0`` a copy whose ``train.steps`` makes that
+  many passes over the ``train_size`` training images (extra training data included)."""
+  if "fed" in config or not config.train.epochs:
+    return config
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.train.steps = config.train.epochs * -(-train_size // config.train.batch_size)
+  return config
+
+
+def fit_model_to_data(config, sources: dict, notes: list) -> ml_collections.ConfigDict:
+  """``config`` with the model's input channels and classes taken from the data where
+  the config does not give them; a given value that cannot fit the data is an error
+  naming both (a binary dataset fits 1 logit or 2 classes)."""
+  image = next(iter(sources.values()))[0]["image"]
+  channels, train = image.shape[-1], sources.get("train") or next(iter(sources.values()))
+  classes = max(2, int(train.take(np.arange(len(train)), ("mask",))["mask"].max()) + 1)
+  model = models.get_model(config.model.name, **config.model.kwargs)
+  given, chosen = config.model.kwargs, {}
+  if "in_channels" not in given:
+    chosen["in_channels"] = channels
+  elif given.in_channels != channels:
+    raise UserError(
+      f"config.model.kwargs.in_channels is {given.in_channels} but the {config.data.name} "
+      f"images have {channels} channels (shape {image.shape}); set "
+      f"--config.model.kwargs.in_channels={channels} or leave it unset."
+    )
+  outputs = model.interface.num_classes
+  if "num_classes" not in given and classes > 2:
+    chosen["num_classes"] = outputs = classes
+  if max(outputs, 2) < classes:
+    raise UserError(
+      f"config.model.kwargs.num_classes is {outputs} but the {config.data.name} masks have "
+      f"{classes} classes; set --config.model.kwargs.num_classes={classes} or leave it unset."
+    )
+  if chosen:
+    config = copy.deepcopy(config)
+    with config.unlocked():
+      config.model.kwargs.update(chosen)
+    notes.append(f"model: {', '.join(f'{k}={v}' for k, v in chosen.items())} from the data")
+  return config
+
+
 class Experiment:
   """Data, model, loss, optimizer, method and initial state of one config.
 
@@ -58,22 +118,24 @@ class Experiment:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, splits=datasets.SPLITS):
+    """``config`` with its ``auto`` settings resolved becomes ``self.config`` (what a
+    run saves as ``config.json``); ``self.notes`` says what was chosen."""
     check_config(config)
+    # No splits (prediction on new images): the data is not prepared at all.
+    self.notes, self.sources = [], {}
+    if splits:
+      config, self.notes = resolve_data(config)
+      self.sources = pipeline.load_splits(config.data, splits)
+      config = fit_model_to_data(config, self.sources, self.notes)
+      if "train" in self.sources:
+        config = with_epochs(config, len(self.sources["train"]))
     self.config = config
     self.model = models.get_model(config.model.name, **config.model.kwargs)
-    # No splits (prediction on new images): the data is not prepared at all.
-    self.sources = pipeline.load_splits(config.data, splits) if splits else {}
     self.loss_fn = losses.get_loss(config.loss.name, **config.loss.kwargs)
     self.tx = optim.make(config.optim, training_steps(config))
     self.method = make_method(config)
     self.image_shape = next(iter(self.sources.values()))[0]["image"].shape if self.sources else None
     channels = self.model.interface.in_channels
-    if self.sources and self.image_shape[-1] != channels:
-      raise UserError(
-        f"config.model.kwargs.in_channels is {channels} but the {config.data.name} images have "
-        f"{self.image_shape[-1]} channels (shape {self.image_shape}); set "
-        f"--config.model.kwargs.in_channels={self.image_shape[-1]}."
-      )
     dtype = config.train.compute_dtype
     self.ctx = step_lib.Context(
       model=self.model,

@@ -135,8 +135,8 @@ def simulation(exp: Experiment) -> Simulation:
 def train(config, workdir: str, *, stop_after: int | None = None):
   """Federated training of ``config`` in ``workdir`` (resumes from its latest checkpoint);
   ``stop_after`` ends after that many rounds without saving, as a kill would."""
-  skeleton.start_run(config, workdir, check)
-  exp = Experiment(config)
+  exp = skeleton.start_run(config, workdir, check, Experiment)
+  config = exp.config
   sim = simulation(exp)
   fc, comm = config.fed, sim.communication
   skeleton.write_text(workdir, "clients.md", sim.table + "\n")

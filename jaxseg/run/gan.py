@@ -84,8 +84,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
 
   ``stop_after``: end after that many steps of this call without saving (as a kill).
   """
-  skeleton.start_run(config, workdir, check_config)
-  exp = GanExperiment(config)
+  exp = skeleton.start_run(config, workdir, check_config, GanExperiment)
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), best=None)
   loader = iter(
     pipeline.train_loader(exp.source, config.train.batch_size, config.seed, config.data)

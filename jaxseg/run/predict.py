@@ -30,7 +30,7 @@ def mask_encoding(data_config, num_classes: int) -> np.ndarray:
   settings give one (``mask_values``, e.g. 0/255 or palette indices; the smallest value
   of a class mapped from several), else 0/255 for binary masks and class ids otherwise."""
   classes = max(num_classes, 2)
-  if "mask_values" in data_config.kwargs:
+  if "mask_values" in data_config.kwargs and not isinstance(data_config.kwargs.mask_values, str):
     values = np.full(classes, -1)
     for value, cls in sorted(data_config.kwargs.mask_values, reverse=True):
       if cls < classes:

@@ -44,11 +44,16 @@ def check_positive(train_config, keys) -> None:
       raise UserError(f"config.train.{key} must be positive, found {train_config[key]}.")
 
 
-def start_run(config, workdir: str, check: Callable) -> None:
-  """Prepares ``workdir``, checks ``config`` with ``check`` and (process 0) writes it."""
+def start_run(config, workdir: str, check: Callable, experiment: Callable):
+  """Prepares ``workdir``, checks ``config`` with ``check``, builds ``experiment(config)``
+  and (process 0) writes its config, every ``auto`` setting resolved, and notes."""
   prepare_workdir(workdir)
   check(config)
-  write_json(workdir, "config.json", config)
+  exp = experiment(config)
+  write_json(workdir, "config.json", exp.config)
+  for note in getattr(exp, "notes", ()):
+    say(note)
+  return exp
 
 
 def write_json(workdir: str, name: str, value) -> None:
@@ -203,9 +208,10 @@ def mean_metrics(pending: list, step: int, ckpts: Checkpoints) -> dict:
   bad = np.flatnonzero(~np.isfinite(losses_))
   if bad.size:
     first = step - len(pending) + 1 + int(bad[0])
+    latest = ckpts.latest_step()
+    kept = "none was written yet" if latest is None else f"step {latest} is intact"
     raise UserError(
-      f"Training diverged: loss is {losses_[bad[0]]} at step {first}. The last good "
-      f"checkpoint (step {ckpts.latest_step()}) is intact; lower config.optim.lr or "
-      f"set config.optim.grad_clip."
+      f"Training diverged: loss is {losses_[bad[0]]} at step {first} (last good checkpoint: "
+      f"{kept}); lower config.optim.lr or set config.optim.grad_clip."
     )
   return {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}

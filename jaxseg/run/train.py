@@ -15,15 +15,12 @@ or, with ``config.mesh.fsdp``, split.
 """
 
 import contextlib
-import copy
 import json
-import math
 import os
 
 import jax
 import ml_collections
 
-from jaxseg.data import pipeline
 from jaxseg.run import evaluation, feed, skeleton
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.run.experiment import Experiment, check_config
@@ -35,18 +32,6 @@ KEYS = ("batch_size", "steps", "eval_every", "log_every")
 def check(config) -> None:
   check_config(config)
   skeleton.check_positive(config.train, KEYS)
-
-
-def resolve_epochs(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """``config``, or with ``train.epochs > 0`` a copy whose ``train.steps`` makes that
-  many passes over the training split (extra training data included)."""
-  if not config.train.epochs:
-    return config
-  size = len(pipeline.load_splits(config.data, ("train",))["train"])
-  config = copy.deepcopy(config)
-  with config.unlocked():
-    config.train.steps = config.train.epochs * math.ceil(size / config.train.batch_size)
-  return config
 
 
 def compile_step(exp: Experiment, mesh, feed):
@@ -91,11 +76,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   Returns:
     The final training state.
   """
-  skeleton.prepare_workdir(workdir)
-  check(config)
-  config = resolve_epochs(config)
-  skeleton.write_json(workdir, "config.json", config)
-  exp = Experiment(config)
+  exp = skeleton.start_run(config, workdir, check, Experiment)
+  config = exp.config  # every `auto` and train.epochs resolved
   mesh = make_mesh(config)
   data = feed.make(exp, mesh)
   skeleton.say(f"Training data on the {data.where} ({data.why}).")

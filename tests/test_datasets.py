@@ -398,7 +398,7 @@ def test_inspect_prints_the_fingerprint_of_every_2d_dataset(config_arg, data, tm
   out = tmp_path / "fingerprint.json"
   inspect.run(config, str(out))
   report = json.loads(out.read_text())
-  assert set(report["splits"]) == {"train", "validation", "test"}
+  assert {"train", "validation", "test"} <= set(report["splits"])  # isbi2012: + unlabeled
   for split in report["splits"].values():
     assert split["cases"] > 0 and 0 <= split["empty_masks"] <= 1
     assert abs(sum(split["class_fractions"].values()) - 1) < 1e-6
@@ -418,3 +418,28 @@ def test_inspect_lists_the_source_files_of_a_folder(tmp_path):
   assert files["train"]["images"] == 6 and files["train"]["colour"] == 4
   assert files["masks"]["values"] == [0, 255] and not files["masks"]["lossy"]
   assert files["train"]["height"]["min"] < files["train"]["height"]["max"]  # several sizes
+
+
+def test_unlabeled_images_join_the_unlabeled_pools(tmp_path):
+  """``unlabeled/`` beside ``images/`` + ``masks/``: a semi-supervised method's unlabeled
+  stream and the federated clients' unlabeled images hold them too."""
+  from configs import fed_common
+  from jaxseg.run import federated, feed
+
+  _folder(tmp_path, "mixed_masks")
+  os.makedirs(tmp_path / "unlabeled")
+  for stem, image, _ in _covid_pairs(4, multiclass=True):
+    image.save(tmp_path / "unlabeled" / f"u{stem}.png")
+  config = fed_common.fed_config("cps", "synthetic_smoke")
+  config.data = _config("image_folder", tmp_path, image_size=(32, 32))
+  config.model.kwargs.widths = (4, 8)
+  config.method.labeled_fraction = 0.5
+  exp = Experiment(config)
+  train = len(exp.sources["train"])
+  assert len(exp.sources["unlabeled"]) == 4
+  assert not exp.sources["unlabeled"].take(np.arange(4), ("mask",))["mask"].any()
+  assert len(feed.streams(exp)["unlabeled"].source) == train - round(train / 2) + 4
+  where, *_ = federated.client_layout(exp, 1)
+  extra = set(range(train, train + 4))
+  assert set(np.concatenate(where.unlabeled)) & extra == extra
+  assert not set(np.concatenate(where.labeled)) & extra

@@ -20,6 +20,9 @@ Settings (``config.data.kwargs``; on the command line a tuple is given as a stri
 * ``image_size`` ``(H, W)`` with ``resize_mode`` ``resize`` or ``pad`` brings every
   pair to one size; ``auto``: the median image size, the long side capped at
   :data:`MAX_AUTO_SIDE`, rounded to a multiple of the model's total stride;
+* images without masks in ``unlabeled/`` beside the training ``images/`` and
+  ``masks/`` form the ``unlabeled`` split: the semi-supervised and federated methods
+  add them to their unlabeled images;
 * ``mask_suffixes`` (e.g. ``("_mask",)``): masks are named ``<stem><suffix>`` and, for
   images with several objects in separate files, ``<stem><suffix>_<n>``
   (``case_mask.png``, ``case_mask_1.png``, …, as some public sets store them); all of
@@ -42,6 +45,7 @@ from jaxseg.data import encodings, folder, records
 from jaxseg.errors import UserError
 
 AUTO = "auto"
+UNLABELED = "unlabeled"
 MAX_AUTO_SIDE = 512
 
 
@@ -107,6 +111,13 @@ class Scan:
   problems: list = dataclasses.field(default_factory=list)
 
 
+def _unlabeled(root: str) -> dict[str, str]:
+  """``{stem: path}`` of the images without masks: ``unlabeled/`` beside the training
+  ``images/`` and ``masks/``."""
+  base = os.path.join(_split_dirs(root).get("train", root), UNLABELED)
+  return folder.list_images(base) if os.path.isdir(base) else {}
+
+
 def scan(root: str, suffixes: tuple = ()) -> Scan:
   """Reads every image and mask under ``root``; collects every problem instead of
   stopping at the first."""
@@ -116,6 +127,11 @@ def scan(root: str, suffixes: tuple = ()) -> Scan:
     found.problems += problems
     for image_path, mask_paths in found.pairs[split].values():
       _scan_pair(found, split, image_path, mask_paths)
+  unlabeled = _unlabeled(root)
+  if unlabeled:
+    found.pairs[UNLABELED] = {stem: (path, ()) for stem, path in unlabeled.items()}
+    for path in unlabeled.values():
+      _scan_pair(found, UNLABELED, path, ())
   return found
 
 
@@ -227,12 +243,19 @@ def make_builder(*, source_dir, data_dir, **kwargs) -> ImageFolder:
     image, mask = folder.fit(image, mask, size, s.resize_mode, item.files[1])
     return image, mask[None], 0
 
+  def read_unlabeled(item):
+    image = folder.read_image(item.files[0], s.channels)
+    image, mask = folder.fit(image, np.zeros(image.shape[:2], np.uint8), size, s.resize_mode, "")
+    return image, mask[None], 0
+
   splits = {}
   for split, base in _split_dirs(root).items():
     pairs, problems = _matched(base, tuple(s.mask_suffixes))
     if problems:
       raise UserError(problems[0] + ".")
     splits[split] = [folder.Item(f"{split}_{k}", (v[0], *v[1]), read) for k, v in pairs.items()]
+  unlabeled = _unlabeled(root).items()
+  splits[UNLABELED] = [folder.Item(f"u_{k}", (p,), read_unlabeled) for k, p in unlabeled]
   if not splits.get("train"):
     raise UserError(f"image_folder: no images/ + masks/ pairs found in {root!r}.")
   first = splits["train"][0]

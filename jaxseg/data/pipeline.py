@@ -128,7 +128,9 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
   from its training split: with ``folds > 0`` (k-fold cross-validation) fold
   ``fold`` is the ``test`` split; otherwise a missing ``test`` split is
   ``test_fraction`` of it. A missing ``validation`` split is ``validation_fraction``
-  of what remains. Raises if a split ends up empty.
+  of what remains. Raises if a split ends up empty. With ``train``, a dataset's
+  ``unlabeled`` split (images without masks) comes too, for the semi-supervised and
+  federated methods' unlabeled pools.
 
   ``data_config.extra_train_dir``: an ``image_folder`` dataset (e.g. written by
   ``jaxseg synthesize``) whose every pair joins the training split only, brought to
@@ -161,6 +163,9 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
       raise UserError(
         f"dataset {data_config.name!r}: split {split!r} has no examples (check config.data.kwargs)."
       )
+  if "train" in splits and "unlabeled" in stored and "unlabeled" not in sources:
+    # Images without masks (all-zero masks and weights, never used as labels).
+    sources["unlabeled"] = arrays.open_split(builder, "unlabeled", data_config.weight_map)
   return sources
 
 

@@ -67,6 +67,19 @@ def assign(fed_config, fraction: float, foreground, sites, seed: int) -> Layout:
   return Layout(parts, labeled, unlabeled, server)
 
 
+def with_unlabeled(layout: Layout, first: int, count: int, seed: int) -> Layout:
+  """``layout`` with ``count`` images without masks (indices ``first ..``) split IID over
+  its clients' unlabeled images (a hospital's unannotated scans)."""
+  order = _permuted(first + np.arange(count), jax.random.key(seed))
+  extra = [np.sort(part) for part in np.array_split(order, len(layout.clients))]
+  return Layout(
+    clients=[np.concatenate([c, e]) for c, e in zip(layout.clients, extra, strict=True)],
+    labeled=layout.labeled,
+    unlabeled=[np.concatenate([u, e]) for u, e in zip(layout.unlabeled, extra, strict=True)],
+    server=layout.server,
+  )
+
+
 def _partition(fed_config, indices, foreground, sites, seed):
   name, clients = fed_config.partition, fed_config.num_clients
   if name == "iid":

@@ -83,13 +83,26 @@ class Simulation:
     return jax.device_put(state, self.state_sharding)
 
 
+def training_source(exp: Experiment):
+  """The images the clients and the server train on: the training split, then the
+  dataset's images without masks (its ``unlabeled`` split), if any."""
+  if "unlabeled" in exp.sources:
+    return pipeline.Concat(exp.sources["train"], exp.sources["unlabeled"])
+  return exp.sources["train"]
+
+
 def client_layout(exp: Experiment, groups: int):
   """``(where, data, longest, foreground)``: who holds what, as padded index tables
-  (from the masks and sites alone: no image is read)."""
+  (from the masks and sites alone: no image is read). Images without masks join the
+  clients' unlabeled images (:func:`jaxseg.fed.layout.with_unlabeled`)."""
   cfg, fc, source = exp.config, exp.config.fed, exp.sources["train"]
   meta = source.take(np.arange(len(source)), ("mask", "site"))
   foreground, sites = (meta["mask"] > 0).mean(axis=(1, 2)), meta["site"].astype(np.int64)
   where = layout.assign(fc, cfg.method.labeled_fraction, foreground, sites, cfg.seed)
+  if "unlabeled" in exp.sources:
+    extra = len(exp.sources["unlabeled"])
+    where = layout.with_unlabeled(where, len(source), extra, cfg.seed + 1)
+    foreground = np.concatenate([foreground, np.zeros(extra)])
   rows = math.ceil(fc.num_clients / groups) * groups
   data, longest = layout.client_data(
     where,
@@ -103,7 +116,7 @@ def client_layout(exp: Experiment, groups: int):
 
 
 def simulation(exp: Experiment) -> Simulation:
-  fc, source = exp.config.fed, exp.sources["train"]
+  fc, source = exp.config.fed, training_source(exp)
   devices = devices_of(fc)
   where, data, longest, foreground = client_layout(exp, len(devices) // fc.data_devices)
   probe = np.zeros((1,), np.float32)

@@ -75,11 +75,15 @@ class Stream:
 
 
 def streams(exp) -> dict:
-  """``labeled`` (and ``unlabeled`` for a semi-supervised method) :class:`Stream` s."""
+  """``labeled`` (and ``unlabeled`` for a semi-supervised method) :class:`Stream` s; the
+  unlabeled pool also holds the dataset's images without masks (its ``unlabeled``
+  split, e.g. an ``image_folder``'s ``unlabeled/`` folder)."""
   cfg, source = exp.config, exp.sources["train"]
   if "method" not in cfg:
     return {"labeled": Stream(source, cfg.train.batch_size, cfg.seed)}
   labeled, unlabeled = pipeline.labeled_split(source, cfg.method.labeled_fraction, cfg.seed)
+  if "unlabeled" in exp.sources:
+    unlabeled = pipeline.Concat(unlabeled, exp.sources["unlabeled"])
   return {
     "labeled": Stream(labeled, cfg.train.batch_size, cfg.seed),
     "unlabeled": Stream(unlabeled, cfg.method.unlabeled_batch_size, cfg.seed + 1),

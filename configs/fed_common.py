@@ -16,8 +16,9 @@ arguments ``synthetic`` / ``synthetic_smoke``, on the built-in ``synthetic_nerve
 * ``server_optim``: an optimizer of the pseudo-gradient (``sgd`` lr 1.0 is FedAvg;
   ``adam`` is FedAdam), same keys as ``config.optim``;
 * ``seed_search`` (FedWeP): ``candidates`` N, ``probe`` (``random`` or ``real``),
-  ``probe_size``, ``criterion`` (``most_similar``, ``least_similar``, ``target``) and
-  ``target``;
+  ``probe_size``, ``criterion`` (``most_similar``, ``least_similar``, ``target``),
+  ``target`` and ``statistics`` (``batch``: the perturbed models normalise the probe
+  with its batch statistics, as clients train them; ``running``: inference mode);
 * ``unroll``: local steps unrolled in the compiled round (0: all on CPU, where loops
   run convolutions slowly; none elsewhere, for faster compiles);
 * ``client_map``: ``vmap`` (all clients in one compiled program), ``loop`` (one
@@ -67,7 +68,12 @@ def fed_config(method: str, arg: str | None = None) -> ml_collections.ConfigDict
         name="sgd", lr=1.0, schedule="constant", warmup_steps=0, grad_clip=0.0, kwargs={}
       ),
       seed_search=dict(
-        candidates=8, probe="random", probe_size=8, criterion="most_similar", target=0.9
+        candidates=8,
+        probe="random",
+        probe_size=8,
+        criterion="most_similar",
+        target=0.9,
+        statistics="batch",
       ),
       unroll=0,
       client_map="auto",

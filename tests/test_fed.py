@@ -99,20 +99,28 @@ def test_communication_cost_follows_what_is_exchanged():
 # --- seed search ---------------------------------------------------------------
 
 
-def test_seed_search_picks_the_most_similar_pair():
+@pytest.mark.parametrize("statistics", ["batch", "running"])
+def test_seed_search_picks_the_most_similar_pair(statistics):
+  """The chosen pair against an independent computation, the perturbed models
+  normalising the probe with its batch statistics (as clients train them) or with
+  the running ones (inference mode)."""
   exp = Experiment(tiny_fed_config("rwp"), splits=("validation",))
   sim_ctx = exp.ctx
   net = exp.init().nets["model"]
   probe = jax.random.uniform(jax.random.key(1), (3, 32, 32, 1))
-  kw = dict(candidates=4, target=0.9, p=0.5, sigma=0.5)
+  kw = dict(candidates=4, target=0.9, p=0.5, sigma=0.5, statistics=statistics)
   seeds, info = seed_search.search(
     sim_ctx, net.params, net.batch_stats, probe, jax.random.key(2), criterion="most_similar", **kw
   )
   candidates = np.asarray(jax.random.bits(jax.random.key(2), (4,), jnp.uint32))
-  maps, apply = [], jax.jit(exp.model.apply)
+  maps, apply = [], jax.jit(exp.model.apply, static_argnames=("train", "mutable"))
   for s in candidates:  # independently: perturb, predict, flatten per image
-    w = perturb.rwp(net.params, s, p=0.5, sigma=0.5)
-    out = apply({"params": w, "batch_stats": net.batch_stats}, probe)
+    variables = {"params": perturb.rwp(net.params, s, p=0.5, sigma=0.5)}
+    variables["batch_stats"] = net.batch_stats
+    if statistics == "batch":
+      out, _ = apply(variables, probe, train=True, mutable=("batch_stats",))
+    else:
+      out = apply(variables, probe)
     maps.append(np.asarray(jax.nn.sigmoid(out)).reshape(3, -1).astype(np.float64))
   c = np.array(
     [

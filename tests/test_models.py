@@ -59,6 +59,31 @@ def test_variant_parameter_counts():
   # Self-attention over scales has no parameters: only ECA's 1-D kernels are gone.
   assert _count(models.get_model("scaunet", attention="self")) == 491_907 - 106
   assert _count(models.get_model("scaunet_a", attention="self")) == 164_795 - 106
+  assert _count(models.get_model("scaunet", attention="scale_attention")) == 557_209
+  assert _count(models.get_model("scaunet_a", attention="scale_attention")) == 171_345
+
+
+def test_scale_attention_mixes_the_scales_of_each_pixel():
+  """Learned query/key projections (2 m d parameters, d = m // 2), permutation
+  equivariant over the scales, and a pixel's output depends on that pixel only."""
+  from jaxseg.models.scaunet import SCAConv, ScaleAttention
+
+  x = jnp.zeros((1, 8, 8, 3))
+
+  def count(attention):
+    variables = jax.eval_shape(lambda: SCAConv(4, 8, attention).init(jax.random.key(0), x))
+    return count_params(variables["params"])
+
+  assert count("scale_attention") - count("self") == 2 * 8 * 4
+  attention = ScaleAttention()
+  scales = jax.random.normal(jax.random.key(1), (2, 5, 5, 4, 8))
+  variables = attention.init(jax.random.key(2), scales)
+  out = attention.apply(variables, scales)
+  order = jnp.array([2, 0, 3, 1])
+  permuted = attention.apply(variables, scales[..., order, :])
+  np.testing.assert_allclose(permuted, out[..., order, :], rtol=1e-5, atol=1e-6)
+  changed = jnp.abs(attention.apply(variables, scales.at[0, 1, 1].add(1.0)) - out).sum((-2, -1))
+  assert changed[0, 1, 1] > 0 and not changed.at[0, 1, 1].set(0).any()
 
 
 def test_segformer_b0_size_of_the_paper():

@@ -115,19 +115,27 @@ def test_methods_declare_what_they_exchange():
 
 
 def test_supervised_and_cps_losses_closed_form():
-  ctx, cps = _ctx(), semi.make_method("cps", {"weight": 1.5})
+  """CPS: L_s + λ (L_cps^l + L_cps^u) (Chen et al.), or the unlabeled term only."""
+  ctx = _ctx()
   labeled, unlabeled = _batches()
-  state = cps.init(ctx, jax.random.key(2))
-  _, m = cps.step(ctx, state, labeled, unlabeled, jax.random.key(3))
-  pa, pb = state.nets["a"].params, state.nets["b"].params
   bce = lambda lg, y: float(losses.bce(lg, y))  # noqa: E731
-  ya = (_logits(pa, unlabeled["image"])[..., 0] > 0).astype(int)
-  yb = (_logits(pb, unlabeled["image"])[..., 0] > 0).astype(int)
-  sup = bce(_logits(pa, labeled["image"]), labeled["labels"]) + bce(
-    _logits(pb, labeled["image"]), labeled["labels"]
-  )
-  cross = bce(_logits(pa, unlabeled["image"]), yb) + bce(_logits(pb, unlabeled["image"]), ya)
-  np.testing.assert_allclose(m["loss"], sup + 1.5 * cross, rtol=1e-5)
+
+  def cross(pa, pb, x):
+    ya, yb = ((_logits(p, x)[..., 0] > 0).astype(int) for p in (pa, pb))
+    return bce(_logits(pa, x), yb) + bce(_logits(pb, x), ya)
+
+  for on_labeled in (True, False):
+    cps = semi.make_method("cps", {"weight": 1.5, "on_labeled": on_labeled})
+    state = cps.init(ctx, jax.random.key(2))
+    _, m = cps.step(ctx, state, labeled, unlabeled, jax.random.key(3))
+    pa, pb = state.nets["a"].params, state.nets["b"].params
+    sup = bce(_logits(pa, labeled["image"]), labeled["labels"]) + bce(
+      _logits(pb, labeled["image"]), labeled["labels"]
+    )
+    expected = cross(pa, pb, unlabeled["image"])
+    expected += cross(pa, pb, labeled["image"]) if on_labeled else 0.0
+    np.testing.assert_allclose(m["loss"], sup + 1.5 * expected, rtol=1e-5)
+    np.testing.assert_allclose(m["unsup"], expected, rtol=1e-5)
   supervised = semi.make_method("supervised")
   state = supervised.init(ctx, jax.random.key(2))
   _, m = supervised.step(ctx, state, labeled, unlabeled, jax.random.key(3))
@@ -176,6 +184,26 @@ def test_mean_teacher_consistency_and_ema():
   )
   np.testing.assert_allclose(t, 0.9 * w["dense"]["kernel"] + 0.1 * s, rtol=1e-6)
   np.testing.assert_allclose(base.ramp_up(jnp.array(0), 10), np.exp(-5.0))
+
+
+def test_mean_teacher_gives_each_network_its_own_noise():
+  """Teacher == student at init; the consistency is the MSE between the student's
+  probabilities on ``x + n_s`` and the teacher's on ``x + n_t``, independent noises
+  (Tarvainen & Valpola), or on the clean ``x`` with ``teacher_noise=False``."""
+  ctx, (labeled, unlabeled) = _ctx(), _batches()
+  x = unlabeled["image"]
+  for teacher_noise in (True, False):
+    method = semi.make_method(
+      "mean_teacher", dict(input_noise=0.3, teacher_noise=teacher_noise, ramp_up_steps=1)
+    )
+    state = method.init(ctx, jax.random.key(2))
+    _, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(3))
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(3), 0), 5)
+    noise = [0.3 * jax.random.normal(k, x.shape) for k in (keys[1], keys[3])]
+    w = state.nets["student"].params
+    student = jax.nn.sigmoid(_logits(w, x + noise[0]))
+    teacher = jax.nn.sigmoid(_logits(w, x + noise[1] if teacher_noise else x))
+    np.testing.assert_allclose(m["unsup"], jnp.mean((student - teacher) ** 2), rtol=1e-5)
 
 
 def test_mean_teacher_averages_batchnorm_statistics():

@@ -72,6 +72,7 @@ def _check_data_devices(config, devices: int) -> None:
 def _check_search(search, scenario: str) -> None:
   _choice("seed_search.probe", search.probe, seed_search.PROBES)
   _choice("seed_search.criterion", search.criterion, seed_search.CRITERIA)
+  _choice("seed_search.statistics", search.statistics, seed_search.STATISTICS)
   if search.candidates < 2:
     raise UserError(f"config.fed.seed_search.candidates must be >= 2, found {search.candidates}.")
   if search.probe == "real" and scenario != "label_at_server":

@@ -12,6 +12,12 @@ pass. ``c_ij`` is the cosine similarity of the prediction maps of models ``i`` a
 
 Probe sets: ``random`` (FedWeP-Random: uniform noise images drawn from the key, no
 data at the server) or ``real`` (FedWeP-Real: the server's own images).
+
+``statistics``: how the perturbed models normalise the probe. ``batch`` (default):
+with the probe's own batch statistics, as the clients' perturbed passes do in
+training (:mod:`jaxseg.semi.rwp`), so the pair is judged in the regime it is used in;
+``running``: with the global model's running statistics (inference mode; what jaxseg
+did before).
 """
 
 import jax
@@ -24,15 +30,19 @@ from jaxseg.train import step as step_lib
 
 CRITERIA = ("most_similar", "least_similar", "target")
 PROBES = ("random", "real")
+STATISTICS = ("batch", "running")
 
 
-def predictions(ctx, params, batch_stats, seeds, probe, *, p: float, sigma: float):
-  """Probabilities ``[N, X, H, W, K]`` of the ``N`` perturbed models on ``probe``."""
+def predictions(
+  ctx, params, batch_stats, seeds, probe, key, *, p: float, sigma: float, statistics="batch"
+):
+  """Probabilities ``[N, X, H, W, K]`` of the ``N`` perturbed models on ``probe``
+  (BatchNorm on the probe's ``batch`` statistics or the ``running`` ones)."""
 
   def one(seed):
-    out, _ = step_lib.forward(
-      ctx, perturb.rwp(params, seed, p=p, sigma=sigma), batch_stats, probe, None, train=False
-    )
+    weights = perturb.rwp(params, seed, p=p, sigma=sigma)
+    train = statistics == "batch"
+    out, _ = step_lib.forward(ctx, weights, batch_stats, probe, key, train=train)
     return probabilities(out.logits)
 
   return jax.vmap(one)(seeds)
@@ -64,13 +74,35 @@ def choose(c, criterion: str, target: float = 0.9):
 
 
 def search(
-  ctx, params, batch_stats, probe, key, *, candidates: int, criterion: str, target, p, sigma
+  ctx,
+  params,
+  batch_stats,
+  probe,
+  key,
+  *,
+  candidates: int,
+  criterion: str,
+  target,
+  p,
+  sigma,
+  statistics: str = "batch",
 ):
   """``(seeds [2] uint32, info)``: the chosen pair, its similarity and the matrix."""
   if candidates < 2:
     raise UserError(f"config.fed.seed_search.candidates must be >= 2, found {candidates}.")
   seeds = jax.random.bits(key, (candidates,), jnp.uint32)
-  c = similarity(predictions(ctx, params, batch_stats, seeds, probe, p=p, sigma=sigma))
+  probs = predictions(
+    ctx,
+    params,
+    batch_stats,
+    seeds,
+    probe,
+    jax.random.fold_in(key, 1),
+    p=p,
+    sigma=sigma,
+    statistics=statistics,
+  )
+  c = similarity(probs)
   i, j = choose(c, criterion, target)
   off_diagonal = c.sum() - jnp.trace(c)
   info = {

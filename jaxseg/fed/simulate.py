@@ -271,6 +271,7 @@ def broadcast(fed: Federation, server: ServerState, server_xs, fetch, probe, key
       candidates=fed.search["candidates"],
       criterion=fed.search["criterion"],
       target=fed.search["target"],
+      statistics=fed.search["statistics"],
       **fed.perturb,
     )
     metrics.update(info)

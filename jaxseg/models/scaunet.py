@@ -12,7 +12,7 @@ from jaxseg.models.layers import GlobalAvgPool, LeakyReLU, batch_norm
 from jaxseg.models.unet import UNet
 
 REFERENCE = dict(in_channels=1, num_classes=1, widths=(32, 64, 128, 256, 512))
-ATTENTIONS = ("eca", "self")
+ATTENTIONS = ("eca", "self", "scale_attention")
 
 
 def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
@@ -44,6 +44,27 @@ def scale_self_attention(scales: jax.Array) -> jax.Array:
   return jnp.einsum("bnk,bhwkm->bhwnm", jax.nn.softmax(logits, axis=-1), scales)
 
 
+class ScaleAttention(nn.Module):
+  """Self-attention across the scales at every position ``[B, H, W, N, m]``: each
+  scale's feature vector is a token; learned query and key projections (``m -> d``,
+  shared by the scales, no bias) score every pair of scales, and the softmax over
+  them mixes the scale features per pixel (values: the features themselves).
+
+  Attributes:
+    key_width: ``d``; ``None``: ``max(m // 2, 1)``.
+  """
+
+  key_width: int | None = None
+
+  @nn.compact
+  def __call__(self, scales: jax.Array) -> jax.Array:
+    d = self.key_width or max(scales.shape[-1] // 2, 1)
+    query = nn.Dense(d, use_bias=False, name="query")(scales)
+    key = nn.Dense(d, use_bias=False, name="key")(scales)
+    logits = jnp.einsum("bhwnd,bhwkd->bhwnk", query, key) / math.sqrt(d)
+    return jnp.einsum("bhwnk,bhwkm->bhwnm", jax.nn.softmax(logits, axis=-1), scales)
+
+
 class SCAConv(nn.Module):
   """Scale-attentional convolution (SPEC §2; recipe in architectures.md).
 
@@ -58,7 +79,9 @@ class SCAConv(nn.Module):
     attention: ``eca`` — ECA channel attention over the concatenated scales (the
       parameter-matched design that reproduces the published counts, the default);
       ``self`` — parameter-free self-attention over the scales (the paper's wording;
-      the network then lacks only ECA's 1-D kernels: 491,801 / 164,689 parameters).
+      the network then lacks only ECA's 1-D kernels: 491,801 / 164,689 parameters);
+      ``scale_attention`` — learned self-attention across the scales at every pixel
+      (:class:`ScaleAttention`; 557,209 / 171,345 parameters).
   """
 
   scales: int
@@ -83,7 +106,11 @@ class SCAConv(nn.Module):
     outputs = outputs[::-1]
     if self.attention == "eca":
       return ECA(name="eca")(jnp.concatenate(outputs, axis=-1))
-    mixed = scale_self_attention(jnp.stack(outputs, axis=-2))
+    stacked = jnp.stack(outputs, axis=-2)
+    if self.attention == "scale_attention":
+      mixed = ScaleAttention(name="attention")(stacked)
+    else:
+      mixed = scale_self_attention(stacked)
     return mixed.reshape(*mixed.shape[:3], -1)
 
 
@@ -111,7 +138,8 @@ class SCAUNet(UNet):
     scale_width: ``None`` — fixed ``N = 4`` scales of ``C/4`` channels (SCAUnet,
       491,907 parameters); an int ``m`` — ``N = C/m`` scales (SCAUnet-A uses 16:
       2 scales at 32 channels up to 32 at 512; 164,795 parameters).
-    attention: ``eca`` (the reference) or ``self``, see :class:`SCAConv`.
+    attention: ``eca`` (the reference), ``self`` or ``scale_attention``, see
+      :class:`SCAConv`.
   """
 
   # The parameter count of the defaults (the published recipe), pinned by a test.

@@ -2,8 +2,11 @@
 
 Two networks of the same architecture, initialised independently, each trained on
 the supervised loss plus ``weight`` times the cross-entropy against the other's hard
-pseudo-labels on the unlabeled batch (stop-gradient). The first network is
-evaluated.
+pseudo-labels (stop-gradient) — on the labeled *and* the unlabeled batch, as the paper
+defines it, ``L = L_s + λ (L_cps^l + L_cps^u)``; ``on_labeled=False`` keeps the
+unlabeled term only (what jaxseg did before). A federated client without labels
+(label-at-server) has no labeled batch: its term is weighted by ``sup_weight`` (0).
+The first network is evaluated.
 """
 
 import jax
@@ -13,8 +16,16 @@ from jaxseg.train import state as state_lib
 from jaxseg.train import step as step_lib
 
 
-def make(weight: float = 1.5) -> Method:
-  """``weight``: λ of the cross pseudo-supervision loss (1.5 as in the paper)."""
+def cross_pseudo(logits_a, logits_b):
+  """Each network's cross-entropy against the other's hard pseudo-labels."""
+  return base.pseudo_label_loss(logits_a, base.hard_pseudo_labels(logits_b)) + (
+    base.pseudo_label_loss(logits_b, base.hard_pseudo_labels(logits_a))
+  )
+
+
+def make(weight: float = 1.5, on_labeled: bool = True) -> Method:
+  """``weight``: λ of the cross pseudo-supervision loss (1.5 as in the paper);
+  ``on_labeled``: apply it to the labeled batch too (the paper)."""
 
   def init(ctx, key):
     ka, kb = jax.random.split(key)
@@ -36,9 +47,9 @@ def make(weight: float = 1.5) -> Method:
       sup = step_lib.supervised_loss(ctx, sup_a, labeled) + step_lib.supervised_loss(
         ctx, sup_b, labeled
       )
-      cross = base.pseudo_label_loss(un_a.logits, base.hard_pseudo_labels(un_b.logits)) + (
-        base.pseudo_label_loss(un_b.logits, base.hard_pseudo_labels(un_a.logits))
-      )
+      cross = cross_pseudo(un_a.logits, un_b.logits)
+      if on_labeled:
+        cross += labeled.get("sup_weight", 1.0) * cross_pseudo(sup_a.logits, sup_b.logits)
       return sup + weight * cross, (stats_a, stats_b, sup, cross)
 
     params = {"a": a.params, "b": b.params}

@@ -2,9 +2,12 @@
 
 The student trains on the supervised loss plus ``weight * ramp_up(t) * MSE`` between
 its probabilities and the teacher's on the unlabeled batch. Both see the same
-augmented unlabeled images; the student's copy gets Gaussian input noise and dropout,
-the teacher predicts without them. The teacher is the exponential moving average of
-the student *including the BatchNorm statistics* — a known bug in popular
+geometrically augmented unlabeled images (pixel-wise consistency needs them aligned)
+and, as in the paper, each its *own* noise: independent Gaussian input noise and
+dropout, both networks in training mode (BatchNorm on batch statistics; the
+teacher's are discarded). ``teacher_noise=False`` keeps the teacher noise-free in
+inference mode (what jaxseg did before). The teacher is the exponential moving
+average of the student *including the BatchNorm statistics* — a known bug in popular
 implementations averages only the weights, leaving the teacher's statistics stale.
 The teacher is the evaluated model.
 """
@@ -23,11 +26,16 @@ def ema(teacher_tree, student_tree, decay):
 
 
 def make(
-  decay: float = 0.99, weight: float = 1.0, ramp_up_steps: int = 0, input_noise: float = 0.05
+  decay: float = 0.99,
+  weight: float = 1.0,
+  ramp_up_steps: int = 0,
+  input_noise: float = 0.05,
+  teacher_noise: bool = True,
 ) -> Method:
   """``decay``: EMA decay of the teacher; ``weight``: of the consistency loss;
   ``ramp_up_steps``: length of its sigmoid ramp-up (0: 30% of training);
-  ``input_noise``: std of the Gaussian noise on the student's unlabeled input."""
+  ``input_noise``: std of the Gaussian noise on each network's unlabeled input;
+  ``teacher_noise``: the teacher gets its own noise and dropout (the paper)."""
 
   def init(ctx, key):
     student = step_lib.init_net(ctx, key)
@@ -36,14 +44,19 @@ def make(
 
   def step(ctx, state, labeled, unlabeled, key):
     key = jax.random.fold_in(key, state.step)
-    k_aug, k_noise, k_drop = jax.random.split(key, 3)
+    k_aug, k_noise, k_drop, k_teacher_noise, k_teacher_drop = jax.random.split(key, 5)
     labeled, view = step_lib.augmented(ctx, k_aug, labeled, unlabeled)
     student, teacher = state.nets["student"], state.nets["teacher"]
+
+    def noised(k):
+      return view["image"] + input_noise * jax.random.normal(k, view["image"].shape)
+
+    teacher_view = noised(k_teacher_noise) if teacher_noise else view["image"]
     target, _ = step_lib.forward(
-      ctx, teacher.params, teacher.batch_stats, view["image"], k_drop, train=False
+      ctx, teacher.params, teacher.batch_stats, teacher_view, k_teacher_drop, train=teacher_noise
     )
     target = jax.lax.stop_gradient(probabilities(target.logits))
-    noisy = view["image"] + input_noise * jax.random.normal(k_noise, view["image"].shape)
+    noisy = noised(k_noise)
     ramp = ramp_up_steps or int(0.3 * ctx.total_steps)
     scale = weight * base.ramp_up(state.step, ramp)
 

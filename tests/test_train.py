@@ -23,8 +23,10 @@ def _leaves(state):
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
-  """One uninterrupted run of the tiny config, shared by the tests below."""
+  """One uninterrupted run of the tiny config, shared by the tests below: its training
+  data on the device (what ``auto`` picks for it), batches drawn inside the step."""
   config = make_tiny_config()
+  config.data.placement = "device"
   workdir = str(tmp_path_factory.mktemp("reference"))
   return config, workdir, main.train(config, workdir)
 

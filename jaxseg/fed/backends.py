@@ -32,6 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxseg.data import pipeline
 from jaxseg.fed import simulate
+from jaxseg.train import sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +95,8 @@ def members(data: simulate.ClientData, groups: int) -> list[np.ndarray]:
   return [np.unique(np.concatenate(held[g * rows : (g + 1) * rows])) for g in range(groups)]
 
 
-def filled(source, images: list[np.ndarray], sharding: NamedSharding, length: int) -> dict:
-  """Arrays ``[len(images), length, ...]`` on ``sharding`` (split along the first axis):
+def filled(source, images: list[np.ndarray], where: NamedSharding, length: int) -> dict:
+  """Arrays ``[len(images), length, ...]`` on ``where`` (split along the first axis):
   slab ``g`` holds the model inputs of ``images[g]`` at their indices, zeros elsewhere.
   Only the slabs of this process's devices are read and built."""
   first = pipeline.model_inputs(source.take([0]))
@@ -111,19 +112,10 @@ def filled(source, images: list[np.ndarray], sharding: NamedSharding, length: in
   def field(k):
     shape = (len(images), length, *first[k].shape[1:])
     return jax.make_array_from_callback(
-      shape, sharding, lambda i: np.stack([slab(g)[k] for g in range(len(images))[i[0]]])[i[1:]]
+      shape, where, lambda i: np.stack([slab(g)[k] for g in range(len(images))[i[0]]])[i[1:]]
     )
 
   return {k: field(k) for k in first}
-
-
-def put(tree, sharding):
-  """Host arrays, the same on every process, -> global arrays on ``sharding`` (each
-  process builds only its own devices' shards)."""
-  return jax.tree.map(
-    lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda i: np.asarray(x)[i]),
-    tree,
-  )
 
 
 def place(fed, data, source, probe, train_key, placement: str, devices, data_devices: int = 1):
@@ -137,8 +129,9 @@ def place(fed, data, source, probe, train_key, placement: str, devices, data_dev
   )
   rows, replicated = NamedSharding(mesh, P("clients")), NamedSharding(mesh, P())
   # Client tables split by rows; the server's replicated.
-  tables = put(data.replace(server=None, server_n=None), rows)
-  tables = tables.replace(**put({"server": data.server, "server_n": data.server_n}, replicated))
+  tables = sharding.put(data.replace(server=None, server_n=None), rows)
+  server_tables = {"server": data.server, "server_n": data.server_n}
+  tables = tables.replace(**sharding.put(server_tables, replicated))
   client_arrays, server_arrays = {}, {}
   if placement == "device":
     n, server = len(source), data.server[: data.server_n]
@@ -156,7 +149,7 @@ def place(fed, data, source, probe, train_key, placement: str, devices, data_dev
     source=source,
     client_arrays=client_arrays,
     server_arrays=server_arrays,
-    probe=put(probe, replicated),
+    probe=sharding.put(probe, replicated),
     keys=keys,
     data_key=jax.random.fold_in(train_key, 2),
     fetch=fetch,

@@ -50,6 +50,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 class GanExperiment:
   """Networks, data and compiled functions of a GAN config."""
 
+  notes = ()  # nothing chosen from the data to report
+
   def __init__(self, config: ml_collections.ConfigDict):
     check_config(config)
     self.config = config

@@ -51,7 +51,7 @@ def start_run(config, workdir: str, check: Callable, experiment: Callable):
   check(config)
   exp = experiment(config)
   write_json(workdir, "config.json", exp.config)
-  for note in getattr(exp, "notes", ()):
+  for note in exp.notes:
     say(note)
   return exp
 

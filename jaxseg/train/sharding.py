@@ -74,13 +74,18 @@ def put_batch(batch, mesh: Mesh):
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-def put_replicated(tree, mesh: Mesh):
-  """Host arrays, the same on every process -> global arrays replicated over ``mesh``."""
-  where = replicated(mesh)
+def put(tree, sharding: NamedSharding):
+  """Host arrays, the same on every process, -> global arrays on ``sharding`` (each
+  process builds only the shards of its own devices)."""
   return jax.tree.map(
-    lambda x: jax.make_array_from_callback(np.shape(x), where, lambda index: np.asarray(x)[index]),
+    lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda i: np.asarray(x)[i]),
     tree,
   )
+
+
+def put_replicated(tree, mesh: Mesh):
+  """Host arrays, the same on every process -> global arrays replicated over ``mesh``."""
+  return put(tree, replicated(mesh))
 
 
 def fetch(tree):

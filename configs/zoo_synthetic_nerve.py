@@ -1,4 +1,5 @@
-"""The SCAUnet paper's accuracy study on ``synthetic_nerve``: six architectures x 5 folds.
+"""The SCAUnet paper's accuracy study on ``synthetic_nerve``: six architectures (and
+SCAUnet's two other scale attentions, ``self`` and ``scale_attention``) x 5 folds.
 
     jaxseg sweep --config configs/zoo_synthetic_nerve.py:cpu --workdir /tmp/zoo
 
@@ -23,6 +24,7 @@ from configs import unet_synthetic
 from jaxseg.run.sweep import axis
 
 MODELS = ("unet", "unetpp", "attention_unet", "multires_unet", "scaunet", "scaunet_a")
+ATTENTIONS = ("self", "scale_attention")  # besides the default "eca"
 
 
 def model_variants(base_width: int) -> dict:
@@ -30,7 +32,11 @@ def model_variants(base_width: int) -> dict:
   kwargs = {name: {"widths": widths} for name in MODELS}
   kwargs["unetpp"]["mode"] = "deep"  # deep supervision in training; evaluated as accurate mode
   kwargs["scaunet_a"]["scale_width"] = base_width // 2  # 2 scales at the top level, as at 32/16
-  return {name: {"model.name": name, "model.kwargs": kwargs[name]} for name in MODELS}
+  variants = {name: {"model.name": name, "model.kwargs": kwargs[name]} for name in MODELS}
+  for attention in ATTENTIONS:  # SCAUnet's other two scale attentions (README, fidelity)
+    scaunet = {**kwargs["scaunet"], "attention": attention}
+    variants[f"scaunet ({attention})"] = {"model.name": "scaunet", "model.kwargs": scaunet}
+  return variants
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -17,7 +17,9 @@ Arguments: none — COVID-19 CT, 128 px, widths 16..256, 3 clients, 100 rounds o
 local steps, 3 seeds (a GPU run); ``cpu`` — 64 px, widths 8..64, 15 rounds of 4
 local steps, one seed; ``synthetic`` / ``synthetic_cpu`` — the same on the built-in
 ``synthetic_nerve`` (4 sites, 4 clients); ``smoke`` — two methods, one fraction,
-tiny (seconds per cell).
+tiny (seconds per cell); ``criteria_cpu`` — the seed search's criteria
+(``most_similar``, ``least_similar``, ``target``) compared for FedWeP-Random and -Real
+(label-at-server, 1/8, IID, the ``cpu`` budget).
 
 Expect (the published tables, ``../shared/reference/tables.md``; not yet reproduced
 here): CPS + FedAvg the best baseline (0.69-0.77 label-at-server), FedWeP close to it
@@ -31,7 +33,8 @@ from configs.semi_common import METHOD_KWARGS
 from jaxseg.run.sweep import axis
 
 FRACTIONS = {"1/16": 1 / 16, "1/8": 1 / 8, "1/4": 1 / 4, "1/2": 1 / 2}
-ARGS = ("cpu", "synthetic", "synthetic_cpu", "smoke")
+ARGS = ("cpu", "synthetic", "synthetic_cpu", "smoke", "criteria_cpu")
+CRITERIA = ("most_similar", "least_similar", "target")
 
 
 def _method(name, **extra):
@@ -57,7 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   methods, fractions, seeds = list(METHODS), FRACTIONS, (0, 1, 2)
   non_iid = {"fed.partition": "site"} if synthetic else {"fed.partition": "dirichlet"}
-  if arg in ("cpu", "synthetic_cpu"):
+  if arg in ("cpu", "synthetic_cpu", "criteria_cpu"):
     config.data.kwargs.image_size = 64
     config.model.kwargs.widths = (8, 16, 32, 64)
     config.infer.tile = 64
@@ -76,6 +79,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ]
   # The supervised upper bound labels every image: one column is enough.
   exclude += [{"method": "FedAvg (supervised)", "fraction": f} for f in list(fractions)[1:]]
+  if arg == "criteria_cpu":
+    return criteria_sweep(config)
   config.sweep = ml_collections.ConfigDict(
     dict(
       axes=(
@@ -91,6 +96,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       metrics=("dice", "iou"),
       pivot=("partition", "fraction"),
       sections="scenario",
+    )
+  )
+  return config
+
+
+def criteria_sweep(config) -> ml_collections.ConfigDict:
+  """``criteria_cpu``: the seed search's criteria side by side (the paper only says
+  "appropriate" seeds), FedWeP-Random and -Real, label-at-server, 1/8 labeled, IID,
+  at the ``cpu`` budget, one seed."""
+  config.fed.update(scenario="label_at_server", partition="iid")
+  config.method.labeled_fraction = 1 / 8
+  config.sweep = ml_collections.ConfigDict(
+    dict(
+      axes=(
+        axis("method", {m: METHODS[m] for m in ("FedWeP-Random", "FedWeP-Real")}),
+        axis("criterion", {c: {"fed.seed_search.criterion": c} for c in CRITERIA}),
+        axis("seed", {"0": {"seed": 0}}),
+      ),
+      average="seed",
+      metrics=("dice", "iou"),
+      pivot=("criterion",),
     )
   )
   return config

@@ -273,6 +273,23 @@ def test_fedwep_tables_smoke_sweep_writes_the_papers_layout(tmp_path):
   assert "| FedAvg (supervised) | 0." in client
 
 
+def test_the_criteria_sweep_compares_every_seed_search_criterion():
+  from configs import fedwep_tables
+  from jaxseg.run import sweep
+
+  config = fedwep_tables.get_config("criteria_cpu")
+  found = []
+  for labels, overrides in sweep.cells(sweep.settings(config.sweep)):
+    cell = sweep.apply_overrides(config, overrides)
+    found.append((labels["method"], cell.fed.seed_search.criterion, cell.fed.seed_search.probe))
+    assert cell.fed.scenario == "label_at_server" and cell.method.labeled_fraction == 1 / 8
+  assert sorted(found) == sorted(
+    (m, c, "random" if m == "FedWeP-Random" else "real")
+    for m in ("FedWeP-Random", "FedWeP-Real")
+    for c in fedwep_tables.CRITERIA
+  )
+
+
 # FedAvg (supervised) runs in the sweep above and in the sharding test below.
 @pytest.mark.parametrize(
   "name", ["fed_mean_teacher_covid_ct", "fed_cps_covid_ct", "fed_pseudoseg_covid_ct"]

@@ -14,6 +14,7 @@ not depend on how many devices share them.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxseg.data import pipeline
 
@@ -41,13 +42,17 @@ def draw(arrays: dict, key: jax.Array, step, batch: int, annotators: bool = Fals
   return pipeline.model_inputs(gathered, annotators)
 
 
+def _fields(record: dict, annotators: bool) -> list[str]:
+  return [f for f in FIELDS if f in record and (f != "annotators" or annotators)]
+
+
 def stored(source, annotators: bool = False) -> dict:
   """The fields of ``source`` a step reads, as host arrays in their stored dtypes
   (uint8 images and masks: a quarter of their float32 size on the device)."""
-  everything = source.take(range(len(source)))
-  keep = [f for f in FIELDS if f in everything and (f != "annotators" or annotators)]
-  return {f: everything[f] for f in keep}
+  return source.take(range(len(source)), _fields(source[0], annotators))
 
 
-def nbytes(arrays: dict) -> int:
-  return sum(v.nbytes for v in arrays.values())
+def nbytes(source, annotators: bool = False) -> int:
+  """The bytes :func:`stored` would take, from one example (nothing else is read)."""
+  one = source[0]
+  return len(source) * sum(np.asarray(one[f]).nbytes for f in _fields(one, annotators))

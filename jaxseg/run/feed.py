@@ -123,15 +123,16 @@ def make(exp, mesh):
   annotators = cfg.annotator == "random"
   if cfg.jpeg.qualities:
     return HostFeed(by_name, cfg, mesh, choose(cfg, 0)[1])
-  stored = {n: resident.stored(s.source, annotators) for n, s in by_name.items()}
-  nbytes = sum(resident.nbytes(a) for a in stored.values())
+  # Sized from one example: a split that goes to the host is never read whole here.
+  nbytes = sum(resident.nbytes(s.source, annotators) for s in by_name.values())
   where, why = choose(cfg, nbytes)
   if where == "host":
     return HostFeed(by_name, cfg, mesh, why)
   validation = exp.sources.get("validation")
   if validation is not None:
-    extra = 4 * resident.nbytes(resident.stored(validation))
+    extra = 4 * resident.nbytes(validation)
     exp.eval_on_device = nbytes + extra <= budget_bytes(cfg)
+  stored = {n: resident.stored(s.source, annotators) for n, s in by_name.items()}
   return DeviceFeed(by_name, stored, annotators, mesh, why)
 
 

@@ -19,7 +19,10 @@ local steps, one seed; ``synthetic`` / ``synthetic_cpu`` — the same on the bui
 ``synthetic_nerve`` (4 sites, 4 clients); ``smoke`` — two methods, one fraction,
 tiny (seconds per cell); ``criteria_cpu`` — the seed search's criteria
 (``most_similar``, ``least_similar``, ``target``) compared for FedWeP-Random and -Real
-(label-at-server, 1/8, IID, the ``cpu`` budget).
+(label-at-server, 1/8, IID, the ``cpu`` budget); ``client_cpu`` — the evidence run of
+the README: label-at-client, fractions 1/8 and 1/2, IID and non-IID, 3 seeds, the
+``cpu`` model at twice its rounds (30: supervised FedAvg's validation Dice levels off
+from round ~22 there), validation every 2 rounds (each cell's curve).
 
 Expect (the published tables, ``../shared/reference/tables.md``; not yet reproduced
 here): CPS + FedAvg the best baseline (0.69-0.77 label-at-server), FedWeP close to it
@@ -33,7 +36,7 @@ from configs.semi_common import METHOD_KWARGS
 from jaxseg.run.sweep import axis
 
 FRACTIONS = {"1/16": 1 / 16, "1/8": 1 / 8, "1/4": 1 / 4, "1/2": 1 / 2}
-ARGS = ("cpu", "synthetic", "synthetic_cpu", "smoke", "criteria_cpu")
+ARGS = ("cpu", "synthetic", "synthetic_cpu", "smoke", "criteria_cpu", "client_cpu")
 CRITERIA = ("most_similar", "least_similar", "target")
 
 
@@ -60,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   methods, fractions, seeds = list(METHODS), FRACTIONS, (0, 1, 2)
   non_iid = {"fed.partition": "site"} if synthetic else {"fed.partition": "dirichlet"}
-  if arg in ("cpu", "synthetic_cpu", "criteria_cpu"):
+  if arg in ("cpu", "synthetic_cpu", "criteria_cpu", "client_cpu"):
     config.data.kwargs.image_size = 64
     config.model.kwargs.widths = (8, 16, 32, 64)
     config.infer.tile = 64
@@ -70,6 +73,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     seeds = (0,)
   if synthetic:
     config.data.kwargs.update(num_train=256, num_validation=32, num_test=64)
+  if arg == "client_cpu":
+    fractions = {k: FRACTIONS[k] for k in ("1/8", "1/2")}
+    config.fed.rounds = 30
+    config.train.eval_every = 2
+    seeds = (0, 1, 2)
   if arg == "smoke":
     methods, fractions, seeds = ["FedAvg (supervised)", "FedWeP-Random"], {"1/2": 0.5}, (0,)
     config.fed.update(rounds=1, local_steps=1, server_steps=1)
@@ -81,10 +89,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   exclude += [{"method": "FedAvg (supervised)", "fraction": f} for f in list(fractions)[1:]]
   if arg == "criteria_cpu":
     return criteria_sweep(config)
+  scenarios = (
+    ("label_at_client",) if arg == "client_cpu" else ("label_at_server", "label_at_client")
+  )
   config.sweep = ml_collections.ConfigDict(
     dict(
       axes=(
-        axis("scenario", {s: {"fed.scenario": s} for s in ("label_at_server", "label_at_client")}),
+        axis("scenario", {s: {"fed.scenario": s} for s in scenarios}),
         # fraction before method: the supervised bound's own fraction (1.0) wins.
         axis("fraction", {k: {"method.labeled_fraction": v} for k, v in fractions.items()}),
         axis("method", {m: METHODS[m] for m in methods}),

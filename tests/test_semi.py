@@ -1,5 +1,6 @@
 """RWP and the semi-supervised methods: statistics, purity, closed-form losses."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -87,6 +88,7 @@ class Pixel(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train=False):
+    self.sow("intermediates", "features", x)  # PseudoSeg's classification branch reads it
     return nn.Dense(1, name="dense")(x)
 
 
@@ -110,7 +112,8 @@ def test_methods_declare_what_they_exchange():
   table = {name: semi.make_method(name) for name in semi.METHODS}
   assert table["mean_teacher"].exchanged == ("student", "teacher")
   assert table["cps"].exchanged == ("a", "b")
-  assert all(len(table[n].exchanged) == 1 for n in ("supervised", "pseudoseg", "rwp"))
+  assert all(len(table[n].exchanged) == 1 for n in ("supervised", "rwp"))
+  assert table["pseudoseg"].exchanged == ("model", "cam")  # + the classification branch
   assert table["rwp"].sends_seeds and not table["cps"].sends_seeds
 
 
@@ -228,18 +231,98 @@ def test_mean_teacher_averages_batchnorm_statistics():
   assert not np.allclose(student_mean, old_mean)
 
 
-def test_pseudoseg_fusion_and_sharpening():
+def test_pseudoseg_pooled_fusion_and_sharpening():
   p = jnp.full((1, 8, 8, 1), 0.8)
   np.testing.assert_allclose(pseudoseg.fuse(p, p, 1.0), 0.8, rtol=1e-5)
   np.testing.assert_allclose(pseudoseg.fuse(p, p, 0.5), 0.64 / (0.64 + 0.04), rtol=1e-5)
   refined = pseudoseg.attention_refine(jnp.zeros((1, 8, 8, 1)), p)
   np.testing.assert_allclose(refined, 0.8, rtol=1e-5)  # uniform maps stay uniform
   ctx = _ctx()
-  method = semi.make_method("pseudoseg", dict(temperature=0.5, weight=1.0, noise=0.0))
+  method = semi.make_method("pseudoseg", dict(source="pooled", noise=0.0))
   labeled, unlabeled = _batches()
   state = method.init(ctx, jax.random.key(2))
   _, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(3))
   assert np.isfinite(m["loss"]) and m["unsup"] > 0
+
+
+def _hand_head(num_classes):
+  """CamHead params: identity 1x1 conv, class k scored by feature channel k - 1."""
+  head = pseudoseg.CamHead(num_classes, attention_dim=2, hidden=2)
+  params = head.init(jax.random.key(0), jnp.zeros((1, 4, 4, 2)))["params"]
+  params = jax.tree.map(jnp.zeros_like, params)
+  params["cls_conv"]["kernel"] = jnp.eye(2)[None, None]
+  params["cls_out"]["kernel"] = jnp.eye(2)[:, :num_classes]
+  return head, params
+
+
+def test_grad_cam_finds_the_class_evidence():
+  """Class k's score is the mean of feature channel k-1: its Grad-CAM is that channel's
+  evidence, scaled to max 1 — and nothing of the other class's."""
+  a = np.zeros((4, 4), np.float32)
+  a[1, 1:3] = [2.0, 1.0]
+  b = np.zeros((4, 4), np.float32)
+  b[3, 0] = 3.0
+  features = jnp.asarray(np.stack([a, b], -1)[None])
+  head, params = _hand_head(2)
+  cam = pseudoseg.grad_cam(head, params, features)
+  np.testing.assert_allclose(cam[0, ..., 0], a / 2.0, atol=1e-5)
+  np.testing.assert_allclose(cam[0, ..., 1], b / 3.0, atol=1e-5)
+  # SGC with zero query/key: uniform attention, every position the mean distribution.
+  maps = pseudoseg.sgc(head.apply({"params": params}, features)[1], cam)
+  np.testing.assert_allclose(maps.sum(-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(maps[0], np.broadcast_to(maps[0].mean((0, 1)), maps[0].shape), 1e-5)
+
+
+def test_calibrated_fusion_closed_form():
+  p = np.array([0.0, 2.0], np.float32)
+  m = np.array([0.3, 0.7], np.float32)
+  n = np.sqrt((p**2).sum() + (m**2).sum())
+  soft = lambda v: np.exp(v) / np.exp(v).sum()  # noqa: E731
+  fused = 0.25 * soft(p / n) + 0.75 * soft(m / n)
+  sharp = fused**2 / (fused**2).sum()
+  out = pseudoseg.calibrated_fusion(jnp.asarray(p)[None], jnp.asarray(m)[None], 0.25, 0.5)
+  np.testing.assert_allclose(out[0], sharp, rtol=1e-5)
+  np.testing.assert_allclose(pseudoseg.class_logits(jnp.array([[2.0]])), [[0.0, 2.0]])
+
+
+def test_pseudoseg_presence_and_sgc_loss():
+  labels = jnp.array([[[0, 1], [0, 0]], [[0, 0], [0, 0]]])
+  np.testing.assert_array_equal(pseudoseg.presence(labels, 1), [[1.0], [0.0]])
+  np.testing.assert_array_equal(pseudoseg.presence(labels, 3), [[1.0, 0.0], [0.0, 0.0]])
+  perfect = jax.nn.one_hot(labels, 2)
+  assert float(pseudoseg.sgc_loss(perfect, labels)) < 1e-5
+  assert float(pseudoseg.sgc_loss(jnp.full((2, 2, 2, 2), 0.5), labels)) == pytest.approx(
+    np.log(2), rel=1e-5
+  )
+
+
+def test_pseudoseg_step_trains_the_classification_branch():
+  ctx = _ctx()
+  method = semi.make_method("pseudoseg", dict(noise=0.0))
+  labeled, unlabeled = _batches()
+  state = method.init(ctx, jax.random.key(2))
+  new, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(3))
+  assert all(np.isfinite(m[k]) and m[k] > 0 for k in ("loss", "unsup", "cls", "sgc"))
+  for name in ("cls_out", "query"):
+    assert not np.allclose(
+      new.nets["cam"].params[name]["kernel"], state.nets["cam"].params[name]["kernel"]
+    )
+  with pytest.raises(UserError, match="unknown source 'grad'"):
+    semi.make_method("pseudoseg", dict(source="grad"))
+
+
+def test_unet_family_sows_its_deepest_encoder_features():
+  from jaxseg.models import get_model  # noqa: PLC0415
+
+  def features(ctx, net):
+    image = jnp.zeros((1, 16, 16, 2))
+    return step_lib.forward_features(ctx, net.params, net.batch_stats, image, None, train=False)
+
+  for name in ("unet", "unetpp"):
+    ctx = _ctx(get_model(name, widths=(4, 8, 16), in_channels=2))
+    net = jax.eval_shape(functools.partial(step_lib.init_net, ctx), jax.random.key(0))
+    out = jax.eval_shape(functools.partial(features, ctx), net)
+    assert out[2].shape == (1, 4, 4, 16)
 
 
 def test_labeled_fraction():

@@ -59,6 +59,7 @@ class UNet(nn.Module):
       x = self.block(width, f"down{level}_conv1")(x, train=train)
       skips.append(x)
     x = skips.pop()
+    self.sow("intermediates", "features", x)  # the deepest encoder map (PseudoSeg's CAM)
     for level in reversed(range(len(skips))):
       skip, width = skips[level], self.widths[level]
       x = resize_nearest(x, skip.shape[1:3])

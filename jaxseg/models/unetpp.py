@@ -82,6 +82,7 @@ class UNetPP(nn.Module):
     nodes = {}
     for i in range(last + 1):  # backbone column X^{i,0}
       nodes[i, 0] = block(x if i == 0 else max_pool2(nodes[i - 1, 0]), i, 0)
+    self.sow("intermediates", "features", nodes[last, 0])  # the deepest encoder map
     for j in range(1, last + 1):
       for i in range(last + 1 - j):
         up = resize_nearest(nodes[i + 1, j - 1], nodes[i, 0].shape[1:3])

@@ -1,38 +1,148 @@
-"""PseudoSeg (Zou et al. 2021), simplified for any segmentation network.
+"""PseudoSeg (Zou et al. 2021): pseudo-labels fused from the decoder and a
+classification branch's self-attention Grad-CAM.
 
-On the weakly augmented unlabeled view, two sources of evidence are fused into a
-soft pseudo-label that supervises the strongly augmented view:
+The network (any model that sows its deepest encoder ``features``, see
+:func:`jaxseg.train.step.forward_features`) gets a classification branch
+(:class:`CamHead`, a second network ``"cam"``): a 1x1 conv + ReLU, global average
+pooling and a linear layer give image-level logits, one per foreground class, trained
+with binary cross-entropy against the image-level labels derived from the masks
+(class present or not) — the paper's semi-supervised setting. On the weakly
+augmented unlabeled view:
 
-1. the decoder's prediction ``p``;
-2. a self-attention refinement of it: the image and ``p`` are pooled 4x, every
-   position attends to every other by the scaled dot-product similarity of its
-   (image, logit) features, and ``p`` is propagated along the attention weights
-   — a parameter-free stand-in for the paper's self-attention Grad-CAM.
+1. the decoder's prediction ``p`` (logits, background first);
+2. **Grad-CAM** of each foreground class on the features
+   (``ReLU(sum_c alpha_c F_c)``, ``alpha`` the spatial mean of the class score's
+   gradient), normalised by its maximum; background ``1 - max_k CAM_k``;
+3. **self-attention Grad-CAM** (SGC): query and key projections of the features
+   give ``A = softmax(Q K^T / sqrt(d))`` over positions, and the (per-pixel
+   normalised) CAM is propagated along it, ``m = A CAM``. The projections learn from
+   the segmentation loss of ``m`` on the labeled images (cross-entropy at the
+   features' resolution), the CAM itself enters as a constant;
+4. **calibrated fusion**: ``y = Sharpen(γ softmax(p / N) + (1 - γ) softmax(m / N), T)``,
+   ``N = ||[p, m]||`` per pixel (the two sources on one scale before the softmax),
+   ``Sharpen(a, T)_k = a_k^(1/T) / sum_j a_j^(1/T)``;
 
-Calibrated fusion: both maps are normalised to the same mean foreground mass as
-``p`` and averaged; the result is sharpened with temperature ``T``
-(``p^(1/T) / (p^(1/T) + (1-p)^(1/T))``) and used as a soft target for the
-cross-entropy of the strong view, weighted by ``weight``. The strong view adds
-gray-value jitter and Gaussian noise (photometric, so the pseudo-label stays
-aligned). Simplifications against the paper: no separate Grad-CAM head (the
-attention map is computed from the network's own output, parameter-free), binary
-or per-class sigmoid-style fusion, and no distribution alignment beyond the mass
-calibration.
+and ``y`` is the soft target of the cross-entropy of the strongly augmented view
+(the weak view plus gray-value jitter and Gaussian noise, photometric so the
+pseudo-label stays aligned), weighted by ``weight``. Total loss: supervised +
+``weight`` x pseudo-label + ``cls_weight`` x classification + ``sgc_weight`` x SGC
+segmentation; the last two on the labeled batch (times ``sup_weight``: a federated
+client without labels has none).
+
+``source="pooled"`` keeps jaxseg's earlier parameter-free stand-in (no classification
+branch: the decoder's prediction is propagated along a pooled image/prediction
+self-attention and the two are averaged after mass calibration), which works with
+any model, also those that sow no features.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxseg.data import augment
+from jaxseg.errors import UserError
 from jaxseg.models.interface import probabilities
 from jaxseg.semi import Method, base
+from jaxseg.train import state as state_lib
 from jaxseg.train import step as step_lib
 
 POOL = 4
+SOURCES = ("sgc", "pooled")
+
+
+class CamHead(nn.Module):
+  """The classification branch on encoder features, and SGC's query/key projections."""
+
+  num_classes: int  # foreground classes
+  attention_dim: int = 16
+  hidden: int = 32
+
+  def setup(self):
+    self.cls_conv = nn.Conv(self.hidden, (1, 1))
+    self.cls_out = nn.Dense(self.num_classes)
+    self.query = nn.Dense(self.attention_dim)
+    self.key = nn.Dense(self.attention_dim)
+
+  def __call__(self, features):
+    return self.classify(features), self.attend(features)
+
+  def classify(self, features):
+    """Image-level logits ``[B, K]``."""
+    return self.cls_out(nn.relu(self.cls_conv(features)).mean((1, 2)))
+
+  def attend(self, features):
+    """Attention ``[B, n, n]`` over the ``n = h w`` feature positions."""
+    b, h, w, c = features.shape
+    flat = features.reshape(b, h * w, c)
+    q, k = self.query(flat), self.key(flat)
+    return jax.nn.softmax(jnp.einsum("bnd,bmd->bnm", q, k) / jnp.sqrt(self.attention_dim), -1)
+
+
+def foreground_classes(num_classes: int) -> int:
+  return max(num_classes - 1, 1)
+
+
+def grad_cam(head: CamHead, params, features):
+  """Grad-CAM ``[B, h, w, K]`` of each foreground class, each map scaled to max 1."""
+
+  def score(f, c):
+    return head.apply({"params": params}, f, method=CamHead.classify)[:, c].sum()
+
+  classes = jnp.arange(head.num_classes)
+  grads = jax.vmap(jax.grad(score), in_axes=(None, 0))(features, classes)  # [K, B, h, w, C]
+  alpha = grads.mean((2, 3))  # [K, B, C]
+  cam = jax.nn.relu(jnp.einsum("kbc,bhwc->bhwk", alpha, features))
+  return cam / jnp.maximum(cam.max((1, 2), keepdims=True), 1e-12)
+
+
+def sgc(attention, cam):
+  """Self-attention Grad-CAM: the per-pixel distribution ``[background, CAM]``
+  propagated along ``attention``; ``[B, h, w, K + 1]``, rows summing to 1."""
+  b, h, w, k = cam.shape
+  maps = jnp.concatenate([1.0 - cam.max(-1, keepdims=True), cam], -1)
+  maps = maps / (maps.sum(-1, keepdims=True) + 1e-6)
+  return jnp.einsum("bnm,bmk->bnk", attention, maps.reshape(b, h * w, k + 1)).reshape(b, h, w, -1)
+
+
+def class_logits(logits):
+  """Decoder logits with the background first: binary ``[l]`` becomes ``[0, l]``."""
+  return jnp.concatenate([jnp.zeros_like(logits), logits], -1) if logits.shape[-1] == 1 else logits
+
+
+def sharpen(probs, temperature):
+  sharp = probs ** (1 / temperature)
+  return sharp / sharp.sum(-1, keepdims=True)
+
+
+def calibrated_fusion(logits, sgc_map, gamma: float, temperature: float):
+  """``Sharpen(γ softmax(p / N) + (1 - γ) softmax(m / N), T)``, ``N = ||[p, m]||``."""
+  norm = jnp.sqrt((logits**2).sum(-1, keepdims=True) + (sgc_map**2).sum(-1, keepdims=True))
+  norm = jnp.maximum(norm, 1e-6)
+  fused = gamma * jax.nn.softmax(logits / norm) + (1 - gamma) * jax.nn.softmax(sgc_map / norm)
+  return sharpen(fused, temperature)
+
+
+def resize_to(maps, size):
+  return jax.image.resize(maps, (maps.shape[0], *size, maps.shape[-1]), "bilinear")
+
+
+def presence(labels, num_classes: int):
+  """Image-level labels ``[B, K]``: foreground class ``k`` occurs in the mask."""
+  classes = jnp.arange(1, foreground_classes(num_classes) + 1)
+  return (labels.reshape(labels.shape[0], -1, 1) == classes).any(1).astype(jnp.float32)
+
+
+def sgc_loss(sgc_map, labels):
+  """Cross-entropy of the SGC distribution against the mask at its resolution."""
+  small = jax.image.resize(labels, (labels.shape[0], *sgc_map.shape[1:3]), "nearest")
+  picked = jnp.take_along_axis(sgc_map, small[..., None].astype(jnp.int32), -1)
+  return -jnp.mean(jnp.log(picked + 1e-6))
 
 
 def attention_refine(image, probs):
-  """Propagates ``probs [B, H, W, K]`` along feature self-attention at 1/4 resolution."""
+  """``source="pooled"``: ``probs [B, H, W, K]`` propagated along the self-attention of
+  pooled (image, prediction) features at 1/4 resolution (parameter-free)."""
   b, h, w, k = probs.shape
   hp, wp = h // POOL, w // POOL
   pool = lambda x: x[:, : hp * POOL, : wp * POOL].reshape(b, hp, POOL, wp, POOL, -1).mean((2, 4))  # noqa: E731
@@ -48,7 +158,7 @@ def attention_refine(image, probs):
 
 
 def fuse(probs, refined, temperature):
-  """Mass-calibrated average of the two maps, sharpened with ``temperature``."""
+  """``source="pooled"``: mass-calibrated average of the two maps, sharpened."""
   mass = probs.mean((1, 2), keepdims=True)
   refined = jnp.clip(refined * mass / (refined.mean((1, 2), keepdims=True) + 1e-6), 0.0, 1.0)
   fused = jnp.clip(0.5 * (probs + refined), 1e-6, 1 - 1e-6)
@@ -58,9 +168,42 @@ def fuse(probs, refined, temperature):
   return sharp / sharp.sum(-1, keepdims=True)
 
 
-def make(temperature: float = 0.5, weight: float = 1.0, noise: float = 0.05) -> Method:
-  """``temperature``: sharpening of the fused pseudo-label; ``weight``: of its loss;
-  ``noise``: std of the Gaussian noise of the strong view."""
+def make(
+  source: str = "sgc",
+  temperature: float = 0.5,
+  gamma: float = 0.5,
+  weight: float = 1.0,
+  cls_weight: float = 1.0,
+  sgc_weight: float = 1.0,
+  attention_dim: int = 16,
+  noise: float = 0.05,
+) -> Method:
+  """``source``: ``sgc`` (the paper) or ``pooled`` (the parameter-free stand-in);
+  ``temperature`` T of the sharpening; ``gamma``: the decoder's share of the fusion;
+  ``weight``, ``cls_weight``, ``sgc_weight``: of the pseudo-label, classification and
+  SGC losses; ``attention_dim``: of SGC's query/key; ``noise``: std of the Gaussian
+  noise of the strong view."""
+  if source not in SOURCES:
+    raise UserError(f"pseudoseg: unknown source {source!r}; known: {', '.join(SOURCES)}.")
+  settings = dict(
+    temperature=temperature, gamma=gamma, weight=weight, cls_weight=cls_weight,
+    sgc_weight=sgc_weight,
+  )  # fmt: skip
+
+  def cam_head(ctx):
+    return CamHead(foreground_classes(ctx.model.interface.num_classes), attention_dim)
+
+  def init(ctx, key):
+    k_model, k_cam = jax.random.split(key)
+    model = step_lib.init_net(ctx, k_model)
+    if source == "pooled":
+      return state_lib.start({"model": model})
+    image = jnp.zeros((1, *ctx.image_shape), jnp.float32)
+    _, _, features = step_lib.forward_features(
+      ctx, model.params, model.batch_stats, image, None, train=False
+    )
+    variables = cam_head(ctx).init(k_cam, features)
+    return state_lib.start({"model": model, "cam": state_lib.make_net(variables, ctx.tx)})
 
   def step(ctx, state, labeled, unlabeled, key):
     key = jax.random.fold_in(key, state.step)
@@ -70,26 +213,87 @@ def make(temperature: float = 0.5, weight: float = 1.0, noise: float = 0.05) -> 
       k_strong, {"image": weak["image"]}, brightness=0.2, contrast=0.4, gamma=0.4
     )["image"]
     strong = strong + noise * jax.random.normal(k_noise, strong.shape)
-    net = state.nets["model"]
-    weak_out, _ = step_lib.forward(
-      ctx, net.params, net.batch_stats, weak["image"], k_drop, train=False
+    if source == "pooled":
+      return pooled_step(ctx, state, labeled, weak, strong, k_drop, temperature, weight)
+    return sgc_step(ctx, cam_head(ctx), state, labeled, weak, strong, k_drop, settings)
+
+  exchanged = ("model",) if source == "pooled" else ("model", "cam")
+  return Method(init=init, step=step, evaluated="model", exchanged=exchanged)
+
+
+def pseudo_target(ctx, head, net, cam, weak_image, key, settings):
+  """The fused soft pseudo-label of the weak view (stop-gradient), ``[B, H, W, K+1]``."""
+  out, _, features = step_lib.forward_features(
+    ctx, net.params, net.batch_stats, weak_image, key, train=False
+  )
+  attention = head.apply({"params": cam.params}, features, method=CamHead.attend)
+  maps = sgc(attention, grad_cam(head, cam.params, features))
+  logits = class_logits(out.logits)
+  fused = calibrated_fusion(
+    logits, resize_to(maps, logits.shape[1:3]), settings["gamma"], settings["temperature"]
+  )
+  return jax.lax.stop_gradient(fused)
+
+
+def sgc_step(ctx, head, state, labeled, weak, strong, key, settings):
+  """One step of the paper's PseudoSeg (networks ``model`` and ``cam``)."""
+  net, cam = state.nets["model"], state.nets["cam"]
+  target = pseudo_target(ctx, head, net, cam, weak["image"], key, settings)
+  target = target[..., 1] if net_is_binary(ctx) else target
+  n = labeled["image"].shape[0]
+  sup_weight = labeled.get("sup_weight", 1.0)
+  present = presence(labeled["labels"], ctx.model.interface.num_classes)
+
+  def loss_of(params):
+    both = jnp.concatenate([labeled["image"], strong.astype(labeled["image"].dtype)])
+    out, stats, features = step_lib.forward_features(
+      ctx, params["model"], net.batch_stats, both, key
     )
-    probs = probabilities(weak_out.logits)
-    image = weak["image"][:, : probs.shape[1], : probs.shape[2]]
-    target = jax.lax.stop_gradient(fuse(probs, attention_refine(image, probs), temperature))
-    target = target[..., 0] if target.shape[-1] == 1 else target
+    sup = step_lib.supervised_loss(ctx, out.take(slice(None, n)), labeled)
+    unsup = base.pseudo_label_loss(out.take(slice(n, None)).logits, target)
+    cls_logits, attention = head.apply({"params": params["cam"]}, features[:n])
+    cls = jnp.mean(optax.sigmoid_binary_cross_entropy(cls_logits, present))
+    cam_map = jax.lax.stop_gradient(grad_cam(head, params["cam"], features[:n]))
+    seg = sgc_loss(sgc(attention, cam_map), labeled["labels"])
+    total = (
+      sup
+      + settings["weight"] * unsup
+      + sup_weight * (settings["cls_weight"] * cls + settings["sgc_weight"] * seg)
+    )
+    return total, (stats, sup, unsup, cls, seg)
 
-    def loss_of(params):
-      sup_out, un_out, stats = step_lib.forward_pair(
-        ctx, params, net.batch_stats, labeled, strong, k_drop
-      )
-      sup = step_lib.supervised_loss(ctx, sup_out, labeled)
-      unsup = base.pseudo_label_loss(un_out.logits, target)
-      return sup + weight * unsup, (stats, sup, unsup)
+  params = {"model": net.params, "cam": cam.params}
+  (loss, (stats, sup, unsup, cls, seg)), grads = step_lib.value_and_grad(ctx, loss_of, params)
+  nets = {
+    "model": step_lib.apply_grads(ctx.tx, net, grads["model"], stats),
+    "cam": step_lib.apply_grads(ctx.tx, cam, grads["cam"], cam.batch_stats),
+  }
+  metrics = {"loss": loss, "sup": sup, "unsup": unsup, "cls": cls, "sgc": seg}
+  return state.replace(step=state.step + 1, nets=nets), metrics
 
-    (loss, (stats, sup, unsup)), grads = step_lib.value_and_grad(ctx, loss_of, net.params)
-    net = step_lib.apply_grads(ctx.tx, net, grads, stats)
-    metrics = {"loss": loss, "sup": sup, "unsup": unsup}
-    return state.replace(step=state.step + 1, nets={"model": net}), metrics
 
-  return Method(init=base.init_one, step=step, evaluated="model", exchanged=("model",))
+def net_is_binary(ctx) -> bool:
+  return ctx.model.interface.num_classes == 1
+
+
+def pooled_step(ctx, state, labeled, weak, strong, key, temperature, weight):
+  """One step of the parameter-free stand-in (``source="pooled"``)."""
+  net = state.nets["model"]
+  weak_out, _ = step_lib.forward(ctx, net.params, net.batch_stats, weak["image"], key, train=False)
+  probs = probabilities(weak_out.logits)
+  image = weak["image"][:, : probs.shape[1], : probs.shape[2]]
+  target = jax.lax.stop_gradient(fuse(probs, attention_refine(image, probs), temperature))
+  target = target[..., 0] if target.shape[-1] == 1 else target
+
+  def loss_of(params):
+    sup_out, un_out, stats = step_lib.forward_pair(
+      ctx, params, net.batch_stats, labeled, strong, key
+    )
+    sup = step_lib.supervised_loss(ctx, sup_out, labeled)
+    unsup = base.pseudo_label_loss(un_out.logits, target)
+    return sup + weight * unsup, (stats, sup, unsup)
+
+  (loss, (stats, sup, unsup)), grads = step_lib.value_and_grad(ctx, loss_of, net.params)
+  net = step_lib.apply_grads(ctx.tx, net, grads, stats)
+  metrics = {"loss": loss, "sup": sup, "unsup": unsup}
+  return state.replace(step=state.step + 1, nets={"model": net}), metrics

@@ -22,6 +22,7 @@ from flax import linen as nn
 
 from jaxseg import metrics
 from jaxseg.data import augment
+from jaxseg.errors import UserError
 from jaxseg.models.interface import Outputs, decode
 from jaxseg.models.layers import center_crop
 from jaxseg.train.state import Net, make_net
@@ -52,17 +53,34 @@ def forward(ctx: Context, params, batch_stats, image, key, *, train=True, labels
 
   ``labels`` reach models that take them (in training; ``None``: they use their prior).
   """
+  out, stats, _ = _apply(ctx, params, batch_stats, image, key, train, labels, capture=False)
+  return out, stats
+
+
+def forward_features(ctx: Context, params, batch_stats, image, key, *, train=True):
+  """``(outputs, new_batch_stats, features)``: :func:`forward`, also returning the
+  ``features`` the model sows (its deepest encoder map ``[B, h, w, C]``, float32)."""
+  out, stats, sown = _apply(ctx, params, batch_stats, image, key, train, None, capture=True)
+  if "features" not in sown:
+    raise UserError(
+      f"model {type(ctx.model).__name__} exposes no encoder features (it sows no "
+      "'features'); models that do: unet, wide_unet, attention_unet, scaunet(_a), unetpp."
+    )
+  return out, stats, sown["features"][0].astype(jnp.float32)
+
+
+def _apply(ctx: Context, params, batch_stats, image, key, train, labels, capture):
   if ctx.compute_dtype is not None:
     params, image = jax.tree.map(lambda a: a.astype(ctx.compute_dtype), (params, image))
   extra = [labels] if ctx.model.interface.takes_labels and labels is not None else []
   variables = {"params": params, "batch_stats": batch_stats}
-  if not train:
-    return decode(ctx.model.apply(variables, image, train=False)).astype(jnp.float32), batch_stats
-  out, updates = ctx.model.apply(
-    variables, image, *extra, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
-  )
-  stats = jax.tree.map(lambda a: a.astype(jnp.float32), updates.get("batch_stats", batch_stats))
-  return decode(out).astype(jnp.float32), stats
+  mutable = (["batch_stats"] if train else []) + (["intermediates"] if capture else [])
+  rngs = {"dropout": key} if train else {}
+  out, updates = ctx.model.apply(variables, image, *extra, train=train, rngs=rngs, mutable=mutable)
+  if train:
+    batch_stats = updates.get("batch_stats", batch_stats)
+  stats = jax.tree.map(lambda a: a.astype(jnp.float32), batch_stats)
+  return decode(out).astype(jnp.float32), stats, updates.get("intermediates", {})
 
 
 def forward_pair(ctx: Context, params, batch_stats, labeled: dict, image, key):

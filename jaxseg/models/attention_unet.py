@@ -16,12 +16,14 @@ class AttentionGate(nn.Module):
   """``x * sigmoid(BN(psi(LeakyReLU(BN(W_g g) + BN(W_x x)))))`` with 1x1 convs."""
 
   inner: int
+  spatial_dims: int = 2
 
   @nn.compact
   def __call__(self, g: jax.Array, x: jax.Array, *, train: bool = False) -> jax.Array:
-    wg = batch_norm(train, "bn_g")(nn.Conv(self.inner, (1, 1), name="w_g")(g))
-    wx = batch_norm(train, "bn_x")(nn.Conv(self.inner, (1, 1), name="w_x")(x))
-    psi = nn.Conv(1, (1, 1), name="psi")(LeakyReLU(name="act")(wg + wx))
+    one = (1,) * self.spatial_dims
+    wg = batch_norm(train, "bn_g")(nn.Conv(self.inner, one, name="w_g")(g))
+    wx = batch_norm(train, "bn_x")(nn.Conv(self.inner, one, name="w_x")(x))
+    psi = nn.Conv(1, one, name="psi")(LeakyReLU(name="act")(wg + wx))
     return x * jax.nn.sigmoid(batch_norm(train, "bn_psi")(psi))
 
 
@@ -43,4 +45,4 @@ class AttentionUNet(UNet):
 
   def gate_skip(self, level: int, skip: jax.Array, g: jax.Array, *, train: bool) -> jax.Array:
     inner = max(self.widths[level] // 2, self.widths[0])
-    return AttentionGate(inner, name=f"gate{level}")(g, skip, train=train)
+    return AttentionGate(inner, self.spatial_dims, name=f"gate{level}")(g, skip, train=train)

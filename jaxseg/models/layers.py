@@ -2,7 +2,10 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
+
+from jaxseg.errors import UserError
 
 # PyTorch's BatchNorm2d defaults (momentum 0.1 there is 0.9 here), as in the
 # reference implementations whose parameter counts and numbers we reproduce.
@@ -40,17 +43,19 @@ class CBA(nn.Module):
     kernel_size: square kernel size.
     use_bias: whether the convolution has a bias (the reference recipes do).
     negative_slope: LeakyReLU slope (0.01, PyTorch's default).
+    spatial_dims: 2 (``k x k``) or 3 (``k x k x k``).
   """
 
   features: int
   kernel_size: int = 3
   use_bias: bool = True
   negative_slope: float = 0.01
+  spatial_dims: int = 2
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    k = self.kernel_size
-    x = nn.Conv(self.features, (k, k), padding="SAME", use_bias=self.use_bias, name="conv")(x)
+    kernel = (self.kernel_size,) * self.spatial_dims
+    x = nn.Conv(self.features, kernel, padding="SAME", use_bias=self.use_bias, name="conv")(x)
     x = batch_norm(train, name="bn")(x)
     return LeakyReLU(self.negative_slope, name="act")(x)
 
@@ -60,19 +65,46 @@ def max_pool2(x: jax.Array) -> jax.Array:
   return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
-def resize_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """Nearest-neighbour resize of NHWC ``x`` to spatial ``size`` (no parameters).
+def max_pool(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
+  """Max-pool with stride = ``window`` over the spatial axes (any number; floored)."""
+  return nn.max_pool(x, tuple(window), strides=tuple(window), padding="VALID")
+
+
+def pool_kernels(pool, depth: int, spatial_dims: int) -> list[tuple[int, ...]]:
+  """The pooling window between each pair of levels: ``pool`` (one window per level
+  transition, e.g. nnU-Net's anisotropic plan ``((2, 2, 1), (2, 2, 2), ...)``) or
+  ``None``: 2 along every axis."""
+  if pool is None:
+    return [(2,) * spatial_dims] * (depth - 1)
+  kernels = [tuple(int(k) for k in w) for w in pool]
+  if len(kernels) != depth - 1 or any(len(k) != spatial_dims for k in kernels):
+    raise UserError(
+      f"model pool {pool}: expected {depth - 1} windows of {spatial_dims} sizes "
+      f"(one per level transition of {depth} levels)."
+    )
+  return kernels
+
+
+def strides(pool, depth: int, spatial_dims: int) -> tuple[int, ...]:
+  """The total down-sampling factor along each spatial axis."""
+  return tuple(int(np.prod(k)) for k in zip(*pool_kernels(pool, depth, spatial_dims), strict=True))
+
+
+def resize_nearest(x: jax.Array, size: tuple[int, ...]) -> jax.Array:
+  """Nearest-neighbour resize of channels-last ``x`` to spatial ``size`` (no parameters;
+  any number of spatial axes).
 
   Source index ``floor(i * in / out)``, as PyTorch's ``interpolate(mode='nearest')``.
   """
-  _, h, w, _ = x.shape
-  if size[0] % h == 0 and size[1] % w == 0:
-    # Integer factors: a repeat, whose gradient is a reshape-sum; the general gather's
-    # gradient is a scatter-add, which is slow on XLA:CPU.
-    return jnp.repeat(jnp.repeat(x, size[0] // h, axis=1), size[1] // w, axis=2)
-  rows = (jnp.arange(size[0]) * h) // size[0]
-  cols = (jnp.arange(size[1]) * w) // size[1]
-  return x[:, rows][:, :, cols]
+  for axis, out in enumerate(size, start=1):
+    n = x.shape[axis]
+    if out % n == 0:
+      # Integer factors: a repeat, whose gradient is a reshape-sum; the general gather's
+      # gradient is a scatter-add, which is slow on XLA:CPU.
+      x = jnp.repeat(x, out // n, axis=axis)
+    else:
+      x = jnp.take(x, (jnp.arange(out) * n) // out, axis=axis)
+  return x
 
 
 def center_crop(x: jax.Array, size: tuple[int, int]) -> jax.Array:

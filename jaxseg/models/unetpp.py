@@ -9,7 +9,7 @@ from flax import linen as nn
 
 from jaxseg.errors import UserError
 from jaxseg.models.interface import Interface
-from jaxseg.models.layers import CBA, max_pool2, resize_nearest
+from jaxseg.models.layers import CBA, max_pool, pool_kernels, resize_nearest, strides
 
 REFERENCE = dict(in_channels=1, num_classes=1, widths=(32, 64, 128, 256, 512))
 MODES = ("single", "deep", "accurate", "l1", "l2", "l3", "l4")
@@ -47,6 +47,7 @@ class UNetPP(nn.Module):
       the sub-network it needs (nodes with ``i + j <= k``) are computed, so FLOPs
       and time drop. ``deep``, ``accurate`` and ``lk`` share parameter names, so a
       model trained with ``deep`` is evaluated in any mode with the same parameters.
+    spatial_dims, pool: as for :class:`~jaxseg.models.unet.UNet` (3: volumes).
   """
 
   # The parameter count of the defaults (the published recipe), pinned by a test.
@@ -56,12 +57,17 @@ class UNetPP(nn.Module):
   num_classes: int = 1
   in_channels: int = 1
   mode: str = "single"
+  spatial_dims: int = 2
+  pool: Sequence | None = None
 
   @property
   def interface(self) -> Interface:
-    return Interface(
-      self.in_channels, self.num_classes, takes_labels=False, stride=2 ** (len(self.widths) - 1)
-    )
+    stride = max(self.strides)
+    return Interface(self.in_channels, self.num_classes, takes_labels=False, stride=stride)
+
+  @property
+  def strides(self) -> tuple[int, ...]:
+    return strides(self.pool, len(self.widths), self.spatial_dims)
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):
@@ -74,25 +80,28 @@ class UNetPP(nn.Module):
     if last >= depth:
       raise UserError(f"unetpp: mode {self.mode!r} needs depth > {last}, widths give {depth}.")
 
+    dims, one = self.spatial_dims, (1,) * self.spatial_dims
+    kernels = pool_kernels(self.pool, depth, dims)
+
     def block(inputs, i, j):
       width = self.widths[i]
-      h = CBA(width, name=f"x{i}{j}_conv0")(inputs, train=train)
-      return CBA(width, name=f"x{i}{j}_conv1")(h, train=train)
+      h = CBA(width, spatial_dims=dims, name=f"x{i}{j}_conv0")(inputs, train=train)
+      return CBA(width, spatial_dims=dims, name=f"x{i}{j}_conv1")(h, train=train)
 
     nodes = {}
     for i in range(last + 1):  # backbone column X^{i,0}
-      nodes[i, 0] = block(x if i == 0 else max_pool2(nodes[i - 1, 0]), i, 0)
+      nodes[i, 0] = block(x if i == 0 else max_pool(nodes[i - 1, 0], kernels[i - 1]), i, 0)
     self.sow("intermediates", "features", nodes[last, 0])  # the deepest encoder map
     for j in range(1, last + 1):
       for i in range(last + 1 - j):
-        up = resize_nearest(nodes[i + 1, j - 1], nodes[i, 0].shape[1:3])
+        up = resize_nearest(nodes[i + 1, j - 1], nodes[i, 0].shape[1:-1])
         nodes[i, j] = block(jnp.concatenate([nodes[i, k] for k in range(j)] + [up], -1), i, j)
 
     def head(j):
-      return nn.Conv(self.num_classes, (1, 1), name=f"head{j}")(nodes[0, j])
+      return nn.Conv(self.num_classes, one, name=f"head{j}")(nodes[0, j])
 
     if self.mode == "single":
-      return nn.Conv(self.num_classes, (1, 1), name="head")(nodes[0, depth - 1])
+      return nn.Conv(self.num_classes, one, name="head")(nodes[0, depth - 1])
     if self.mode.startswith("l"):
       return head(last)
     heads = [head(j) for j in range(1, depth)]

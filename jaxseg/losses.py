@@ -1,6 +1,7 @@
 """Segmentation losses: pure functions ``loss(logits, labels, weights=None) -> scalar``.
 
-``logits`` are ``[B, H, W, C]``; ``labels`` are integer class maps ``[B, H, W]``;
+``logits`` are ``[B, H, W, C]`` (or ``[B, D, H, W, C]`` for volumes); ``labels`` are
+integer class maps ``[B, H, W]``;
 ``weights`` optional per-pixel weights ``[B, H, W]`` (e.g. the U-Net paper's weight
 map). ``C == 1`` means binary logits of the foreground (sigmoid); ``C > 1`` means
 softmax over classes. Losses are averaged over pixels and images.
@@ -82,8 +83,9 @@ def dice(logits, labels, weights=None, smooth=1.0):
   else:
     probs = jax.nn.softmax(logits)[..., 1:]
     onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=probs.dtype)[..., 1:]
-  inter = jnp.sum(probs * onehot, axis=(1, 2))
-  total = jnp.sum(probs, axis=(1, 2)) + jnp.sum(onehot, axis=(1, 2))
+  axes = tuple(range(1, labels.ndim))  # the spatial axes: 2-D images or 3-D volumes
+  inter = jnp.sum(probs * onehot, axis=axes)
+  total = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
   return jnp.mean(1.0 - (2.0 * inter + smooth) / (total + smooth))
 
 

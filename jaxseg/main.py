@@ -2,7 +2,7 @@
 
 jaxseg train --config FILE[:ARG] --workdir DIR [--config.key=value ...]
 jaxseg eval  --workdir DIR [--split test]
-jaxseg predict --workdir DIR --input FILE_OR_DIR --output DIR
+jaxseg predict --workdir DIR [--workdir DIR2 ...] --input FILE_OR_DIR --output DIR
 jaxseg sweep --config FILE[:ARG] --workdir DIR [--config.key=value ...]
 jaxseg synthesize --workdir GAN_RUN --num N --output DIR
 jaxseg inspect --config FILE[:ARG] [--config.data.key=value ...] [--json FILE]
@@ -38,7 +38,12 @@ PIPELINE_INPUT = "8x1x256x256"
 config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (FILE[:ARG]).", lock_config=True
 )
-flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, pictures).")
+flags.DEFINE_multi_string(
+  "workdir",
+  None,
+  "Run directory (checkpoints, metrics, pictures); predict on volumes: repeat it for an "
+  "ensemble of runs (e.g. the k folds).",
+)
 flags.DEFINE_string("split", "test", "Split that `jaxseg eval` scores.")
 flags.DEFINE_string(
   "output", None, "predict: folder for the masks and overlays; synthesize: the new dataset."
@@ -87,7 +92,9 @@ flags.DEFINE_bool("verbose", False, "Show the traceback of a user error too.")
 
 def train(config, workdir: str, *, stop_after: int | None = None):
   """Trains ``config`` in ``workdir`` with the runner its sections ask for."""
-  if "fed" in config:
+  if "volume" in config:
+    from jaxseg.run import volume as runner  # noqa: PLC0415
+  elif "fed" in config:
     from jaxseg.run import federated as runner  # noqa: PLC0415
   elif "gan" in config:
     from jaxseg.run import gan as runner  # noqa: PLC0415
@@ -98,9 +105,17 @@ def train(config, workdir: str, *, stop_after: int | None = None):
 
 def evaluate(workdir: str, split: str = "test") -> dict:
   """``jaxseg eval``: the best checkpoint of ``workdir`` scored on ``split``."""
+  if _is_volume_run(workdir):
+    from jaxseg.run import volume_eval  # noqa: PLC0415
+
+    return volume_eval.run_eval(workdir, split)
   from jaxseg.run import evaluate as runner  # noqa: PLC0415
 
   return runner.run(workdir, split)
+
+
+def _is_volume_run(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, "plan.json"))
 
 
 def synthesize(workdir: str, num: int, output: str) -> str:
@@ -190,6 +205,9 @@ def _run(command: str) -> None:
 
     return inspect.run(FLAGS.config, FLAGS.json)
   _require(command, workdir=FLAGS.workdir)
+  workdirs, workdir = FLAGS.workdir, FLAGS.workdir[0]
+  if len(workdirs) > 1 and command != "predict":
+    raise UserError(f"jaxseg {command} takes one --workdir, found {len(workdirs)}.")
   if command in ("train", "sweep"):
     _require(command, config=FLAGS.config)
   if FLAGS.config is not None:
@@ -197,19 +215,30 @@ def _run(command: str) -> None:
 
     runtime.setup(FLAGS.config)
   if command == "train":
-    train(FLAGS.config, FLAGS.workdir)
+    train(FLAGS.config, workdir)
   elif command == "predict":
-    _require(command, input=FLAGS.input, output=FLAGS.output)
-    from jaxseg.run import predict  # noqa: PLC0415
-
-    predict.run(FLAGS.workdir, FLAGS.input, FLAGS.output)
+    _predict(workdirs)
   elif command == "synthesize":
     _require(command, output=FLAGS.output)
-    synthesize(FLAGS.workdir, FLAGS.num, FLAGS.output)
+    synthesize(workdir, FLAGS.num, FLAGS.output)
   elif command == "sweep":
-    sweep(FLAGS.config, FLAGS.workdir)
+    sweep(FLAGS.config, workdir)
   else:
-    evaluate(FLAGS.workdir, FLAGS.split)
+    evaluate(workdir, FLAGS.split)
+
+
+def _predict(workdirs: list[str]) -> None:
+  _require("predict", input=FLAGS.input, output=FLAGS.output)
+  if all(_is_volume_run(w) for w in workdirs):
+    from jaxseg.run import volume_eval  # noqa: PLC0415
+
+    volume_eval.run_predict(workdirs, FLAGS.input, FLAGS.output)
+    return
+  if len(workdirs) > 1:
+    raise UserError("an ensemble of several --workdir runs is for volume runs only.")
+  from jaxseg.run import predict  # noqa: PLC0415
+
+  predict.run(workdirs[0], FLAGS.input, FLAGS.output)
 
 
 def _debug() -> bool:

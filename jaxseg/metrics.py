@@ -70,18 +70,63 @@ def pooled(counts: dict) -> dict[str, jax.Array]:
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-  """Foreground pixels with a 4-connected background neighbour (or the image edge)."""
+  """Foreground pixels (voxels) with a face-connected background neighbour (or the
+  edge): 4-connected in 2-D, 6-connected in 3-D."""
   eroded = ndimage.binary_erosion(
-    mask, structure=ndimage.generate_binary_structure(2, 1), border_value=0
+    mask, structure=ndimage.generate_binary_structure(mask.ndim, 1), border_value=0
   )
   return mask & ~eroded
+
+
+def surface_distances(pred, gt, spacing=None) -> tuple[np.ndarray, np.ndarray]:
+  """``(pred surface -> gt surface, gt surface -> pred surface)``: the distance of every
+  boundary pixel/voxel of one mask to the nearest boundary point of the other, in the
+  units of ``spacing`` (both masks non-empty, any number of dimensions)."""
+  sp, sg = _surface(np.asarray(pred) > 0), _surface(np.asarray(gt) > 0)
+  to_gt = ndimage.distance_transform_edt(~sg, sampling=spacing)[sp]
+  to_pred = ndimage.distance_transform_edt(~sp, sampling=spacing)[sg]
+  return to_gt, to_pred
+
+
+def _empty_cases(pred, gt, both: float, one: float) -> float | None:
+  pred, gt = np.asarray(pred) > 0, np.asarray(gt) > 0
+  if pred.shape != gt.shape:
+    raise UserError(f"prediction shape {pred.shape} != ground truth {gt.shape}.")
+  if not pred.any() and not gt.any():
+    return both
+  if not pred.any() or not gt.any():
+    return one
+  return None
+
+
+def average_surface_distance(pred, gt, spacing=None) -> float:
+  """Symmetric average surface distance: the mean over both masks' boundary points of
+  the distance to the other boundary. 0 when both are empty, ``inf`` when one is."""
+  empty = _empty_cases(pred, gt, 0.0, float("inf"))
+  if empty is not None:
+    return empty
+  to_gt, to_pred = surface_distances(pred, gt, spacing)
+  return float((to_gt.sum() + to_pred.sum()) / (to_gt.size + to_pred.size))
+
+
+def normalized_surface_dice(pred, gt, tolerance: float, spacing=None) -> float:
+  """Normalized surface Dice at ``tolerance`` (Nikolov et al. 2021; Metrics Reloaded):
+  the fraction of both boundaries lying within ``tolerance`` of the other, counted over
+  boundary voxels (as MONAI's ``compute_surface_dice``). 1 when both masks are empty,
+  0 when exactly one is."""
+  empty = _empty_cases(pred, gt, 1.0, 0.0)
+  if empty is not None:
+    return empty
+  to_gt, to_pred = surface_distances(pred, gt, spacing)
+  close = np.sum(to_gt <= tolerance) + np.sum(to_pred <= tolerance)
+  return float(close / (to_gt.size + to_pred.size))
 
 
 def hausdorff(pred, gt, percentile: float | None = None, spacing=None) -> float:
   """Symmetric Hausdorff distance between the boundaries of two binary masks.
 
   Args:
-    pred, gt: 2-D masks (foreground = nonzero).
+    pred, gt: 2-D or 3-D masks (foreground = nonzero).
     percentile: ``None`` for the maximum (HD); e.g. 95 for HD95, the larger of the
       two directed 95th percentiles (as MONAI and the medical decathlon compute it).
     spacing: pixel size per axis (default 1), so distances are in physical units.
@@ -90,17 +135,10 @@ def hausdorff(pred, gt, percentile: float | None = None, spacing=None) -> float:
     0.0 when both masks are empty; ``inf`` when exactly one is empty (a missed or
     hallucinated structure has no finite distance, and never scores 0).
   """
-  pred, gt = np.asarray(pred) > 0, np.asarray(gt) > 0
-  if pred.shape != gt.shape:
-    raise UserError(f"hausdorff: prediction shape {pred.shape} != ground truth {gt.shape}.")
-  if not pred.any() and not gt.any():
-    return 0.0
-  if not pred.any() or not gt.any():
-    return float("inf")
-  sp, sg = _surface(pred), _surface(gt)
-  # Distance of every pixel to the nearest surface pixel of the other mask.
-  to_gt = ndimage.distance_transform_edt(~sg, sampling=spacing)[sp]
-  to_pred = ndimage.distance_transform_edt(~sp, sampling=spacing)[sg]
+  empty = _empty_cases(pred, gt, 0.0, float("inf"))
+  if empty is not None:
+    return empty
+  to_gt, to_pred = surface_distances(pred, gt, spacing)
   if percentile is None:
     return float(max(to_gt.max(), to_pred.max()))
   return float(max(np.percentile(to_gt, percentile), np.percentile(to_pred, percentile)))

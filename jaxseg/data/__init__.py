@@ -25,6 +25,13 @@ RESOLVERS = {
   "image_folder": "jaxseg.data.image_folder:resolve",
 }
 
+# Volume datasets (3-D, patch-based training: ``jaxseg.run.volume``): each entry is
+# ``load(source_dir, cache_dir, **kwargs) -> msd.VolumeData``.
+VOLUMES = {
+  "msd": "jaxseg.data.msd:load",
+  "synthetic_nerve3d": "jaxseg.data.synthetic_volumes:load",
+}
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -38,6 +45,12 @@ def make_builder(name: str, *, source_dir: str | None, cache_dir: str | None, **
   make = tables.resolve(DATASETS, name, "dataset")
   data_dir = os.path.join(cache_dir or default_cache_dir(), "tfds")
   return make(source_dir=source_dir, data_dir=data_dir, **kwargs)
+
+
+def load_volumes(name: str, *, source_dir: str | None, cache_dir: str | None, **kwargs):
+  """The prepared volumes of dataset ``name`` (see :data:`VOLUMES`)."""
+  load = tables.resolve(VOLUMES, name, "volume dataset")
+  return load(source_dir, cache_dir or default_cache_dir(), **kwargs)
 
 
 def resolve(name: str, source_dir: str | None, kwargs: dict, stride: int = 1):

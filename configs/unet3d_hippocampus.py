@@ -32,7 +32,11 @@ def hippocampus(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.data.kwargs = ml_collections.ConfigDict(
     dict(target_spacing=(), folds=5, fold=0, validation_fraction=0.1, max_cases=0, seed=0)
   )
-  config.train.update(steps=1000, eval_every=250)
+  config.volume.update(patch_size=(32, 48, 32), bucket=8)
+  # Anterior and posterior lie along y: mirroring y (or z) would swap what the labels
+  # name by position. Left-right mirroring only.
+  config.volume.augment = ml_collections.ConfigDict(dict(flip_axes=(0,)))
+  config.train.update(steps=600, eval_every=150)
   return config
 
 

@@ -93,13 +93,17 @@ def _split_top_level(text: str) -> list[str]:
   return [*parts, current]
 
 
-def parse_input(text: str) -> tuple[int, int, int, int]:
-  """``"NxCxHxW"`` -> ``(N, C, H, W)``."""
+def parse_input(text: str) -> tuple[int, ...]:
+  """``"NxCxHxW"`` -> ``(N, C, H, W)``; a volume ``"NxCxDxHxW"`` -> ``(N, C, D, H, W)``."""
   try:
-    n, c, h, w = (int(v) for v in text.lower().split("x"))
-  except ValueError as e:
-    raise UserError(f"--input: expected NxCxHxW such as 1x1x426x545, found {text!r}.") from e
-  return n, c, h, w
+    shape = tuple(int(v) for v in text.lower().split("x"))
+  except ValueError:
+    shape = ()
+  if len(shape) not in (4, 5):
+    raise UserError(
+      f"--input: expected NxCxHxW (e.g. 1x1x426x545) or NxCxDxHxW for volumes, found {text!r}."
+    )
+  return shape
 
 
 def supervised_step(model, tx, image_shape, compute_dtype=None):
@@ -114,21 +118,24 @@ def supervised_step(model, tx, image_shape, compute_dtype=None):
 
 
 def bench_model(spec: str, shape, *, dtype: str, repeats: int) -> dict:
-  """One record: sizes and costs at ``shape`` (N, C, H, W), and measured speed."""
+  """One record: sizes and costs at ``shape`` (N, C, H, W) — or (N, C, D, H, W): a
+  volume, for a model built with ``spatial_dims=3`` —, and measured speed."""
   name, kwargs = parse_model(spec)
-  n, c, h, w = shape
+  n, c, *spatial = shape
+  if len(spatial) == 3:
+    kwargs = {"spatial_dims": 3, **kwargs}
   model = models.get_model(name, **{"in_channels": c, **kwargs})
-  x = jnp.zeros((n, h, w, c), jnp.float32)
+  x = jnp.zeros((n, *spatial, c), jnp.float32)
   tx = optax.adam(1e-4)
   compute = jnp.dtype(dtype)
-  state, step = supervised_step(model, tx, (h, w, c), None if dtype == "float32" else compute)
+  state, step = supervised_step(model, tx, (*spatial, c), None if dtype == "float32" else compute)
   variables = state_lib.variables(state.nets["model"])
 
   def forward(variables, x):
     cast = jax.tree.map(lambda a: a.astype(compute), variables)
     return model.apply(cast, x.astype(compute), train=False)
 
-  batch = {"image": x, "labels": jnp.zeros((n, h, w), jnp.int32)}
+  batch = {"image": x, "labels": jnp.zeros((n, *spatial), jnp.int32)}
   fwd = throughput.measure(forward, (variables, x), repeats=repeats)
   train = throughput.measure(
     lambda s, b: step(s, b, jax.random.key(1)), (state, batch), repeats=repeats, feed_back=True
@@ -139,7 +146,7 @@ def bench_model(spec: str, shape, *, dtype: str, repeats: int) -> dict:
   train_tflops_s = 6 * macs / train["median_s"] / 1e12
   return {
     "model": spec,
-    "input": f"{n}x{c}x{h}x{w}",
+    "input": "x".join(map(str, shape)),
     "dtype": dtype,
     "params": state_lib.count_params(variables["params"]),
     "gmacs": macs / n / 1e9,
@@ -175,8 +182,8 @@ def run(
   json_path: str | None,
 ) -> list[dict]:
   """Benchmarks every model, prints the table and writes the JSON records."""
-  n, c, h, w = parse_input(input_shape)
-  shape = (batch or n, c, h, w)
+  n, *rest = parse_input(input_shape)
+  shape = (batch or n, *rest)
   for spec in model_specs:  # fail on unknown names before any slow work
     tables.check(models.MODELS, parse_model(spec)[0], "model")
   records = []
@@ -184,8 +191,9 @@ def run(
     records.append(bench_model(spec, shape, dtype=dtype, repeats=repeats))
     print(f"{spec}: done", flush=True)
   device = records[0]["device"] if records else ""
+  layout = "NxCxDxHxW" if len(shape) == 5 else "NxCxHxW"
   print(
-    f"\nInput {'x'.join(map(str, shape))} (NxCxHxW), {dtype}, {device}, jax "
+    f"\nInput {'x'.join(map(str, shape))} ({layout}), {dtype}, {device}, jax "
     f"{jax.__version__}. gmacs: conv+dense MACs/image (jaxpr); gmacs_paper: thop "
     f"convention of the SCAUnet table; xla_gflops: XLA cost analysis (2 FLOPs per "
     f"MAC)/image; img/s: median of {repeats} after warm-up.\n"

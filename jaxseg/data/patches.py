@@ -4,7 +4,7 @@ The training cases live on the device as one padded stack (:func:`stack`); every
 draws its batch of patches there (:func:`sample`) — a case uniformly, then either a
 random position inside the case or, for the last ``oversample`` share of the batch
 (nnU-Net's one third), a position centred on a foreground voxel drawn uniformly — and
-augments each patch (:func:`augment`): flips along every axis, 90° rotations in the
+augments each patch (:func:`augment`): flips along each of ``flip_axes``, 90° rotations in the
 axial plane (the first two, canonical x-y, axes, when the patch is square there), an
 affine warp (rotation about the z axis, isotropic scale) combined with a coarse
 elastic deformation, and gray-value gamma/brightness/contrast. Everything is keyed,
@@ -23,7 +23,8 @@ import numpy as np
 class Augment3d:
   """``config.volume.augment``: probabilities and ranges (0 turns one off)."""
 
-  flip: float = 0.5  # per axis
+  flip: float = 0.5  # per axis of flip_axes
+  flip_axes: tuple = (0, 1, 2)  # e.g. (0,): left-right only, where labels name a side
   rotate90: float = 0.5  # in the axial (x-y) plane
   affine: float = 0.2  # rotation about z and scale, with the elastic field
   rotation: float = 0.52  # radians (±30°)
@@ -113,7 +114,7 @@ def augment(key, image, labels, settings: Augment3d):
   """One patch ``[X, Y, Z, C]`` / ``[X, Y, Z]`` through the 3-D augmentations."""
   k_flip, k_rot, k_aff, k_warp, k_gray, k_g = jax.random.split(key, 6)
   flips = jax.random.uniform(k_flip, (3,)) < settings.flip
-  for axis in range(3):
+  for axis in settings.flip_axes:
     image = jnp.where(flips[axis], jnp.flip(image, axis), image)
     labels = jnp.where(flips[axis], jnp.flip(labels, axis), labels)
   if settings.rotate90 and image.shape[0] == image.shape[1]:

@@ -62,6 +62,19 @@ def patch_size(median_shape, strides, budget_voxels: int) -> tuple:
   return tuple(patch)
 
 
+def plan_pool(spacing, depth: int) -> list[tuple[int, ...]]:
+  """nnU-Net's anisotropic pooling plan: at each level transition, pool (by 2) the
+  axes whose current spacing is at most twice the smallest, so a thick-sliced axis is
+  pooled only once the others have caught up."""
+  current, kernels = [float(s) for s in spacing], []
+  for _ in range(depth - 1):
+    smallest = min(current)
+    kernel = tuple(2 if s <= 2 * smallest else 1 for s in current)
+    current = [s * k for s, k in zip(current, kernel, strict=True)]
+    kernels.append(kernel)
+  return kernels
+
+
 class VolumeExperiment:
   """Data (prepared cases), model, loss, optimizer and initial state of a volume config.
 
@@ -105,6 +118,10 @@ class VolumeExperiment:
       kwargs.spatial_dims = 3
       kwargs.in_channels = len(plan["modalities"])
       kwargs.num_classes = len(plan["labels"])
+      pool = plan_pool(plan["target_spacing"], len(kwargs.widths))
+      if kwargs.get("pool") is None and any(k != (2, 2, 2) for k in pool):
+        kwargs.pool = pool
+        self.notes.append(f"plan: anisotropic spacing, pooling windows {pool}")
       if not config.volume.patch_size:
         strides = models.get_model(config.model.name, **kwargs).strides
         budget = config.volume.patch_budget_voxels

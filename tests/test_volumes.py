@@ -1,0 +1,287 @@
+"""Volumes: 3-D models, preparation and its inverse, patches, sliding windows, surface
+metrics, and the train/eval/predict commands on volumes."""
+
+import csv
+import functools
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import nibabel as nib
+import numpy as np
+import pytest
+
+from jaxseg import main, metrics, sliding
+from jaxseg.data import msd, patches, volumes
+from jaxseg.errors import UserError
+from jaxseg.models import get_model
+from jaxseg.run import volume_eval
+from jaxseg.train.state import count_params
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HIPPOCAMPUS = os.path.join(REPO, "..", "shared", "data", "msd_hippocampus")
+
+
+def _count(name, shape=(1, 16, 16, 16, 1), **kwargs):
+  model = get_model(name, **kwargs)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(shape)), variables)
+  return count_params(variables["params"]), out
+
+
+@pytest.mark.parametrize(
+  "name, kwargs, params",
+  [
+    ("unet", {}, 106_275),
+    ("unetpp", {"mode": "deep"}, 97_566),
+    ("attention_unet", {}, 106_777),
+  ],
+)
+def test_3d_models_count_and_shape(name, kwargs, params):
+  """3x3x3 convolutions at widths 8..32, 3 classes; anisotropic pooling (no pooling
+  along z at the first transition) changes no count and keeps the output size."""
+  common = dict(widths=(8, 16, 32), spatial_dims=3, num_classes=3, **kwargs)
+  count, out = _count(name, **common)
+  assert count == params
+  count, out = _count(name, (1, 16, 16, 8, 1), pool=((2, 2, 1), (2, 2, 2)), **common)
+  logits = out["logits"] if isinstance(out, dict) else out
+  assert count == params and logits.shape == (1, 16, 16, 8, 3)
+  assert get_model(name, **common, pool=((2, 2, 1), (2, 2, 2))).strides == (4, 4, 2)
+  with pytest.raises(UserError, match="expected 2 windows of 3 sizes"):
+    _count(name, **common, pool=((2, 2),))
+
+
+def test_anisotropic_pooling_plan():
+  from jaxseg.run.volume import plan_pool  # noqa: PLC0415
+
+  assert plan_pool((1.0, 1.0, 1.0), 3) == [(2, 2, 2), (2, 2, 2)]
+  assert plan_pool((0.8, 0.8, 5.0), 4) == [(2, 2, 1), (2, 2, 1), (2, 2, 2)]
+
+
+def _anisotropic_copy(image, labels, affine):
+  """A case as a scanner might store it: 3 mm along z (image linear, labels nearest),
+  axes permuted (z, x, y) with x flipped, and a matching non-diagonal affine."""
+  z = image.shape[2] // 3
+  image = volumes.resample(image, (*image.shape[:2], z), order=1)
+  labels = volumes.resample(labels, (*labels.shape[:2], z), order=0)
+  scaled = affine @ np.diag([1.0, 1.0, 3.0, 1.0])
+  nx = image.shape[0]
+  flip = np.eye(4)
+  flip[0, 0], flip[0, 3] = -1.0, nx - 1  # array x index i is old index nx-1-i
+  perm = np.zeros((4, 4))
+  perm[0, 1], perm[1, 2], perm[2, 0], perm[3, 3] = 1.0, 1.0, 1.0, 1.0  # new (z, x, y)
+  new_affine = scaled @ flip @ perm
+  to_new = lambda a: np.transpose(a[::-1], (2, 0, 1))  # noqa: E731
+  return to_new(image), to_new(labels), new_affine
+
+
+def test_preparation_is_undone_exactly_on_anisotropic_flipped_volumes():
+  rng = np.random.default_rng(0)
+  image = rng.normal(size=(10, 12, 18)).astype(np.float32) + 3.0
+  labels = (rng.random((10, 12, 18)) > 0.6).astype(np.uint8)
+  image, labels, affine = _anisotropic_copy(image, labels, np.eye(4))
+  assert volumes.canonical_spacing(affine) == (1.0, 1.0, 3.0)
+  prepared, plabels, meta = volumes.prepare_case(
+    image[..., None], affine, labels, (1.0, 1.0, 1.0), ["MRI"]
+  )
+  assert prepared.shape[:3] == (10, 12, 18) and abs(float(prepared.mean())) < 1e-5
+  onehot = np.eye(2, dtype=np.float32)[plabels]
+  np.testing.assert_array_equal(volumes.restore_case(onehot, meta), labels)
+
+
+def test_surface_metrics_match_a_brute_force_computation():
+  """HD95, ASD and NSD from distance transforms against all pairwise distances
+  between boundary voxels, on random volumes with anisotropic spacing."""
+  rng = np.random.default_rng(1)
+  spacing = (0.7, 1.3, 2.5)
+  for _ in range(3):
+    a = volumes.resample((rng.random((4, 5, 3)) > 0.5).astype(np.uint8), (8, 10, 6), 0) > 0
+    b = volumes.resample((rng.random((4, 5, 3)) > 0.5).astype(np.uint8), (8, 10, 6), 0) > 0
+    pts = [np.argwhere(metrics._surface(m)) * np.asarray(spacing) for m in (a, b)]
+    d = np.sqrt(((pts[0][:, None] - pts[1][None]) ** 2).sum(-1))
+    ab, ba = d.min(1), d.min(0)
+    hd95 = max(np.percentile(ab, 95), np.percentile(ba, 95))
+    assert metrics.hausdorff(a, b, 95, spacing) == pytest.approx(hd95)
+    asd = (ab.sum() + ba.sum()) / (ab.size + ba.size)
+    assert metrics.average_surface_distance(a, b, spacing) == pytest.approx(asd)
+    nsd = ((ab <= 1.5).sum() + (ba <= 1.5).sum()) / (ab.size + ba.size)
+    assert metrics.normalized_surface_dice(a, b, 1.5, spacing) == pytest.approx(nsd)
+  empty = np.zeros((4, 4, 4), bool)
+  assert metrics.normalized_surface_dice(empty, empty, 1.0) == 1.0
+  assert metrics.normalized_surface_dice(empty, ~empty, 1.0) == 0.0
+  assert metrics.average_surface_distance(empty, ~empty) == float("inf")
+
+
+def _box_model(variables, x):
+  """Logits of a fixed per-voxel linear map: the window cannot change the answer."""
+  return jnp.concatenate([-x * variables["w"], x * variables["w"]], -1)
+
+
+def test_sliding_window_weights_and_bounded_memory():
+  patch = (8, 8, 8)
+  predict = sliding.make_predictor(_box_model, patch, 2, window_batch=2, mirror=True)
+  volume = np.random.default_rng(0).normal(size=(13, 9, 20, 1)).astype(np.float32)
+  probs = sliding.predict_volume(predict, {"w": 2.0}, volume, patch, 0.5, 2, 8)
+  np.testing.assert_allclose(probs[..., 1], jax.nn.sigmoid(4.0 * volume[..., 0]), rtol=1e-5)
+  weight = sliding.gaussian_weight(patch)
+  assert weight.max() == 1.0 and weight[0, 0, 0] < 0.01 and weight[3, 4, 4] > 0.9
+
+  def temp_bytes(side):
+    full = (side, side, side)
+    n = len(sliding.window_starts(full, patch, 0.5))
+    args = (
+      {"w": jnp.float32(1.0)},
+      jnp.zeros((*full, 1)),
+      jnp.zeros((n + n % 2, 3), jnp.int32),
+      jnp.zeros((n + n % 2,)),
+    )
+    compiled = predict.lower(*args).compile()
+    return compiled.memory_analysis().temp_size_in_bytes, side**3 * 3 * 4
+
+  (small, out_small), (large, out_large) = temp_bytes(16), temp_bytes(48)
+  # The working memory beyond the output (probabilities and weights) does not grow.
+  assert large - out_large <= max(small - out_small, 0) + 64 * 1024
+
+
+def test_patches_are_keyed_and_oversample_foreground():
+  labels = np.zeros((20, 20, 20), np.uint8)
+  labels[15:17, 2:4, 10:12] = 1
+  cases = [{"image": np.ones((20, 20, 20, 1), np.float32), "labels": labels}]
+  stack = jax.device_put(patches.stack(cases, (8, 8, 8)))
+  draw = jax.jit(functools.partial(patches.sample, batch=4, patch=(8, 8, 8), oversample=0.5))
+  a, b = draw(jax.random.key(0), stack), draw(jax.random.key(0), stack)
+  np.testing.assert_array_equal(a["labels"], b["labels"])
+  for k in range(5):
+    batch = draw(jax.random.key(k), stack)
+    assert all(batch["labels"][i].sum() > 0 for i in (2, 3))  # centred on foreground
+  aug = patches.augment_batch(jax.random.key(3), a, patches.Augment3d(affine=1.0))
+  assert aug["image"].shape == (4, 8, 8, 8, 1) and set(np.unique(aug["labels"])) <= {0, 1}
+
+
+def _write_case(folder, name, image, labels, affine, channels_split=False):
+  os.makedirs(os.path.join(folder, "imagesTr"), exist_ok=True)
+  os.makedirs(os.path.join(folder, "labelsTr"), exist_ok=True)
+  image_name = f"{name}_0000.nii.gz" if channels_split else f"{name}.nii.gz"
+  nib.save(nib.Nifti1Image(image, affine), os.path.join(folder, "imagesTr", image_name))
+  nib.save(nib.Nifti1Image(labels, affine), os.path.join(folder, "labelsTr", f"{name}.nii.gz"))
+
+
+def _describe(folder, names, labels=None):
+  description = {
+    "modality": {"0": "CT"},
+    "labels": labels or {"0": "background", "1": "lesion"},
+    "training": [
+      {"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in names
+    ],
+  }
+  with open(os.path.join(folder, "dataset.json"), "w") as f:
+    json.dump(description, f)
+
+
+def test_msd_reads_the_layout_and_rejects_bad_cases(tmp_path):
+  """nnU-Net channel files, float labels, CT statistics, k-fold by case; clear errors."""
+  rng = np.random.default_rng(0)
+  names = [f"ct_{i}" for i in range(6)]
+  for i, n in enumerate(names):
+    image = (rng.normal(size=(8, 8, 4)) * 100).astype(np.int16)
+    labels = np.zeros((8, 8, 4), np.float32)
+    labels[2:5, 2:5, 1:3] = 1.0
+    _write_case(str(tmp_path), n, image, labels, np.diag([0.8, 0.8, 2.5, 1]), i % 2 == 0)
+  _describe(str(tmp_path), names)
+  data = msd.load(str(tmp_path), str(tmp_path / "cache"))
+  assert (
+    data.plan["target_spacing"] == pytest.approx([0.8, 0.8, 2.5]) and data.plan["ct_statistics"]
+  )
+  assert sorted(sum(data.splits.values(), [])) == names and len(data.splits["test"]) == 2
+  assert len(os.listdir(tmp_path / "cache" / "volumes")) == 1  # cached once
+  msd.load(str(tmp_path), str(tmp_path / "cache"))
+  assert len(os.listdir(tmp_path / "cache" / "volumes")) == 1
+  _write_case(str(tmp_path), "ct_0", image, labels * 3, np.diag([0.8, 0.8, 2.5, 1]))
+  with pytest.raises(UserError, match=r"ct_0.nii.gz: label values \[3\] are not among"):
+    msd.load(str(tmp_path), str(tmp_path / "cache"))
+  os.remove(tmp_path / "labelsTr" / "ct_1.nii.gz")
+  with pytest.raises(UserError, match="label file .*ct_1.nii.gz .* not found"):
+    msd.load(str(tmp_path), str(tmp_path / "cache"))
+  with pytest.raises(UserError, match="does not exist"):
+    msd.load(str(tmp_path / "nowhere"), str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory):
+  from configs import unet3d_synthetic
+
+  config = unet3d_synthetic.get_config("smoke")
+  workdir = str(tmp_path_factory.mktemp("vol") / "full")
+  return config, workdir, main.train(config, workdir)
+
+
+def test_3d_runs_are_reproducible_and_resume_exactly(synthetic_run, tmp_path):
+  """Killed after step 4 (last checkpoint: 3), resumed: the uninterrupted run's
+  parameters, bit for bit (the first 3 steps also replay the full run exactly)."""
+  config, _, state = synthetic_run
+  partial = main.train(config, str(tmp_path), stop_after=4)
+  assert int(partial.step) == 4
+  resumed = main.train(config, str(tmp_path))
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(resumed), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_3d_eval_writes_per_case_metrics(synthetic_run):
+  _, workdir, _ = synthetic_run
+  result = main.evaluate(workdir)
+  with open(os.path.join(workdir, "test_cases.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert result["cases"] == len(rows) == 2
+  assert result["dice"] == pytest.approx(np.mean([float(r["dice_1"]) for r in rows]))
+  assert {"hd95", "asd", "nsd", "iou"} <= set(result)
+
+
+@pytest.mark.skipif(not os.path.isdir(HIPPOCAMPUS), reason="needs ../shared/data")
+def test_predict_writes_aligned_nifti_whose_dice_is_evals(tmp_path):
+  """A hippocampus case and an anisotropic (1x1x3 mm), flipped, axis-permuted copy of
+  it: ``predict`` writes each with the input's shape and affine, and its Dice against
+  the case's label equals what ``eval`` reports for that case."""
+  from configs import unet3d_hippocampus
+
+  source = str(tmp_path / "data")
+  names = [f"hippocampus_{i:03d}" for i in (1, 3, 4, 6, 7, 8)]
+  for folder in ("imagesTr", "labelsTr"):
+    os.makedirs(os.path.join(source, folder))
+    for n in names:
+      shutil.copy(os.path.join(HIPPOCAMPUS, folder, f"{n}.nii.gz"), os.path.join(source, folder))
+  image, affine, _ = volumes.read(os.path.join(source, "imagesTr", f"{names[0]}.nii.gz"))
+  labels = volumes.read(os.path.join(source, "labelsTr", f"{names[0]}.nii.gz"))[0]
+  copy = _anisotropic_copy(image, labels.astype(np.uint8), affine)
+  _write_case(source, "hippocampus_900", copy[0], copy[1], copy[2])
+  _describe(source, [*names, "hippocampus_900"], {"0": "bg", "1": "anterior", "2": "posterior"})
+  config = unet3d_hippocampus.get_config("smoke")
+  config.data.dir = source
+  all_names = sorted([*names, "hippocampus_900"])
+  fold = next(
+    k for k in range(3) if "hippocampus_900" in msd.split_cases(all_names, 3, k, 0.1, 0)["test"]
+  )
+  config.data.kwargs.update(max_cases=0, folds=3, fold=fold, target_spacing=(1.0, 1.0, 1.0))
+  workdir = str(tmp_path / "run")
+  main.train(config, workdir)
+  main.evaluate(workdir)
+  with open(os.path.join(workdir, "test_cases.csv")) as f:
+    rows = {r["case"]: r for r in csv.DictReader(f)}
+  inputs = tmp_path / "inputs"  # the test fold's images, predicted in one call
+  inputs.mkdir()
+  for name in rows:
+    shutil.copy(os.path.join(source, "imagesTr", f"{name}.nii.gz"), inputs)
+  written = volume_eval.run_predict([workdir], str(inputs), str(tmp_path / "pred"))
+  checked = 0
+  for out in written:
+    name = os.path.basename(out)[: -len(".nii.gz")]
+    written, truth = nib.load(out), nib.load(os.path.join(source, "labelsTr", f"{name}.nii.gz"))
+    assert written.shape == truth.shape and np.allclose(written.affine, truth.affine)
+    pred = np.asarray(written.dataobj)
+    spacing = volumes.spacing_of(truth.affine)
+    dice = volume_eval.case_scores(pred, np.asarray(truth.dataobj), spacing, 3, 1.0)
+    assert dice["dice_1"] == pytest.approx(float(rows[name]["dice_1"]))
+    assert dice["dice_2"] == pytest.approx(float(rows[name]["dice_2"]))
+    checked += name == "hippocampus_900"
+  assert checked == 1, f"the anisotropic copy is not in the test fold: {sorted(rows)}"

@@ -7,9 +7,12 @@
 
 The folder is in the MSD / nnU-Net raw layout (``imagesTr``, ``labelsTr``,
 ``dataset.json``); 5 folds by case, fold 0 the test split
-(``--config.data.kwargs.fold=k``). The scale of the README's result (2 CPU cores):
-widths 16..128, the plan's patch, batch 2. ``:smoke`` — 12 cases, tiny, seconds.
-Settings: configs/volume_common.py.
+(``--config.data.kwargs.fold=k``). Widths 16..128, patch 32x48x32 (the plan's
+default would be the median case, 40x56x40), batch 2, 650 steps, left-right flips.
+
+Expect (measured, README): 26 minutes on 2 CPU cores from preparation to the last
+step; test Dice 0.884 anterior, 0.864 posterior (nnU-Net at full scale: about 0.90 /
+0.89). ``:smoke`` — 12 cases, tiny, seconds. Settings: configs/volume_common.py.
 """
 
 import ml_collections
@@ -36,7 +39,7 @@ def hippocampus(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # Anterior and posterior lie along y: mirroring y (or z) would swap what the labels
   # name by position. Left-right mirroring only.
   config.volume.augment = ml_collections.ConfigDict(dict(flip_axes=(0,)))
-  config.train.update(steps=600, eval_every=150)
+  config.train.update(steps=650, eval_every=130)
   return config
 
 

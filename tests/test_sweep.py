@@ -32,6 +32,17 @@ def test_aggregate_mean_and_std_over_the_averaged_axis():
   assert "| a | 0.6000 ± 0.1000 | 2 |" in sweep.markdown(rows, ["model"], {"dice": "dice"})
 
 
+def test_curves_table_averages_over_the_averaged_axis():
+  results = [
+    {"labels": {"m": "a", "seed": "0"}, "curve": {2: 0.5, 4: 0.7}},
+    {"labels": {"m": "a", "seed": "1"}, "curve": {2: 0.3}},
+    {"labels": {"m": "b", "seed": "0"}, "curve": {4: 0.1}},
+  ]
+  table = sweep.curves_table(results, ["m"]).splitlines()
+  assert table[0] == "| m | 2 | 4 |"
+  assert table[2:] == ["| a | 0.40 | 0.70 |", "| b |  | 0.10 |"]
+
+
 def test_sweep_runs_cells_and_resumes(tmp_path, monkeypatch):
   config = make_tiny_config()
   config.train.update(steps=2, eval_every=2)
@@ -50,6 +61,7 @@ def test_sweep_runs_cells_and_resumes(tmp_path, monkeypatch):
   saved = json.load(open(tmp_path / "results.json"))
   assert saved == rows
   assert "| unet |" in open(tmp_path / "results.md").read()
+  assert open(tmp_path / "curves.md").read().splitlines()[0] == "| model | 2 |"
   assert sorted(os.listdir(tmp_path / "jax_cache"))  # compiled steps are cached
   # Finished cells are not rerun.
   monkeypatch.setattr(main, "train", lambda *a, **k: pytest.fail("a finished cell was rerun"))

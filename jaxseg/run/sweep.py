@@ -33,7 +33,9 @@ trained and evaluated exactly as ``jaxseg train`` / ``jaxseg eval`` would. A cel
 whose ``test_metrics.json`` exists is not rerun, so an interrupted sweep resumes.
 Compiled executables are shared across cells through JAX's persistent compilation
 cache in ``DIR/jax_cache`` (cells that differ only in data, fold or seed reuse the
-training step). The table goes to ``DIR/results.md`` and ``DIR/results.json``.
+training step). The table goes to ``DIR/results.md`` and ``DIR/results.json``, the
+validation curves (Dice at each evaluated step or round, averaged as the table is) to
+``DIR/curves.md``.
 """
 
 import copy
@@ -150,6 +152,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, runners: Runners) -> li
     if os.path.exists(measured):
       with open(measured) as f:
         results[-1]["cost"] = json.load(f)["text"]
+    results[-1]["curve"] = validation_curve(cell_dir)
+  return write_tables(sweep, results, workdir)
+
+
+def write_tables(sweep: Sweep, results: list[dict], workdir: str) -> list[dict]:
+  """``results.md`` / ``results.json`` (the table) and ``curves.md`` (validation curves)."""
+  names = [name for name, _ in sweep.axes]
   rows = aggregate(results, names, sweep.average, list(sweep.metrics))
   headers = dict(zip(sweep.metrics, sweep.headers or sweep.metrics, strict=True))
   if sweep.cost:
@@ -174,8 +183,36 @@ def run(config: ml_collections.ConfigDict, workdir: str, runners: Runners) -> li
     )
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(table + "\n")
+  with open(os.path.join(workdir, "curves.md"), "w") as f:
+    f.write(curves_table(results, keep) + "\n")
   print("\n" + table)
   return rows
+
+
+def validation_curve(cell_dir: str) -> dict[int, float]:
+  """``{step: validation Dice}`` of a cell (its ``metrics.jsonl``)."""
+  path = os.path.join(cell_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    records = [json.loads(line) for line in f]
+  return {r["step"]: r["dice"] for r in records if r["split"] == "validation" and "dice" in r}
+
+
+def curves_table(results: list[dict], keep: list[str]) -> str:
+  """Validation Dice at each evaluated step (or round), the mean over the averaged
+  axis, one row per combination of the other axes."""
+  groups = {}
+  for r in results:
+    groups.setdefault(tuple(r["labels"][n] for n in keep), []).append(r["curve"])
+  steps = sorted({s for curves in groups.values() for c in curves for s in c})
+  lines = ["| " + " | ".join([*keep, *map(str, steps)]) + " |"]
+  lines.append("|" + "---|" * (len(keep) + len(steps)))
+  for key, curves in groups.items():
+    at = [[c[s] for c in curves if s in c] for s in steps]
+    cells = [f"{np.mean(v):.2f}" if v else "" for v in at]
+    lines.append("| " + " | ".join([*key, *cells]) + " |")
+  return "\n".join(lines)
 
 
 def synthesize(base: ml_collections.ConfigDict, synthesis, workdir: str, runners: Runners) -> str:

@@ -353,6 +353,7 @@ class DeepHeads(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train=False):
+    self.sow("intermediates", "features", x)
     heads = [nn.Dense(1, name=f"head{i}")(x) for i in range(2)]
     return {"logits": (heads[0] + heads[1]) / 2, "heads": heads}
 

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseg.models.interface import probabilities
+
 
 def gaussian_weight(patch, sigma_scale: float = 1 / 8) -> np.ndarray:
   """The importance map of a window: a Gaussian, max 1, floored at a small positive
@@ -68,7 +70,7 @@ def make_predictor(apply_fn, patch, num_classes: int, window_batch: int, mirror:
     total = 0.0
     for axes in flips:
       logits = apply_fn(variables, jnp.flip(x, axes) if axes else x)
-      p = jax.nn.sigmoid(logits) if num_classes == 1 else jax.nn.softmax(logits)
+      p = probabilities(logits)
       total = total + (jnp.flip(p, axes) if axes else p)
     return total / len(flips)
 

@@ -24,9 +24,10 @@ import ml_collections
 import numpy as np
 
 from jaxseg import data as datasets
-from jaxseg import losses, models, semi, sliding, tables
+from jaxseg import infer, losses, models, semi, sliding, tables
 from jaxseg.data import patches
 from jaxseg.errors import UserError
+from jaxseg.models.interface import decode
 from jaxseg.run import pictures, skeleton
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.train import optim, sharding
@@ -147,8 +148,7 @@ class VolumeExperiment:
     v = self.config.volume
     key = (v.window_batch, v.mirror)
     if key not in self._predictors:
-      apply = lambda var, x: self.model.apply(var, x, train=False)  # noqa: E731
-      apply_logits = lambda var, x: _logits(apply(var, x))  # noqa: E731
+      apply_logits = lambda var, x: decode(self.model.apply(var, x, train=False)).logits  # noqa: E731
       num = self.model.interface.num_classes
       self._predictors[key] = sliding.make_predictor(
         apply_logits, self.patch, num, v.window_batch, v.mirror
@@ -156,10 +156,6 @@ class VolumeExperiment:
     return sliding.predict_volume(
       self._predictors[key], variables, image, self.patch, v.overlap, v.window_batch, v.bucket
     )
-
-
-def _logits(out):
-  return out["logits"] if isinstance(out, dict) else out
 
 
 def compile_step(exp: VolumeExperiment):
@@ -187,17 +183,13 @@ def class_dice(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.nda
   return np.array(out)
 
 
-def hard_labels(probs: np.ndarray) -> np.ndarray:
-  return (probs[..., 0] > 0.5).astype(np.uint8) if probs.shape[-1] == 1 else probs.argmax(-1)
-
-
 def validate(exp: VolumeExperiment, state) -> dict:
   """Mean foreground Dice (overall and per class) over the validation cases."""
-  variables = exp.variables(state)
+  variables = state_lib.variables(state.nets["model"])  # stays on the device
   num = exp.model.interface.num_classes
   dice = np.array(
     [
-      class_dice(hard_labels(exp.predict(variables, c["image"])), c["labels"], num)
+      class_dice(infer.labels_of(exp.predict(variables, c["image"])), c["labels"], num)
       for c in exp.cases("validation")
     ]
   )

@@ -33,7 +33,7 @@ from jaxseg import metrics
 from jaxseg.data import volumes
 from jaxseg.errors import UserError
 from jaxseg.run import pictures
-from jaxseg.run.volume import restore
+from jaxseg.run.volume import class_dice, restore
 
 METRICS = ("dice", "iou", "hd95", "asd", "nsd")
 
@@ -41,11 +41,10 @@ METRICS = ("dice", "iou", "hd95", "asd", "nsd")
 def case_scores(pred, truth, spacing, num_classes: int, tolerance: float) -> dict:
   """``{metric_class: value}`` of one case (classes 1..K-1)."""
   out = {}
-  for c in range(1, max(num_classes, 2)):
+  for c, dice in enumerate(class_dice(pred, truth, num_classes), start=1):
     p, g = pred == c, truth == c
-    tp, total = np.logical_and(p, g).sum(), p.sum() + g.sum()
-    out[f"dice_{c}"] = 1.0 if total == 0 else float(2 * tp / total)
-    out[f"iou_{c}"] = 1.0 if total == 0 else float(tp / (total - tp))
+    out[f"dice_{c}"] = float(dice)
+    out[f"iou_{c}"] = float(dice / (2 - dice))  # IoU = Dice / (2 - Dice)
     out[f"hd95_{c}"] = metrics.hausdorff(p, g, percentile=95, spacing=spacing)
     out[f"asd_{c}"] = metrics.average_surface_distance(p, g, spacing)
     out[f"nsd_{c}"] = metrics.normalized_surface_dice(p, g, tolerance, spacing)

@@ -48,6 +48,7 @@ def fed_config(method: str, arg: str | None = None) -> ml_collections.ConfigDict
   dataset = "synthetic_nerve" if arg and arg.startswith("synthetic") else "covid_ct"
   smoke = arg is not None and arg.endswith("smoke")
   config = semi_config(method, dataset, "smoke" if smoke else None)
+  config.kind = "federated"
   with config.train.unlocked():
     del config.train["steps"]  # a federated run counts rounds: config.fed.rounds
   config.optim.update(schedule="constant", warmup_steps=0)

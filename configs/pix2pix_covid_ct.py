@@ -33,6 +33,7 @@ def gan_config(name: str, kwargs: dict, source_augment: dict, arg: str | None):
     raise ValueError(f"configs/{name}_covid_ct.py: unknown argument {arg!r}; known: {ARGS}.")
   smoke = arg == "smoke"
   config = ml_collections.ConfigDict()
+  config.kind = "gan"  # the run: segmentation, federated or gan
   config.seed = 0
   config.data = unet_covid_ct.get_config("smoke" if smoke else None).data
   config.data.kwargs.image_size = 32 if smoke else 256

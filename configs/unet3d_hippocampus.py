@@ -38,7 +38,7 @@ def hippocampus(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.volume.update(patch_size=(32, 48, 32), bucket=8)
   # Anterior and posterior lie along y: mirroring y (or z) would swap what the labels
   # name by position. Left-right mirroring only.
-  config.volume.augment = ml_collections.ConfigDict(dict(flip_axes=(0,)))
+  config.augment.volume = ml_collections.ConfigDict(dict(flip_axes=(0,)))
   config.train.update(steps=650, eval_every=130)
   return config
 

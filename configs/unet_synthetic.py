@@ -15,6 +15,7 @@ import ml_collections
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  config.kind = "segmentation"  # the run: segmentation, federated or gan
   config.seed = 0
 
   config.model = ml_collections.ConfigDict()

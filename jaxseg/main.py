@@ -18,6 +18,7 @@ Mistakes in the config, command line or data are printed as one line
 their traceback.
 """
 
+import importlib
 import importlib.util
 import json
 import os
@@ -90,16 +91,18 @@ flags.DEFINE_enum(
 flags.DEFINE_bool("verbose", False, "Show the traceback of a user error too.")
 
 
+RUNNERS = {  # config.kind -> the runner that trains it
+  "segmentation": "jaxseg.run.train",
+  "federated": "jaxseg.run.federated",
+  "gan": "jaxseg.run.gan",
+}
+
+
 def train(config, workdir: str, *, stop_after: int | None = None):
-  """Trains ``config`` in ``workdir`` with the runner its sections ask for."""
-  if "volume" in config:
-    from jaxseg.run import volume as runner  # noqa: PLC0415
-  elif "fed" in config:
-    from jaxseg.run import federated as runner  # noqa: PLC0415
-  elif "gan" in config:
-    from jaxseg.run import gan as runner  # noqa: PLC0415
-  else:
-    from jaxseg.run import train as runner  # noqa: PLC0415
+  """Trains ``config`` in ``workdir`` with the runner of its ``config.kind``."""
+  from jaxseg.run import skeleton  # noqa: PLC0415
+
+  runner = importlib.import_module(RUNNERS[skeleton.kind(config)])
   return runner.train(config, workdir, stop_after=stop_after)
 
 
@@ -115,7 +118,10 @@ def evaluate(workdir: str, split: str = "test") -> dict:
 
 
 def _is_volume_run(workdir: str) -> bool:
-  return os.path.exists(os.path.join(workdir, "plan.json"))
+  """Whether ``workdir``'s config trains on a volume dataset."""
+  from jaxseg.run import experiment, skeleton  # noqa: PLC0415
+
+  return experiment.is_volume(skeleton.load_config(workdir))
 
 
 def synthesize(workdir: str, num: int, output: str) -> str:

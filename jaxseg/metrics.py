@@ -44,6 +44,19 @@ def confusion(pred: jax.Array, gt: jax.Array) -> dict[str, jax.Array]:
   )
 
 
+def class_counts(pred, gt, num_classes: int, batched: bool = False) -> dict[str, jax.Array]:
+  """Confusion counts of every foreground class ``1 .. K-1`` (a binary model's class 1),
+  last axis ``K-1``, summed over the spatial axes (all axes, or all but the first with
+  ``batched``: per image). :func:`scores` of them are the per-class scores; their mean
+  over classes is a multi-class run's ``dice``."""
+  pred, gt = jnp.asarray(pred), jnp.asarray(gt)
+  classes = jnp.arange(1, max(num_classes, 2))
+  p, g = pred[..., None] == classes, gt[..., None] == classes
+  axes = tuple(range(1 if batched else 0, pred.ndim))
+  count = lambda m: jnp.sum(m, axis=axes, dtype=jnp.int32)  # noqa: E731
+  return dict(tp=count(p & g), fp=count(p & ~g), fn=count(~p & g), tn=count(~p & ~g))
+
+
 def _ratio(num, den, empty_value):
   num, den = jnp.asarray(num, jnp.float32), jnp.asarray(den, jnp.float32)
   return jnp.where(den > 0, num / jnp.maximum(den, 1), empty_value)

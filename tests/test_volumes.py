@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxseg import main, metrics, sliding
-from jaxseg.data import msd, patches, volumes
+from jaxseg.data import augment, msd, patches, volumes
 from jaxseg.errors import UserError
 from jaxseg.models import get_model
 from jaxseg.run import volume_eval
@@ -156,7 +156,7 @@ def test_patches_are_keyed_and_oversample_foreground():
   for k in range(5):
     batch = draw(jax.random.key(k), stack)
     assert all(batch["labels"][i].sum() > 0 for i in (2, 3))  # centred on foreground
-  aug = patches.augment_batch(jax.random.key(3), a, patches.Augment3d(affine=1.0))
+  aug = augment.apply({"volume": {"affine": 1.0}}, jax.random.key(3), a)
   assert aug["image"].shape == (4, 8, 8, 8, 1) and set(np.unique(aug["labels"])) <= {0, 1}
 
 

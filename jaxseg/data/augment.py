@@ -23,7 +23,11 @@ AUGMENTATIONS = {
   "elastic_grid": "jaxseg.data.augment:elastic_grid",
   "elastic_dense": "jaxseg.data.augment:elastic_dense",
   "random_crop": "jaxseg.data.augment:random_crop",
+  # Volumes: flips, axial 90-degree turns, affine + elastic warp and gray values in one
+  # (settings: jaxseg.data.patches.Augment3d); the only per-example one for 3-D data.
+  "volume": "jaxseg.data.patches:augment_example",
 }
+VOLUME = "volume"
 # Batch-level augmentations mix examples, so they run after the per-example chain.
 BATCH_AUGMENTATIONS = {
   "mixup": "jaxseg.data.augment:mixup",
@@ -95,9 +99,25 @@ def _dihedral_run(run, key, example):
   }
 
 
-def check(chain: Mapping) -> None:
+def check(chain: Mapping, spatial_dims: int | None = None) -> None:
+  """Unknown names fail; with ``spatial_dims``, so do augmentations of the other kind
+  of data (volumes take ``volume`` and the batch-level ones, images the rest) and
+  unknown settings of ``volume``."""
   for name in chain:
     tables.check({**AUGMENTATIONS, **BATCH_AUGMENTATIONS}, name, "augmentation")
+  if spatial_dims is None:
+    return
+  for name in chain:
+    if name in AUGMENTATIONS and (name == VOLUME) != (spatial_dims == 3):
+      kind = "images" if name == VOLUME else "2-D images"
+      raise UserError(
+        f"config.augment.{name} is for {kind}; this config's data are "
+        f"{'volumes (use config.augment.volume)' if spatial_dims == 3 else 'images'}."
+      )
+  if VOLUME in chain:
+    from jaxseg.data import patches  # noqa: PLC0415
+
+    tables.check_settings(patches.Augment3d, dict(chain[VOLUME]), "config.augment.volume")
 
 
 def mixup(key, batch, alpha: float = 0.4):

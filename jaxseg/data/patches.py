@@ -1,7 +1,7 @@
 """Patch-based training data for volumes, on the device: pure functions of a key.
 
 The training cases live on the device as one padded stack (:func:`stack`); every step
-draws its batch of patches there (:func:`sample`) — a case uniformly, then either a
+draws its batch of patches there (:func:`sample`) — a case (given, or uniformly), then either a
 random position inside the case or, for the last ``oversample`` share of the batch
 (nnU-Net's one third), a position centred on a foreground voxel drawn uniformly — and
 augments each patch (:func:`augment`): flips along each of ``flip_axes``, 90° rotations in the
@@ -64,14 +64,16 @@ def _start(key, case_labels, shape, patch, foreground):
   return jnp.where(foreground & fg.any(), centred, jnp.minimum(random, full - patch))
 
 
-def sample(key, data: dict, batch: int, patch, oversample: float) -> dict:
-  """``{"image" [B, *patch, C], "labels" [B, *patch]}`` drawn from the stack ``data``."""
+def sample(key, data: dict, batch: int, patch, oversample: float, cases=None) -> dict:
+  """``{"image" [B, *patch, C], "labels" [B, *patch]}`` drawn from the stack ``data``:
+  from the cases ``cases [B]`` (indices into the stack), or cases drawn uniformly."""
   size = tuple(int(p) for p in patch)
   patch = jnp.asarray(size, jnp.int32)
   n_fg = int(round(batch * oversample))
   foreground = jnp.arange(batch) >= batch - n_fg
   k_case, k_pos = jax.random.split(key)
-  cases = jax.random.randint(k_case, (batch,), 0, data["labels"].shape[0])
+  if cases is None:
+    cases = jax.random.randint(k_case, (batch,), 0, data["labels"].shape[0])
 
   def one(key, case, fg):
     lab = data["labels"][case]
@@ -148,9 +150,8 @@ def _gray(key, image, settings: Augment3d):
   return jnp.where(on[2], (image - mean) * c + mean, image)
 
 
-def augment_batch(key, batch: dict, settings: Augment3d) -> dict:
-  keys = jax.random.split(key, batch["labels"].shape[0])
-  images, labels = jax.vmap(lambda k, i, lab: augment(k, i, lab, settings))(
-    keys, batch["image"], batch["labels"]
-  )
-  return {"image": images, "labels": labels}
+def augment_example(key, example: dict, **settings) -> dict:
+  """The ``volume`` augmentation of :mod:`jaxseg.data.augment` (one example; settings
+  of :class:`Augment3d`)."""
+  image, labels = augment(key, example["image"], example["labels"], Augment3d(**settings))
+  return {**example, "image": image, "labels": labels}

@@ -107,11 +107,10 @@ def resize_nearest(x: jax.Array, size: tuple[int, ...]) -> jax.Array:
   return x
 
 
-def center_crop(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """Crops the spatial axes 1, 2 of ``x`` to ``size`` around the centre."""
-  top = (x.shape[1] - size[0]) // 2
-  left = (x.shape[2] - size[1]) // 2
-  return x[:, top : top + size[0], left : left + size[1]]
+def center_crop(x: jax.Array, size: tuple[int, ...]) -> jax.Array:
+  """Crops the spatial axes ``1 .. len(size)`` of ``x`` to ``size`` around the centre."""
+  starts = [(x.shape[1 + i] - s) // 2 for i, s in enumerate(size)]
+  return x[(slice(None), *(slice(a, a + s) for a, s in zip(starts, size, strict=True)))]
 
 
 class UpConv2x2(nn.Module):

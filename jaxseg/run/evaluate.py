@@ -21,7 +21,7 @@ def run(workdir: str, split: str = "test") -> dict:
   """Scores the best checkpoint of ``workdir`` on ``split``; prints and saves a table."""
   exp, variables, step = evaluation.restore(workdir, (split,))
   config = exp.config
-  per_image, _ = evaluation.evaluate_split(exp, variables, split)
+  per_image, _ = evaluation.ImageEvaluator(exp).score(variables, split)
   table = metrics_table(per_image, exp.image_shape, config.eval.topology)
   if config.eval.samples:
     ged, diversity, shown = sampled_scores(exp, variables, split, config.eval.samples)

@@ -1,8 +1,9 @@
 """Scoring a split, validating during training, and restoring a finished run.
 
-``evaluate_split`` runs the evaluated network over a split (in fixed-size padded
-batches, or image by image through :func:`jaxseg.infer.predict` with
-``config.eval.tiled``); ``restore(workdir)`` is the one way ``eval``, ``predict`` and
+An *evaluator* (:func:`evaluator`) scores a run's validation data: images by
+:class:`ImageEvaluator`, volumes by :class:`jaxseg.run.volume.Evaluator`; its
+``validate(state)`` returns the scalars (``dice`` picks the best checkpoint) and the
+examples to draw. ``restore(workdir)`` is the one way ``eval``, ``predict`` and
 ``sweep`` get a run's best checkpoint back.
 """
 
@@ -15,31 +16,57 @@ import numpy as np
 from jaxseg import infer, metrics
 from jaxseg.data import pipeline
 from jaxseg.errors import UserError
-from jaxseg.run import pictures, skeleton
+from jaxseg.run import pictures, skeleton, volume
 from jaxseg.run.checkpoint import Checkpoints
-from jaxseg.run.experiment import Experiment
+from jaxseg.run.experiment import Experiment, is_volume
 
 SHOWN = ("image", "labels", "pred")
 
 
-def evaluate_split(exp: Experiment, variables, split: str, keep: int = 0) -> tuple[dict, dict]:
-  """Per-image arrays (loss, counts, prediction) over ``split`` and the first ``keep``
-  examples (image, labels, prediction) for pictures."""
-  if exp.config.eval.tiled:
-    return _evaluate_tiled(exp, variables, split, keep)
-  outputs = []
-  for batch, valid in exp.eval_inputs(split):
-    outputs.append(
-      {k: v[valid] for k, v in jax.device_get(exp.eval_step(variables, batch)).items()}
-    )
-  per_image = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
-  source = exp.sources[split]
-  images = pipeline.model_inputs(source.take(range(min(keep, len(source)))))["image"]
-  return per_image, {
-    "image": list(images),
-    "labels": list(per_image["labels"][:keep]),
-    "pred": list(per_image["pred"][:keep]),
-  }
+class ImageEvaluator:
+  """Validation and test scoring of an image run: the evaluated network over a split
+  in fixed-size padded batches (kept on the device with ``on_device``), or image by
+  image through :func:`jaxseg.infer.predict` with ``config.eval.tiled``."""
+
+  def __init__(self, exp: Experiment, on_device: bool = False):
+    self.exp, self.on_device, self._cache = exp, on_device, {}
+
+  def inputs(self, split: str):
+    """``(batch, valid)`` pairs over ``split`` (padded batches of ``config.eval.batch_size``);
+    with ``on_device`` uploaded once and kept on the device."""
+    if split in self._cache:
+      return self._cache[split]
+    batches = pipeline.eval_batches(self.exp.sources[split], self.exp.config.eval.batch_size)
+    pairs = ((b, b.pop("valid")) for b in batches)
+    if self.on_device:
+      pairs = self._cache[split] = [(jax.device_put(b), v) for b, v in pairs]
+    return pairs
+
+  def score(self, variables, split: str, keep: int = 0) -> tuple[dict, dict]:
+    """Per-image arrays (loss, counts, prediction) over ``split`` and the first ``keep``
+    examples (image, labels, prediction) for pictures."""
+    exp = self.exp
+    if exp.config.eval.tiled:
+      return _evaluate_tiled(exp, variables, split, keep)
+    outputs = []
+    for batch, valid in self.inputs(split):
+      outputs.append(
+        {k: v[valid] for k, v in jax.device_get(exp.eval_step(variables, batch)).items()}
+      )
+    per_image = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+    source = exp.sources[split]
+    images = pipeline.model_inputs(source.take(range(min(keep, len(source)))))["image"]
+    return per_image, {
+      "image": list(images),
+      "labels": list(per_image["labels"][:keep]),
+      "pred": list(per_image["pred"][:keep]),
+    }
+
+  def validate(self, state) -> tuple[dict, dict]:
+    """The validation split's scores (``dice`` picks the best checkpoint) and the
+    examples drawn in ``validation_overlays.png``."""
+    per_image, shown = self.score(self.exp.variables(state), "validation", keep=8)
+    return summarize(per_image), shown
 
 
 def _evaluate_tiled(exp: Experiment, variables, split: str, keep: int) -> tuple[dict, dict]:
@@ -57,6 +84,14 @@ def _evaluate_tiled(exp: Experiment, variables, split: str, keep: int) -> tuple[
       for name, value in zip(SHOWN, (image, labels, pred), strict=True):
         shown[name].append(value)
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}, shown
+
+
+def evaluator(exp: Experiment, feed=None):
+  """The run's evaluator: sliding windows over volumes, batches (or tiles) of images
+  (kept on the device where ``feed`` says validation fits there)."""
+  if exp.volumes is not None:
+    return volume.Evaluator(exp)
+  return ImageEvaluator(exp, on_device=bool(feed is not None and feed.eval_on_device))
 
 
 def predict(infer_config, predict_fn, interface, image: np.ndarray) -> np.ndarray:
@@ -86,37 +121,42 @@ def summarize(per_image: dict) -> dict:
   }
 
 
-def validate_and_save(exp, state, step, record, extra, ckpts, logger, workdir, write) -> bool:
-  """Scores the validation split, checkpoints (with ``record`` and ``extra``), draws
+def validate_and_save(evaluator, state, step, record, extra, ckpts, logger, workdir, write) -> bool:
+  """Scores the validation data, checkpoints (with ``record`` and ``extra``), draws
   the pictures; updates ``record`` and returns whether early stopping says stop."""
-  per_image, shown = evaluate_split(exp, exp.variables(state), "validation", keep=8)
-  val = summarize(per_image)
+  val, shown = evaluator.validate(state)
   logger.write(step, "validation", val)
   if val["dice"] > record["best_dice"]:
     record.update(best_dice=val["dice"], evals_since_best=0)
   else:
     record["evals_since_best"] += 1
   ckpts.save(step, state, {**record, **extra}, val)
-  patience = exp.config.train.early_stopping_patience
+  patience = evaluator.exp.config.train.early_stopping_patience
   stop = bool(patience) and record["evals_since_best"] >= patience
   if logger.enabled:  # every process decides the same; process 0 draws and reports
-    path = os.path.join(workdir, "validation_overlays.png")
-    pictures.save_overlays(path, shown["image"], shown["labels"], shown["pred"])
+    if shown is not None:
+      path = os.path.join(workdir, "validation_overlays.png")
+      pictures.save_overlays(path, shown["image"], shown["labels"], shown["pred"])
     pictures.save_learning_curves(logger.path, os.path.join(workdir, "learning_curves.png"))
-    write(
-      f"step {step}: validation loss {val['loss']:.4f} Dice {val['dice']:.4f} "
-      f"(best {record['best_dice']:.4f})"
-    )
+    write(f"step {step}: validation {describe(val)} (best {record['best_dice']:.4f})")
     if stop:
       write(f"Early stopping: no better validation Dice in {patience} validations.")
   return stop
 
 
+def describe(val: dict) -> str:
+  """``loss L Dice D`` and, for several foreground classes, ``(dice_1 .., ..)``."""
+  text = (f"loss {val['loss']:.4f} " if "loss" in val else "") + f"Dice {val['dice']:.4f}"
+  per_class = [f"{k} {v:.4f}" for k, v in val.items() if k.startswith("dice_") and k[5:].isdigit()]
+  return f"{text} ({', '.join(per_class)})" if len(per_class) > 1 else text
+
+
 def restore(workdir: str, splits=("test",)):
   """``(experiment, evaluated variables, step)`` of the best checkpoint of ``workdir``
-  (a segmentation run, centralized or federated), with ``splits`` of its data."""
+  (a segmentation run, centralized or federated, of images or volumes), with
+  ``splits`` of its data (none: a volume run's ``plan.json`` stands for its data)."""
   config = skeleton.load_config(workdir)
-  if "gan" in config:
+  if skeleton.kind(config) == "gan":
     raise UserError(
       f"{workdir} is a GAN run: it has no segmentation to score; "
       f"`jaxseg synthesize --workdir {workdir} --num N --output DIR` makes pairs from it."
@@ -124,7 +164,8 @@ def restore(workdir: str, splits=("test",)):
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
   if ckpts.latest_step() is None:
     raise UserError(f"no checkpoint in {workdir}/checkpoints; train first.")
-  exp = Experiment(config, splits)
+  plan = volume.load_plan(workdir) if not splits and is_volume(config) else None
+  exp = Experiment(config, splits, plan)
   try:
     step, state, _ = ckpts.restore_usable(exp.abstract_state(), prefer_best=True)
   finally:

@@ -13,6 +13,7 @@ from jaxseg import infer, losses, models, semi, tables
 from jaxseg.data import augment, pipeline
 from jaxseg.errors import UserError
 from jaxseg.fed import simulate
+from jaxseg.run import volume
 from jaxseg.train import optim, sharding
 from jaxseg.train import state as state_lib
 from jaxseg.train import step as step_lib
@@ -20,16 +21,24 @@ from jaxseg.train import step as step_lib
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
+def is_volume(config) -> bool:
+  """Whether ``config``'s dataset is a volume dataset (3-D, patch-based)."""
+  return config.data.name in datasets.VOLUMES
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Fails at once on unknown names and settings, before any data is prepared."""
   tables.check(models.MODELS, config.model.name, "model")
   tables.check(losses.LOSSES, config.loss.name, "loss")
-  tables.check(datasets.DATASETS, config.data.name, "dataset")
-  augment.check(config.augment)
-  if config.data.annotator not in ("majority", "random"):
-    raise UserError(
-      f"config.data.annotator must be 'majority' or 'random', found {config.data.annotator!r}."
-    )
+  if is_volume(config):
+    volume.check(config)
+  else:
+    tables.check(datasets.DATASETS, config.data.name, "dataset")
+    if config.data.annotator not in ("majority", "random"):
+      raise UserError(
+        f"config.data.annotator must be 'majority' or 'random', found {config.data.annotator!r}."
+      )
+  augment.check(config.augment, 3 if is_volume(config) else 2)
   optim.check(config.optim)
   if config.train.compute_dtype not in COMPUTE_DTYPES:
     raise UserError(
@@ -109,21 +118,32 @@ def fit_model_to_data(config, sources: dict, notes: list) -> ml_collections.Conf
 
 
 class Experiment:
-  """Data, model, loss, optimizer, method and initial state of one config.
+  """Data, model, loss, optimizer, method and initial state of one config, images or
+  volumes alike.
 
   ``init()`` builds the state a run trains and saves: the method's networks, or for a
-  federated config the server state. Models are initialised at the tile size, valid
-  for every model (valid-conv networks need particular sizes); parameters do not
-  depend on the spatial size.
+  federated config the server state. Image models are initialised at the tile size,
+  valid for every model (valid-conv networks need particular sizes), volume models at
+  the patch size; parameters do not depend on the spatial size. ``volumes`` (a
+  :class:`jaxseg.run.volume.Volumes`) is set for a volume dataset, ``sources`` (the
+  prepared splits) for an image dataset.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, splits=datasets.SPLITS):
+  def __init__(
+    self, config: ml_collections.ConfigDict, splits=datasets.SPLITS, plan: dict | None = None
+  ):
     """``config`` with its ``auto`` settings resolved becomes ``self.config`` (what a
-    run saves as ``config.json``); ``self.notes`` says what was chosen."""
+    run saves as ``config.json``); ``self.notes`` says what was chosen. No ``splits``
+    (prediction on new images): the data is not prepared at all; a volume run's
+    ``plan`` then says how its cases were prepared."""
     check_config(config)
-    # No splits (prediction on new images): the data is not prepared at all.
-    self.notes, self.sources = [], {}
-    if splits:
+    self.notes, self.sources, self.volumes = [], {}, None
+    cases = None
+    if is_volume(config):
+      cases = volume.load(config) if splits else None
+      plan = cases.plan if cases is not None else plan
+      config = volume.resolve(config, plan, self.notes)
+    elif splits:
       config, self.notes = resolve_data(config)
       self.sources = pipeline.load_splits(config.data, splits)
       config = fit_model_to_data(config, self.sources, self.notes)
@@ -134,15 +154,19 @@ class Experiment:
     self.loss_fn = losses.get_loss(config.loss.name, **config.loss.kwargs)
     self.tx = optim.make(config.optim, training_steps(config))
     self.method = make_method(config)
-    self.image_shape = next(iter(self.sources.values()))[0]["image"].shape if self.sources else None
     channels = self.model.interface.in_channels
+    if is_volume(config):
+      self.volumes = volume.Volumes(config, self.model, cases, plan)
+      spatial = self.volumes.patch
+    else:
+      spatial = (config.infer.tile, config.infer.tile)
     dtype = config.train.compute_dtype
     self.ctx = step_lib.Context(
       model=self.model,
       loss_fn=self.loss_fn,
       tx=self.tx,
       augmentations=config.augment,
-      image_shape=(config.infer.tile, config.infer.tile, channels),
+      image_shape=(*spatial, channels),
       total_steps=training_steps(config),
       compute_dtype=None if dtype == "float32" else jnp.dtype(dtype),
       loss_scale=config.train.loss_scale,
@@ -154,9 +178,12 @@ class Experiment:
     else:
       self.init = lambda: self.method.init(self.ctx, init_key)
     self.eval_step = jax.jit(step_lib.make_eval_step(self.model, self.loss_fn))
-    self.eval_on_device = False  # the train runner sets it where validation fits there
-    self._eval_cache = {}
     self.tile_fn = infer.make_tile_fn(self.model)
+
+  @property
+  def image_shape(self):
+    """One stored training example's image shape (image datasets)."""
+    return next(iter(self.sources.values()))[0]["image"].shape if self.sources else None
 
   def abstract_state(self):
     return jax.eval_shape(self.init)
@@ -164,14 +191,3 @@ class Experiment:
   def variables(self, state) -> dict:
     """The evaluated network's ``{params, batch_stats}`` on the host (every process)."""
     return sharding.fetch(state_lib.variables(state.nets[self.method.evaluated]))
-
-  def eval_inputs(self, split: str) -> list:
-    """``(batch, valid)`` pairs over ``split`` (padded batches of ``config.eval.batch_size``);
-    with ``eval_on_device`` uploaded once and kept on the device."""
-    if split in self._eval_cache:
-      return self._eval_cache[split]
-    batches = pipeline.eval_batches(self.sources[split], self.config.eval.batch_size)
-    pairs = ((b, b.pop("valid")) for b in batches)
-    if self.eval_on_device:
-      pairs = self._eval_cache[split] = [(jax.device_put(b), v) for b, v in pairs]
-    return pairs

@@ -173,10 +173,13 @@ def train(config, workdir: str, *, stop_after: int | None = None):
   record = {"best_dice": -1.0, "evals_since_best": 0, **record}
   run_outputs = skeleton.outputs(workdir, ckpts, fc.rounds, int(state.step), "rounds", "round")
   with run_outputs as (logger, bar):
-    return _rounds(exp, sim, state, record, ckpts, logger, bar, workdir, stop_after)
+    return _rounds(
+      evaluation.evaluator(exp), sim, state, record, ckpts, logger, bar, workdir, stop_after
+    )
 
 
-def _rounds(exp, sim, state, record, ckpts, logger, bar, workdir, stop_after):
+def _rounds(evaluator, sim, state, record, ckpts, logger, bar, workdir, stop_after):
+  exp = evaluator.exp
   rounds = exp.config.fed.rounds
   for r in skeleton.remaining(int(state.step), rounds, stop_after):
     began = time.time()
@@ -190,7 +193,7 @@ def _rounds(exp, sim, state, record, ckpts, logger, bar, workdir, stop_after):
     bar.set_postfix(loss=f"{values['loss']:.4f}")
     bar.update(r - bar.n)
     if r % exp.config.train.eval_every == 0 or r == rounds:
-      args = (exp, state, r, record, {}, ckpts, logger, workdir, bar.write)
+      args = (evaluator, state, r, record, {}, ckpts, logger, workdir, bar.write)
       if evaluation.validate_and_save(*args):
         break
   return state

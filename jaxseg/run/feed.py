@@ -1,6 +1,19 @@
 """Where a training run's batches come from: the device, or the host ahead of it.
 
-``config.data.placement``:
+A feed has a ``labeled`` stream and, for a semi-supervised method, an ``unlabeled``
+one (:func:`streams`); ``next()`` gives what the compiled step takes and
+``batch(inputs, step)`` (inside the step) the step's global batches. One sampling
+rule for every device path: epoch ``e`` of a stream of ``n`` examples (images, or a
+volume run's cases) is a permutation keyed by the stream's seed and ``e``; batch
+``s`` is positions ``s·B … s·B+B−1`` of epoch 0, epoch 1, … (without replacement,
+:mod:`jaxseg.data.resident`). The host path follows grain's shuffle of the same kind.
+
+Volumes (:class:`PatchFeed`): the cases are uploaded once as a padded stack and every
+step draws its patches inside the compiled step from the cases of that rule
+(:func:`jaxseg.data.patches.sample`; the patch positions keyed by the stream's seed
+and the step).
+
+Images, ``config.data.placement``:
 
 * ``device`` — the prepared training split (labeled and unlabeled pools of a
   semi-supervised method) is uploaded once, replicated over the data mesh, and
@@ -26,8 +39,9 @@ import jax
 import numpy as np
 from absl import flags
 
-from jaxseg.data import pipeline, resident
+from jaxseg.data import patches, pipeline, resident
 from jaxseg.errors import UserError
+from jaxseg.run import volume
 from jaxseg.train import sharding
 
 PLACEMENTS = ("auto", "device", "host")
@@ -67,7 +81,8 @@ def check(data_config) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Stream:
-  """One training stream: its source, global batch size and order seed."""
+  """One training stream: its source (image source, or a volume run's cases), global
+  batch size and order seed."""
 
   source: object
   batch_size: int
@@ -75,19 +90,26 @@ class Stream:
 
 
 def streams(exp) -> dict:
-  """``labeled`` (and ``unlabeled`` for a semi-supervised method) :class:`Stream` s; the
-  unlabeled pool also holds the dataset's images without masks (its ``unlabeled``
-  split, e.g. an ``image_folder``'s ``unlabeled/`` folder)."""
-  cfg, source = exp.config, exp.sources["train"]
-  if "method" not in cfg:
-    return {"labeled": Stream(source, cfg.train.batch_size, cfg.seed)}
-  labeled, unlabeled = pipeline.labeled_split(source, cfg.method.labeled_fraction, cfg.seed)
-  if "unlabeled" in exp.sources:
-    unlabeled = pipeline.Concat(unlabeled, exp.sources["unlabeled"])
-  return {
-    "labeled": Stream(labeled, cfg.train.batch_size, cfg.seed),
-    "unlabeled": Stream(unlabeled, cfg.method.unlabeled_batch_size, cfg.seed + 1),
-  }
+  """``labeled`` (and ``unlabeled`` for a semi-supervised method) :class:`Stream` s.
+
+  ``config.method.labeled_fraction`` of the training images (volumes: cases) keeps its
+  labels; the unlabeled pool is the rest plus the dataset's images without masks (an
+  ``image_folder``'s ``unlabeled/`` folder; a volume dataset's unlabeled cases)."""
+  cfg = exp.config
+  fraction = cfg.method.labeled_fraction if "method" in cfg else 1.0
+  if exp.volumes is not None:
+    names = exp.volumes.data.splits["train"]
+    labeled, unlabeled = volume.split_labeled(names, fraction, cfg.seed)
+    labeled = [exp.volumes.data.cases[n] for n in labeled]
+    unlabeled = [exp.volumes.data.cases[n] for n in unlabeled] + exp.volumes.cases("unlabeled")
+  else:
+    labeled, unlabeled = pipeline.labeled_split(exp.sources["train"], fraction, cfg.seed)
+    if "unlabeled" in exp.sources:
+      unlabeled = pipeline.Concat(unlabeled, exp.sources["unlabeled"])
+  by_name = {"labeled": Stream(labeled, cfg.train.batch_size, cfg.seed)}
+  if "method" in cfg and cfg.method.name != "supervised":
+    by_name["unlabeled"] = Stream(unlabeled, cfg.method.unlabeled_batch_size, cfg.seed + 1)
+  return by_name
 
 
 def budget_bytes(data_config) -> int:
@@ -111,15 +133,19 @@ def choose(data_config, nbytes: int) -> tuple[str, str]:
 
 
 def make(exp, mesh):
-  """The run's :class:`DeviceFeed` or :class:`HostFeed` (see the module docstring).
+  """The run's :class:`PatchFeed` (volumes), :class:`DeviceFeed` or :class:`HostFeed`
+  (images; see the module docstring).
 
-  With the training split on the device, the validation split is kept there too
-  (``exp.eval_on_device``) if both fit the budget together (its float32 images take
-  four times their stored size).
+  ``eval_on_device``: with the training split on the device, whether the validation
+  split fits there too (both within the budget; its float32 images take four times
+  their stored size).
   """
+  by_name = streams(exp)
+  if exp.volumes is not None:
+    v = exp.config.volume
+    return PatchFeed(by_name, exp.volumes.patch, v.oversample, mesh)
   cfg = exp.config.data
   check(cfg)
-  by_name = streams(exp)
   annotators = cfg.annotator == "random"
   if cfg.jpeg.qualities:
     return HostFeed(by_name, cfg, mesh, choose(cfg, 0)[1])
@@ -129,11 +155,10 @@ def make(exp, mesh):
   if where == "host":
     return HostFeed(by_name, cfg, mesh, why)
   validation = exp.sources.get("validation")
-  if validation is not None:
-    extra = 4 * resident.nbytes(validation)
-    exp.eval_on_device = nbytes + extra <= budget_bytes(cfg)
+  extra = 0 if validation is None else 4 * resident.nbytes(validation)
+  on_device = validation is not None and nbytes + extra <= budget_bytes(cfg)
   stored = {n: resident.stored(s.source, annotators) for n, s in by_name.items()}
-  return DeviceFeed(by_name, stored, annotators, mesh, why)
+  return DeviceFeed(by_name, stored, annotators, mesh, why, on_device)
 
 
 def order_key(seed) -> jax.Array:
@@ -141,13 +166,31 @@ def order_key(seed) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), 1)
 
 
-class DeviceFeed:
-  """The training split on the device; batches drawn inside the step."""
+class Resident:
+  """A feed whose data live on the device: ``next()`` gives the same inputs every step
+  and nothing but the step number is needed to resume."""
 
   where = "device"
 
-  def __init__(self, by_name: dict, stored: dict, annotators: bool, mesh, why: str):
+  def next(self):
+    return self.inputs
+
+  def state(self) -> dict:
+    return {}
+
+  def restore(self, state: dict) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+class DeviceFeed(Resident):
+  """The training split on the device; batches drawn inside the step."""
+
+  def __init__(self, by_name, stored, annotators, mesh, why: str, eval_on_device: bool):
     self.why, self.mesh, self.annotators = why, mesh, annotators
+    self.eval_on_device = eval_on_device
     self.batch_sizes = {n: s.batch_size for n, s in by_name.items()}
     self.inputs = sharding.put_replicated(
       {n: {"arrays": stored[n], "seed": np.int32(s.seed)} for n, s in by_name.items()}, mesh
@@ -164,17 +207,37 @@ class DeviceFeed:
     }
     return jax.lax.with_sharding_constraint(drawn, sharding.batch_sharding(self.mesh))
 
-  def next(self):
-    return self.inputs
 
-  def state(self) -> dict:
-    return {}
+class PatchFeed(Resident):
+  """A volume run's cases on the device (one padded stack per stream); each step's
+  patches drawn inside the step."""
 
-  def restore(self, state: dict) -> None:
-    pass
+  eval_on_device = False  # validation runs the sliding window case by case
 
-  def close(self) -> None:
-    pass
+  def __init__(self, by_name: dict, patch: tuple, oversample: float, mesh):
+    self.mesh, self.patch, self.oversample = mesh, patch, oversample
+    self.batch_sizes = {n: s.batch_size for n, s in by_name.items()}
+    stacks = {n: patches.stack(s.source, patch) for n, s in by_name.items()}
+    self.inputs = sharding.put_replicated(
+      {n: {"stack": stacks[n], "seed": np.int32(s.seed)} for n, s in by_name.items()}, mesh
+    )
+    self.input_sharding = sharding.replicated(mesh)
+    counts = ", ".join(f"{len(s.source)} {n}" for n, s in by_name.items())
+    mib = sum(a.nbytes for st in stacks.values() for a in st.values()) / 2**20
+    self.why = f"{counts} cases, {mib:.1f} MiB; patches drawn in the step"
+
+  def batch(self, inputs, step):
+    """The global batches of ``step`` (0-based, traced): cases by the sampling rule,
+    positions keyed by the stream's seed and ``step``."""
+    drawn = {}
+    for n, x in inputs.items():
+      size = self.batch_sizes[n]
+      cases = resident.batch_indices(
+        order_key(x["seed"]), step, x["stack"]["labels"].shape[0], size
+      )
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.key(x["seed"]), 2), step)
+      drawn[n] = patches.sample(key, x["stack"], size, self.patch, self.oversample, cases)
+    return jax.lax.with_sharding_constraint(drawn, sharding.batch_sharding(self.mesh))
 
 
 class Fixed:
@@ -191,6 +254,7 @@ class HostFeed:
   """grain loaders on the host, prefetched onto the device by a background thread."""
 
   where = "host"
+  eval_on_device = False
 
   def __init__(self, by_name: dict, data_config, mesh, why: str):
     self.mesh, self.input_sharding = mesh, sharding.batch_sharding(mesh)

@@ -130,8 +130,8 @@ def _loop(exp, state, loader, shown, ckpts, logger, bar, workdir, stop_after):
 def synthesize(workdir: str, num: int, output: str) -> str:
   """Writes ``num`` synthetic pairs from the GAN run in ``workdir`` to ``output``."""
   config = skeleton.load_config(workdir)
-  if "gan" not in config:
-    raise UserError(f"{workdir} is not a GAN run (its config has no `gan` section).")
+  if skeleton.kind(config) != "gan":
+    raise UserError(f"{workdir} is not a GAN run (its config.kind is {config.kind!r}).")
   if num <= 0:
     raise UserError(f"--num must be positive, found {num}.")
   if os.path.exists(output) and os.listdir(output):

@@ -15,6 +15,7 @@ import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
 
+from jaxseg import data as datasets
 from jaxseg.errors import UserError
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.train import sharding
@@ -44,10 +45,53 @@ def check_positive(train_config, keys) -> None:
       raise UserError(f"config.train.{key} must be positive, found {train_config[key]}.")
 
 
+# What a run is, as its config declares it (``config.kind``), and the top-level
+# sections each kind reads. A section no run of its kind reads is refused, naming it.
+COMMON = ("seed", "kind", "data", "augment", "optim", "train", "sweep", "runtime")
+SEGMENTATION = ("model", "loss", "eval", "mesh", "method")
+SECTIONS = {
+  "segmentation": (*COMMON, *SEGMENTATION),
+  "federated": (*COMMON, *SEGMENTATION, "fed"),
+  "gan": (*COMMON, "gan"),
+}
+DATA_SECTIONS = {"images": ("infer",), "volumes": ("volume",)}  # of segmentation kinds
+
+
+def kind(config) -> str:
+  """``config.kind`` (``segmentation``, ``federated`` or ``gan``)."""
+  if "kind" not in config:
+    raise UserError(
+      f"config.kind is missing: a config declares its run kind ({', '.join(SECTIONS)}); "
+      "a workdir written before jaxseg had kinds must be trained again."
+    )
+  if config.kind not in SECTIONS:
+    raise UserError(f"config.kind: unknown {config.kind!r}; known: {', '.join(SECTIONS)}.")
+  return config.kind
+
+
+def check_sections(config) -> None:
+  """Refuses a top-level section that a run of ``config.kind`` (on its kind of data)
+  does not read, naming it."""
+  run_kind = kind(config)
+  allowed = set(SECTIONS[run_kind])
+  if run_kind != "gan":
+    data = "volumes" if config.data.name in datasets.VOLUMES else "images"
+    allowed |= set(DATA_SECTIONS[data])
+  for section in config:
+    if section not in allowed:
+      where = run_kind if run_kind == "gan" else f"{run_kind} run of {data}"
+      raise UserError(
+        f"config.{section}: a {where} does not use this section (it reads "
+        f"{', '.join(sorted(allowed))})."
+      )
+
+
 def start_run(config, workdir: str, check: Callable, experiment: Callable):
-  """Prepares ``workdir``, checks ``config`` with ``check``, builds ``experiment(config)``
-  and (process 0) writes its config, every ``auto`` setting resolved, and notes."""
+  """Prepares ``workdir``, checks ``config``'s sections and ``config`` with ``check``,
+  builds ``experiment(config)`` and (process 0) writes its config, every ``auto``
+  setting resolved, and notes."""
   prepare_workdir(workdir)
+  check_sections(config)
   check(config)
   exp = experiment(config)
   write_json(workdir, "config.json", exp.config)

@@ -1,4 +1,7 @@
-"""``jaxseg train`` on a segmentation config: supervised or semi-supervised.
+"""``jaxseg train`` on a segmentation config (``config.kind = "segmentation"``): any
+method, supervised or semi-supervised, on images or volumes — one loop over a *feed*
+(:mod:`jaxseg.run.feed`: where batches come from) and an *evaluator*
+(:func:`jaxseg.run.evaluation.evaluator`: validation scores and the checkpoint they pick).
 
 ``train(config, workdir)`` trains ``config`` in ``workdir`` and resumes automatically
 from the latest checkpoint there. What a run writes in ``workdir``:
@@ -6,8 +9,9 @@ from the latest checkpoint there. What a run writes in ``workdir``:
 * ``config.json`` — the resolved config;
 * ``checkpoints/<step>/`` — orbax checkpoints, the latest and the best by Dice;
 * ``metrics.jsonl`` — one JSON line per log/validation event; ``tensorboard/`` events;
-* ``validation_overlays.png`` (image, truth green, prediction red) and
-  ``learning_curves.png``.
+* ``learning_curves.png``; images: ``validation_overlays.png`` (image, truth green,
+  prediction red); volumes: ``plan.json`` (how the cases were prepared, which
+  ``jaxseg predict`` applies to new files).
 
 The training step is jitted over a ``data`` mesh of ``config.mesh.devices`` devices
 (:mod:`jaxseg.train.sharding`): batches split over the devices, the state replicated
@@ -78,8 +82,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   """
   exp = skeleton.start_run(config, workdir, check, Experiment)
   config = exp.config  # every `auto` and train.epochs resolved
+  if exp.volumes is not None:
+    skeleton.write_json(workdir, "plan.json", exp.volumes.plan)
   mesh = make_mesh(config)
   data = feed.make(exp, mesh)
+  evaluator = evaluation.evaluator(exp, data)
   skeleton.say(f"Training data on the {data.where} ({data.why}).")
   init_state, train_step = compile_step(exp, mesh, data)
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
@@ -91,10 +98,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   steps, done = config.train.steps, int(state.step)
   run_outputs = skeleton.outputs(workdir, ckpts, steps, done, "train", "step")
   with run_outputs as (logger, bar), contextlib.closing(data):
-    return _loop(exp, state, train_step, data, record, ckpts, logger, bar, workdir, stop_after)
+    return _loop(
+      evaluator, state, train_step, data, record, ckpts, logger, bar, workdir, stop_after
+    )
 
 
-def _loop(exp, state, train_step, data, record, ckpts, logger, bar, workdir, stop_after):
+def _loop(evaluator, state, train_step, data, record, ckpts, logger, bar, workdir, stop_after):
+  exp = evaluator.exp
   cfg = exp.config.train
   meter = skeleton.Meter()
   profile = skeleton.Profile(workdir, cfg.profile_steps)
@@ -111,7 +121,7 @@ def _loop(exp, state, train_step, data, record, ckpts, logger, bar, workdir, sto
       bar.update(step - bar.n)
     if validate:
       extra = {"loader": json.dumps(data.state())}
-      args = (exp, state, step, record, extra, ckpts, logger, workdir, bar.write)
+      args = (evaluator, state, step, record, extra, ckpts, logger, workdir, bar.write)
       if evaluation.validate_and_save(*args):
         break
       meter.restart()  # validation time is not training throughput

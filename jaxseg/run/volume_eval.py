@@ -33,7 +33,8 @@ from jaxseg import metrics
 from jaxseg.data import volumes
 from jaxseg.errors import UserError
 from jaxseg.run import pictures
-from jaxseg.run.volume import class_dice, restore
+from jaxseg.run.evaluation import restore
+from jaxseg.run.volume import class_dice
 
 METRICS = ("dice", "iou", "hd95", "asd", "nsd")
 
@@ -77,12 +78,12 @@ def summarize(rows: list[dict], num_classes: int) -> dict:
 
 
 def run_eval(workdir: str, split: str = "test") -> dict:
-  exp, variables, step = restore(workdir)
+  exp, variables, step = restore(workdir, (split,))
   num, tolerance = exp.model.interface.num_classes, exp.config.eval.nsd_tolerance
   rows = []
-  for name in exp.data.splits[split]:
-    case = exp.data.cases[name]
-    pred = volumes.restore_case(exp.predict(variables, case["image"]), case["meta"])
+  for name in exp.volumes.data.splits[split]:
+    case = exp.volumes.data.cases[name]
+    pred = volumes.restore_case(exp.volumes.predict(variables, case["image"]), case["meta"])
     spacing = volumes.spacing_of(case["meta"].affine)
     rows.append({"case": name, **case_scores(pred, truth_of(case), spacing, num, tolerance)})
   table = summarize(rows, num)
@@ -126,11 +127,11 @@ def input_cases(path: str) -> dict:
 
 
 def run_predict(workdirs: list[str], input_path: str, output: str) -> list[str]:
-  runs = [restore(w, with_data=False) for w in workdirs]
-  plans = {json.dumps(exp.plan["target_spacing"]) for exp, _, _ in runs}
+  runs = [restore(w, ()) for w in workdirs]
+  plans = {json.dumps(exp.volumes.plan["target_spacing"]) for exp, _, _ in runs}
   if len(plans) > 1:
     raise UserError(f"--workdir runs were prepared at different spacings {sorted(plans)}.")
-  plan = runs[0][0].plan
+  plan = runs[0][0].volumes.plan
   os.makedirs(output, exist_ok=True)
   written = []
   for name, files in input_cases(input_path).items():
@@ -138,7 +139,7 @@ def run_predict(workdirs: list[str], input_path: str, output: str) -> list[str]:
     prepared, _, meta = volumes.prepare_case(
       image, affine, None, plan["target_spacing"], plan["modalities"], plan["ct_statistics"]
     )
-    probs = np.mean([exp.predict(v, prepared) for exp, v, _ in runs], 0)
+    probs = np.mean([exp.volumes.predict(v, prepared) for exp, v, _ in runs], 0)
     labels = volumes.restore_case(probs, meta)
     out = nib.Nifti1Image(labels, affine, header)
     out.set_data_dtype(np.uint8)

@@ -69,14 +69,18 @@ class CamHead(nn.Module):
 
   def classify(self, features):
     """Image-level logits ``[B, K]``."""
-    return self.cls_out(nn.relu(self.cls_conv(features)).mean((1, 2)))
+    return self.cls_out(nn.relu(self.cls_conv(features)).mean(spatial_axes(features)))
 
   def attend(self, features):
-    """Attention ``[B, n, n]`` over the ``n = h w`` feature positions."""
-    b, h, w, c = features.shape
-    flat = features.reshape(b, h * w, c)
+    """Attention ``[B, n, n]`` over the ``n`` feature positions (``h w``, or ``x y z``)."""
+    flat = features.reshape(features.shape[0], -1, features.shape[-1])
     q, k = self.query(flat), self.key(flat)
     return jax.nn.softmax(jnp.einsum("bnd,bmd->bnm", q, k) / jnp.sqrt(self.attention_dim), -1)
+
+
+def spatial_axes(x) -> tuple:
+  """The spatial axes of ``x [B, ..., C]`` (images or volumes)."""
+  return tuple(range(1, x.ndim - 1))
 
 
 def foreground_classes(num_classes: int) -> int:
@@ -84,25 +88,26 @@ def foreground_classes(num_classes: int) -> int:
 
 
 def grad_cam(head: CamHead, params, features):
-  """Grad-CAM ``[B, h, w, K]`` of each foreground class, each map scaled to max 1."""
+  """Grad-CAM ``[B, h, w, K]`` (volumes ``[B, x, y, z, K]``) of each foreground class,
+  each map scaled to max 1."""
 
   def score(f, c):
     return head.apply({"params": params}, f, method=CamHead.classify)[:, c].sum()
 
   classes = jnp.arange(head.num_classes)
   grads = jax.vmap(jax.grad(score), in_axes=(None, 0))(features, classes)  # [K, B, h, w, C]
-  alpha = grads.mean((2, 3))  # [K, B, C]
-  cam = jax.nn.relu(jnp.einsum("kbc,bhwc->bhwk", alpha, features))
-  return cam / jnp.maximum(cam.max((1, 2), keepdims=True), 1e-12)
+  alpha = grads.mean(tuple(a + 1 for a in spatial_axes(features)))  # [K, B, C]
+  cam = jax.nn.relu(jnp.einsum("kbc,b...c->b...k", alpha, features))
+  return cam / jnp.maximum(cam.max(spatial_axes(cam), keepdims=True), 1e-12)
 
 
 def sgc(attention, cam):
   """Self-attention Grad-CAM: the per-pixel distribution ``[background, CAM]``
   propagated along ``attention``; ``[B, h, w, K + 1]``, rows summing to 1."""
-  b, h, w, k = cam.shape
   maps = jnp.concatenate([1.0 - cam.max(-1, keepdims=True), cam], -1)
   maps = maps / (maps.sum(-1, keepdims=True) + 1e-6)
-  return jnp.einsum("bnm,bmk->bnk", attention, maps.reshape(b, h * w, k + 1)).reshape(b, h, w, -1)
+  flat = maps.reshape(maps.shape[0], -1, maps.shape[-1])
+  return jnp.einsum("bnm,bmk->bnk", attention, flat).reshape(maps.shape)
 
 
 def class_logits(logits):
@@ -124,7 +129,7 @@ def calibrated_fusion(logits, sgc_map, gamma: float, temperature: float):
 
 
 def resize_to(maps, size):
-  return jax.image.resize(maps, (maps.shape[0], *size, maps.shape[-1]), "bilinear")
+  return jax.image.resize(maps, (maps.shape[0], *size, maps.shape[-1]), "linear")
 
 
 def presence(labels, num_classes: int):
@@ -135,7 +140,7 @@ def presence(labels, num_classes: int):
 
 def sgc_loss(sgc_map, labels):
   """Cross-entropy of the SGC distribution against the mask at its resolution."""
-  small = jax.image.resize(labels, (labels.shape[0], *sgc_map.shape[1:3]), "nearest")
+  small = jax.image.resize(labels, (labels.shape[0], *sgc_map.shape[1:-1]), "nearest")
   picked = jnp.take_along_axis(sgc_map, small[..., None].astype(jnp.int32), -1)
   return -jnp.mean(jnp.log(picked + 1e-6))
 
@@ -196,6 +201,8 @@ def make(
   def init(ctx, key):
     k_model, k_cam = jax.random.split(key)
     model = step_lib.init_net(ctx, k_model)
+    if source == "pooled" and len(ctx.image_shape) != 3:
+      raise UserError("pseudoseg: source='pooled' is for 2-D images; volumes take 'sgc'.")
     if source == "pooled":
       return state_lib.start({"model": model})
     image = jnp.zeros((1, *ctx.image_shape), jnp.float32)
@@ -230,7 +237,7 @@ def pseudo_target(ctx, head, net, cam, weak_image, key, settings):
   maps = sgc(attention, grad_cam(head, cam.params, features))
   logits = class_logits(out.logits)
   fused = calibrated_fusion(
-    logits, resize_to(maps, logits.shape[1:3]), settings["gamma"], settings["temperature"]
+    logits, resize_to(maps, logits.shape[1:-1]), settings["gamma"], settings["temperature"]
   )
   return jax.lax.stop_gradient(fused)
 

@@ -34,7 +34,7 @@ class Context:
   loss_fn: Callable
   tx: optax.GradientTransformation
   augmentations: Mapping
-  image_shape: tuple  # [H, W, C] the networks are initialised at
+  image_shape: tuple  # [H, W, C] or [X, Y, Z, C]: the networks are initialised at
   total_steps: int  # training steps of the run (of one client over all rounds)
   compute_dtype: jnp.dtype | None = None
   loss_scale: float = 1.0
@@ -113,7 +113,7 @@ def supervised_loss(ctx: Context, outputs: Outputs, batch: dict):
   A federated client without labels (label-at-server) sends its unlabeled batch with
   ``sup_weight`` 0: same shapes for every client, no supervised signal.
   """
-  labels, weights = targets(batch, outputs.heads[0].shape[1:3])
+  labels, weights = targets(batch, outputs.heads[0].shape[1:-1])
   loss = sum(ctx.loss_fn(head, labels, weights) for head in outputs.heads) / len(outputs.heads)
   if outputs.regularizer is not None:
     loss = loss + outputs.regularizer
@@ -151,7 +151,7 @@ def make_eval_step(model: nn.Module, loss_fn: Callable) -> Callable:
 
   def eval_step(variables: dict, batch: dict):
     logits = decode(model.apply(variables, batch["image"], train=False)).logits
-    labels, weights = targets(batch, logits.shape[1:3])
+    labels, weights = targets(batch, logits.shape[1:-1])
     per_image = jax.vmap(
       lambda lg, lb, w: loss_fn(lg[None], lb[None], None if w is None else w[None])
     )

@@ -38,8 +38,41 @@ unlabeled one).
 import ml_collections
 
 from configs.semi_common import semi_config
+from jaxseg.fed.checks import UNUSED
 
 ARGS = ("smoke", "synthetic", "synthetic_smoke")
+
+
+# The fed section's defaults (see the module docstring).
+FED = dict(
+  rounds=100,
+  local_steps=10,
+  local_epochs=0.0,
+  server_steps=10,
+  num_clients=3,
+  partition="iid",
+  attribute="lesion_size",
+  bins=3,
+  alpha=0.5,
+  scenario="label_at_client",
+  server_optim=dict(
+    name="sgd", lr=1.0, schedule="constant", warmup_steps=0, grad_clip=0.0, kwargs={}
+  ),
+  seed_search=dict(
+    candidates=8,
+    probe="random",
+    probe_size=8,
+    criterion="most_similar",
+    target=0.9,
+    statistics="batch",
+  ),
+  unroll=0,
+  client_map="auto",
+  placement="auto",
+  device_budget_mib=2048,
+  shard_clients=True,
+  data_devices=1,
+)
 
 
 def fed_config(method: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -47,49 +80,33 @@ def fed_config(method: str, arg: str | None = None) -> ml_collections.ConfigDict
     raise ValueError(f"federated config: unknown argument {arg!r}; known: {', '.join(ARGS)}.")
   dataset = "synthetic_nerve" if arg and arg.startswith("synthetic") else "covid_ct"
   smoke = arg is not None and arg.endswith("smoke")
-  config = semi_config(method, dataset, "smoke" if smoke else None)
-  config.kind = "federated"
-  with config.train.unlocked():
-    del config.train["steps"]  # a federated run counts rounds: config.fed.rounds
-  config.optim.update(schedule="constant", warmup_steps=0)
-  config.train.update(eval_every=10, log_every=1)
-  config.fed = ml_collections.ConfigDict(
-    dict(
-      rounds=100,
-      local_steps=10,
-      local_epochs=0.0,
-      server_steps=10,
-      num_clients=3,
-      partition="iid",
-      attribute="lesion_size",
-      bins=3,
-      alpha=0.5,
-      scenario="label_at_client",
-      server_optim=dict(
-        name="sgd", lr=1.0, schedule="constant", warmup_steps=0, grad_clip=0.0, kwargs={}
-      ),
-      seed_search=dict(
-        candidates=8,
-        probe="random",
-        probe_size=8,
-        criterion="most_similar",
-        target=0.9,
-        statistics="batch",
-      ),
-      unroll=0,
-      client_map="auto",
-      placement="auto",
-      device_budget_mib=2048,
-      shard_clients=True,
-      data_devices=1,
-    )
-  )
+  config = federated(semi_config(method, dataset, "smoke" if smoke else None))
   if dataset == "synthetic_nerve":
     config.data.kwargs.num_sites = 4
     config.fed.num_clients = 4
   if smoke:
-    config.fed.update(rounds=2, local_steps=2, server_steps=2, num_clients=3)
-    config.fed.seed_search.update(candidates=4, probe_size=2)
-    config.train.update(batch_size=2, eval_every=1)
-    config.method.unlabeled_batch_size = 2
+    smoke_fed(config)
   return config
+
+
+def federated(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config`` (a segmentation config, of images or volumes) as a federated run: the
+  ``fed`` section, a constant client optimizer, rounds instead of steps."""
+  config.kind = "federated"
+  with config.unlocked():
+    del config["mesh"]
+    for section, keys in UNUSED.items():
+      for key in keys:
+        if key in config[section]:
+          del config[section][key]
+  config.optim.update(schedule="constant", warmup_steps=0)
+  config.train.update(eval_every=10, log_every=1)
+  config.fed = ml_collections.ConfigDict(FED)
+  return config
+
+
+def smoke_fed(config: ml_collections.ConfigDict) -> None:
+  config.fed.update(rounds=2, local_steps=2, server_steps=2, num_clients=3)
+  config.fed.seed_search.update(candidates=4, probe_size=2)
+  config.train.update(batch_size=2, eval_every=1)
+  config.method.unlabeled_batch_size = 2

@@ -202,7 +202,7 @@ def test_one_client_equals_centralized_training(supervised_fed):
   key = jax.random.fold_in(jax.random.fold_in(keys["train"], 0), 0)
   step = jax.jit(lambda s, lab, unl: exp.method.step(sim.fed.ctx, s, lab, unl, key))
   for s in range(3):
-    batch = simulate.gather(arrays, jax.tree.map(lambda x, s=s: x[0, s], idx))
+    batch = simulate.gather(arrays, jax.tree.map(lambda x, s=s: x[0, s], idx))  # no key: images
     state, _ = step(state, batch["labeled"], batch["unlabeled"])
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),

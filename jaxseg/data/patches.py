@@ -36,11 +36,12 @@ class Augment3d:
   gamma: float = 0.3
 
 
-def stack(cases: list[dict], patch) -> dict:
+def stack(cases: list[dict], patch, full=None) -> dict:
   """Host arrays of ``cases``: images ``[N, X, Y, Z, C]`` and labels ``[N, X, Y, Z]``
-  zero-padded to the largest case (and at least ``patch``), and each case's shape."""
+  zero-padded to ``full`` (default: the largest case, at least ``patch``), and each
+  case's shape."""
   shapes = np.array([c["labels"].shape for c in cases], np.int32)
-  full = np.maximum(shapes.max(0), np.asarray(patch))
+  full = np.maximum(shapes.max(0), np.asarray(patch)) if full is None else full
   n, channels = len(cases), cases[0]["image"].shape[-1]
   images = np.zeros((n, *full, channels), np.float32)
   labels = np.zeros((n, *full), np.uint8)
@@ -85,6 +86,20 @@ def sample(key, data: dict, batch: int, patch, oversample: float, cases=None) ->
 
   images, labels = jax.vmap(one)(jax.random.split(k_pos, batch), cases, foreground)
   return {"image": images, "labels": labels.astype(jnp.int32)}
+
+
+def gather(patch, oversample: float):
+  """A federated round's ``gather`` on volumes (:class:`jaxseg.fed.backends.Reader`):
+  ``{name: case indices [B]}`` of a stack -> a patch of each case, positions keyed by
+  ``key`` (one key per participant and step)."""
+
+  def fetch(data: dict, indices: dict, key) -> dict:
+    return {
+      n: sample(jax.random.fold_in(key, i), data, idx.shape[0], patch, oversample, idx)
+      for i, (n, idx) in enumerate(sorted(indices.items()))
+    }
+
+  return fetch
 
 
 def _grid(shape):

@@ -48,7 +48,7 @@ class Placed:
   probe: jax.Array
   keys: dict  # train, search
   data_key: jax.Array
-  fetch: Callable  # (arrays, xs) -> batches
+  fetch: Callable  # (arrays, xs, key) -> batches
   streamed: bool
 
   def indices(self, step, data):
@@ -95,17 +95,17 @@ def members(data: simulate.ClientData, groups: int) -> list[np.ndarray]:
   return [np.unique(np.concatenate(held[g * rows : (g + 1) * rows])) for g in range(groups)]
 
 
-def filled(source, images: list[np.ndarray], where: NamedSharding, length: int) -> dict:
+def filled(source, images: list[np.ndarray], where: NamedSharding, length: int, inputs) -> dict:
   """Arrays ``[len(images), length, ...]`` on ``where`` (split along the first axis):
-  slab ``g`` holds the model inputs of ``images[g]`` at their indices, zeros elsewhere.
-  Only the slabs of this process's devices are read and built."""
-  first = pipeline.model_inputs(source.take([0]))
+  slab ``g`` holds ``inputs`` (the model inputs) of ``images[g]`` at their indices,
+  zeros elsewhere. Only the slabs of this process's devices are read and built."""
+  first = inputs(source.take([0]))
 
   @functools.cache
   def slab(g: int) -> dict:
     out = {k: np.zeros((length, *v.shape[1:]), v.dtype) for k, v in first.items()}
     if len(images[g]):
-      for k, v in pipeline.model_inputs(source.take(images[g])).items():
+      for k, v in inputs(source.take(images[g])).items():
         out[k][images[g]] = v
     return out
 
@@ -118,7 +118,19 @@ def filled(source, images: list[np.ndarray], where: NamedSharding, length: int) 
   return {k: field(k) for k in first}
 
 
-def place(fed, data, source, probe, train_key, placement: str, devices, data_devices: int = 1):
+@dataclasses.dataclass(frozen=True)
+class Reader:
+  """How the round reads training data: ``inputs`` turns what ``source.take`` gives
+  into the arrays held on the device, ``gather(arrays, indices, key)`` a step's
+  batches from them (images: :func:`jaxseg.fed.simulate.gather`; volumes: patches)."""
+
+  inputs: Callable = pipeline.model_inputs
+  gather: Callable = simulate.gather
+
+
+def place(
+  fed, data, source, probe, train_key, placement: str, devices, data_devices=1, reader=Reader()
+):
   """A :class:`Placed` over ``devices`` (``len(devices) // data_devices`` client groups)."""
   groups = len(devices) // data_devices
   mesh = jax.make_mesh(
@@ -135,12 +147,12 @@ def place(fed, data, source, probe, train_key, placement: str, devices, data_dev
   client_arrays, server_arrays = {}, {}
   if placement == "device":
     n, server = len(source), data.server[: data.server_n]
-    client_arrays = filled(source, members(data, groups), rows, n)
-    server_arrays = filled(source, [server], replicated, n if len(server) else 1)
-  fetch = simulate.gather if placement == "device" else (lambda _, x: x)
+    client_arrays = filled(source, members(data, groups), rows, n, reader.inputs)
+    server_arrays = filled(source, [server], replicated, n if len(server) else 1, reader.inputs)
+  fetch = reader.gather if placement == "device" else (lambda _, x, key: x)
   if data_devices > 1:  # a client's batches split over the data axis of its group
     unsplit, split = fetch, NamedSharding(mesh, P("data"))
-    fetch = lambda arrays, x: jax.lax.with_sharding_constraint(unsplit(arrays, x), split)  # noqa: E731
+    fetch = lambda arrays, x, key: jax.lax.with_sharding_constraint(unsplit(arrays, x, key), split)  # noqa: E731
   keys = {"train": jax.random.fold_in(train_key, 0), "search": jax.random.fold_in(train_key, 1)}
   return Placed(
     fed=fed,
@@ -238,12 +250,21 @@ BACKENDS = {"vmap": vmap_round, "loop": loop_round}
 
 
 def compile_round(
-  fed, data, source, probe, train_key, placement, devices, client_map="vmap", data_devices=1
+  fed,
+  data,
+  source,
+  probe,
+  train_key,
+  placement,
+  devices,
+  client_map="vmap",
+  data_devices=1,
+  reader=Reader(),
 ):
   """``(run_round(state) -> (state, metrics), state_sharding)`` of ``client_map``
   (``vmap`` or ``loop``; ``loop`` runs on the first device); the server state goes on
   ``state_sharding`` (replicated over the round's mesh)."""
   if client_map == "loop":
     devices = devices[:1]
-  placed = place(fed, data, source, probe, train_key, placement, devices, data_devices)
+  placed = place(fed, data, source, probe, train_key, placement, devices, data_devices, reader)
   return BACKENDS[client_map](placed), NamedSharding(placed.mesh, P())

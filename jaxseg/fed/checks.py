@@ -2,12 +2,20 @@
 any data is prepared (the partition's own checks need the data: :mod:`partition`,
 :mod:`layout`)."""
 
+from jaxseg import data as datasets
 from jaxseg import semi
 from jaxseg.errors import UserError
 from jaxseg.fed import seed_search, simulate
 
 PLACEMENTS = ("auto", "device", "stream")
 CLIENT_MAPS = ("auto", "vmap", "loop")
+# Keys of centralized runs that a federated run does not read: it places client data by
+# config.fed.placement / device_budget_mib, spreads clients over the devices by
+# config.fed.shard_clients / data_devices and counts rounds (config.fed.rounds).
+UNUSED = {
+  "data": ("placement", "device_budget_mib", "workers"),
+  "train": ("steps", "profile_steps"),
+}
 
 
 def _choice(key: str, value: str, known) -> None:
@@ -19,6 +27,16 @@ def check(config, devices: int, processes: int = 1) -> None:
   """Raises a :class:`UserError` naming the first ``config.fed`` key that is wrong
   (``devices``: how many the client mesh would span, over ``processes``)."""
   fc = config.fed
+  for section, keys in UNUSED.items():
+    for key in keys:
+      if key in config[section]:
+        raise UserError(
+          f"config.{section}.{key}: a federated run does not read it (client data: "
+          "config.fed.placement and device_budget_mib; devices: config.fed.shard_clients "
+          "and data_devices; length: config.fed.rounds); remove it."
+        )
+  if config.data.name in datasets.VOLUMES:
+    _check_volumes(fc)
   if "method" not in config:
     raise UserError("a federated config needs config.method (e.g. 'supervised' for FedAvg).")
   if fc.rounds <= 0:
@@ -29,7 +47,7 @@ def check(config, devices: int, processes: int = 1) -> None:
       f"'constant' and config.optim.warmup_steps 0, found {config.optim.schedule!r} and "
       f"{config.optim.warmup_steps}."
     )
-  if config.data.jpeg.qualities:
+  if "jpeg" in config.data and config.data.jpeg.qualities:
     raise UserError(
       "config.data.jpeg (host-side JPEG weathering) is not supported in federated runs, "
       "whose batches are drawn inside the compiled round; set config.data.jpeg.qualities=()."
@@ -51,6 +69,19 @@ def check(config, devices: int, processes: int = 1) -> None:
   _check_data_devices(config, devices)
   if semi.make_method(config.method.name, config.method.kwargs).sends_seeds:
     _check_search(fc.seed_search, fc.scenario)
+
+
+def _check_volumes(fc) -> None:
+  if fc.placement == "stream":
+    raise UserError(
+      "config.fed.placement='stream' on volumes: patches are drawn inside the round from "
+      "the cases on the device; use 'device' or 'auto'."
+    )
+  if fc.partition == "site" or fc.attribute == "site" and fc.partition == "dirichlet":
+    raise UserError(
+      f"config.fed.partition={fc.partition!r} by site on volumes: the cases carry no site; "
+      "use 'iid' or 'dirichlet' over attribute 'lesion_size'."
+    )
 
 
 def _check_data_devices(config, devices: int) -> None:

@@ -20,8 +20,10 @@ Client states are stacked on a leading axis. A round, in this order:
 
 Data: ``xs`` holds, per client and local step, either indices into the training
 arrays (data on the device; gathered inside the step) or the batches themselves
-(streamed per round); ``fetch`` turns one step's ``xs`` into batches, so both modes
-run the same computation. On the device, each client group (a device of the
+(streamed per round); ``fetch`` turns one step's ``xs`` (and a key) into batches, so
+both modes run the same computation; a volume run's fetch draws a patch from each
+indexed case (:func:`jaxseg.data.patches.sample`, positions keyed per participant and
+step). On the device, each client group (a device of the
 ``clients`` mesh axis) holds its own copy of the training arrays in which only its
 clients' images are filled in (``client_arrays [groups, N, ...]``), and the server
 one with only its own (``server_arrays``): a process of a multi-host run reads and
@@ -47,6 +49,7 @@ from jaxseg.train.step import Context
 
 SCENARIOS = ("label_at_client", "label_at_server")
 SERVER = 2**31 - 1  # the server's index where keys are folded per participant
+FETCH = 2**31 - 2  # folded into a participant's key for the keys of its batches
 
 
 class ServerState(struct.PyTreeNode):
@@ -159,8 +162,10 @@ def server_indices(fed: Federation, data: ClientData, data_key, round_):
   }
 
 
-def gather(arrays: dict, indices) -> dict:
-  """Batches of the training ``arrays`` at ``indices`` (any leading shape)."""
+def gather(arrays: dict, indices, key=None) -> dict:
+  """Batches of the training ``arrays`` at ``indices`` (any leading shape); ``key``
+  unused (a volume run's fetch draws patch positions with it)."""
+  del key
   return jax.tree.map(lambda idx: {k: v[idx] for k, v in arrays.items()}, indices)
 
 
@@ -178,12 +183,14 @@ def _batches(fed: Federation, batch: dict) -> tuple[dict, dict]:
 
 
 def local_train(fed: Federation, state, xs, fetch: Callable, steps, key, seeds):
-  """``lax.scan`` of the method's step over ``xs``; steps ``>= steps`` are masked."""
+  """``lax.scan`` of the method's step over ``xs``; steps ``>= steps`` are masked.
+  ``fetch(x, key)`` makes a step's batches (the key: a volume run's patch positions)."""
   kwargs = {"seeds": seeds} if fed.method.sends_seeds else {}
+  fetch_key = jax.random.fold_in(key, FETCH)
 
   def body(carry, x):
     state, s = carry
-    labeled, unlabeled = _batches(fed, fetch(x))
+    labeled, unlabeled = _batches(fed, fetch(x, jax.random.fold_in(fetch_key, s)))
     new, metrics = fed.method.step(fed.ctx, state, labeled, unlabeled, key, **kwargs)
     live = s < steps
     state = jax.tree.map(lambda a, b: jnp.where(live, a, b), new, state)
@@ -302,7 +309,7 @@ def round_(
 ):
   """One round: ``(new server state, metrics)``. ``keys``: ``train``, ``search``.
 
-  ``fetch(arrays, x)`` makes one step's batches from its ``xs`` entry, out of the
+  ``fetch(arrays, x, key)`` makes one step's batches from its ``xs`` entry, out of the
   server's ``server_arrays`` or a client group's ``client_arrays`` (see the module
   docstring). ``map_clients(block, shared, arrays, rows, xs, steps, size)`` runs
   :func:`clients`: directly, or per device on its shard of the client groups with the

@@ -1,9 +1,12 @@
-"""``jaxseg train`` on a config with ``config.fed``: the federated simulation.
+"""``jaxseg train`` on a federated config (``config.kind = "federated"``): the
+simulation, on images or volumes (clients hold cases; patches are drawn inside the
+round, :func:`jaxseg.data.patches.gather`).
 
 What a run writes besides the usual files (:mod:`jaxseg.run.train`): ``clients.md``
 (per-client sizes, labeled counts and foreground fractions of the partition) and
 ``communication.json`` (bytes per client per round). ``metrics.jsonl`` has one
-``train`` line per round (losses; for FedWeP the chosen seeds and their similarity).
+``train`` line every ``config.train.log_every`` rounds (means over them; for FedWeP
+the last round's seeds and the means of their similarity).
 Checkpoints hold the server state (global networks, server optimizer, round); the
 clients' data and batches are pure functions of the config and the round, so a
 resumed run continues exactly. Only process 0 writes files.
@@ -17,12 +20,12 @@ import time
 import jax
 import numpy as np
 
-from jaxseg.data import pipeline
+from jaxseg.data import patches, pipeline
 from jaxseg.fed import backends, checks, cost, layout, partition, simulate
-from jaxseg.run import evaluation, skeleton
+from jaxseg.run import evaluation, skeleton, volume
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.run.experiment import Experiment, check_config
-from jaxseg.train import optim
+from jaxseg.train import optim, sharding
 
 
 def devices_of(fc) -> list:
@@ -84,24 +87,37 @@ class Simulation:
 
 
 def training_source(exp: Experiment):
-  """The images the clients and the server train on: the training split, then the
-  dataset's images without masks (its ``unlabeled`` split), if any."""
+  """The images (volumes: cases) the clients and the server train on: the training
+  split, then the dataset's images without masks (its ``unlabeled`` split), if any."""
+  if exp.volumes is not None:
+    cases = exp.volumes.cases("train") + exp.volumes.cases("unlabeled")
+    return volume.Cases(cases, exp.volumes.patch)
   if "unlabeled" in exp.sources:
     return pipeline.Concat(exp.sources["train"], exp.sources["unlabeled"])
   return exp.sources["train"]
+
+
+def labeled_meta(exp: Experiment) -> tuple[np.ndarray, np.ndarray, int]:
+  """``(foreground fraction, site, unlabeled count)``: per training image (volume:
+  case) with a mask, what the partition reads, and how many more have none."""
+  if exp.volumes is not None:
+    train = volume.Cases(exp.volumes.cases("train"), exp.volumes.patch).foreground()
+    return train, np.zeros(len(train), np.int64), len(exp.volumes.cases("unlabeled"))
+  source = exp.sources["train"]
+  meta = source.take(np.arange(len(source)), ("mask", "site"))
+  foreground, sites = (meta["mask"] > 0).mean(axis=(1, 2)), meta["site"].astype(np.int64)
+  return foreground, sites, len(exp.sources.get("unlabeled", ()))
 
 
 def client_layout(exp: Experiment, groups: int):
   """``(where, data, longest, foreground)``: who holds what, as padded index tables
   (from the masks and sites alone: no image is read). Images without masks join the
   clients' unlabeled images (:func:`jaxseg.fed.layout.with_unlabeled`)."""
-  cfg, fc, source = exp.config, exp.config.fed, exp.sources["train"]
-  meta = source.take(np.arange(len(source)), ("mask", "site"))
-  foreground, sites = (meta["mask"] > 0).mean(axis=(1, 2)), meta["site"].astype(np.int64)
+  cfg, fc = exp.config, exp.config.fed
+  foreground, sites, extra = labeled_meta(exp)
   where = layout.assign(fc, cfg.method.labeled_fraction, foreground, sites, cfg.seed)
-  if "unlabeled" in exp.sources:
-    extra = len(exp.sources["unlabeled"])
-    where = layout.with_unlabeled(where, len(source), extra, cfg.seed + 1)
+  if extra:
+    where = layout.with_unlabeled(where, len(foreground), extra, cfg.seed + 1)
     foreground = np.concatenate([foreground, np.zeros(extra)])
   rows = math.ceil(fc.num_clients / groups) * groups
   data, longest = layout.client_data(
@@ -115,17 +131,40 @@ def client_layout(exp: Experiment, groups: int):
   return where, data, longest, foreground
 
 
+def reader(exp: Experiment) -> backends.Reader:
+  """How the round reads the training arrays: images as they are, volumes as patches."""
+  if exp.volumes is None:
+    return backends.Reader()
+  patch_gather = patches.gather(exp.volumes.patch, exp.config.volume.oversample)
+  return backends.Reader(inputs=lambda stacked: stacked, gather=patch_gather)
+
+
+def probe_images(exp: Experiment, source, server: np.ndarray) -> np.ndarray:
+  """FedWeP-Real's probe: the server's images (volumes: a patch of each of its cases,
+  drawn with the run's seed), or a placeholder where the method searches no seeds."""
+  fc = exp.config.fed
+  if not (exp.method.sends_seeds and fc.seed_search.probe == "real"):
+    return np.zeros((1,), np.float32)
+  chosen = np.resize(server, fc.seed_search.probe_size)
+  if exp.volumes is None:
+    return pipeline.model_inputs(source.take(chosen))["image"]
+  stack = source.take(chosen)
+  key = jax.random.key(exp.config.seed)
+  cases = np.arange(len(chosen))
+  drawn = patches.sample(key, stack, len(chosen), exp.volumes.patch, 1.0, cases)
+  return np.asarray(drawn["image"])
+
+
 def simulation(exp: Experiment) -> Simulation:
   fc, source = exp.config.fed, training_source(exp)
   devices = devices_of(fc)
   where, data, longest, foreground = client_layout(exp, len(devices) // fc.data_devices)
-  probe = np.zeros((1,), np.float32)
-  if exp.method.sends_seeds and fc.seed_search.probe == "real":
-    probe = pipeline.model_inputs(source.take(np.resize(where.server, fc.seed_search.probe_size)))
-    probe = probe["image"]
+  probe = probe_images(exp, source, where.server)
   fed = federation(exp, longest)
   placement = fc.placement
-  if placement == "auto":
+  if exp.volumes is not None:  # patches are drawn inside the round, from the cases
+    placement = "device"
+  elif placement == "auto":
     nbytes = len(source) * sum(v.nbytes for v in pipeline.model_inputs(source[0]).values())
     fits = nbytes <= fc.device_budget_mib * 2**20 or jax.process_count() > 1
     placement = "device" if fits else "stream"
@@ -134,7 +173,16 @@ def simulation(exp: Experiment) -> Simulation:
     one_device = fc.data_devices == 1 and jax.process_count() == 1
     client_map = "loop" if jax.default_backend() == "cpu" and one_device else "vmap"
   run_round, state_sharding = backends.compile_round(
-    fed, data, source, probe, exp.train_key, placement, devices, client_map, fc.data_devices
+    fed,
+    data,
+    source,
+    probe,
+    exp.train_key,
+    placement,
+    devices,
+    client_map,
+    fc.data_devices,
+    reader(exp),
   )
   server = (
     f"\nserver: {len(where.server)} labeled images" if fc.scenario == "label_at_server" else ""
@@ -180,20 +228,26 @@ def train(config, workdir: str, *, stop_after: int | None = None):
 
 def _rounds(evaluator, sim, state, record, ckpts, logger, bar, workdir, stop_after):
   exp = evaluator.exp
-  rounds = exp.config.fed.rounds
+  rounds, cfg = exp.config.fed.rounds, exp.config.train
+  pending, began = [], time.time()
   for r in skeleton.remaining(int(state.step), rounds, stop_after):
-    began = time.time()
     state, metrics = sim.run_round(state)
-    values = skeleton.mean_metrics([metrics], r, ckpts)
-    for name in ("seed_a", "seed_b"):
-      if name in values:
-        values[name] = int(values[name])
-    values["rounds_per_s"] = 1.0 / (time.time() - began)
-    logger.write(r, "train", values)
-    bar.set_postfix(loss=f"{values['loss']:.4f}")
-    bar.update(r - bar.n)
-    if r % exp.config.train.eval_every == 0 or r == rounds:
+    pending.append(metrics)
+    validate = r % cfg.eval_every == 0 or r == rounds
+    if r % cfg.log_every == 0 or validate:  # metrics reach the host only here
+      values = skeleton.mean_metrics(pending, r, ckpts)
+      for name in ("seed_a", "seed_b"):  # the last round's seed pair
+        if name in values:
+          values[name] = int(sharding.fetch(pending[-1][name]))
+      values["rounds_per_s"] = len(pending) / (time.time() - began)
+      logger.write(r, "train", values)
+      bar.set_postfix(loss=f"{values['loss']:.4f}")
+      bar.update(r - bar.n)
+      pending = []
+    if validate:
       args = (evaluator, state, r, record, {}, ckpts, logger, workdir, bar.write)
       if evaluation.validate_and_save(*args):
         break
+    if not pending:
+      began = time.time()  # validation time is not training throughput
   return state

@@ -48,10 +48,10 @@ def check_positive(train_config, keys) -> None:
 # What a run is, as its config declares it (``config.kind``), and the top-level
 # sections each kind reads. A section no run of its kind reads is refused, naming it.
 COMMON = ("seed", "kind", "data", "augment", "optim", "train", "sweep", "runtime")
-SEGMENTATION = ("model", "loss", "eval", "mesh", "method")
+SEGMENTATION = ("model", "loss", "eval", "method")
 SECTIONS = {
-  "segmentation": (*COMMON, *SEGMENTATION),
-  "federated": (*COMMON, *SEGMENTATION, "fed"),
+  "segmentation": (*COMMON, *SEGMENTATION, "mesh"),
+  "federated": (*COMMON, *SEGMENTATION, "fed"),  # devices: config.fed.shard_clients
   "gan": (*COMMON, "gan"),
 }
 DATA_SECTIONS = {"images": ("infer",), "volumes": ("volume",)}  # of segmentation kinds

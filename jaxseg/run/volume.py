@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxseg import data as datasets
 from jaxseg import infer, metrics, models, sliding
+from jaxseg.data import patches
 from jaxseg.errors import UserError
 from jaxseg.models.interface import decode
 from jaxseg.train import state as state_lib
@@ -168,9 +169,24 @@ class Evaluator:
     return values, None
 
 
-def write_plan(workdir: str, plan: dict) -> None:
-  with open(os.path.join(workdir, "plan.json"), "w") as f:
-    json.dump(plan, f, indent=2)
+class Cases:
+  """Cases as a source of the federated simulation's training arrays: ``take`` gives
+  their stack (:func:`jaxseg.data.patches.stack`), padded to one shape for all."""
+
+  def __init__(self, cases: list[dict], patch: tuple):
+    self.cases, self.patch = cases, patch
+    largest = np.max([c["labels"].shape for c in cases], 0)
+    self.full = tuple(int(s) for s in np.maximum(largest, patch))
+
+  def __len__(self) -> int:
+    return len(self.cases)
+
+  def take(self, indices) -> dict:
+    return patches.stack([self.cases[i] for i in indices], self.patch, self.full)
+
+  def foreground(self) -> np.ndarray:
+    """Each case's foreground fraction (what a lesion-size partition bins)."""
+    return np.array([(c["labels"] > 0).mean() for c in self.cases])
 
 
 def load_plan(workdir: str) -> dict:

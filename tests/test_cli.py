@@ -13,6 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = f"{REPO}/configs/unet_synthetic.py:smoke"
 FED = f"{REPO}/configs/fedavg_covid_ct.py:synthetic_smoke"
 CPS = f"{REPO}/configs/cps_covid_ct.py:synthetic_smoke"
+VOLUME = f"{REPO}/configs/unet3d_synthetic.py:smoke"
 
 
 @pytest.fixture(autouse=True)
@@ -85,6 +86,14 @@ def _fresh_flags():
       ["train", f"--config={SMOKE}", "--workdir=W", "--config.optim.lr=1e30"],
       "Training diverged: loss is nan at step",
     ),
+    (  # a federated run places client data by config.fed.placement
+      ["train", f"--config={FED}", "--workdir=W", "--config.data.placement=host"],
+      "unknown key config.data.placement",
+    ),
+    (
+      ["train", f"--config={VOLUME}", "--workdir=W", "--config.augment.flip.p=0.5"],
+      "unknown key config.augment.flip",
+    ),
   ],
 )
 def test_a_user_mistake_is_one_line_and_exit_status_2(args, message, tmp_path, capsys, monkeypatch):
@@ -110,3 +119,28 @@ def test_verbose_shows_the_traceback(monkeypatch):
     with pytest.raises(error):
       main.main()
     flags.FLAGS.unparse_flags()
+
+
+def test_a_section_its_run_kind_does_not_read_is_refused(tmp_path):
+  """Sections are declared by ``config.kind`` and the kind of data; a config built in
+  Python (no command-line override can add a section) is refused naming the section,
+  and so is a centralized key a federated run cannot honour."""
+  from configs import fedavg_covid_ct, unet3d_synthetic  # noqa: PLC0415
+
+  volume = unet3d_synthetic.get_config("smoke")
+  volume.infer = {"tile": 64}  # 2-D tiling: volumes use config.volume's sliding window
+  with pytest.raises(UserError, match=r"^config.infer: a segmentation run of volumes does not"):
+    main.train(volume, str(tmp_path / "v"))
+  fed = fedavg_covid_ct.get_config("synthetic_smoke")
+  fed.mesh = {"devices": 2}
+  with pytest.raises(UserError, match=r"^config.mesh: a federated run of images does not"):
+    main.train(fed, str(tmp_path / "f"))
+  del fed["mesh"]
+  with fed.data.unlocked():
+    fed.data.placement = "host"
+  with pytest.raises(UserError, match=r"^config.data.placement: a federated run does not read"):
+    main.train(fed, str(tmp_path / "f"))
+  volume = unet3d_synthetic.get_config("smoke")
+  volume.kind = "federated"
+  with pytest.raises(UserError, match=r"^config.fed: "):
+    main.train(volume, str(tmp_path / "k"))

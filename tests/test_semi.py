@@ -114,7 +114,7 @@ def test_methods_declare_what_they_exchange():
   assert table["cps"].exchanged == ("a", "b")
   assert all(len(table[n].exchanged) == 1 for n in ("supervised", "rwp"))
   assert table["pseudoseg"].exchanged == ("model", "cam")  # + the classification branch
-  assert table["rwp"].sends_seeds and not table["cps"].sends_seeds
+  assert table["rwp"].broadcast.what == "seeds" and table["cps"].broadcast is None
 
 
 def test_supervised_and_cps_losses_closed_form():
@@ -154,7 +154,7 @@ def test_rwp_loss_closed_form():
   labeled, unlabeled = _batches()
   state = method.init(ctx, jax.random.key(2))
   seeds = jnp.array([7, 9], jnp.uint32)
-  _, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(3), seeds=seeds)
+  _, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(3), extra=seeds)
   w = state.nets["model"].params
   w1 = perturb.rwp(w, jnp.uint32(7), p=1.0, sigma=0.3)
   w2 = perturb.rwp(w, jnp.uint32(9), p=1.0, sigma=0.3)

@@ -6,6 +6,8 @@ import functools
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -208,24 +210,115 @@ def test_msd_reads_the_layout_and_rejects_bad_cases(tmp_path):
     msd.load(str(tmp_path / "nowhere"), str(tmp_path / "cache"))
 
 
-@pytest.fixture(scope="session")
-def synthetic_run(tmp_path_factory):
+def semi_config():
+  """The 3-D smoke config, trained by CPS on half the cases labeled."""
   from configs import unet3d_synthetic
 
   config = unet3d_synthetic.get_config("smoke")
+  config.method.update(name="cps", labeled_fraction=0.5)
+  return config
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory):
+  config = semi_config()
   workdir = str(tmp_path_factory.mktemp("vol") / "full")
   return config, workdir, main.train(config, workdir)
 
 
-def test_3d_runs_are_reproducible_and_resume_exactly(synthetic_run, tmp_path):
-  """Killed after step 4 (last checkpoint: 3), resumed: the uninterrupted run's
-  parameters, bit for bit (the first 3 steps also replay the full run exactly)."""
+def test_3d_semi_supervised_runs_are_reproducible_and_resume_exactly(synthetic_run, tmp_path):
+  """A 3-D CPS run killed after step 4 (last checkpoint: 3), resumed: the
+  uninterrupted run's networks, bit for bit (the first 3 steps also replay the full
+  run exactly)."""
   config, _, state = synthetic_run
+  assert set(state.nets) == {"a", "b"}
   partial = main.train(config, str(tmp_path), stop_after=4)
   assert int(partial.step) == 4
   resumed = main.train(config, str(tmp_path))
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(resumed), strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("method", ["mean_teacher", "rwp", "pseudoseg"])
+def test_every_method_steps_on_volumes(method):
+  """The methods' steps take 3-D batches (shapes only: no compilation); labeled
+  fractions split the training cases by case."""
+  from jaxseg.run import experiment, volume  # noqa: PLC0415
+
+  config = semi_config()
+  config.method.name = method
+  exp = experiment.Experiment(config)
+  labeled, unlabeled = volume.split_labeled(exp.volumes.data.splits["train"], 0.5, 0)
+  assert len(labeled) + len(unlabeled) == len(exp.volumes.data.splits["train"])
+  assert not set(labeled) & set(unlabeled)
+  state = jax.eval_shape(exp.init)
+  batch = {"image": jnp.zeros((2, 16, 16, 8, 1)), "labels": jnp.zeros((2, 16, 16, 8), int)}
+  step = lambda s, k: exp.method.step(exp.ctx, s, batch, batch, k)  # noqa: E731
+  new, metrics = jax.eval_shape(step, state, jax.random.key(0))
+  assert jax.tree.map(lambda a: a.shape, new) == jax.tree.map(lambda a: a.shape, state)
+  assert metrics["loss"].shape == ()
+
+
+def test_3d_fedwep_is_reproducible_and_resumes_exactly(tmp_path):
+  """FedWeP on volumes (2 clients holding cases, patches drawn in the round): a run
+  stopped after round 1 and resumed ends with the uninterrupted run's global model,
+  and its communication is what the method sends."""
+  from configs import unet3d_synthetic  # noqa: PLC0415
+  from configs.fed_common import federated, smoke_fed  # noqa: PLC0415
+
+  config = federated(unet3d_synthetic.get_config("smoke"))
+  config.method.update(name="rwp", labeled_fraction=0.5)
+  smoke_fed(config)
+  config.fed.update(num_clients=2, unroll=1)
+  full = main.train(config, str(tmp_path / "full"))
+  main.train(config, str(tmp_path / "part"), stop_after=1)
+  resumed = main.train(config, str(tmp_path / "part"))
+  assert int(full.step) == 2
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+    np.testing.assert_array_equal(a, b)
+  with open(tmp_path / "full" / "communication.json") as f:
+    assert json.load(f)["text"] == "50% + 8 B seeds"
+  with open(tmp_path / "full" / "metrics.jsonl") as f:
+    lines = [json.loads(line) for line in f]
+  assert {"seed_a", "seed_b", "unsup"} <= set(lines[0])
+
+
+def test_3d_training_draws_the_same_batches_on_1_2_and_4_devices():
+  """Data parallelism on volumes: the patch feed draws bitwise the same global batches
+  on every mesh, and two steps end at the one-device parameters (up to the order of
+  sums)."""
+  code = """
+import jax, numpy as np
+jax.config.update("jax_num_cpu_devices", 4)
+from configs import unet3d_synthetic
+from jaxseg.run import feed, train
+from jaxseg.run.experiment import Experiment
+out, drawn = {}, {}
+for devices in (1, 2, 4):
+  config = unet3d_synthetic.get_config("smoke")
+  config.optim.update(name="sgd", lr=0.05, schedule="constant", warmup_steps=0)
+  config.train.batch_size = 4
+  config.mesh.devices = devices
+  exp = Experiment(config, splits=("train",))
+  mesh = train.make_mesh(config)
+  data = feed.make(exp, mesh)
+  init, step = train.compile_step(exp, mesh, data)
+  state, batches = init(), []
+  for i in range(2):
+    batches.append(jax.device_get(jax.jit(data.batch)(data.next(), i)))
+    state, _ = step(state, data.next(), exp.train_key)
+  out[devices] = jax.device_get(state.nets["model"].params)
+  drawn[devices] = batches
+close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+for devices in out:
+  jax.tree.map(np.testing.assert_array_equal, drawn[1], drawn[devices])
+  jax.tree.map(close, out[1], out[devices])
+print("3-D data parallel ok")
+"""
+  env = {**os.environ, "PYTHONPATH": REPO}
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "3-D data parallel ok" in result.stdout
 
 
 def test_3d_eval_writes_per_case_metrics(synthetic_run):

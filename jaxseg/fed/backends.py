@@ -46,7 +46,7 @@ class Placed:
   client_arrays: dict  # [groups, N, ...] split by client group ({} when streamed)
   server_arrays: dict  # [1, N, ...] the server's images, replicated ({} when streamed)
   probe: jax.Array
-  keys: dict  # train, search
+  keys: dict  # train, broadcast
   data_key: jax.Array
   fetch: Callable  # (arrays, xs, key) -> batches
   streamed: bool
@@ -153,7 +153,7 @@ def place(
   if data_devices > 1:  # a client's batches split over the data axis of its group
     unsplit, split = fetch, NamedSharding(mesh, P("data"))
     fetch = lambda arrays, x, key: jax.lax.with_sharding_constraint(unsplit(arrays, x, key), split)  # noqa: E731
-  keys = {"train": jax.random.fold_in(train_key, 0), "search": jax.random.fold_in(train_key, 1)}
+  keys = {"train": jax.random.fold_in(train_key, 0), "broadcast": jax.random.fold_in(train_key, 1)}
   return Placed(
     fed=fed,
     mesh=mesh,

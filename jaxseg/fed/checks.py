@@ -5,7 +5,7 @@ any data is prepared (the partition's own checks need the data: :mod:`partition`
 from jaxseg import data as datasets
 from jaxseg import semi
 from jaxseg.errors import UserError
-from jaxseg.fed import seed_search, simulate
+from jaxseg.fed import simulate
 
 PLACEMENTS = ("auto", "device", "stream")
 CLIENT_MAPS = ("auto", "vmap", "loop")
@@ -67,8 +67,9 @@ def check(config, devices: int, processes: int = 1) -> None:
       f"and config.fed.client_map 'vmap' or 'auto' (found {fc.client_map!r})."
     )
   _check_data_devices(config, devices)
-  if semi.make_method(config.method.name, config.method.kwargs).sends_seeds:
-    _check_search(fc.seed_search, fc.scenario)
+  broadcast = semi.make_method(config.method.name, config.method.kwargs).broadcast
+  if broadcast is not None:
+    broadcast.check(fc[broadcast.settings], fc.scenario)
 
 
 def _check_volumes(fc) -> None:
@@ -98,16 +99,3 @@ def _check_data_devices(config, devices: int) -> None:
   ):
     if batch % data:
       raise UserError(f"{key}={batch} does not divide by config.fed.data_devices={data}.")
-
-
-def _check_search(search, scenario: str) -> None:
-  _choice("seed_search.probe", search.probe, seed_search.PROBES)
-  _choice("seed_search.criterion", search.criterion, seed_search.CRITERIA)
-  _choice("seed_search.statistics", search.statistics, seed_search.STATISTICS)
-  if search.candidates < 2:
-    raise UserError(f"config.fed.seed_search.candidates must be >= 2, found {search.candidates}.")
-  if search.probe == "real" and scenario != "label_at_server":
-    raise UserError(
-      "config.fed.seed_search.probe='real' (FedWeP-Real) needs the server's images: use "
-      "scenario 'label_at_server', or probe 'random'."
-    )

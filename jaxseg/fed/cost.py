@@ -1,15 +1,14 @@
 """Communication cost of a federated method, from what it actually exchanges.
 
 Per client and round the server sends the method's exchanged networks (parameters
-and BatchNorm statistics) and, for FedWeP, the two uint32 seeds; the client returns
+and BatchNorm statistics) and what its :class:`jaxseg.semi.Broadcast` declares (FedWeP:
+the two uint32 seeds); the client returns
 its updated networks. The relative cost is against a method exchanging two networks
 of the same architecture both ways (the paper's 100%).
 """
 
 import jax
 import numpy as np
-
-SEED_BYTES = 2 * np.dtype(np.uint32).itemsize
 
 
 def tree_bytes(tree) -> int:
@@ -20,9 +19,10 @@ def communication(method, nets) -> dict:
   """``{down_bytes, up_bytes, relative, text}`` per client per round."""
   per_net = {n: tree_bytes(v.params) + tree_bytes(v.batch_stats) for n, v in nets.items()}
   model = sum(per_net[n] for n in method.exchanged)
-  down = model + (SEED_BYTES if method.sends_seeds else 0)
+  extra = method.broadcast.nbytes if method.broadcast is not None else 0
+  down = model + extra
   up = model
   two_models = 2 * 2 * per_net[method.evaluated]
   relative = (down + up) / two_models
-  text = f"{100 * relative:.0f}%" + (f" + {SEED_BYTES} B seeds" if method.sends_seeds else "")
+  text = f"{100 * relative:.0f}%" + (f" + {extra} B {method.broadcast.what}" if extra else "")
   return {"down_bytes": down, "up_bytes": up, "relative": relative, "text": text}

@@ -28,6 +28,7 @@ from jaxseg.errors import UserError
 from jaxseg.models.interface import probabilities
 from jaxseg.train import step as step_lib
 
+SEED_BYTES = 2 * 4  # the pair of uint32 seeds the server sends
 CRITERIA = ("most_similar", "least_similar", "target")
 PROBES = ("random", "real")
 STATISTICS = ("batch", "running")
@@ -112,3 +113,51 @@ def search(
     "seed_b": seeds[j],
   }
   return jnp.stack([seeds[i], seeds[j]]), info
+
+
+def server_hook(ctx, net, server_images, key, settings, *, p: float, sigma: float):
+  """FedWeP's server step (RWP's :class:`jaxseg.semi.Broadcast`): ``(seed pair,
+  metrics)`` of :func:`search` on ``net`` with the ``config.fed.seed_search``
+  ``settings``, over noise images (probe ``random``) or ``server_images`` (``real``)."""
+  probe = server_images
+  if settings["probe"] == "random":
+    shape = (settings["probe_size"], *ctx.image_shape)
+    probe = jax.random.uniform(jax.random.fold_in(key, 1), shape)
+  return search(
+    ctx,
+    net.params,
+    net.batch_stats,
+    probe,
+    jax.random.fold_in(key, 0),
+    candidates=settings["candidates"],
+    criterion=settings["criterion"],
+    target=settings["target"],
+    statistics=settings["statistics"],
+    p=p,
+    sigma=sigma,
+  )
+
+
+def server_images(settings) -> int:
+  """How many of the server's images the search reads (FedWeP-Real's probe)."""
+  return settings["probe_size"] if settings["probe"] == "real" else 0
+
+
+def check_settings(search, scenario: str) -> None:
+  """Raises a :class:`UserError` for a bad ``config.fed.seed_search`` setting."""
+  for key, value, known in (
+    ("probe", search.probe, PROBES),
+    ("criterion", search.criterion, CRITERIA),
+    ("statistics", search.statistics, STATISTICS),
+  ):
+    if value not in known:
+      raise UserError(
+        f"config.fed.seed_search.{key}: unknown {value!r}; known: {', '.join(known)}."
+      )
+  if search.candidates < 2:
+    raise UserError(f"config.fed.seed_search.candidates must be >= 2, found {search.candidates}.")
+  if search.probe == "real" and scenario != "label_at_server":
+    raise UserError(
+      "config.fed.seed_search.probe='real' (FedWeP-Real) needs the server's images: use "
+      "scenario 'label_at_server', or probe 'random'."
+    )

@@ -5,12 +5,13 @@ Client states are stacked on a leading axis. A round, in this order:
 1. **server training** (label-at-server only): the server runs ``server_steps`` of the
    method's own step from the global model on its labeled images (their images also
    serve as its unlabeled batch);
-2. **seed search** (methods that send seeds, FedWeP): the server picks the seed pair
-   on the probe set with the model it is about to send (:mod:`jaxseg.fed.seed_search`);
+2. **the method's server hook** (:class:`jaxseg.semi.Broadcast`; FedWeP: the seed
+   search, :mod:`jaxseg.fed.seed_search`) makes what the method sends beyond its
+   networks, from the networks about to be sent;
 3. **broadcast**: every client starts from the server's exchanged networks (parameters
    and BatchNorm statistics) with a fresh optimizer state;
 4. **local training**: ``jax.vmap`` over clients of a ``lax.scan`` over local steps of
-   the method's step (RWP gets the round's fixed seed pair). A client with fewer
+   the method's step (given the hook's payload as ``extra=``). A client with fewer
    steps than the longest (``local_epochs`` mode) or a padding client (no data, zero
    steps) is masked: ``where(step < steps_c, new, old)``;
 5. **aggregation**: the client models' mean weighted by client data size (padding
@@ -42,7 +43,6 @@ import optax
 from flax import struct
 
 from jaxseg.errors import UserError
-from jaxseg.fed import seed_search
 from jaxseg.semi import Method
 from jaxseg.train import state as state_lib
 from jaxseg.train.step import Context
@@ -63,8 +63,7 @@ class ClientData(struct.PyTreeNode):
 
   ``labeled``/``unlabeled`` ``[R, max]`` with counts ``[R]``; ``size [R]`` the
   aggregation weight (0 for padding rows); ``steps [R]`` local steps per client;
-  ``server [max]`` with ``server_n`` the server's labeled images; ``probe`` the
-  FedWeP-Real probe images (or a placeholder).
+  ``server [max]`` with ``server_n`` the server's labeled images.
   """
 
   labeled: jax.Array
@@ -90,8 +89,7 @@ class Federation:
   batch_size: int
   unlabeled_batch_size: int
   trainable: tuple[str, ...]  # nets with an optimizer
-  search: dict | None  # seed-search settings (methods that send seeds)
-  perturb: dict | None  # RWP's p and sigma
+  broadcast_settings: dict | None  # config.fed.<method.broadcast.settings>
   unroll: int = 1  # local steps unrolled per scan iteration (XLA:CPU runs loops slowly)
 
 
@@ -182,10 +180,11 @@ def _batches(fed: Federation, batch: dict) -> tuple[dict, dict]:
   return dummy, unlabeled
 
 
-def local_train(fed: Federation, state, xs, fetch: Callable, steps, key, seeds):
+def local_train(fed: Federation, state, xs, fetch: Callable, steps, key, extra):
   """``lax.scan`` of the method's step over ``xs``; steps ``>= steps`` are masked.
-  ``fetch(x, key)`` makes a step's batches (the key: a volume run's patch positions)."""
-  kwargs = {"seeds": seeds} if fed.method.sends_seeds else {}
+  ``fetch(x, key)`` makes a step's batches (the key: a volume run's patch positions);
+  ``extra``: the server hook's payload, for methods that have one."""
+  kwargs = {"extra": extra} if fed.method.broadcast is not None else {}
   fetch_key = jax.random.fold_in(key, FETCH)
 
   def body(carry, x):
@@ -222,7 +221,7 @@ def aggregate(fed: Federation, server: ServerState, sums: dict, total) -> Server
 def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size):
   """Local training of a block of clients (vmapped) and their weighted sums.
 
-  ``shared``: what every client gets (``nets``, ``seeds``, ``key``, ``round``);
+  ``shared``: what every client gets (``nets``, ``extra``, ``key``, ``round``);
   ``arrays``: the block's group's training arrays ``[1, N, ...]`` for ``fetch``.
   Returns sums over the block, so that blocks on several devices combine by
   ``psum``: ``{params, batch_stats}`` weighted by client size, the total weight, the
@@ -233,7 +232,7 @@ def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size)
   def client(c, xs, steps):
     state = start(fed, shared["nets"], shared["round"] * fed.local_steps)
     key = jax.random.fold_in(shared["key"], c)
-    state, m = local_train(fed, state, xs, batches, steps, key, shared["seeds"])
+    state, m = local_train(fed, state, xs, batches, steps, key, shared["extra"])
     return state.nets, m
 
   client_nets, metrics = jax.vmap(client)(rows, xs, steps)
@@ -247,7 +246,8 @@ def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size)
 
 def broadcast(fed: Federation, server: ServerState, server_xs, fetch, probe, keys, arrays):
   """Steps 1-3 of a round: ``(shared, metrics)``, what every client receives
-  (``nets``, ``seeds``, ``key``, ``round``; see :func:`clients`). ``arrays``: the
+  (``nets``, ``extra``, ``key``, ``round``; see :func:`clients`). ``probe``: the
+  server's images the method's hook reads (a placeholder where it reads none). ``arrays``: the
   server's training arrays ``[1, N, ...]``."""
   round_idx = server.step
   metrics = {}
@@ -262,27 +262,12 @@ def broadcast(fed: Federation, server: ServerState, server_xs, fetch, probe, key
     )
     nets = {n: v.replace(opt_state=None) for n, v in state.nets.items()}
     metrics.update({f"server_{k}": v for k, v in server_metrics.items()})
-  seeds = None
-  if fed.search is not None:
-    first = nets[fed.method.evaluated]
-    search_key = jax.random.fold_in(keys["search"], round_idx)
-    if fed.search["probe"] == "random":
-      shape = (fed.search["probe_size"], *fed.ctx.image_shape)
-      probe = jax.random.uniform(jax.random.fold_in(search_key, 1), shape)
-    seeds, info = seed_search.search(
-      fed.ctx,
-      first.params,
-      first.batch_stats,
-      probe,
-      jax.random.fold_in(search_key, 0),
-      candidates=fed.search["candidates"],
-      criterion=fed.search["criterion"],
-      target=fed.search["target"],
-      statistics=fed.search["statistics"],
-      **fed.perturb,
-    )
+  extra, hook = None, fed.method.broadcast
+  if hook is not None:
+    key = jax.random.fold_in(keys["broadcast"], round_idx)
+    extra, info = hook.make(fed.ctx, nets, probe, key, fed.broadcast_settings)
     metrics.update(info)
-  shared = {"nets": nets, "seeds": seeds, "key": base_key, "round": round_idx}
+  shared = {"nets": nets, "extra": extra, "key": base_key, "round": round_idx}
   return shared, metrics
 
 
@@ -307,7 +292,7 @@ def round_(
   client_arrays=None,
   map_clients: Callable = lambda block, shared, *client_args: block(shared, *client_args),
 ):
-  """One round: ``(new server state, metrics)``. ``keys``: ``train``, ``search``.
+  """One round: ``(new server state, metrics)``. ``keys``: ``train``, ``broadcast``.
 
   ``fetch(arrays, x, key)`` makes one step's batches from its ``xs`` entry, out of the
   server's ``server_arrays`` or a client group's ``client_arrays`` (see the module

@@ -53,7 +53,7 @@ def federation(exp: Experiment, local_steps: int) -> simulate.Federation:
   """The static parts of the simulation (``local_steps``: the longest client's)."""
   cfg, fc = exp.config, exp.config.fed
   abstract = jax.eval_shape(lambda: exp.method.init(exp.ctx, jax.random.key(0)))
-  search = dict(fc.seed_search) if exp.method.sends_seeds else None
+  hook = exp.method.broadcast
   return simulate.Federation(
     ctx=exp.ctx,
     method=exp.method,
@@ -64,8 +64,7 @@ def federation(exp: Experiment, local_steps: int) -> simulate.Federation:
     batch_size=cfg.train.batch_size,
     unlabeled_batch_size=cfg.method.unlabeled_batch_size,
     trainable=tuple(n for n, v in abstract.nets.items() if v.opt_state is not None),
-    search=search,
-    perturb=dict(exp.method.perturb) if exp.method.sends_seeds else None,
+    broadcast_settings=None if hook is None else fc[hook.settings].to_dict(),
     unroll=unroll_of(fc.unroll, max(local_steps, fc.server_steps)),
   )
 
@@ -140,12 +139,13 @@ def reader(exp: Experiment) -> backends.Reader:
 
 
 def probe_images(exp: Experiment, source, server: np.ndarray) -> np.ndarray:
-  """FedWeP-Real's probe: the server's images (volumes: a patch of each of its cases,
-  drawn with the run's seed), or a placeholder where the method searches no seeds."""
-  fc = exp.config.fed
-  if not (exp.method.sends_seeds and fc.seed_search.probe == "real"):
+  """The server's images its method's hook reads (FedWeP-Real's probe; volumes: a
+  patch of each of its cases, drawn with the run's seed), or a placeholder."""
+  hook = exp.method.broadcast
+  count = 0 if hook is None else hook.server_images(exp.config.fed[hook.settings])
+  if not count:
     return np.zeros((1,), np.float32)
-  chosen = np.resize(server, fc.seed_search.probe_size)
+  chosen = np.resize(server, count)
   if exp.volumes is None:
     return pipeline.model_inputs(source.take(chosen))["image"]
   stack = source.take(chosen)
@@ -236,9 +236,9 @@ def _rounds(evaluator, sim, state, record, ckpts, logger, bar, workdir, stop_aft
     validate = r % cfg.eval_every == 0 or r == rounds
     if r % cfg.log_every == 0 or validate:  # metrics reach the host only here
       values = skeleton.mean_metrics(pending, r, ckpts)
-      for name in ("seed_a", "seed_b"):  # the last round's seed pair
-        if name in values:
-          values[name] = int(sharding.fetch(pending[-1][name]))
+      for name, value in sharding.fetch(pending[-1]).items():  # e.g. FedWeP's seeds
+        if np.issubdtype(np.asarray(value).dtype, np.integer):  # the last round's
+          values[name] = int(value)
       values["rounds_per_s"] = len(pending) / (time.time() - began)
       logger.write(r, "train", values)
       bar.set_postfix(loss=f"{values['loss']:.4f}")

@@ -54,6 +54,7 @@ SECTIONS = {
   "federated": (*COMMON, *SEGMENTATION, "fed"),  # devices: config.fed.shard_clients
   "gan": (*COMMON, "gan"),
 }
+REQUIRED = {"segmentation": (), "federated": ("fed", "method"), "gan": ("gan",)}
 DATA_SECTIONS = {"images": ("infer",), "volumes": ("volume",)}  # of segmentation kinds
 
 
@@ -73,6 +74,9 @@ def check_sections(config) -> None:
   """Refuses a top-level section that a run of ``config.kind`` (on its kind of data)
   does not read, naming it."""
   run_kind = kind(config)
+  for section in REQUIRED[run_kind]:
+    if section not in config:
+      raise UserError(f"config.{section}: a {run_kind} run needs this section; it is missing.")
   allowed = set(SECTIONS[run_kind])
   if run_kind != "gan":
     data = "volumes" if config.data.name in datasets.VOLUMES else "images"

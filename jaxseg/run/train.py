@@ -61,7 +61,7 @@ def compile_step(exp: Experiment, mesh, feed):
 def make_mesh(config):
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(config.train.batch_size, mesh)
-  if "method" in config:
+  if "method" in config and config.method.name != "supervised":  # an unlabeled stream
     sharding.check_batch(
       config.method.unlabeled_batch_size, mesh, "config.method.unlabeled_batch_size"
     )

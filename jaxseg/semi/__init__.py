@@ -13,8 +13,10 @@ settings are its keyword arguments with their defaults there and nowhere else, a
   the supervised method;
 * ``evaluated``: the network whose predictions are scored;
 * ``exchanged``: the networks a federated client sends and receives (two-model
-  methods cost 100%, one model 50%); ``perturb``: RWP's ``{p, sigma}`` for methods
-  whose clients also receive a seed pair (then ``step`` takes ``seeds=``).
+  methods cost 100%, one model 50%);
+* ``broadcast``: what else the server sends every client each round, if anything
+  (:class:`Broadcast`: FedWeP's seed pair), made by the method's one server hook;
+  then ``step`` takes it as ``extra=``. The federated round names no method.
 
 ``ctx`` (:class:`~jaxseg.train.step.Context`) holds the static parts: model, loss,
 optimizer, augmentations, compute dtype.
@@ -35,16 +37,34 @@ METHODS = {
 
 
 @dataclasses.dataclass(frozen=True)
+class Broadcast:
+  """What a method's server sends every client each round beyond the exchanged
+  networks, and how it is made.
+
+  ``make(ctx, nets, server_images, key, settings) -> (payload, metrics)``: the server
+  hook, run on the global networks before they are sent (pure; ``settings``: the
+  ``config.fed.<settings>`` section; ``server_images``: ``server_images(settings)``
+  of the server's labeled images, or a placeholder where that is 0); ``nbytes`` and
+  ``what``: the payload's size and name on the wire (communication accounting);
+  ``check(settings, scenario)`` raises a :class:`jaxseg.errors.UserError` for bad
+  settings.
+  """
+
+  make: Callable
+  nbytes: int
+  what: str
+  settings: str
+  check: Callable
+  server_images: Callable
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
   init: Callable
   step: Callable
   evaluated: str
   exchanged: tuple[str, ...]
-  perturb: Mapping | None = None  # RWP's {p, sigma}: clients also receive a seed pair
-
-  @property
-  def sends_seeds(self) -> bool:
-    return self.perturb is not None
+  broadcast: Broadcast | None = None
 
 
 def make_method(name: str, settings: Mapping | None = None) -> Method:

@@ -10,7 +10,8 @@ supervised loss on the labeled batch:
 Gradients of the cross terms reach ``W`` through the perturbation (dW~/dW = Z).
 BatchNorm statistics are updated only by the unperturbed model's pass; the
 perturbed passes normalise with their own batch statistics and discard them. The
-seed pair is passed in (``seeds=``, by the federated server's seed search) or,
+seed pair is passed in (``extra=``: in federation the server's seed search, this
+method's :class:`jaxseg.semi.Broadcast`, makes it every round) or,
 centralized and at a label-at-server server, drawn from the key every
 ``seed_period`` steps (1: fresh seeds every step — a choice of ours; the paper does
 not say how the server picks its own seeds).
@@ -20,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg import perturb
-from jaxseg.semi import Method, base
+from jaxseg.fed import seed_search
+from jaxseg.semi import Broadcast, Method, base
 from jaxseg.train import step as step_lib
 
 
@@ -50,7 +52,8 @@ def make(p: float = 0.5, sigma: float = 0.1, weight: float = 1.0, seed_period: i
   """``p``, ``sigma``: the perturbation (:func:`jaxseg.perturb.rwp`); ``weight``: of the
   cross terms; ``seed_period``: steps that share a drawn seed pair."""
 
-  def step(ctx, state, labeled, unlabeled, key, seeds=None):
+  def step(ctx, state, labeled, unlabeled, key, extra=None):
+    seeds = extra
     if seeds is None:
       seeds = seed_pair(jax.random.fold_in(key, 7), state.step, seed_period)
     key = jax.random.fold_in(key, state.step)
@@ -65,10 +68,18 @@ def make(p: float = 0.5, sigma: float = 0.1, weight: float = 1.0, seed_period: i
     metrics = {"loss": loss, "sup": sup, "unsup": cross}
     return state.replace(step=state.step + 1, nets={"model": net}), metrics
 
+  def search(ctx, nets, server_images, key, settings):
+    net = nets["model"]
+    return seed_search.server_hook(ctx, net, server_images, key, settings, p=p, sigma=sigma)
+
+  broadcast = Broadcast(
+    make=search,
+    nbytes=seed_search.SEED_BYTES,
+    what="seeds",
+    settings="seed_search",
+    check=seed_search.check_settings,
+    server_images=seed_search.server_images,
+  )
   return Method(
-    init=base.init_one,
-    step=step,
-    evaluated="model",
-    exchanged=("model",),
-    perturb={"p": p, "sigma": sigma},
+    init=base.init_one, step=step, evaluated="model", exchanged=("model",), broadcast=broadcast
   )

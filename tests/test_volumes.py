@@ -219,6 +219,39 @@ def semi_config():
   return config
 
 
+def test_inspect_fingerprints_a_volume_dataset(tmp_path):
+  """``jaxseg inspect`` on volumes: spacings and anisotropy as stored, foreground
+  intensities before normalisation, voxels per class, and the run's plan (patch,
+  anisotropic pooling)."""
+  from configs import unet3d_hippocampus  # noqa: PLC0415
+  from jaxseg.run import inspect  # noqa: PLC0415
+
+  rng, names, foreground = np.random.default_rng(1), [f"ct_{i}" for i in range(5)], []
+  for n in names:
+    image = (rng.normal(size=(12, 12, 6)) * 100).astype(np.int16)
+    labels = np.zeros((12, 12, 6), np.uint8)
+    labels[3:7, 3:8, 1:4] = 1
+    foreground.append(image[labels > 0])
+    _write_case(str(tmp_path), n, image, labels, np.diag([0.8, 0.8, 2.5, 1]))
+  _describe(str(tmp_path), names)
+  config = unet3d_hippocampus.get_config("smoke")
+  config.data.update(dir=str(tmp_path), cache_dir=str(tmp_path / "cache"))
+  config.data.kwargs.folds = 5
+  config.model.kwargs.widths = (4, 8, 16)
+  config.volume.patch_size = ()
+  report = inspect.run(config, str(tmp_path / "f.json"))
+  with open(tmp_path / "f.json") as f:
+    assert json.load(f)["plan"] == report["plan"]
+  p = report["profile"]
+  assert p["median_spacing"] == pytest.approx([0.8, 0.8, 2.5])
+  assert p["anisotropy"] == pytest.approx(2.5 / 0.8)
+  assert p["voxels_per_class"]["1"] == 5 * 4 * 5 * 3
+  values = np.concatenate(foreground).astype(np.float64)
+  assert p["foreground_intensity"]["CT"]["mean"] == pytest.approx(values.mean())
+  assert report["plan"]["pooling"] == [[2, 2, 1], [2, 2, 2]]
+  assert p["cases"] == {"train": 3, "validation": 1, "test": 1}
+
+
 @pytest.fixture(scope="session")
 def synthetic_run(tmp_path_factory):
   config = semi_config()

@@ -173,16 +173,33 @@ def read_case(files, known_labels):
   return image, affine, volumes.check_labels(labels, known_labels, label_path)
 
 
+def foreground_samples(raw, channel: int) -> np.ndarray:
+  """Intensities of ``channel`` over the foreground voxels of every case of ``raw``
+  (``(image, affine, labels)`` each; up to 10,000 per case, drawn with a fixed seed)."""
+  rng = np.random.default_rng(0)
+  fg = [image[labels > 0][:, channel] for image, _, labels in raw]
+  fg = [rng.choice(v, min(len(v), 10000), replace=False) for v in fg if len(v)]
+  return np.concatenate(fg) if fg else np.zeros(0, np.float32)
+
+
 def ct_plan(raw, modalities) -> dict | None:
-  """CT statistics of each CT channel over the foreground voxels of every case (up to
-  10,000 per case, drawn with a fixed seed)."""
-  rng, stats = np.random.default_rng(0), {}
-  for c, modality in enumerate(modalities):
-    if modality.upper() == volumes.CT:
-      fg = [image[labels > 0][:, c] for image, _, labels in raw]
-      fg = [rng.choice(v, min(len(v), 10000), replace=False) for v in fg if len(v)]
-      stats[str(c)] = volumes.ct_statistics(np.concatenate(fg))
+  """CT statistics of each CT channel over the foreground voxels of every case."""
+  raw = list(raw)
+  stats = {
+    str(c): volumes.ct_statistics(foreground_samples(raw, c))
+    for c, modality in enumerate(modalities)
+    if modality.upper() == volumes.CT
+  }
   return stats or None
+
+
+def raw_foreground(source_dir: str, max_cases: int = 0) -> dict:
+  """``{modality: foreground intensities}`` of the cases as stored (before any
+  normalisation): what nnU-Net's fingerprint reports."""
+  description = read_description(source_dir)
+  labels = labels_of(description)
+  raw = [read_case(f, labels) for f in list_cases(source_dir, description, max_cases).values()]
+  return {m: foreground_samples(raw, c) for c, m in enumerate(modalities_of(description))}
 
 
 def prepare(files: dict, description: dict, settings: Settings, where: str) -> None:

@@ -51,6 +51,85 @@ def files_profile(scan) -> dict:
   return out
 
 
+def volume_profile(data, intensities: dict | None = None) -> dict:
+  """nnU-Net's fingerprint of a volume dataset (``data``: a
+  :class:`jaxseg.data.msd.VolumeData`): cases per split, shapes as stored and as
+  prepared, voxel spacings (per axis; median and anisotropy, the largest median over
+  the smallest), voxels per class (prepared), and per modality the intensities over
+  the foreground (``intensities``: ``{modality: values}`` as stored; default: the
+  prepared images)."""
+  cases = list(data.cases.values())
+  spacing = np.array([c["meta"].spacing for c in cases], np.float64)
+  median = np.median(spacing, 0)
+  counts = np.bincount(np.concatenate([c["labels"].ravel() for c in cases]))
+  if intensities is None:
+    modalities = data.plan["modalities"]
+    intensities = {
+      m: np.concatenate([c["image"][c["labels"] > 0][:, i] for c in cases])
+      for i, m in enumerate(modalities)
+    }
+  return {
+    "cases": {split: len(names) for split, names in data.splits.items()},
+    "shape_as_stored": [_summary([c["meta"].shape[a] for c in cases]) for a in range(3)],
+    "shape_prepared": [_summary([c["labels"].shape[a] for c in cases]) for a in range(3)],
+    "spacing": [_summary(spacing[:, a]) for a in range(3)],
+    "median_spacing": median.tolist(),
+    "anisotropy": float(median.max() / median.min()),
+    "labels": data.plan["labels"],
+    "voxels_per_class": {str(c): int(n) for c, n in enumerate(counts)},
+    "foreground_intensity": {m: _intensity(v) for m, v in intensities.items()},
+  }
+
+
+def _intensity(values) -> dict:
+  values = np.asarray(values, np.float64)
+  if not values.size:
+    return {}
+  p = np.percentile(values, [0.5, 50, 99.5])
+  return {
+    "mean": float(values.mean()),
+    "std": float(values.std()),
+    "min": float(values.min()),
+    "percentile_00_5": float(p[0]),
+    "median": float(p[1]),
+    "percentile_99_5": float(p[2]),
+    "max": float(values.max()),
+  }
+
+
+def volume_markdown(report: dict) -> str:
+  """A volume dataset's ``report`` (:mod:`jaxseg.run.inspect`) as text."""
+  p = report["profile"]
+  axes = lambda rows: " x ".join(f"{r['min']:g}-{r['max']:g}" for r in rows)  # noqa: E731
+  lines = [f"# Dataset {report['dataset']} ({report['dir'] or 'generated'})", ""]
+  lines += [f"- cases: {p['cases']}", f"- shape as stored: {axes(p['shape_as_stored'])}"]
+  lines += [f"- shape prepared: {axes(p['shape_prepared'])}"]
+  lines += [f"- spacing (mm): {axes(p['spacing'])}; median {p['median_spacing']}"]
+  lines += [f"- anisotropy (largest / smallest median spacing): {p['anisotropy']:.2f}"]
+  total = sum(p["voxels_per_class"].values())
+  lines += [
+    "- voxels per class: "
+    + ", ".join(
+      f"{p['labels'].get(c, c)} {n:,} ({100 * n / total:.2f}%)"
+      for c, n in p["voxels_per_class"].items()
+    )
+  ]
+  lines += [
+    "",
+    "| modality | foreground mean | std | 0.5% | median | 99.5% |",
+    "|---|---|---|---|---|---|",
+  ]
+  for m, s in p["foreground_intensity"].items():
+    lines.append(
+      f"| {m} | {s['mean']:.4g} | {s['std']:.4g} | {s['percentile_00_5']:.4g} | "
+      f"{s['median']:.4g} | {s['percentile_99_5']:.4g} |"
+    )
+  lines += ["", "## The plan a run of this config uses", ""]
+  lines += [f"- {k}: {v}" for k, v in report["plan"].items()]
+  lines += [f"- {note}" for note in report["notes"]]
+  return "\n".join(lines) + "\n"
+
+
 def _summary(values) -> dict:
   values = np.asarray(values, np.float64)
   if not values.size:

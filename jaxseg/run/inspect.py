@@ -2,6 +2,10 @@
 that config would use, printed, written as ``dataset.md`` beside the prepared data
 (the dataset's cache folder) and, with ``--json F``, as JSON.
 
+A volume dataset (nnU-Net's fingerprint): cases, shapes, voxel spacings (median,
+anisotropy), foreground intensities per modality as stored, voxels per class, and
+the plan a run would use (target spacing, patch size, pooling plan).
+
 Every source file of a folder dataset is read first and every problem (unreadable
 files, unmatched stems, size mismatches) is listed at once; then the data are
 prepared (or found in the cache) and every split as the config carves it is
@@ -12,12 +16,15 @@ import json
 import os
 
 from jaxseg import models
-from jaxseg.data import image_folder, pipeline, profile
-from jaxseg.run.experiment import check_config, fit_model_to_data, resolve_data
+from jaxseg.data import image_folder, msd, pipeline, profile
+from jaxseg.run import volume
+from jaxseg.run.experiment import check_config, fit_model_to_data, is_volume, resolve_data
 
 
 def run(config, json_path: str | None = None) -> dict:
   check_config(config)
+  if is_volume(config):
+    return _write(_volumes(config), json_path, profile.volume_markdown, None)
   config, notes = resolve_data(config)
   builder = pipeline.prepare(config.data)
   sources = pipeline.load_splits(config.data)
@@ -38,11 +45,42 @@ def run(config, json_path: str | None = None) -> dict:
   if config.data.name == "image_folder":
     found = image_folder.scan(config.data.dir, tuple(config.data.kwargs.mask_suffixes))
     report["files"] = profile.files_profile(found)
-  text = profile.markdown(report)
-  path = os.path.join(builder.data_dir, "dataset.md")
-  with open(path, "w") as f:
-    f.write(text)
-  print(text + f"\n(written to {path})")
+  return _write(report, json_path, profile.markdown, os.path.join(builder.data_dir, "dataset.md"))
+
+
+def _volumes(config) -> dict:
+  """The fingerprint of a volume dataset and the plan a run of ``config`` would use."""
+  data, notes = volume.load(config), []
+  config = volume.resolve(config, data.plan, notes)
+  intensities = None
+  if config.data.name == "msd":  # as stored, before normalisation (nnU-Net's fingerprint)
+    intensities = msd.raw_foreground(config.data.dir, config.data.kwargs.max_cases)
+  kwargs = config.model.kwargs
+  plan = {
+    "target_spacing": data.plan["target_spacing"],
+    "median_shape": data.plan["median_shape"],
+    "patch_size": list(config.volume.patch_size),
+    "pooling": [list(k) for k in kwargs.get("pool") or [(2, 2, 2)] * (len(kwargs.widths) - 1)],
+    "in_channels": kwargs.in_channels,
+    "num_classes": kwargs.num_classes,
+    "ct_statistics": data.plan["ct_statistics"],
+  }
+  return {
+    "dataset": config.data.name,
+    "dir": config.data.dir,
+    "profile": profile.volume_profile(data, intensities),
+    "plan": plan,
+    "notes": notes,
+  }
+
+
+def _write(report: dict, json_path, to_text, path) -> dict:
+  """Prints ``report`` and writes it as text to ``path`` (if any) and JSON."""
+  text = to_text(report)
+  if path:
+    with open(path, "w") as f:
+      f.write(text)
+  print(text + (f"\n(written to {path})" if path else ""))
   if json_path:
     with open(json_path, "w") as f:
       json.dump(report, f, indent=2, default=str)

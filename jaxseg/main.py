@@ -3,7 +3,7 @@
 jaxseg train --config FILE[:ARG] --workdir DIR [--config.key=value ...]
 jaxseg eval  --workdir DIR [--split test]
 jaxseg predict --workdir DIR [--workdir DIR2 ...] --input FILE_OR_DIR --output DIR
-jaxseg sweep --config FILE[:ARG] --workdir DIR [--config.key=value ...]
+jaxseg sweep --config FILE[:ARG] --workdir DIR [--cells 0,1] [--config.key=value ...]
 jaxseg synthesize --workdir GAN_RUN --num N --output DIR
 jaxseg inspect --config FILE[:ARG] [--config.data.key=value ...] [--json FILE]
 jaxseg bench --models unet,unetpp:mode=l2,... --input NxCxHxW [--batch N]
@@ -88,6 +88,12 @@ flags.DEFINE_enum(
   "bench: the accelerator report (pipeline, reference step in float32/bfloat16, federated "
   "round, deterministic ops) as --json F and F.md.",
 )
+flags.DEFINE_list(
+  "cells",
+  None,
+  "sweep: run only these cells (0-based, as the sweep lists them) and write no table; "
+  "a last `jaxseg sweep` without --cells tabulates (cells shared by several processes).",
+)
 flags.DEFINE_bool("verbose", False, "Show the traceback of a user error too.")
 
 
@@ -130,10 +136,10 @@ def synthesize(workdir: str, num: int, output: str) -> str:
   return gan.synthesize(workdir, num, output)
 
 
-def sweep(config, workdir: str) -> list[dict]:
+def sweep(config, workdir: str, cells=None) -> list[dict]:
   from jaxseg.run import sweep as runner  # noqa: PLC0415
 
-  return runner.run(config, workdir, runner.Runners(train, evaluate, synthesize))
+  return runner.run(config, workdir, runner.Runners(train, evaluate, synthesize), cells)
 
 
 def _write_json(records) -> None:
@@ -228,7 +234,7 @@ def _run(command: str) -> None:
     _require(command, output=FLAGS.output)
     synthesize(workdir, FLAGS.num, FLAGS.output)
   elif command == "sweep":
-    sweep(FLAGS.config, workdir)
+    sweep(FLAGS.config, workdir, [int(c) for c in FLAGS.cells] if FLAGS.cells else None)
   else:
     evaluate(workdir, FLAGS.split)
 

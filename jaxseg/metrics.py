@@ -12,7 +12,15 @@ jitted evaluation step. Conventions for empty masks (documented and tested):
   ground truth is empty but something is predicted.
 * Pixel error is ``(fp + fn) / pixels``.
 
-Distance metrics (:func:`hausdorff`) are computed on the host with scipy.
+Multi-class runs score every foreground class (:func:`class_counts`; per image
+``class_tp`` ... ``[N, K-1]``); their ``dice`` is the mean over classes, and the
+foreground union (all classes merged, :func:`confusion`) is kept as ``dice_fg``.
+
+Distance metrics (:func:`hausdorff`) are computed on the host with scipy. One
+convention for a missed or hallucinated structure (exactly one mask empty), images
+and volumes alike: its distance is infinite, averaged as the largest distance possible
+in that image or volume (its diagonal, :func:`bounded`), and counted
+(``<metric>_missed``).
 """
 
 import functools
@@ -80,6 +88,29 @@ def scores(counts: dict) -> dict[str, jax.Array]:
 def pooled(counts: dict) -> dict[str, jax.Array]:
   """Scores of the counts summed over the leading (image) axis."""
   return scores({k: np.sum(np.asarray(counts[k], np.int64)) for k in COUNTS})
+
+
+def class_scores(per_image: dict) -> tuple[dict, dict]:
+  """``(per image [N, K-1], pooled [K-1])`` scores of each foreground class from the
+  per-image ``class_tp`` ... counts of :func:`class_counts`."""
+  counts = {k: np.asarray(per_image[f"class_{k}"], np.int64) for k in COUNTS}
+  per = {k: np.asarray(v) for k, v in scores(counts).items()}
+  total = {k: v.sum(0) for k, v in counts.items()}
+  return per, {k: np.asarray(v) for k, v in scores(total).items()}
+
+
+def mean_std(values, pooled=None) -> dict:
+  """One metric of ``test_metrics.json``, images and volumes alike: ``{mean, std}`` over
+  the cases (images or volumes) and ``pooled`` (the score of the summed counts, or None)."""
+  values = np.asarray(values, np.float64)
+  return {"mean": float(values.mean()), "std": float(values.std()), "pooled": pooled}
+
+
+def bounded(distances, extent: float) -> np.ndarray:
+  """``distances`` with the infinite ones (exactly one mask empty) replaced by
+  ``extent``, the largest distance possible (the image's or volume's diagonal)."""
+  distances = np.asarray(distances, np.float64)
+  return np.where(np.isfinite(distances), distances, extent)
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:

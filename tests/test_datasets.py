@@ -362,7 +362,7 @@ def test_unet_folder_takes_encoding_channels_classes_and_size_from_the_data(
     main.train(smoke, str(tmp_path / "run"))
     printed = capsys.readouterr().out
     assert "mask values:" in printed and "channels:" in printed and "model:" in printed
-    assert main.evaluate(str(tmp_path / "run"))["images"] == 1
+    assert main.evaluate(str(tmp_path / "run"))["cases"] == 1
 
 
 def test_ambiguous_masks_are_refused_naming_the_settings(tmp_path):

@@ -45,4 +45,4 @@ def test_covid_ct_smoke_with_segformer(tmp_path):
   state = main.train(config, str(tmp_path))
   assert int(state.step) == config.train.steps
   result = main.evaluate(str(tmp_path))
-  assert result["images"] == 48 and 0.0 <= result["dice"]["mean"] <= 1.0
+  assert result["cases"] == 48 and 0.0 <= result["dice"]["mean"] <= 1.0

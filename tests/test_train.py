@@ -99,7 +99,7 @@ def test_truncated_latest_checkpoint_is_set_aside_and_the_run_resumes(reference_
   assert (ckdir / "6.damaged").is_dir()
   for a, b in zip(_leaves(state), _leaves(resumed), strict=True):
     np.testing.assert_array_equal(a, b)
-  assert main.evaluate(workdir)["images"] == 4  # eval restores the new step 6
+  assert main.evaluate(workdir)["cases"] == 4  # eval restores the new step 6
   for path in ckdir.iterdir():
     if path.name.isdigit():
       _truncate(path)
@@ -147,7 +147,7 @@ def test_eval_prints_test_metrics(reference_run, capsys):
   result = main.evaluate(workdir)
   out = capsys.readouterr().out
   assert "| dice |" in out and "| hd95 |" in out
-  assert result["images"] == 4
+  assert result["cases"] == 4
   assert 0.0 <= result["dice"]["mean"] <= 1.0
   assert os.path.exists(os.path.join(workdir, "test_metrics.json"))
 
@@ -243,4 +243,4 @@ def test_semi_supervised_run_resumes_exactly(tmp_path):
   resumed = main.train(config, str(tmp_path / "cut"))
   for a, b in zip(jax.tree.leaves(full.nets), jax.tree.leaves(resumed.nets), strict=True):
     np.testing.assert_array_equal(a, b)
-  assert main.evaluate(str(tmp_path / "full"))["images"] == 4
+  assert main.evaluate(str(tmp_path / "full"))["cases"] == 4

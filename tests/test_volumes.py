@@ -360,7 +360,7 @@ def test_3d_eval_writes_per_case_metrics(synthetic_run):
   with open(os.path.join(workdir, "test_cases.csv")) as f:
     rows = list(csv.DictReader(f))
   assert result["cases"] == len(rows) == 2
-  assert result["dice"] == pytest.approx(np.mean([float(r["dice_1"]) for r in rows]))
+  assert result["dice"]["mean"] == pytest.approx(np.mean([float(r["dice_1"]) for r in rows]))
   assert {"hd95", "asd", "nsd", "iou"} <= set(result)
 
 

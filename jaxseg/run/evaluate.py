@@ -28,10 +28,10 @@ def run(workdir: str, split: str = "test") -> dict:
     for name, values in (("ged", ged), ("sample_diversity", diversity)):
       table[name] = {"mean": float(values.mean()), "std": float(values.std()), "pooled": None}
     pictures.save_samples(os.path.join(workdir, f"{split}_samples.png"), **shown)
-  result = {"step": step, "split": split, "images": len(per_image["loss"]), **table}
+  result = {"step": step, "split": split, "cases": len(per_image["loss"]), **table}
   with open(os.path.join(workdir, f"{split}_metrics.json"), "w") as f:
     json.dump(result, f, indent=2)
-  print(f"\n{split} split, {result['images']} images, best checkpoint (step {step}):\n")
+  print(f"\n{split} split, {result['cases']} images, best checkpoint (step {step}):\n")
   print(format_table(table))
   return result
 
@@ -70,42 +70,45 @@ def sampled_scores(exp: Experiment, variables, split: str, m: int, shown: int = 
 
 def metrics_table(per_image: dict, image_shape, topology: bool = False) -> dict:
   """``{metric: {mean, std, pooled}}`` incl. HD and HD95 in pixels, and with
-  ``topology`` the ISBI 2012 Rand and warping errors.
+  ``topology`` the ISBI 2012 Rand and warping errors; ``dice_<k>`` / ``iou_<k>`` of each
+  foreground class, and with several classes ``dice`` / ``iou`` their mean (the union's
+  ``dice_fg`` / ``iou_fg``).
 
   A Hausdorff distance is infinite when exactly one of prediction and truth is empty;
-  for the mean it is replaced by the image diagonal (the largest possible distance),
+  for the mean it is replaced by the image diagonal (:func:`jaxseg.metrics.bounded`),
   and the number of such images is reported as ``hd_missed``.
   """
   per = {k: np.asarray(v) for k, v in metrics.scores(per_image).items()}
   pooled = {k: float(v) for k, v in metrics.pooled(per_image).items()}
+  per_class, pooled_class = metrics.class_scores(per_image)
+  if pooled_class["dice"].size > 1:
+    for name in ("dice", "iou"):
+      per[f"{name}_fg"], pooled[f"{name}_fg"] = per[name], pooled[name]
+      per[name], pooled[name] = per_class[name].mean(1), float(pooled_class[name].mean())
+  for name in ("dice", "iou"):
+    for k in range(pooled_class[name].size):
+      per[f"{name}_{k + 1}"] = per_class[name][:, k]
+      pooled[f"{name}_{k + 1}"] = float(pooled_class[name][k])
   diag = math.hypot(*image_shape[:2])
   pairs = list(zip(per_image["pred"], per_image["labels"], strict=True))
   hd = np.array([metrics.hausdorff(p, g) for p, g in pairs])
   hd95 = np.array([metrics.hausdorff(p, g, percentile=95) for p, g in pairs])
-  table = {
-    k: {"mean": float(v.mean()), "std": float(v.std()), "pooled": pooled[k]} for k, v in per.items()
-  }
+  table = {k: metrics.mean_std(v, pooled[k]) for k, v in per.items()}
   if topology:
     for name, fn in (("rand_error", metrics.rand_error), ("warping_error", metrics.warping_error)):
-      values = np.array([fn(p, g) for p, g in pairs])
-      table[name] = {"mean": float(values.mean()), "std": float(values.std()), "pooled": None}
+      table[name] = metrics.mean_std([fn(p, g) for p, g in pairs])
   for name, values in (("hd", hd), ("hd95", hd95)):
-    finite = np.where(np.isfinite(values), values, diag)
-    table[name] = {"mean": float(finite.mean()), "std": float(finite.std()), "pooled": None}
+    table[name] = metrics.mean_std(metrics.bounded(values, diag))
   table["hd_missed"] = int(np.sum(~np.isfinite(hd)))
-  table["loss"] = {
-    "mean": float(np.mean(per_image["loss"])),
-    "std": float(np.std(per_image["loss"])),
-    "pooled": None,
-  }
+  table["loss"] = metrics.mean_std(per_image["loss"])
   return table
 
 
 def format_table(table: dict) -> str:
   lines = ["| metric | mean ± std (per image) | pooled |", "|---|---|---|"]
-  for name, row in table.items():
-    if isinstance(row, dict):
-      pooled = "" if row["pooled"] is None else f"{row['pooled']:.4f}"
-      lines.append(f"| {name} | {row['mean']:.4f} ± {row['std']:.4f} | {pooled} |")
+  for name, r in table.items():
+    if isinstance(r, dict):
+      pooled = "" if r["pooled"] is None else f"{r['pooled']:.4f}"
+      lines.append(f"| {name} | {r['mean']:.4f} ± {r['std']:.4f} | {pooled} |")
   lines.append(f"| images with HD = inf (one mask empty) | {table['hd_missed']} | |")
   return "\n".join(lines)

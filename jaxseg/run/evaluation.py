@@ -79,6 +79,9 @@ def _evaluate_tiled(exp: Experiment, variables, split: str, keep: int) -> tuple[
     pred = infer.labels_of(prob).astype(np.int32)
     loss = exp.loss_fn(infer.logits_of(prob)[None], labels[None], batch.get("weights"))
     counts = {k: int(v) for k, v in metrics.confusion(pred, labels).items()}
+    num = exp.model.interface.num_classes
+    classes = metrics.class_counts(pred, labels, num)
+    counts.update({f"class_{k}": np.asarray(v) for k, v in classes.items()})
     rows.append({"loss": float(loss), "pred": pred, "labels": labels, **counts})
     if len(shown["image"]) < keep:
       for name, value in zip(SHOWN, (image, labels, pred), strict=True):
@@ -111,14 +114,19 @@ def predict(infer_config, predict_fn, interface, image: np.ndarray) -> np.ndarra
 
 
 def summarize(per_image: dict) -> dict:
-  """Pooled overlap scores, mean per-image Dice and the mean loss."""
+  """Pooled overlap scores, mean per-image Dice and the mean loss; with several
+  foreground classes ``dice`` is the mean of the classes' pooled Dice (``dice_<k>``),
+  the foreground union's ``dice_fg``."""
   pooled = {k: float(v) for k, v in metrics.pooled(per_image).items()}
   per_dice = metrics.scores(per_image)["dice"]
-  return {
-    "loss": float(np.mean(per_image["loss"])),
-    **pooled,
-    "dice_per_image": float(np.mean(per_dice)),
-  }
+  out = {"loss": float(np.mean(per_image["loss"])), **pooled}
+  out["dice_per_image"] = float(np.mean(per_dice))
+  class_dice = metrics.class_scores(per_image)[1]["dice"]
+  if len(class_dice) > 1:
+    out["dice_fg"] = out["dice"]
+    out["dice"] = float(class_dice.mean())
+    out.update({f"dice_{k + 1}": float(d) for k, d in enumerate(class_dice)})
+  return out
 
 
 def validate_and_save(evaluator, state, step, record, extra, ckpts, logger, workdir, write) -> bool:

@@ -119,8 +119,11 @@ def cells(sweep: Sweep):
     yield labels, overrides
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, runners: Runners) -> list[dict]:
-  """Runs (or resumes) every cell of ``config.sweep`` and writes the results table."""
+def run(config: ml_collections.ConfigDict, workdir: str, runners: Runners, only=None) -> list[dict]:
+  """Runs (or resumes) every cell of ``config.sweep`` and writes the results table.
+  ``only``: the indices (0-based, in the order cells are listed) of the cells to run,
+  and no table — several processes (or machines) can share the cells of one sweep, and
+  a last ``jaxseg sweep`` without ``--cells`` tabulates them."""
   if "sweep" not in config:
     raise UserError("config has no `sweep` section; use `jaxseg train` for a single run.")
   sweep = settings(config.sweep)
@@ -137,13 +140,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, runners: Runners) -> li
   synthetic = synthesize(base, sweep.synthesis, workdir, runners) if sweep.synthesis else None
   results = []
   todo = list(cells(sweep))
+  if only is not None and not set(only) <= set(range(len(todo))):
+    raise UserError(f"--cells {sorted(only)}: the sweep has cells 0..{len(todo) - 1}.")
   for i, (labels, overrides) in enumerate(todo):
+    if only is not None and i not in only:
+      continue
     overrides = [(k, synthetic if v == SYNTHETIC else v) for k, v in overrides]
     name = "_".join(f"{k}={v}" for k, v in labels.items()).replace("/", "-")  # e.g. 1/16
     cell_dir = os.path.join(workdir, name)
     path = os.path.join(cell_dir, "test_metrics.json")
     if not os.path.exists(path):
-      print(f"\n[{i + 1}/{len(todo)}] {labels}", flush=True)
+      print(f"\n[cell {i} of 0..{len(todo) - 1}] {labels}", flush=True)
       runners.train(apply_overrides(base, overrides), cell_dir)
       runners.evaluate(cell_dir)
     with open(path) as f:
@@ -153,7 +160,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, runners: Runners) -> li
       with open(measured) as f:
         results[-1]["cost"] = json.load(f)["text"]
     results[-1]["curve"] = validation_curve(cell_dir)
-  return write_tables(sweep, results, workdir)
+  return results if only is not None else write_tables(sweep, results, workdir)
 
 
 def write_tables(sweep: Sweep, results: list[dict], workdir: str) -> list[dict]:

@@ -8,10 +8,12 @@ spacing, original orientation), so ``eval`` scores exactly what ``predict`` writ
 distance in mm (each case's own spacing) and normalized surface Dice at
 ``config.eval.nsd_tolerance`` mm, against the case's label file as stored (or the
 generated labels of a built-in dataset); printed as a table of means, written as
-``<split>_metrics.json`` and a per-case ``<split>_cases.csv``. Empty-mask conventions
-as for 2-D (:mod:`jaxseg.metrics`): a class absent from both is Dice 1, HD95/ASD 0,
-NSD 1; absent from one only: Dice 0, NSD 0, HD95/ASD infinite — such cases are left
-out of the distance means and counted (``<metric>_missed``).
+``<split>_metrics.json`` (the schema of image runs: ``{metric: {mean, std, pooled}}``
+over the cases; ``dice`` etc. the per-case mean over classes) and a per-case
+``<split>_cases.csv``. Empty-mask conventions as for images (:mod:`jaxseg.metrics`):
+a class absent from both is Dice 1, HD95/ASD 0, NSD 1; absent from one only: Dice 0,
+NSD 0, HD95/ASD infinite in the CSV, averaged as the case's diagonal in mm and
+counted (``<metric>_missed``).
 
 ``predict``: ``<case>.nii.gz`` (uint8 labels; the input's affine and header) and
 ``<case>_overlay.png`` (axial, coronal and sagittal mid-slices) for a NIfTI file or a
@@ -60,33 +62,34 @@ def truth_of(case: dict) -> np.ndarray:
   return case["labels"]
 
 
-def summarize(rows: list[dict], num_classes: int) -> dict:
-  """Means over cases (finite distances only; ``*_missed`` counts the rest)."""
-  table = {}
-  for key in rows[0]:
-    if key == "case":
-      continue
-    values = np.array([r[key] for r in rows], np.float64)
-    finite = values[np.isfinite(values)]
-    table[key] = float(finite.mean()) if finite.size else float("nan")
-    if finite.size < values.size:
-      table[f"{key}_missed"] = int(values.size - finite.size)
+def summarize(rows: list[dict], num_classes: int, extents) -> dict:
+  """``{metric: {mean, std, pooled: None}}`` over cases; infinite distances (a class
+  missed or hallucinated) count as the case's ``extents`` (its diagonal in mm) and
+  are counted as ``<metric>_missed``."""
+  table, classes = {}, range(1, max(num_classes, 2))
   for m in METRICS:
-    per_class = [table[f"{m}_{c}"] for c in range(1, max(num_classes, 2))]
-    table[m] = float(np.nanmean(per_class))
+    values = np.array([[r[f"{m}_{c}"] for c in classes] for r in rows], np.float64)
+    missed = ~np.isfinite(values)
+    values = metrics.bounded(values, np.asarray(extents, np.float64)[:, None])
+    table[m] = metrics.mean_std(values.mean(1))
+    for i, c in enumerate(classes):
+      table[f"{m}_{c}"] = metrics.mean_std(values[:, i])
+      if missed[:, i].any():
+        table[f"{m}_{c}_missed"] = int(missed[:, i].sum())
   return table
 
 
 def run_eval(workdir: str, split: str = "test") -> dict:
   exp, variables, step = restore(workdir, (split,))
   num, tolerance = exp.model.interface.num_classes, exp.config.eval.nsd_tolerance
-  rows = []
+  rows, extents = [], []
   for name in exp.volumes.data.splits[split]:
     case = exp.volumes.data.cases[name]
     pred = volumes.restore_case(exp.volumes.predict(variables, case["image"]), case["meta"])
     spacing = volumes.spacing_of(case["meta"].affine)
     rows.append({"case": name, **case_scores(pred, truth_of(case), spacing, num, tolerance)})
-  table = summarize(rows, num)
+    extents.append(float(np.linalg.norm(np.asarray(pred.shape) * spacing)))
+  table = summarize(rows, num, extents)
   result = {"step": step, "split": split, "cases": len(rows), **table}
   with open(os.path.join(workdir, f"{split}_metrics.json"), "w") as f:
     json.dump(result, f, indent=2)
@@ -104,7 +107,7 @@ def format_table(table: dict, num_classes: int, tolerance: float) -> str:
   lines = [head, "|---|---|---|---|---|---|"]
   for c in [*range(1, max(num_classes, 2)), "mean"]:
     suffix = "" if c == "mean" else f"_{c}"
-    cells = " | ".join(f"{table[m + suffix]:.4f}" for m in METRICS)
+    cells = " | ".join(f"{table[m + suffix]['mean']:.4f}" for m in METRICS)
     lines.append(f"| {c} | {cells} |")
   return "\n".join(lines)
 

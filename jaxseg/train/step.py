@@ -147,7 +147,8 @@ def augmented(ctx: Context, key, *batches):
 
 
 def make_eval_step(model: nn.Module, loss_fn: Callable) -> Callable:
-  """Returns ``eval_step(variables, batch) -> per-image loss, confusion counts, prediction``."""
+  """Returns ``eval_step(variables, batch) -> per-image loss, confusion counts (the
+  foreground union, and ``class_*`` per foreground class), prediction``."""
 
   def eval_step(variables: dict, batch: dict):
     logits = decode(model.apply(variables, batch["image"], train=False)).logits
@@ -156,11 +157,13 @@ def make_eval_step(model: nn.Module, loss_fn: Callable) -> Callable:
       lambda lg, lb, w: loss_fn(lg[None], lb[None], None if w is None else w[None])
     )
     pred = metrics.hard_labels(logits)
+    classes = metrics.class_counts(pred, labels, model.interface.num_classes, batched=True)
     return {
       "loss": per_image(logits, labels, weights),
       "pred": pred,
       "labels": labels,
       **metrics.confusion(pred, labels),
+      **{f"class_{k}": v for k, v in classes.items()},
     }
 
   return eval_step

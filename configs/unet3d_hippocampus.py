@@ -33,7 +33,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def hippocampus(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.data.kwargs = ml_collections.ConfigDict(
-    dict(target_spacing=(), folds=5, fold=0, validation_fraction=0.1, max_cases=0, seed=0)
+    dict(
+      target_spacing=(),
+      folds=5,
+      fold=0,
+      validation_fraction=0.1,
+      max_cases=0,
+      seed=0,
+      unlabeled=True,  # imagesTs/ cases join the unlabeled pool
+      sites="",  # a case,site CSV: federated clients by site
+    )
   )
   config.volume.update(patch_size=(32, 48, 32), bucket=8)
   # Anterior and posterior lie along y: mirroring y (or z) would swap what the labels

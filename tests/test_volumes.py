@@ -170,8 +170,9 @@ def _write_case(folder, name, image, labels, affine, channels_split=False):
   nib.save(nib.Nifti1Image(labels, affine), os.path.join(folder, "labelsTr", f"{name}.nii.gz"))
 
 
-def _describe(folder, names, labels=None):
+def _describe(folder, names, labels=None, test=()):
   description = {
+    "test": list(test),
     "modality": {"0": "CT"},
     "labels": labels or {"0": "background", "1": "lesion"},
     "training": [
@@ -219,6 +220,35 @@ def semi_config():
   return config
 
 
+def test_msd_reads_unlabeled_cases_and_sites(tmp_path):
+  """imagesTs cases (dataset.json's test list) are prepared without labels into the
+  ``unlabeled`` split; a sites CSV gives each labeled case its site; a case missing
+  from it is named."""
+  rng = np.random.default_rng(2)
+  names = [f"mr_{i}" for i in range(5)]
+  for n in [*names, "mr_x", "mr_y"]:
+    labels = np.zeros((8, 8, 4), np.uint8)
+    labels[2:5, 2:5, 1:3] = 1
+    _write_case(str(tmp_path), n, rng.normal(size=(8, 8, 4)).astype(np.float32), labels, np.eye(4))
+  for n in ("mr_x", "mr_y"):  # move to imagesTs, drop the labels
+    os.makedirs(tmp_path / "imagesTs", exist_ok=True)
+    os.replace(tmp_path / "imagesTr" / f"{n}.nii.gz", tmp_path / "imagesTs" / f"{n}.nii.gz")
+    os.remove(tmp_path / "labelsTr" / f"{n}.nii.gz")
+  _describe(str(tmp_path), names, test=["./imagesTs/mr_x.nii.gz", "./imagesTs/mr_y.nii.gz"])
+  (tmp_path / "sites.csv").write_text(
+    "case,site\n" + "".join(f"{n},h{i % 2}\n" for i, n in enumerate(names))
+  )
+  data = msd.load(str(tmp_path), str(tmp_path / "cache"), sites=str(tmp_path / "sites.csv"))
+  assert data.splits["unlabeled"] == ["mr_x", "mr_y"]
+  assert not data.cases["mr_x"]["labels"].any() and data.cases["mr_x"]["image"].shape[-1] == 1
+  assert sorted(sum((data.splits[s] for s in ("train", "validation", "test")), [])) == names
+  assert [data.cases[n]["site"] for n in names] == [0, 1, 0, 1, 0]
+  assert msd.load(str(tmp_path), str(tmp_path / "c2"), unlabeled=False).splits["unlabeled"] == []
+  (tmp_path / "sites.csv").write_text("mr_0,a\n")
+  with pytest.raises(UserError, match="sites.csv: no site for case 'mr_1'"):
+    msd.load(str(tmp_path), str(tmp_path / "cache"), sites=str(tmp_path / "sites.csv"))
+
+
 def test_inspect_fingerprints_a_volume_dataset(tmp_path):
   """``jaxseg inspect`` on volumes: spacings and anisotropy as stored, foreground
   intensities before normalisation, voxels per class, and the run's plan (patch,
@@ -249,7 +279,7 @@ def test_inspect_fingerprints_a_volume_dataset(tmp_path):
   values = np.concatenate(foreground).astype(np.float64)
   assert p["foreground_intensity"]["CT"]["mean"] == pytest.approx(values.mean())
   assert report["plan"]["pooling"] == [[2, 2, 1], [2, 2, 2]]
-  assert p["cases"] == {"train": 3, "validation": 1, "test": 1}
+  assert p["cases"] == {"train": 3, "validation": 1, "test": 1, "unlabeled": 0}
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,9 @@
     DIR/imagesTr/      <case>.nii.gz (channels in a 4-D file or one file per channel,
                        <case>_0000.nii.gz, <case>_0001.nii.gz, ... as nnU-Net names them)
     DIR/labelsTr/      <case>.nii.gz
+    DIR/imagesTs/      cases without labels (dataset.json's "test" list, or every
+                       NIfTI file of the folder): the unlabeled pool of
+                       semi-supervised methods (setting ``unlabeled``)
 
 Every case is prepared by :func:`jaxseg.data.volumes.prepare_case` (canonical
 orientation, resampling to the target spacing — by default the training cases'
@@ -16,9 +19,11 @@ data. Splits: the cases shuffled by ``seed`` into ``folds`` folds by case; fold
 ``fold`` is the test split, ``validation_fraction`` of the rest the validation split.
 """
 
+import csv
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -41,6 +46,10 @@ class Settings:
     validation_fraction: of the remaining cases, held out for validation.
     max_cases: use only the first N cases of dataset.json (0: all; smoke runs).
     seed: of the split.
+    unlabeled: the cases without labels (``imagesTs``) join the training data of
+      semi-supervised methods and federated clients as unlabeled cases.
+    sites: a CSV file of ``case,site`` lines (e.g. the hospital of each case; a header
+      line is allowed) — a federated run can then partition the cases by site.
   """
 
   target_spacing: tuple = ()
@@ -49,6 +58,8 @@ class Settings:
   validation_fraction: float = 0.1
   max_cases: int = 0
   seed: int = 0
+  unlabeled: bool = True
+  sites: str = ""
 
 
 @dataclasses.dataclass
@@ -57,7 +68,7 @@ class VolumeData:
 
   plan: dict  # modalities, labels, target_spacing, ct_statistics, median_shape
   cases: dict  # name -> {"image" [x, y, z, C] float32, "labels" [x, y, z] uint8, "meta"}
-  splits: dict  # split -> [case names]
+  splits: dict  # split -> [case names]; "unlabeled": cases without labels (zeros)
 
 
 def read_description(source_dir: str) -> dict:
@@ -117,6 +128,41 @@ def list_cases(source_dir: str, description: dict, max_cases: int = 0) -> dict:
   return {n: cases[n] for n in names}
 
 
+def list_unlabeled(source_dir: str, description: dict, max_cases: int = 0) -> dict:
+  """``{case: (image files, None)}`` of the cases without labels: dataset.json's
+  ``test`` list (MSD), else every NIfTI case of ``imagesTs/`` (nnU-Net)."""
+  channels, listed = len(modalities_of(description)), description.get("test") or []
+  if not listed and os.path.isdir(os.path.join(source_dir, "imagesTs")):
+    files = sorted(os.listdir(os.path.join(source_dir, "imagesTs")))
+    stems = {re.sub(r"(_\d{4})?\.nii(\.gz)?$", "", f) for f in files if f.endswith(NIFTI)}
+    listed = [f"imagesTs/{s}.nii.gz" for s in sorted(stems)]
+  cases = {}
+  for entry in listed:
+    entry = entry["image"] if isinstance(entry, dict) else entry
+    name = re.sub(r"\.nii(\.gz)?$", "", os.path.basename(entry))
+    cases[name] = (channel_files(source_dir, entry, channels), None)
+  names = sorted(cases)[: max_cases or None]
+  return {n: cases[n] for n in names}
+
+
+def read_sites(path: str, names) -> dict:
+  """``{case: site index}`` from a ``case,site`` CSV (sites numbered in sorted order)."""
+  if not os.path.exists(path):
+    raise UserError(f"config.data.kwargs.sites: {path} not found.")
+  with open(path, newline="") as f:
+    rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+  rows = [r for r in rows if r[0] != "case"]  # a header line
+  bad = [r for r in rows if len(r) != 2]
+  if bad:
+    raise UserError(f"{path}: expected 'case,site' lines, found {','.join(bad[0])!r}.")
+  sites = {case.strip(): site.strip() for case, site in rows}
+  missing = sorted(set(names) - set(sites))
+  if missing:
+    raise UserError(f"{path}: no site for case {missing[0]!r} ({len(missing)} cases without).")
+  index = {s: i for i, s in enumerate(sorted(set(sites.values())))}
+  return {n: index[sites[n]] for n in names}
+
+
 def split_cases(names, folds: int, fold: int, validation_fraction: float, seed: int) -> dict:
   """Test = fold ``fold`` of ``folds`` (cases shuffled by ``seed``); validation =
   ``validation_fraction`` of the rest (at least one case)."""
@@ -137,7 +183,11 @@ def load(source_dir: str | None, cache_dir: str, **kwargs) -> VolumeData:
   source_dir = folder.require_dir(source_dir, "msd")
   description = read_description(source_dir)
   files = list_cases(source_dir, description, settings.max_cases)
-  items = [folder.Item(n, (*f[0], f[1]), None) for n, f in files.items()]
+  if settings.unlabeled:
+    files.update(list_unlabeled(source_dir, description, settings.max_cases))
+  items = [
+    folder.Item(n, (*images, *filter(None, [label])), None) for n, (images, label) in files.items()
+  ]
   key = folder.fingerprint(dataclasses.asdict(settings), items)
   where = os.path.join(cache_dir, "volumes", f"msd_{key}")
   if not os.path.exists(os.path.join(where, "plan.json")):
@@ -154,15 +204,23 @@ def load(source_dir: str | None, cache_dir: str, **kwargs) -> VolumeData:
         "meta": meta,
         "label_file": files[name][1],
       }
+  labeled = sorted(n for n, f in files.items() if f[1])
   splits = split_cases(
-    sorted(files), settings.folds, settings.fold, settings.validation_fraction, settings.seed
+    labeled, settings.folds, settings.fold, settings.validation_fraction, settings.seed
   )
+  splits["unlabeled"] = sorted(n for n, f in files.items() if not f[1])
+  if settings.sites:
+    for name, site in read_sites(settings.sites, labeled).items():
+      cases[name]["site"] = site
   return VolumeData(plan, cases, splits)
 
 
 def read_case(files, known_labels):
+  """``(image, affine, labels)`` of a case (labels: zeros for a case without them)."""
   paths, label_path = files
   image, affine, _ = volumes.load_channels(paths)
+  if label_path is None:
+    return image, affine, np.zeros(image.shape[:3], np.uint8)
   labels, label_affine, _ = volumes.read(label_path)
   if labels.shape != image.shape[:3]:
     raise UserError(
@@ -206,17 +264,19 @@ def prepare(files: dict, description: dict, settings: Settings, where: str) -> N
   """Reads every case, plans (spacing, CT statistics) and writes the cache atomically."""
   modalities, labels = modalities_of(description), labels_of(description)
   raw = {n: read_case(f, labels) for n, f in files.items()}
+  labeled = [raw[n] for n, f in files.items() if f[1]]  # the plan is the labeled cases'
   target = settings.target_spacing
   if not target:
-    target = np.median([volumes.canonical_spacing(a) for _, a, _ in raw.values()], 0).tolist()
+    target = np.median([volumes.canonical_spacing(a) for _, a, _ in labeled], 0).tolist()
   target = tuple(float(t) for t in target)
-  ct = ct_plan(raw.values(), modalities)
+  ct = ct_plan(labeled, modalities)
   tmp = where + ".tmp"
   os.makedirs(tmp, exist_ok=True)
   shapes = []
   for name, (image, affine, lab) in raw.items():
     img, lab, meta = volumes.prepare_case(image, affine, lab, target, modalities, ct)
-    shapes.append(img.shape[:3])
+    if files[name][1]:
+      shapes.append(img.shape[:3])
     meta = json.dumps(meta.to_json())
     np.savez(os.path.join(tmp, f"{name}.npz"), image=img, labels=lab, meta=meta)
   plan = dict(

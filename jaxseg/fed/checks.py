@@ -36,7 +36,7 @@ def check(config, devices: int, processes: int = 1) -> None:
           "and data_devices; length: config.fed.rounds); remove it."
         )
   if config.data.name in datasets.VOLUMES:
-    _check_volumes(fc)
+    _check_volumes(fc, config.data)
   if "method" not in config:
     raise UserError("a federated config needs config.method (e.g. 'supervised' for FedAvg).")
   if fc.rounds <= 0:
@@ -72,16 +72,17 @@ def check(config, devices: int, processes: int = 1) -> None:
     broadcast.check(fc[broadcast.settings], fc.scenario)
 
 
-def _check_volumes(fc) -> None:
+def _check_volumes(fc, data) -> None:
   if fc.placement == "stream":
     raise UserError(
       "config.fed.placement='stream' on volumes: patches are drawn inside the round from "
       "the cases on the device; use 'device' or 'auto'."
     )
-  if fc.partition == "site" or fc.attribute == "site" and fc.partition == "dirichlet":
+  by_site = fc.partition == "site" or fc.attribute == "site" and fc.partition == "dirichlet"
+  if by_site and not ("sites" in data.kwargs and data.kwargs.sites):
     raise UserError(
-      f"config.fed.partition={fc.partition!r} by site on volumes: the cases carry no site; "
-      "use 'iid' or 'dirichlet' over attribute 'lesion_size'."
+      f"config.fed.partition={fc.partition!r} by site on volumes needs each case's site: "
+      "config.data.kwargs.sites (a case,site CSV file; dataset msd)."
     )
 
 

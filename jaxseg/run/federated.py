@@ -100,8 +100,10 @@ def labeled_meta(exp: Experiment) -> tuple[np.ndarray, np.ndarray, int]:
   """``(foreground fraction, site, unlabeled count)``: per training image (volume:
   case) with a mask, what the partition reads, and how many more have none."""
   if exp.volumes is not None:
-    train = volume.Cases(exp.volumes.cases("train"), exp.volumes.patch).foreground()
-    return train, np.zeros(len(train), np.int64), len(exp.volumes.cases("unlabeled"))
+    cases = exp.volumes.cases("train")
+    sites = np.array([c.get("site", 0) for c in cases], np.int64)  # msd's `sites` setting
+    foreground = volume.Cases(cases, exp.volumes.patch).foreground()
+    return foreground, sites, len(exp.volumes.cases("unlabeled"))
   source = exp.sources["train"]
   meta = source.take(np.arange(len(source)), ("mask", "site"))
   foreground, sites = (meta["mask"] > 0).mean(axis=(1, 2)), meta["site"].astype(np.int64)

@@ -348,8 +348,8 @@ def test_3d_fedwep_is_reproducible_and_resumes_exactly(tmp_path):
 
 def test_3d_training_draws_the_same_batches_on_1_2_and_4_devices():
   """Data parallelism on volumes: the patch feed draws bitwise the same global batches
-  on every mesh, and two steps end at the one-device parameters (up to the order of
-  sums)."""
+  on 1, 2 and 4 devices, and a step on 4 devices ends at the one-device parameters
+  (up to the order of sums)."""
   code = """
 import jax, numpy as np
 jax.config.update("jax_num_cpu_devices", 4)
@@ -365,17 +365,14 @@ for devices in (1, 2, 4):
   exp = Experiment(config, splits=("train",))
   mesh = train.make_mesh(config)
   data = feed.make(exp, mesh)
-  init, step = train.compile_step(exp, mesh, data)
-  state, batches = init(), []
-  for i in range(2):
-    batches.append(jax.device_get(jax.jit(data.batch)(data.next(), i)))
-    state, _ = step(state, data.next(), exp.train_key)
-  out[devices] = jax.device_get(state.nets["model"].params)
-  drawn[devices] = batches
+  drawn[devices] = [jax.device_get(jax.jit(data.batch)(data.next(), i)) for i in range(3)]
+  if devices != 2:
+    init, step = train.compile_step(exp, mesh, data)
+    out[devices] = jax.device_get(step(init(), data.next(), exp.train_key)[0].nets["model"].params)
 close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-for devices in out:
+for devices in drawn:
   jax.tree.map(np.testing.assert_array_equal, drawn[1], drawn[devices])
-  jax.tree.map(close, out[1], out[devices])
+jax.tree.map(close, out[1], out[4])
 print("3-D data parallel ok")
 """
   env = {**os.environ, "PYTHONPATH": REPO}

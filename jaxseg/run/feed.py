@@ -6,7 +6,10 @@ one (:func:`streams`); ``next()`` gives what the compiled step takes and
 rule for every device path: epoch ``e`` of a stream of ``n`` examples (images, or a
 volume run's cases) is a permutation keyed by the stream's seed and ``e``; batch
 ``s`` is positions ``s·B … s·B+B−1`` of epoch 0, epoch 1, … (without replacement,
-:mod:`jaxseg.data.resident`). The host path follows grain's shuffle of the same kind.
+:mod:`jaxseg.data.resident`). The host path follows grain's shuffle, of the same
+kind (each epoch a seeded permutation) but with a different permutation, and it drops
+a last partial batch. Federated clients draw with replacement (see
+:mod:`jaxseg.fed.simulate`).
 
 Volumes (:class:`PatchFeed`): the cases are uploaded once as a padded stack and every
 step draws its patches inside the compiled step from the cases of that rule

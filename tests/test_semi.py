@@ -167,49 +167,65 @@ def test_rwp_loss_closed_form():
   np.testing.assert_allclose(m["loss"], expected, rtol=1e-5)
 
 
-def test_mean_teacher_consistency_and_ema():
-  ctx = _ctx()
-  method = semi.make_method(
-    "mean_teacher", dict(decay=0.9, weight=2.0, ramp_up_steps=10, input_noise=0.0)
-  )
-  labeled, unlabeled = _batches()
+def test_mean_teacher_ema_warms_up_as_ssl4mis():
+  """SSL4MIS's ``alpha_t = min(1 - 1/(t + 1), decay)`` counted from t = 0: after the
+  first step the teacher *is* the student; after the second, the mean of the two;
+  with ``ema_warmup=False`` the constant decay. Teacher == student at init, so the
+  first consistency is 0 and the loss is supervised."""
+  ctx, (labeled, unlabeled) = _ctx(), _batches()
+  method = semi.make_method("mean_teacher", dict(decay=0.9, input_noise=0.0))
   state = method.init(ctx, jax.random.key(2))
-  new, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(3))
-  # Teacher == student at init: the consistency term is 0, the loss is supervised.
-  np.testing.assert_allclose(m["unsup"], 0.0, atol=1e-12)
+  one, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(3))
   w = state.nets["student"].params
+  np.testing.assert_allclose(m["unsup"], 0.0, atol=1e-12)
   np.testing.assert_allclose(
     m["loss"], losses.bce(_logits(w, labeled["image"]), labeled["labels"]), rtol=1e-5
   )
-  s, t = (
-    new.nets["student"].params["dense"]["kernel"],
-    new.nets["teacher"].params["dense"]["kernel"],
-  )
-  np.testing.assert_allclose(t, 0.9 * w["dense"]["kernel"] + 0.1 * s, rtol=1e-6)
+  kernel = lambda s, n: s.nets[n].params["dense"]["kernel"]  # noqa: E731
+  np.testing.assert_array_equal(kernel(one, "teacher"), kernel(one, "student"))
+  two, m = method.step(ctx, one, labeled, unlabeled, jax.random.key(3))
+  assert float(m["ema_decay"]) == 0.5
+  expected = 0.5 * kernel(one, "teacher") + 0.5 * kernel(two, "student")
+  np.testing.assert_allclose(kernel(two, "teacher"), expected, rtol=1e-6)
+  constant = semi.make_method("mean_teacher", dict(decay=0.9, ema_warmup=False))
+  new, _ = constant.step(ctx, state, labeled, unlabeled, jax.random.key(3))
+  expected = 0.9 * w["dense"]["kernel"] + 0.1 * kernel(new, "student")
+  np.testing.assert_allclose(kernel(new, "teacher"), expected, rtol=1e-6)
   np.testing.assert_allclose(base.ramp_up(jnp.array(0), 10), np.exp(-5.0))
+  assert method.evaluated == "student" and constant.evaluated == "student"
 
 
-def test_mean_teacher_gives_each_network_its_own_noise():
-  """Teacher == student at init; the consistency is the MSE between the student's
-  probabilities on ``x + n_s`` and the teacher's on ``x + n_t``, independent noises
-  (Tarvainen & Valpola), or on the clean ``x`` with ``teacher_noise=False``."""
+def test_mean_teacher_noise_is_the_teachers_clipped_gaussian():
+  """SSL4MIS: only the teacher's input gets noise, ``clip(0.1 N(0, 1), ±0.2)``; the
+  consistency is the MSE of the student's probabilities on the clean view and the
+  teacher's on the noisy one. ``student_noise=True`` (the paper) gives the student
+  its own noise; ``teacher_noise=False`` a clean teacher."""
   ctx, (labeled, unlabeled) = _ctx(), _batches()
   x = unlabeled["image"]
-  for teacher_noise in (True, False):
-    method = semi.make_method(
-      "mean_teacher", dict(input_noise=0.3, teacher_noise=teacher_noise, ramp_up_steps=1)
-    )
+  keys = jax.random.split(jax.random.fold_in(jax.random.key(3), 0), 5)
+  clipped = [jnp.clip(0.3 * jax.random.normal(k, x.shape), -0.2, 0.2) for k in keys[1::2]]
+  cases = (
+    ({}, x, x + clipped[1]),
+    ({"student_noise": True}, x + clipped[0], x + clipped[1]),
+    ({"teacher_noise": False}, x, x),
+  )
+  for settings, student_x, teacher_x in cases:
+    method = semi.make_method("mean_teacher", dict(input_noise=0.3, ramp_up_steps=1, **settings))
     state = method.init(ctx, jax.random.key(2))
     _, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(3))
-    keys = jax.random.split(jax.random.fold_in(jax.random.key(3), 0), 5)
-    noise = [0.3 * jax.random.normal(k, x.shape) for k in (keys[1], keys[3])]
     w = state.nets["student"].params
-    student = jax.nn.sigmoid(_logits(w, x + noise[0]))
-    teacher = jax.nn.sigmoid(_logits(w, x + noise[1] if teacher_noise else x))
+    student = jax.nn.sigmoid(_logits(w, student_x))
+    teacher = jax.nn.sigmoid(_logits(w, teacher_x))
     np.testing.assert_allclose(m["unsup"], jnp.mean((student - teacher) ** 2), rtol=1e-5)
+  assert float(jnp.abs(clipped[1]).max()) == pytest.approx(0.2)  # the clip acted
 
 
-def test_mean_teacher_averages_batchnorm_statistics():
+def test_mean_teacher_keeps_its_own_batchnorm_statistics():
+  """As SSL4MIS's ``ema_model`` (parameters averaged, buffers not): the teacher's
+  statistics are updated by its own training-mode pass on its noisy view, not
+  averaged from the student's; ``ema_batch_stats=True`` averages them (the earlier
+  behaviour)."""
+
   class WithBN(nn.Module):
     interface = Pixel.interface
 
@@ -217,18 +233,21 @@ def test_mean_teacher_averages_batchnorm_statistics():
     def __call__(self, x, *, train=False):
       return nn.Dense(1)(nn.BatchNorm(use_running_average=not train, momentum=0.5)(x))
 
-  ctx, method = _ctx(WithBN()), semi.make_method("mean_teacher", {"decay": 0.5})
   labeled, unlabeled = _batches()
-  state = method.init(ctx, jax.random.key(0))
-  new, _ = method.step(ctx, state, labeled, unlabeled, jax.random.key(1))
-  old_mean = state.nets["teacher"].batch_stats["BatchNorm_0"]["mean"]
-  student_mean = new.nets["student"].batch_stats["BatchNorm_0"]["mean"]
-  np.testing.assert_allclose(
-    new.nets["teacher"].batch_stats["BatchNorm_0"]["mean"],
-    0.5 * old_mean + 0.5 * student_mean,
-    rtol=1e-6,
-  )
-  assert not np.allclose(student_mean, old_mean)
+  ctx = _ctx(WithBN())
+  for averaged in (False, True):
+    settings = {"decay": 0.5, "ema_warmup": False, "ema_batch_stats": averaged}
+    method = semi.make_method("mean_teacher", settings)
+    state = method.init(ctx, jax.random.key(0))
+    new, _ = method.step(ctx, state, labeled, unlabeled, jax.random.key(1))
+    old = state.nets["teacher"].batch_stats["BatchNorm_0"]["mean"]
+    student = new.nets["student"].batch_stats["BatchNorm_0"]["mean"]
+    teacher = new.nets["teacher"].batch_stats["BatchNorm_0"]["mean"]
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(1), 0), 5)
+    x = unlabeled["image"]
+    x = x + jnp.clip(0.1 * jax.random.normal(keys[3], x.shape), -0.2, 0.2)
+    own = 0.5 * old + 0.5 * x.reshape(-1, x.shape[-1]).mean(0)  # momentum 0.5
+    np.testing.assert_allclose(teacher, 0.5 * old + 0.5 * student if averaged else own, rtol=1e-5)
 
 
 def test_pseudoseg_pooled_fusion_and_sharpening():

@@ -1,41 +1,82 @@
-"""Mean Teacher (Tarvainen & Valpola 2017).
+"""Mean Teacher (Tarvainen & Valpola 2017), as SSL4MIS computes it.
 
-The student trains on the supervised loss plus ``weight * ramp_up(t) * MSE`` between
-its probabilities and the teacher's on the unlabeled batch. Both see the same
-geometrically augmented unlabeled images (pixel-wise consistency needs them aligned)
-and, as in the paper, each its *own* noise: independent Gaussian input noise and
-dropout, both networks in training mode (BatchNorm on batch statistics; the
-teacher's are discarded). ``teacher_noise=False`` keeps the teacher noise-free in
-inference mode (what jaxseg did before). The teacher is the exponential moving
-average of the student *including the BatchNorm statistics* — a known bug in popular
-implementations averages only the weights, leaving the teacher's statistics stale.
-The teacher is the evaluated model.
+The reference is SSL4MIS (HiLab-git/SSL4MIS, ``code/train_mean_teacher_2D.py`` and
+``_3D.py``, the code the FedWeP paper's baselines come from); line numbers are of
+``train_mean_teacher_2D.py`` at commit 06df604:
+
+* **EMA with warm-up** (L85-89, called at L179 with the iteration count *before* it
+  is incremented, so ``t = 0`` at the first step): the teacher's *parameters* become
+  ``alpha_t T + (1 - alpha_t) S`` with ``alpha_t = min(1 - 1/(t + 1), decay)`` — the
+  teacher equals the student after the first step and follows it closely early on.
+  BatchNorm statistics are buffers, not parameters: the teacher keeps its own, which
+  its training-mode forward pass updates (PyTorch's ``ema_model`` is never put in
+  eval mode). ``ema_warmup=False`` uses the constant ``decay``; ``ema_batch_stats=True``
+  averages the statistics like the parameters (what jaxseg did before).
+* **Noise** (L154-156): only the teacher's input gets Gaussian noise, std 0.1 clipped
+  to ±0.2 (``input_noise``, ``noise_clip``); the teacher runs in training mode
+  (dropout, batch statistics). ``student_noise=True`` also gives the student its own
+  noise, as the paper does; ``teacher_noise=False`` runs the teacher noise-free in
+  inference mode.
+* **Consistency** (L169-175, ``utils/ramps.py`` L19-26): ``weight`` (0.1) times the
+  sigmoid ramp-up ``exp(-5 (1 - t)^2)`` over the whole run (SSL4MIS ramps over 200
+  "epochs" of 150 iterations, its 30,000 iterations; ``ramp_up_steps`` > 0 sets
+  another length), times the MSE between the student's and the teacher's softmax
+  (sigmoid) outputs on the unlabeled batch. The student sees the labeled and
+  unlabeled images in one forward pass (L158). SSL4MIS also holds the consistency at
+  0 for its first 1,000 iterations (L170-171); that is not reproduced (the ramp-up
+  starts at ``exp(-5)``).
+* **The validated network** (L212): SSL4MIS validates the student
+  (``evaluated="student"``); ``"teacher"`` evaluates the teacher instead.
 """
 
 import jax
 import jax.numpy as jnp
 
+from jaxseg.errors import UserError
 from jaxseg.models.interface import probabilities
 from jaxseg.semi import Method, base
 from jaxseg.train import state as state_lib
 from jaxseg.train import step as step_lib
+
+NETWORKS = ("student", "teacher")
 
 
 def ema(teacher_tree, student_tree, decay):
   return jax.tree.map(lambda t, s: decay * t + (1 - decay) * s, teacher_tree, student_tree)
 
 
+def ema_decay(step, decay: float, warmup: bool):
+  """SSL4MIS's ``alpha_t = min(1 - 1/(t + 1), decay)`` at step ``t`` (0-based), or
+  the constant ``decay``."""
+  return jnp.minimum(1.0 - 1.0 / (step + 1.0), decay) if warmup else jnp.asarray(decay)
+
+
+def noise(key, shape, std: float, clip: float):
+  """Gaussian noise of ``std``, clipped to ``±clip`` (0: unclipped)."""
+  n = std * jax.random.normal(key, shape)
+  return jnp.clip(n, -clip, clip) if clip else n
+
+
 def make(
   decay: float = 0.99,
-  weight: float = 1.0,
+  weight: float = 0.1,
   ramp_up_steps: int = 0,
-  input_noise: float = 0.05,
+  input_noise: float = 0.1,
+  noise_clip: float = 0.2,
   teacher_noise: bool = True,
+  student_noise: bool = False,
+  ema_warmup: bool = True,
+  ema_batch_stats: bool = False,
+  evaluated: str = "student",
 ) -> Method:
-  """``decay``: EMA decay of the teacher; ``weight``: of the consistency loss;
-  ``ramp_up_steps``: length of its sigmoid ramp-up (0: 30% of training);
-  ``input_noise``: std of the Gaussian noise on each network's unlabeled input;
-  ``teacher_noise``: the teacher gets its own noise and dropout (the paper)."""
+  """``decay``: the teacher's EMA decay (after the warm-up, ``ema_warmup``);
+  ``weight``: of the consistency loss, ramped up over ``ramp_up_steps`` (0: the whole
+  run); ``input_noise``, ``noise_clip``: the teacher's input noise; ``teacher_noise``:
+  the teacher gets it and runs in training mode; ``student_noise``: the student gets
+  its own too (the paper); ``ema_batch_stats``: average the BatchNorm statistics too;
+  ``evaluated``: the network scored (``student``, as SSL4MIS, or ``teacher``)."""
+  if evaluated not in NETWORKS:
+    raise UserError(f"mean_teacher: evaluated must be one of {NETWORKS}, found {evaluated!r}.")
 
   def init(ctx, key):
     student = step_lib.init_net(ctx, key)
@@ -47,22 +88,23 @@ def make(
     k_aug, k_noise, k_drop, k_teacher_noise, k_teacher_drop = jax.random.split(key, 5)
     labeled, view = step_lib.augmented(ctx, k_aug, labeled, unlabeled)
     student, teacher = state.nets["student"], state.nets["teacher"]
+    image = view["image"]
 
-    def noised(k):
-      return view["image"] + input_noise * jax.random.normal(k, view["image"].shape)
-
-    teacher_view = noised(k_teacher_noise) if teacher_noise else view["image"]
-    target, _ = step_lib.forward(
+    teacher_view = image
+    if teacher_noise:
+      teacher_view = image + noise(k_teacher_noise, image.shape, input_noise, noise_clip)
+    target, teacher_stats = step_lib.forward(
       ctx, teacher.params, teacher.batch_stats, teacher_view, k_teacher_drop, train=teacher_noise
     )
     target = jax.lax.stop_gradient(probabilities(target.logits))
-    noisy = noised(k_noise)
-    ramp = ramp_up_steps or int(0.3 * ctx.total_steps)
+    if student_noise:
+      image = image + noise(k_noise, image.shape, input_noise, noise_clip)
+    ramp = ramp_up_steps or ctx.total_steps
     scale = weight * base.ramp_up(state.step, ramp)
 
     def loss_of(params):
       sup_out, un_out, stats = step_lib.forward_pair(
-        ctx, params, student.batch_stats, labeled, noisy, k_drop
+        ctx, params, student.batch_stats, labeled, image, k_drop
       )
       sup = step_lib.supervised_loss(ctx, sup_out, labeled)
       consistency = jnp.mean((probabilities(un_out.logits) - target) ** 2)
@@ -70,11 +112,13 @@ def make(
 
     (loss, (stats, sup, cons)), grads = step_lib.value_and_grad(ctx, loss_of, student.params)
     student = step_lib.apply_grads(ctx.tx, student, grads, stats)
+    alpha = ema_decay(state.step, decay, ema_warmup)
+    if ema_batch_stats:
+      teacher_stats = ema(teacher.batch_stats, student.batch_stats, alpha)
     teacher = teacher.replace(
-      params=ema(teacher.params, student.params, decay),
-      batch_stats=ema(teacher.batch_stats, student.batch_stats, decay),
+      params=ema(teacher.params, student.params, alpha), batch_stats=teacher_stats
     )
     state = state.replace(step=state.step + 1, nets={"student": student, "teacher": teacher})
-    return state, {"loss": loss, "sup": sup, "unsup": cons}
+    return state, {"loss": loss, "sup": sup, "unsup": cons, "ema_decay": alpha}
 
-  return Method(init=init, step=step, evaluated="teacher", exchanged=("student", "teacher"))
+  return Method(init=init, step=step, evaluated=evaluated, exchanged=NETWORKS)

@@ -118,25 +118,36 @@ def test_methods_declare_what_they_exchange():
 
 
 def test_supervised_and_cps_losses_closed_form():
-  """CPS: L_s + λ (L_cps^l + L_cps^u) (Chen et al.), or the unlabeled term only."""
+  """CPS as TorchSemiSeg computes it (exp.voc/voc8.res50v3+.CPS/train.py L185-220):
+  L_s + λ [CE(p_a, argmax p_b) + CE(p_b, argmax p_a)] over the labeled and unlabeled
+  images concatenated (one mean: each image counts once), or the earlier settings —
+  two means added (``cross_mean="separate"``), the unlabeled term only."""
   ctx = _ctx()
   labeled, unlabeled = _batches()
+  extra = jax.random.normal(jax.random.key(5), (1, 4, 4, 2))  # 2 labeled, 3 unlabeled
+  unlabeled = {
+    "image": jnp.concatenate([unlabeled["image"], extra]),
+    "labels": jnp.zeros((3, 4, 4), jnp.int32),
+  }
   bce = lambda lg, y: float(losses.bce(lg, y))  # noqa: E731
 
   def cross(pa, pb, x):
     ya, yb = ((_logits(p, x)[..., 0] > 0).astype(int) for p in (pa, pb))
     return bce(_logits(pa, x), yb) + bce(_logits(pb, x), ya)
 
-  for on_labeled in (True, False):
-    cps = semi.make_method("cps", {"weight": 1.5, "on_labeled": on_labeled})
+  x_l, x_u = labeled["image"], unlabeled["image"]
+  for settings in ({}, {"cross_mean": "separate"}, {"on_labeled": False}):
+    cps = semi.make_method("cps", {"weight": 1.5, **settings})
     state = cps.init(ctx, jax.random.key(2))
     _, m = cps.step(ctx, state, labeled, unlabeled, jax.random.key(3))
     pa, pb = state.nets["a"].params, state.nets["b"].params
-    sup = bce(_logits(pa, labeled["image"]), labeled["labels"]) + bce(
-      _logits(pb, labeled["image"]), labeled["labels"]
-    )
-    expected = cross(pa, pb, unlabeled["image"])
-    expected += cross(pa, pb, labeled["image"]) if on_labeled else 0.0
+    sup = bce(_logits(pa, x_l), labeled["labels"]) + bce(_logits(pb, x_l), labeled["labels"])
+    if not settings:
+      expected = cross(pa, pb, jnp.concatenate([x_l, x_u]))
+    elif "cross_mean" in settings:
+      expected = cross(pa, pb, x_u) + cross(pa, pb, x_l)
+    else:
+      expected = cross(pa, pb, x_u)
     np.testing.assert_allclose(m["loss"], sup + 1.5 * expected, rtol=1e-5)
     np.testing.assert_allclose(m["unsup"], expected, rtol=1e-5)
   supervised = semi.make_method("supervised")
@@ -147,6 +158,37 @@ def test_supervised_and_cps_losses_closed_form():
     bce(_logits(state.nets["model"].params, labeled["image"]), labeled["labels"]),
     rtol=1e-5,
   )
+
+
+def test_cps_runs_labeled_and_unlabeled_images_in_separate_passes():
+  """TorchSemiSeg L179-182: each network sees the labeled and the unlabeled batch in
+  separate forward passes, so BatchNorm's running mean moves twice (momentum m: after
+  the labeled batch, then the unlabeled one); ``separate_passes=False`` moves it once,
+  by the mean of both batches together."""
+
+  class WithBN(nn.Module):
+    interface = Pixel.interface
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+      return nn.Dense(1)(nn.BatchNorm(use_running_average=not train, momentum=0.5)(x))
+
+  labeled, unlabeled = _batches()
+  mean = lambda x: x.reshape(-1, x.shape[-1]).mean(0)  # noqa: E731
+  ctx = _ctx(WithBN())
+  for separate in (True, False):
+    cps = semi.make_method("cps", {"separate_passes": separate})
+    state = cps.init(ctx, jax.random.key(0))
+    new, _ = cps.step(ctx, state, labeled, unlabeled, jax.random.key(1))
+    old = state.nets["a"].batch_stats["BatchNorm_0"]["mean"]
+    x_l, x_u = labeled["image"], unlabeled["image"]
+    if separate:
+      expected = 0.5 * (0.5 * old + 0.5 * mean(x_l)) + 0.5 * mean(x_u)
+    else:
+      expected = 0.5 * old + 0.5 * mean(jnp.concatenate([x_l, x_u]))
+    np.testing.assert_allclose(
+      new.nets["a"].batch_stats["BatchNorm_0"]["mean"], expected, rtol=1e-5
+    )
 
 
 def test_rwp_loss_closed_form():

@@ -20,11 +20,16 @@ def hard_pseudo_labels(logits):
   return metrics.hard_labels(jax.lax.stop_gradient(logits))
 
 
+def pseudo_label_map(logits, targets):
+  """Per-pixel cross-entropy against (hard or soft) pseudo-labels, ``[B, ...]``."""
+  if targets.ndim == logits.ndim:  # soft multi-class targets [B, H, W, K]
+    return optax.softmax_cross_entropy(logits, targets)
+  return losses.cross_entropy_map(logits, targets)
+
+
 def pseudo_label_loss(logits, targets):
   """Cross-entropy against (hard or soft) pseudo-labels, mean over pixels."""
-  if targets.ndim == logits.ndim:  # soft multi-class targets [B, H, W, K]
-    return jnp.mean(optax.softmax_cross_entropy(logits, targets))
-  return jnp.mean(losses.cross_entropy_map(logits, targets))
+  return jnp.mean(pseudo_label_map(logits, targets))
 
 
 def ramp_up(step, length: int):

@@ -83,11 +83,13 @@ def _apply(ctx: Context, params, batch_stats, image, key, train, labels, capture
   return decode(out).astype(jnp.float32), stats, updates.get("intermediates", {})
 
 
-def forward_pair(ctx: Context, params, batch_stats, labeled: dict, image, key):
+def forward_pair(ctx: Context, params, batch_stats, labeled: dict, image, key, together=True):
   """``(labeled outputs, outputs on image, new_batch_stats)``: one pass over both
-  batches (BatchNorm sees them together), or two where the model takes the labels."""
+  batches (BatchNorm sees them together), or with ``together=False`` (and where the
+  model takes the labels) two, the labeled batch first, each normalised by its own
+  statistics and updating the running ones in turn."""
   n = labeled["image"].shape[0]
-  if ctx.model.interface.takes_labels:
+  if ctx.model.interface.takes_labels or not together:
     k1, k2 = jax.random.split(key)
     sup, stats = forward(ctx, params, batch_stats, labeled["image"], k1, labels=labeled["labels"])
     other, stats = forward(ctx, params, stats, image, k2)

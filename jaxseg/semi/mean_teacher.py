@@ -83,42 +83,51 @@ def make(
     teacher = student.replace(opt_state=None)
     return state_lib.start({"student": student, "teacher": teacher})
 
+  settings = dict(
+    decay=decay, weight=weight, ramp_up_steps=ramp_up_steps, input_noise=input_noise,
+    noise_clip=noise_clip, teacher_noise=teacher_noise, student_noise=student_noise,
+    ema_warmup=ema_warmup, ema_batch_stats=ema_batch_stats,
+  )  # fmt: skip
+
   def step(ctx, state, labeled, unlabeled, key):
-    key = jax.random.fold_in(key, state.step)
-    k_aug, k_noise, k_drop, k_teacher_noise, k_teacher_drop = jax.random.split(key, 5)
-    labeled, view = step_lib.augmented(ctx, k_aug, labeled, unlabeled)
-    student, teacher = state.nets["student"], state.nets["teacher"]
-    image = view["image"]
-
-    teacher_view = image
-    if teacher_noise:
-      teacher_view = image + noise(k_teacher_noise, image.shape, input_noise, noise_clip)
-    target, teacher_stats = step_lib.forward(
-      ctx, teacher.params, teacher.batch_stats, teacher_view, k_teacher_drop, train=teacher_noise
-    )
-    target = jax.lax.stop_gradient(probabilities(target.logits))
-    if student_noise:
-      image = image + noise(k_noise, image.shape, input_noise, noise_clip)
-    ramp = ramp_up_steps or ctx.total_steps
-    scale = weight * base.ramp_up(state.step, ramp)
-
-    def loss_of(params):
-      sup_out, un_out, stats = step_lib.forward_pair(
-        ctx, params, student.batch_stats, labeled, image, k_drop
-      )
-      sup = step_lib.supervised_loss(ctx, sup_out, labeled)
-      consistency = jnp.mean((probabilities(un_out.logits) - target) ** 2)
-      return sup + scale * consistency, (stats, sup, consistency)
-
-    (loss, (stats, sup, cons)), grads = step_lib.value_and_grad(ctx, loss_of, student.params)
-    student = step_lib.apply_grads(ctx.tx, student, grads, stats)
-    alpha = ema_decay(state.step, decay, ema_warmup)
-    if ema_batch_stats:
-      teacher_stats = ema(teacher.batch_stats, student.batch_stats, alpha)
-    teacher = teacher.replace(
-      params=ema(teacher.params, student.params, alpha), batch_stats=teacher_stats
-    )
-    state = state.replace(step=state.step + 1, nets={"student": student, "teacher": teacher})
-    return state, {"loss": loss, "sup": sup, "unsup": cons, "ema_decay": alpha}
+    return mean_teacher_step(ctx, state, labeled, unlabeled, key, **settings)
 
   return Method(init=init, step=step, evaluated=evaluated, exchanged=NETWORKS)
+
+
+def mean_teacher_step(ctx, state, labeled, unlabeled, key, **s):
+  """One step of :func:`make`'s method with its settings ``s``."""
+  key = jax.random.fold_in(key, state.step)
+  k_aug, k_noise, k_drop, k_teacher_noise, k_teacher_drop = jax.random.split(key, 5)
+  labeled, view = step_lib.augmented(ctx, k_aug, labeled, unlabeled)
+  student, teacher = state.nets["student"], state.nets["teacher"]
+  image, std, clip = view["image"], s["input_noise"], s["noise_clip"]
+  teacher_view = (
+    image + noise(k_teacher_noise, image.shape, std, clip) if s["teacher_noise"] else image
+  )
+  target, teacher_stats = step_lib.forward(
+    ctx, teacher.params, teacher.batch_stats, teacher_view, k_teacher_drop, train=s["teacher_noise"]
+  )
+  target = jax.lax.stop_gradient(probabilities(target.logits))
+  if s["student_noise"]:
+    image = image + noise(k_noise, image.shape, std, clip)
+  scale = s["weight"] * base.ramp_up(state.step, s["ramp_up_steps"] or ctx.total_steps)
+
+  def loss_of(params):
+    sup_out, un_out, stats = step_lib.forward_pair(
+      ctx, params, student.batch_stats, labeled, image, k_drop
+    )
+    sup = step_lib.supervised_loss(ctx, sup_out, labeled)
+    consistency = jnp.mean((probabilities(un_out.logits) - target) ** 2)
+    return sup + scale * consistency, (stats, sup, consistency)
+
+  (loss, (stats, sup, cons)), grads = step_lib.value_and_grad(ctx, loss_of, student.params)
+  student = step_lib.apply_grads(ctx.tx, student, grads, stats)
+  alpha = ema_decay(state.step, s["decay"], s["ema_warmup"])
+  if s["ema_batch_stats"]:
+    teacher_stats = ema(teacher.batch_stats, student.batch_stats, alpha)
+  teacher = teacher.replace(
+    params=ema(teacher.params, student.params, alpha), batch_stats=teacher_stats
+  )
+  state = state.replace(step=state.step + 1, nets={"student": student, "teacher": teacher})
+  return state, {"loss": loss, "sup": sup, "unsup": cons, "ema_decay": alpha}

@@ -166,13 +166,6 @@ def test_cps_runs_labeled_and_unlabeled_images_in_separate_passes():
   the labeled batch, then the unlabeled one); ``separate_passes=False`` moves it once,
   by the mean of both batches together."""
 
-  class WithBN(nn.Module):
-    interface = Pixel.interface
-
-    @nn.compact
-    def __call__(self, x, *, train=False):
-      return nn.Dense(1)(nn.BatchNorm(use_running_average=not train, momentum=0.5)(x))
-
   labeled, unlabeled = _batches()
   mean = lambda x: x.reshape(-1, x.shape[-1]).mean(0)  # noqa: E731
   ctx = _ctx(WithBN())
@@ -207,6 +200,17 @@ def test_rwp_loss_closed_form():
     float(losses.bce(l1, y2)) + float(losses.bce(l2, y1))
   )
   np.testing.assert_allclose(m["loss"], expected, rtol=1e-5)
+
+
+class WithBN(nn.Module):
+  """A per-pixel model with BatchNorm (momentum 0.5): its running mean shows which
+  batches a pass normalised."""
+
+  interface = Pixel.interface
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    return nn.Dense(1)(nn.BatchNorm(use_running_average=not train, momentum=0.5)(x))
 
 
 def test_mean_teacher_ema_warms_up_as_ssl4mis():
@@ -267,13 +271,6 @@ def test_mean_teacher_keeps_its_own_batchnorm_statistics():
   statistics are updated by its own training-mode pass on its noisy view, not
   averaged from the student's; ``ema_batch_stats=True`` averages them (the earlier
   behaviour)."""
-
-  class WithBN(nn.Module):
-    interface = Pixel.interface
-
-    @nn.compact
-    def __call__(self, x, *, train=False):
-      return nn.Dense(1)(nn.BatchNorm(use_running_average=not train, momentum=0.5)(x))
 
   labeled, unlabeled = _batches()
   ctx = _ctx(WithBN())

@@ -237,8 +237,9 @@ def _rounds(evaluator, sim, state, record, ckpts, logger, bar, workdir, stop_aft
     pending.append(metrics)
     validate = r % cfg.eval_every == 0 or r == rounds
     if r % cfg.log_every == 0 or validate:  # metrics reach the host only here
+      pending = sharding.fetch(pending)  # one transfer to the host per log line
       values = skeleton.mean_metrics(pending, r, ckpts)
-      for name, value in sharding.fetch(pending[-1]).items():  # e.g. FedWeP's seeds
+      for name, value in pending[-1].items():  # e.g. FedWeP's seeds
         if np.issubdtype(np.asarray(value).dtype, np.integer):  # the last round's
           values[name] = int(value)
       values["rounds_per_s"] = len(pending) / (time.time() - began)

@@ -13,6 +13,10 @@ arguments ``synthetic`` / ``synthetic_smoke``, on the built-in ``synthetic_nerve
 * ``num_clients``, ``partition`` (``iid``, ``dirichlet`` over ``attribute``
   ``lesion_size`` in ``bins`` quantiles or ``site`` with concentration ``alpha``,
   ``site``), ``scenario`` (``label_at_client``, ``label_at_server``);
+* ``sampling``: how a client draws its batches: ``epochs`` (seeded permutations of
+  its images, without replacement, continuing across rounds: the rule of centralized
+  runs) or ``replacement`` (uniform per step; how the README's earlier federated
+  tables were drawn);
 * ``server_optim``: an optimizer of the pseudo-gradient (``sgd`` lr 1.0 is FedAvg;
   ``adam`` is FedAdam), same keys as ``config.optim``;
 * ``seed_search`` (FedWeP): ``candidates`` N, ``probe`` (``random`` or ``real``),
@@ -21,9 +25,10 @@ arguments ``synthetic`` / ``synthetic_smoke``, on the built-in ``synthetic_nerve
   with its batch statistics, as clients train them; ``running``: inference mode);
 * ``unroll``: local steps unrolled in the compiled round (0: all on CPU, where loops
   run convolutions slowly; none elsewhere, for faster compiles);
-* ``client_map``: ``vmap`` (all clients in one compiled program), ``loop`` (one
-  compiled client function called per client) or ``auto`` (vmap on accelerators,
-  loop on CPU, where it measured faster: README, federated benchmark);
+* ``client_map``: ``vmap`` (all clients in one compiled program), ``scan`` (the same
+  program, each device's clients one after another), ``loop`` (one compiled client
+  function called per client) or ``auto`` (what measured fastest, README: loop on
+  CPU; on accelerators vmap, scan for 3-D networks);
 * ``placement``: ``auto`` (client data on the device if it takes at most
   ``device_budget_mib``), ``device`` or ``stream`` (batches sent every round);
   ``shard_clients``: split the client axis over all devices; ``data_devices`` > 1:
@@ -55,6 +60,7 @@ FED = dict(
   bins=3,
   alpha=0.5,
   scenario="label_at_client",
+  sampling="epochs",
   server_optim=dict(
     name="sgd", lr=1.0, schedule="constant", warmup_steps=0, grad_clip=0.0, kwargs={}
   ),

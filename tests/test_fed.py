@@ -1,5 +1,6 @@
 """Federated simulation: partitions, scenarios, invariants, seed search, resume."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 
 from configs import fed_common
 from jaxseg import main, perturb
-from jaxseg.data import pipeline
+from jaxseg.data import pipeline, resident
 from jaxseg.fed import backends, cost, layout, partition, seed_search, simulate
 from jaxseg.run import federated
 from jaxseg.run.experiment import Experiment
@@ -174,6 +175,39 @@ def _round(exp, sim, source, where, rows, placement="device", client_map="vmap")
   return run(jax.device_put(exp.init(), state_sharding))
 
 
+def test_streams_visit_every_example_once_per_epoch():
+  key = jax.random.key(3)
+  # Centralized: batches of 3 over 7 examples, 3 epochs, each a permutation.
+  stream = np.concatenate([resident.batch_indices(key, s, 7, 3) for s in range(7)])
+  assert all(sorted(stream[7 * e : 7 * e + 7]) == list(range(7)) for e in range(3))
+  # Over a traced count: the same stream when count == size; over 4 of 7, every
+  # index below 4, each once per epoch, and any window a slice of the stream.
+  np.testing.assert_array_equal(resident.stream_indices(key, 0, 21, 7, 7), stream)
+  full = np.asarray(resident.stream_indices(key, 0, 16, 7, 4))
+  assert all(sorted(full[4 * e : 4 * e + 4]) == [0, 1, 2, 3] for e in range(4))
+  np.testing.assert_array_equal(resident.stream_indices(key, 2, 12, 7, 4), full[2:14])
+
+
+def test_federated_clients_draw_by_epochs_across_rounds(supervised_fed):
+  # Clients of 5 and 2 images, one local epoch of batch 2 a round: 3 and 1 live steps.
+  clients = [np.arange(5), np.arange(5, 7)]
+  where = layout.Layout(clients, clients, clients, np.zeros(0, np.int64))
+  data, longest = layout.client_data(where, 2, 0, 1.0, 2, 2)
+  fed = dataclasses.replace(supervised_fed[1].fed, local_steps=longest, sampling="epochs")
+  rounds = [simulate.client_indices(fed, data, jax.random.key(0), r) for r in range(5)]
+  for c, images in enumerate(clients):
+    live = int(data.steps[c])
+    drawn = np.concatenate([np.asarray(r["labeled"][c, :live]).ravel() for r in rounds])
+    n = len(images)
+    assert len(drawn) % n == 0
+    for e in range(len(drawn) // n):
+      assert sorted(drawn[e * n : (e + 1) * n]) == images.tolist(), (c, e, drawn)
+  # With replacement (the earlier rule, a setting): draws from each client's own images.
+  fed = dataclasses.replace(fed, sampling="replacement")
+  drawn = simulate.client_indices(fed, data, jax.random.key(0), 0)["labeled"]
+  assert set(np.asarray(drawn[1]).ravel()) <= {5, 6} and np.asarray(drawn[0]).max() < 5
+
+
 def test_a_padded_client_changes_nothing(supervised_fed):
   exp, sim, source = supervised_fed
   two, _ = _round(exp, sim, source, sim.layout, rows=2)
@@ -211,10 +245,11 @@ def test_one_client_equals_centralized_training(supervised_fed):
   )
 
 
-def test_streamed_or_looped_rounds_equal_the_vmapped_round_on_device(supervised_fed):
+def test_streamed_scanned_or_looped_rounds_equal_the_vmapped_round_on_device(supervised_fed):
   exp, sim, source = supervised_fed
   results = []
-  for placement, client_map in (("device", "vmap"), ("stream", "vmap"), ("device", "loop")):
+  maps = (("device", "vmap"), ("stream", "vmap"), ("device", "scan"), ("device", "loop"))
+  for placement, client_map in maps:
     state, _ = _round(exp, sim, source, sim.layout, 3, placement, client_map)  # 1 padding row
     results.append(_params(state))
   for other in results[1:]:

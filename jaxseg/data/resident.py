@@ -21,6 +21,15 @@ from jaxseg.data import pipeline
 FIELDS = ("image", "mask", "weights", "annotators")  # what a step may read
 
 
+def epoch_order(key: jax.Array, epoch, size: int, count=None) -> jax.Array:
+  """Epoch ``epoch``'s order ``[size]``: a permutation keyed by ``fold_in(key, epoch)``;
+  with ``count`` (traced) its first ``count`` entries are those below ``count``, in
+  the permutation's order (a uniform order of the first ``count`` examples of a
+  table padded to ``size``; the same as without it when ``count == size``)."""
+  order = jax.random.permutation(jax.random.fold_in(key, epoch), size)
+  return order if count is None else order[jnp.argsort(order >= count, stable=True)]
+
+
 def batch_indices(key: jax.Array, step, size: int, batch: int) -> jax.Array:
   """Indices ``[batch]`` of batch ``step`` (0-based) of the stream of ``size`` examples."""
   start = step * batch
@@ -28,8 +37,17 @@ def batch_indices(key: jax.Array, step, size: int, batch: int) -> jax.Array:
   first = start // size
   spanned = -(-batch // size) + 1  # epochs one batch can touch (static)
   epochs = first + jnp.arange(spanned)
-  orders = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), size))(epochs)
+  orders = jax.vmap(lambda e: epoch_order(key, e, size))(epochs)
   return orders[positions // size - first, positions % size]
+
+
+def stream_indices(key: jax.Array, start, length: int, size: int, count) -> jax.Array:
+  """Positions ``start … start+length−1`` of the same stream over the first ``count``
+  (traced, e.g. a federated client's) of ``size`` examples: ``[length]`` indices below
+  ``count``. One order per position, as ``count`` may make any number of epochs."""
+  count = jnp.maximum(count, 1)
+  at = lambda p: epoch_order(key, p // count, size, count)[p % count]  # noqa: E731
+  return jax.vmap(at)(start + jnp.arange(length))
 
 
 def draw(arrays: dict, key: jax.Array, step, batch: int, annotators: bool = False) -> dict:

@@ -3,7 +3,9 @@ same result:
 
 * :func:`vmap_round`: the whole round is one compiled program; with several devices
   the client axis is split over a ``clients`` mesh axis (``shard_map``: each device
-  trains its clients, the weighted sums are ``psum``'d);
+  trains its clients, the weighted sums are ``psum``'d). Each device's clients are
+  vmapped (``client_map`` ``vmap``) or run one after another (``scan``: no grouped
+  convolutions, which XLA:GPU runs slowly for 3-D networks);
 * :func:`loop_round`: a compiled server part, one compiled client function called per
   client, a compiled aggregation — how frameworks that train clients one by one
   simulate, and faster on CPU (XLA:CPU's grouped convolutions are slow).
@@ -246,7 +248,7 @@ def loop_round(placed: Placed) -> Callable:
   return run_round
 
 
-BACKENDS = {"vmap": vmap_round, "loop": loop_round}
+BACKENDS = {"vmap": vmap_round, "scan": vmap_round, "loop": loop_round}
 
 
 def compile_round(
@@ -262,9 +264,11 @@ def compile_round(
   reader=Reader(),
 ):
   """``(run_round(state) -> (state, metrics), state_sharding)`` of ``client_map``
-  (``vmap`` or ``loop``; ``loop`` runs on the first device); the server state goes on
-  ``state_sharding`` (replicated over the round's mesh)."""
+  (``vmap``; ``scan``: the same program with each device's clients in sequence;
+  ``loop``, on the first device); the server state goes on ``state_sharding``
+  (replicated over the round's mesh)."""
   if client_map == "loop":
     devices = devices[:1]
+  fed = dataclasses.replace(fed, sequential=client_map == "scan")
   placed = place(fed, data, source, probe, train_key, placement, devices, data_devices, reader)
   return BACKENDS[client_map](placed), NamedSharding(placed.mesh, P())

@@ -8,7 +8,7 @@ from jaxseg.errors import UserError
 from jaxseg.fed import simulate
 
 PLACEMENTS = ("auto", "device", "stream")
-CLIENT_MAPS = ("auto", "vmap", "loop")
+CLIENT_MAPS = ("auto", "vmap", "scan", "loop")
 # Keys of centralized runs that a federated run does not read: it places client data by
 # config.fed.placement / device_budget_mib, spreads clients over the devices by
 # config.fed.shard_clients / data_devices and counts rounds (config.fed.rounds).
@@ -53,6 +53,7 @@ def check(config, devices: int, processes: int = 1) -> None:
       "whose batches are drawn inside the compiled round; set config.data.jpeg.qualities=()."
     )
   _choice("scenario", fc.scenario, simulate.SCENARIOS)
+  _choice("sampling", fc.sampling, simulate.SAMPLINGS)
   _choice("placement", fc.placement, PLACEMENTS)
   _choice("client_map", fc.client_map, CLIENT_MAPS)
   if fc.scenario == "label_at_server" and config.method.name == "supervised":
@@ -64,7 +65,7 @@ def check(config, devices: int, processes: int = 1) -> None:
     raise UserError(
       f"a federated run over {processes} processes keeps each process's clients on its own "
       f"devices: config.fed.placement must be 'device' or 'auto' (found {fc.placement!r}) "
-      f"and config.fed.client_map 'vmap' or 'auto' (found {fc.client_map!r})."
+      f"and config.fed.client_map 'vmap', 'scan' or 'auto' (found {fc.client_map!r})."
     )
   _check_data_devices(config, devices)
   broadcast = semi.make_method(config.method.name, config.method.kwargs).broadcast
@@ -93,7 +94,9 @@ def _check_data_devices(config, devices: int) -> None:
       f"config.fed.data_devices={data} must divide the {devices} devices of the client mesh."
     )
   if data > 1 and fc.client_map == "loop":
-    raise UserError("config.fed.data_devices > 1 needs config.fed.client_map 'vmap' or 'auto'.")
+    raise UserError(
+      "config.fed.data_devices > 1 needs config.fed.client_map 'vmap', 'scan' or 'auto'."
+    )
   for key, batch in (
     ("config.train.batch_size", config.train.batch_size),
     ("config.method.unlabeled_batch_size", config.method.unlabeled_batch_size),

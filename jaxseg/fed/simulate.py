@@ -42,12 +42,14 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxseg.data import resident
 from jaxseg.errors import UserError
 from jaxseg.semi import Method
 from jaxseg.train import state as state_lib
 from jaxseg.train.step import Context
 
 SCENARIOS = ("label_at_client", "label_at_server")
+SAMPLINGS = ("epochs", "replacement")
 SERVER = 2**31 - 1  # the server's index where keys are folded per participant
 FETCH = 2**31 - 2  # folded into a participant's key for the keys of its batches
 
@@ -91,6 +93,11 @@ class Federation:
   trainable: tuple[str, ...]  # nets with an optimizer
   broadcast_settings: dict | None  # config.fed.<method.broadcast.settings>
   unroll: int = 1  # local steps unrolled per scan iteration (XLA:CPU runs loops slowly)
+  sampling: str = "epochs"  # see draw()
+  # Clients one after another inside the compiled round (``lax.map``) rather than
+  # vmapped: vmapping a convolution over the clients' weights makes a grouped one,
+  # which XLA:GPU runs slowly for 3-D networks (README, *Volumes*).
+  sequential: bool = False
 
 
 def init(method: Method, ctx: Context, server_tx, key) -> ServerState:
@@ -117,46 +124,56 @@ def start(fed: Federation, nets: dict, step) -> state_lib.State:
   )
 
 
-def draw(key, table, count, steps: int, batch: int):
-  """Indices ``[steps, batch]`` drawn uniformly (with replacement) from ``table[:count]``."""
-  keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(steps))
-  picks = jax.vmap(lambda k: jax.random.randint(k, (batch,), 0, jnp.maximum(count, 1)))(keys)
-  return table[picks]
+def draw(fed: Federation, data_key, round_, stream: tuple, table, count, shape, live):
+  """A participant's indices ``shape`` ``(S, B)`` (static) into ``table[:count]`` for
+  this round, of which it runs ``live`` steps. ``stream``: ``(participant, 0 labeled |
+  1 unlabeled)``. ``fed.sampling``:
+
+  * ``epochs`` (default): the participant's stream over ``table[:count]`` — epochs of
+    seeded permutations, without replacement, batch after batch across rounds — by
+    the rule of every centralized run (:mod:`jaxseg.data.resident`), round ``r``
+    reading on from position ``r * live * B``;
+  * ``replacement``: uniform draws with replacement, keyed by round, participant and
+    step (how jaxseg sampled before; README tables say which they used).
+  """
+  (steps, batch), key = shape, data_key
+  if fed.sampling == "replacement":
+    key = jax.random.fold_in(key, round_)
+  for k in stream:
+    key = jax.random.fold_in(key, k)
+  if fed.sampling == "replacement":
+    keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(steps))
+    picks = jax.vmap(lambda k: jax.random.randint(k, (batch,), 0, jnp.maximum(count, 1)))(keys)
+    return table[picks]
+  start = round_ * jnp.maximum(live, 1) * batch
+  picks = resident.stream_indices(key, start, steps * batch, table.shape[0], count)
+  return table[picks.reshape(steps, batch)]
 
 
 def client_indices(fed: Federation, data: ClientData, data_key, round_):
   """Per client ``{labeled, unlabeled}`` indices ``[R, S, B]`` of this round."""
   rows = jnp.arange(data.size.shape[0])
-  key = jax.random.fold_in(data_key, round_)
+  stream = functools.partial(draw, fed, data_key, round_)
+  s = fed.local_steps
 
-  def one(c, lab, lab_n, unl, unl_n):
-    k = jax.random.fold_in(key, c)
-    out = {
-      "unlabeled": draw(
-        jax.random.fold_in(k, 1), unl, unl_n, fed.local_steps, fed.unlabeled_batch_size
-      )
-    }
+  def one(c, live, lab, lab_n, unl, unl_n):
+    out = {"unlabeled": stream((c, 1), unl, unl_n, (s, fed.unlabeled_batch_size), live)}
     if fed.scenario == "label_at_client":
-      out["labeled"] = draw(jax.random.fold_in(k, 0), lab, lab_n, fed.local_steps, fed.batch_size)
+      out["labeled"] = stream((c, 0), lab, lab_n, (s, fed.batch_size), live)
     return out
 
-  return jax.vmap(one)(rows, data.labeled, data.labeled_n, data.unlabeled, data.unlabeled_n)
+  return jax.vmap(one)(
+    rows, data.steps, data.labeled, data.labeled_n, data.unlabeled, data.unlabeled_n
+  )
 
 
 def server_indices(fed: Federation, data: ClientData, data_key, round_):
   """The server's ``{labeled, unlabeled}`` indices ``[S, B]`` (label-at-server)."""
-  key = jax.random.fold_in(jax.random.fold_in(data_key, round_), SERVER)
+  stream = functools.partial(draw, fed, data_key, round_)
+  server, n, s = data.server, data.server_n, fed.server_steps
   return {
-    "labeled": draw(
-      jax.random.fold_in(key, 0), data.server, data.server_n, fed.server_steps, fed.batch_size
-    ),
-    "unlabeled": draw(
-      jax.random.fold_in(key, 1),
-      data.server,
-      data.server_n,
-      fed.server_steps,
-      fed.unlabeled_batch_size,
-    ),
+    "labeled": stream((SERVER, 0), server, n, (s, fed.batch_size), s),
+    "unlabeled": stream((SERVER, 1), server, n, (s, fed.unlabeled_batch_size), s),
   }
 
 
@@ -219,7 +236,8 @@ def aggregate(fed: Federation, server: ServerState, sums: dict, total) -> Server
 
 
 def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size):
-  """Local training of a block of clients (vmapped) and their weighted sums.
+  """Local training of a block of clients (vmapped, or in sequence with
+  ``fed.sequential``) and their weighted sums.
 
   ``shared``: what every client gets (``nets``, ``extra``, ``key``, ``round``);
   ``arrays``: the block's group's training arrays ``[1, N, ...]`` for ``fetch``.
@@ -235,7 +253,10 @@ def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size)
     state, m = local_train(fed, state, xs, batches, steps, key, shared["extra"])
     return state.nets, m
 
-  client_nets, metrics = jax.vmap(client)(rows, xs, steps)
+  if fed.sequential:
+    client_nets, metrics = jax.lax.map(lambda args: client(*args), (rows, xs, steps))
+  else:
+    client_nets, metrics = jax.vmap(client)(rows, xs, steps)
   weights, live = size.astype(jnp.float32), (size > 0).astype(jnp.float32)
   sums = {
     "params": weighted_sum({n: v.params for n, v in client_nets.items()}, weights),

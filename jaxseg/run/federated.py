@@ -49,6 +49,19 @@ def unroll_of(setting: int, steps: int) -> int:
   return max(steps, 1) if jax.default_backend() == "cpu" else 1
 
 
+def client_map_of(fc, volumes: bool) -> str:
+  """``config.fed.client_map``, or with ``auto`` what measured fastest (README): on one
+  CPU device ``loop`` (XLA:CPU's grouped convolutions are slow; ``jaxseg bench
+  --clients``); elsewhere ``vmap``, but ``scan`` for 3-D networks, whose vmapped
+  (grouped) convolutions XLA:GPU runs slowly (H200, 4 hippocampus clients: 4.07 s a
+  round vmapped, 1.10 in sequence)."""
+  if fc.client_map != "auto":
+    return fc.client_map
+  if jax.default_backend() == "cpu" and fc.data_devices == 1 and jax.process_count() == 1:
+    return "loop"
+  return "scan" if volumes else "vmap"
+
+
 def federation(exp: Experiment, local_steps: int) -> simulate.Federation:
   """The static parts of the simulation (``local_steps``: the longest client's)."""
   cfg, fc = exp.config, exp.config.fed
@@ -66,6 +79,7 @@ def federation(exp: Experiment, local_steps: int) -> simulate.Federation:
     trainable=tuple(n for n, v in abstract.nets.items() if v.opt_state is not None),
     broadcast_settings=None if hook is None else fc[hook.settings].to_dict(),
     unroll=unroll_of(fc.unroll, max(local_steps, fc.server_steps)),
+    sampling=fc.sampling,
   )
 
 
@@ -170,10 +184,7 @@ def simulation(exp: Experiment) -> Simulation:
     nbytes = len(source) * sum(v.nbytes for v in pipeline.model_inputs(source[0]).values())
     fits = nbytes <= fc.device_budget_mib * 2**20 or jax.process_count() > 1
     placement = "device" if fits else "stream"
-  client_map = fc.client_map
-  if client_map == "auto":  # measured: see `jaxseg bench --clients` in the README
-    one_device = fc.data_devices == 1 and jax.process_count() == 1
-    client_map = "loop" if jax.default_backend() == "cpu" and one_device else "vmap"
+  client_map = client_map_of(fc, volumes=exp.volumes is not None)
   run_round, state_sharding = backends.compile_round(
     fed,
     data,

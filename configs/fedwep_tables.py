@@ -115,7 +115,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def criteria_sweep(config) -> ml_collections.ConfigDict:
   """``criteria_cpu``: the seed search's criteria side by side (the paper only says
   "appropriate" seeds), FedWeP-Random and -Real, label-at-server, 1/8 labeled, IID,
-  at the ``cpu`` budget, one seed."""
+  at the ``cpu`` budget, seeds 0, 1, 2."""
   config.fed.update(scenario="label_at_server", partition="iid")
   config.method.labeled_fraction = 1 / 8
   config.sweep = ml_collections.ConfigDict(
@@ -123,7 +123,7 @@ def criteria_sweep(config) -> ml_collections.ConfigDict:
       axes=(
         axis("method", {m: METHODS[m] for m in ("FedWeP-Random", "FedWeP-Real")}),
         axis("criterion", {c: {"fed.seed_search.criterion": c} for c in CRITERIA}),
-        axis("seed", {"0": {"seed": 0}}),
+        axis("seed", {str(s): {"seed": s} for s in (0, 1, 2)}),
       ),
       average="seed",
       metrics=("dice", "iou"),

@@ -322,6 +322,7 @@ def test_the_criteria_sweep_compares_every_seed_search_criterion():
     (m, c, "random" if m == "FedWeP-Random" else "real")
     for m in ("FedWeP-Random", "FedWeP-Real")
     for c in fedwep_tables.CRITERIA
+    for _seed in (0, 1, 2)
   )
 
 

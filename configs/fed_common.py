@@ -13,6 +13,10 @@ arguments ``synthetic`` / ``synthetic_smoke``, on the built-in ``synthetic_nerve
 * ``num_clients``, ``partition`` (``iid``, ``dirichlet`` over ``attribute``
   ``lesion_size`` in ``bins`` quantiles or ``site`` with concentration ``alpha``,
   ``site``), ``scenario`` (``label_at_client``, ``label_at_server``);
+* ``server_training`` (label-at-server): where the server trains on its labels in a
+  round — ``before_clients`` (the clients start from its model; their average is the
+  global model), ``with_clients`` (its model joins the clients' average, weighted by
+  its labeled images) or ``after_clients`` (it fine-tunes the clients' average);
 * ``sampling``: how a client draws its batches: ``epochs`` (seeded permutations of
   its images, without replacement, continuing across rounds: the rule of centralized
   runs) or ``replacement`` (uniform per step; how the README's earlier federated
@@ -60,6 +64,7 @@ FED = dict(
   bins=3,
   alpha=0.5,
   scenario="label_at_client",
+  server_training="before_clients",
   sampling="epochs",
   server_optim=dict(
     name="sgd", lr=1.0, schedule="constant", warmup_steps=0, grad_clip=0.0, kwargs={}

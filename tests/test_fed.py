@@ -66,11 +66,19 @@ def test_site_partition_needs_enough_sites():
     partition.by_site(np.arange(10), np.arange(10) % 2, 3)
 
 
+def test_labeled_counts_keep_the_global_fraction():
+  # 1/8 of 52 images: 7 labeled in all (rounding each client up would give 9).
+  assert layout.labeled_counts([3, 3, 3, 3, 40], 1 / 8) == [1, 1, 1, 1, 3]
+  assert layout.labeled_counts([13, 13, 12], 1 / 2) == [7, 6, 6]  # 19: the tie to the first
+  assert layout.labeled_counts([10, 0, 30], 1 / 4) == [3, 0, 7]  # an empty client gets none
+  assert layout.labeled_counts([5, 7], 1.0) == [5, 7]
+
+
 def test_layouts_round_fractions_up_and_keep_labels_where_they_belong():
   fc = tiny_fed_config().fed
   foreground, sites = np.linspace(0, 0.1, 38), np.zeros(38, int)
   at_client = layout.assign(fc, 1 / 16, foreground, sites, seed=0)
-  assert [len(lab) for lab in at_client.labeled] == [1, 1, 1]  # ceil(13/16) etc.
+  assert [len(lab) for lab in at_client.labeled] == [1, 1, 1]  # at least one each
   for part, lab, unl in zip(at_client.clients, at_client.labeled, at_client.unlabeled, strict=True):
     assert set(lab) | set(unl) == set(part) and not set(lab) & set(unl)
   fc.scenario = "label_at_server"
@@ -208,6 +216,45 @@ def test_federated_clients_draw_by_epochs_across_rounds(supervised_fed):
   assert set(np.asarray(drawn[1]).ravel()) <= {5, 6} and np.asarray(drawn[0]).max() < 5
 
 
+@pytest.mark.parametrize("where", ["with_clients", "after_clients"])
+def test_label_at_server_training_joins_or_follows_the_clients(supervised_fed, where):
+  exp, sim, source = supervised_fed
+  n = len(source)
+  clients = [np.arange(4, 10), np.arange(10, n)]
+  split = layout.Layout(clients, [np.zeros(0, np.int64)] * 2, clients, np.arange(4))
+  data, _ = layout.client_data(split, 2, 3, 0.0, 2, 2)
+  fed = dataclasses.replace(sim.fed, scenario="label_at_server", server_training=where)
+  arrays = jax.tree.map(
+    lambda v: jnp.asarray(v)[None], pipeline.model_inputs(source.take(np.arange(n)))
+  )
+  keys = {"train": jax.random.key(1), "broadcast": jax.random.key(2)}
+  server_xs = simulate.server_indices(fed, data, jax.random.key(3), 0)
+  server = simulate.init(exp.method, fed.ctx, fed.server_tx, jax.random.key(0))
+  shared = {"nets": server.nets, "extra": None, "key": keys["train"], "round": server.step}
+  # Two clients' weighted sums, made up: weights 6 and 10, every value 1 and 3.
+  sums = {
+    "params": {k: v.params for k, v in server.nets.items()},
+    "batch_stats": {k: v.batch_stats for k, v in server.nets.items()},
+  }
+  sums = jax.tree.map(lambda v: jnp.full(v.shape, 6 * 1.0 + 10 * 3.0, jnp.float32), sums)
+  client_sums = (sums, jnp.float32(16), jnp.float32(2), {})
+  side = (server_xs, arrays, jnp.int32(4))
+  conclude = jax.jit(lambda *a: simulate.conclude(fed, simulate.gather, keys, *a))
+  new, metrics = conclude(server, shared, client_sums, {}, side)
+  trained, _ = simulate.server_train(fed, server.nets, 0, server_xs, simulate.gather, keys, arrays)
+  got = {k: v.params for k, v in new.nets.items()}
+  if where == "with_clients":  # the server's model joins the average with weight 4
+    want = jax.tree.map(lambda t: (36.0 + 4 * t) / 20, {k: v.params for k, v in trained.items()})
+  else:  # the clients' average (2.25 everywhere), then the server's steps from it
+    average = jax.tree.map(lambda v: jnp.full_like(v, 36.0 / 16), server.nets)
+    start = {k: v.replace(params=average[k].params) for k, v in server.nets.items()}
+    start = {k: v.replace(batch_stats=average[k].batch_stats) for k, v in start.items()}
+    after, _ = simulate.server_train(fed, start, 0, server_xs, simulate.gather, keys, arrays)
+    want = {k: v.params for k, v in after.items()}
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+  assert "server_loss" in metrics and int(new.step) == 1
+
+
 def test_a_padded_client_changes_nothing(supervised_fed):
   exp, sim, source = supervised_fed
   two, _ = _round(exp, sim, source, sim.layout, rows=2)
@@ -267,6 +314,8 @@ def test_unequal_clients_run_masked_local_epochs():
   ]
   assert data.steps.tolist() == [int(np.ceil(s)) for s in sizes] + [0]
   assert longest == max(data.steps)
+  # Ramp-ups (Mean Teacher's) span the steps the data makes, not config.fed.local_steps.
+  assert federated.federation(exp, longest).ctx.total_steps == exp.config.fed.rounds * longest
 
 
 # --- end to end: determinism, resume, every config -------------------------------

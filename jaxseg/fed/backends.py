@@ -224,11 +224,13 @@ def loop_round(placed: Placed) -> Callable:
   def prepare(state, data, arrays, probe, xs):
     client_xs, server_xs = placed.indices(state.step, data) if xs is None else xs
     shared = simulate.broadcast(fed, state, server_xs, placed.fetch, probe, placed.keys, arrays)
-    return client_xs, shared
+    return client_xs, server_xs, shared
 
   block = jax.jit(functools.partial(simulate.clients, fed, placed.fetch))
   add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
-  finish = jax.jit(functools.partial(simulate.finish, fed), donate_argnums=0)
+  conclude = jax.jit(
+    functools.partial(simulate.conclude, fed, placed.fetch, placed.keys), donate_argnums=0
+  )
   # Each live client's row, steps and size, sliced once.
   per_client = [
     (slice(c, c + 1), jnp.arange(c, c + 1), data.steps[c : c + 1], data.size[c : c + 1])
@@ -237,13 +239,14 @@ def loop_round(placed: Placed) -> Callable:
 
   def run_round(state):
     xs = placed.host_batches(state)
-    client_xs, (shared, metrics) = prepare(state, data, placed.server_arrays, placed.probe, xs)
+    arrays = placed.server_arrays
+    client_xs, server_xs, (shared, metrics) = prepare(state, data, arrays, placed.probe, xs)
     total = None
     for one, row, steps, size in per_client:
       xs_c = jax.tree.map(lambda x, one=one: x[one], client_xs)
       part = block(shared, placed.client_arrays, row, xs_c, steps, size)
       total = part if total is None else add(total, part)
-    return finish(state, shared, total, metrics)
+    return conclude(state, shared, total, metrics, (server_xs, arrays, data.server_n))
 
   return run_round
 

@@ -54,6 +54,7 @@ def check(config, devices: int, processes: int = 1) -> None:
     )
   _choice("scenario", fc.scenario, simulate.SCENARIOS)
   _choice("sampling", fc.sampling, simulate.SAMPLINGS)
+  _choice("server_training", fc.server_training, simulate.SERVER_TRAINING)
   _choice("placement", fc.placement, PLACEMENTS)
   _choice("client_map", fc.client_map, CLIENT_MAPS)
   if fc.scenario == "label_at_server" and config.method.name == "supervised":

@@ -1,8 +1,9 @@
 """Who holds which training images: scenario, partition and labeled fractions.
 
-* ``label_at_client``: the training images are partitioned over the clients; each
-  client keeps the labels of ``ceil(fraction * n_c)`` of its images (at least one)
-  and uses the rest without labels (all of them when every image is labeled);
+* ``label_at_client``: the training images are partitioned over the clients, who
+  keep the labels of ``ceil(fraction * n)`` of them in all, apportioned to their sizes
+  (:func:`labeled_counts`: at least one each), and use the rest without labels (all
+  of them when every image is labeled);
 * ``label_at_server``: the server keeps ``ceil(fraction * n)`` labeled images; the
   rest is partitioned over the clients, who hold unlabeled images only.
 
@@ -58,13 +59,31 @@ def assign(fed_config, fraction: float, foreground, sites, seed: int) -> Layout:
   if fed_config.scenario == "label_at_server":
     return Layout(parts, [np.zeros(0, np.int64)] * len(parts), parts, server)
   labeled, unlabeled = [], []
-  for c, part in enumerate(parts):
+  counts = labeled_counts([len(p) for p in parts], fraction)
+  for c, (part, count) in enumerate(zip(parts, counts, strict=True)):
     order = _permuted(part, jax.random.fold_in(key, 1 + c))
-    count = math.ceil(fraction * len(part))
     labeled.append(np.sort(order[:count]))
     rest = np.sort(order[count:])
     unlabeled.append(rest if len(rest) else labeled[-1])
   return Layout(parts, labeled, unlabeled, server)
+
+
+def labeled_counts(sizes, fraction: float) -> list[int]:
+  """Labeled images per client: ``ceil(fraction * sum(sizes))`` in all, apportioned in
+  proportion to the sizes by largest remainder (ties to the first client), then at
+  least one per non-empty client (a client trains on a labeled batch every step), the
+  excess this makes taken back from the clients with the most. Rounding every client
+  up instead would label up to one image more per client than the fraction says."""
+  sizes = np.asarray(sizes, np.int64)
+  total = math.ceil(fraction * sizes.sum())
+  quota = sizes * total / max(sizes.sum(), 1)
+  counts = np.floor(quota).astype(np.int64)
+  order = np.argsort(-(quota - counts), kind="stable")
+  counts[order[: total - counts.sum()]] += 1
+  counts = np.where(sizes > 0, np.maximum(counts, 1), 0)
+  while counts.sum() > total and counts.max() > 1:
+    counts[np.argmax(counts)] -= 1
+  return np.minimum(counts, sizes).tolist()
 
 
 def with_unlabeled(layout: Layout, first: int, count: int, seed: int) -> Layout:

@@ -2,9 +2,10 @@
 
 Client states are stacked on a leading axis. A round, in this order:
 
-1. **server training** (label-at-server only): the server runs ``server_steps`` of the
-   method's own step from the global model on its labeled images (their images also
-   serve as its unlabeled batch);
+1. **server training** (label-at-server only, ``server_training="before_clients"``):
+   the server runs ``server_steps`` of the method's own step from the global model on
+   its labeled images (their images also serve as its unlabeled batch); see
+   :data:`SERVER_TRAINING` for where else it can train;
 2. **the method's server hook** (:class:`jaxseg.semi.Broadcast`; FedWeP: the seed
    search, :mod:`jaxseg.fed.seed_search`) makes what the method sends beyond its
    networks, from the networks about to be sent;
@@ -28,8 +29,7 @@ step). On the device, each client group (a device of the
 ``clients`` mesh axis) holds its own copy of the training arrays in which only its
 clients' images are filled in (``client_arrays [groups, N, ...]``), and the server
 one with only its own (``server_arrays``): a process of a multi-host run reads and
-holds no other client's images. Batch indices are drawn with keys
-``fold_in(fold_in(fold_in(data_key, round), client), step)``.
+holds no other client's images. Batch indices: :func:`draw`.
 """
 
 import dataclasses
@@ -50,6 +50,13 @@ from jaxseg.train.step import Context
 
 SCENARIOS = ("label_at_client", "label_at_server")
 SAMPLINGS = ("epochs", "replacement")
+# Label-at-server: where the server's supervised training sits in a round (the FedWeP
+# paper does not say). ``before_clients``: the server trains the global model, the
+# clients start from its result and their average is the new global model (evaluated);
+# ``with_clients``: the server trains from the global model alongside the clients and
+# its model joins their average, weighted by its labeled images; ``after_clients``:
+# the clients' average, fine-tuned on the server's labels, is the new global model.
+SERVER_TRAINING = ("before_clients", "with_clients", "after_clients")
 SERVER = 2**31 - 1  # the server's index where keys are folded per participant
 FETCH = 2**31 - 2  # folded into a participant's key for the keys of its batches
 
@@ -94,6 +101,7 @@ class Federation:
   broadcast_settings: dict | None  # config.fed.<method.broadcast.settings>
   unroll: int = 1  # local steps unrolled per scan iteration (XLA:CPU runs loops slowly)
   sampling: str = "epochs"  # see draw()
+  server_training: str = "before_clients"  # label-at-server: see SERVER_TRAINING
   # Clients one after another inside the compiled round (``lax.map``) rather than
   # vmapped: vmapping a convolution over the clients' weights makes a grouped one,
   # which XLA:GPU runs slowly for 3-D networks (README, *Volumes*).
@@ -265,6 +273,23 @@ def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size)
   return sums, weights.sum(), live.sum(), {k: jnp.dot(live, v) for k, v in metrics.items()}
 
 
+def server_train(fed: Federation, nets: dict, round_idx, server_xs, fetch, keys, arrays):
+  """The server's ``server_steps`` on its labeled images from ``nets`` (label-at-server):
+  ``(nets, metrics)``. ``arrays``: the server's training arrays ``[1, N, ...]``."""
+  state = start(fed, nets, round_idx * fed.server_steps)
+  batches = functools.partial(fetch, jax.tree.map(lambda v: v[0], arrays))
+  key = jax.random.fold_in(jax.random.fold_in(keys["train"], round_idx), SERVER)
+  state, metrics = local_train(
+    fed, state, server_xs, batches, jnp.asarray(fed.server_steps), key, None
+  )
+  nets = {n: v.replace(opt_state=None) for n, v in state.nets.items()}
+  return nets, {f"server_{k}": v for k, v in metrics.items()}
+
+
+def _server_training(fed: Federation) -> str | None:
+  return fed.server_training if fed.scenario == "label_at_server" else None
+
+
 def broadcast(fed: Federation, server: ServerState, server_xs, fetch, probe, keys, arrays):
   """Steps 1-3 of a round: ``(shared, metrics)``, what every client receives
   (``nets``, ``extra``, ``key``, ``round``; see :func:`clients`). ``probe``: the
@@ -273,21 +298,14 @@ def broadcast(fed: Federation, server: ServerState, server_xs, fetch, probe, key
   round_idx = server.step
   metrics = {}
   nets = server.nets
-  base_key = jax.random.fold_in(keys["train"], round_idx)
-  if fed.scenario == "label_at_server":
-    state = start(fed, nets, round_idx * fed.server_steps)
-    steps = jnp.asarray(fed.server_steps)
-    batches = functools.partial(fetch, jax.tree.map(lambda v: v[0], arrays))
-    state, server_metrics = local_train(
-      fed, state, server_xs, batches, steps, jax.random.fold_in(base_key, SERVER), None
-    )
-    nets = {n: v.replace(opt_state=None) for n, v in state.nets.items()}
-    metrics.update({f"server_{k}": v for k, v in server_metrics.items()})
+  if _server_training(fed) == "before_clients":
+    nets, metrics = server_train(fed, nets, round_idx, server_xs, fetch, keys, arrays)
   extra, hook = None, fed.method.broadcast
   if hook is not None:
     key = jax.random.fold_in(keys["broadcast"], round_idx)
     extra, info = hook.make(fed.ctx, nets, probe, key, fed.broadcast_settings)
     metrics.update(info)
+  base_key = jax.random.fold_in(keys["train"], round_idx)
   shared = {"nets": nets, "extra": extra, "key": base_key, "round": round_idx}
   return shared, metrics
 
@@ -298,6 +316,29 @@ def finish(fed: Federation, server: ServerState, shared: dict, client_sums, metr
   metrics = {**metrics, **{k: v / jnp.maximum(live, 1) for k, v in metric_sums.items()}}
   server = aggregate(fed, server.replace(nets=shared["nets"]), sums, total)
   return server.replace(step=server.step + 1), metrics
+
+
+def conclude(fed: Federation, fetch, keys, server, shared, client_sums, metrics, server_side):
+  """:func:`finish` with the server's training where it follows the broadcast
+  (``with_clients``, ``after_clients``). ``server_side``: ``(server_xs, arrays,
+  server_n)``, its batches' indices, its training arrays and its labeled count."""
+  server_xs, arrays, server_n = server_side
+  where = _server_training(fed)
+  if where == "with_clients":
+    nets, info = server_train(fed, shared["nets"], server.step, server_xs, fetch, keys, arrays)
+    sums, total, live, metric_sums = client_sums
+    weight = jnp.asarray(server_n, jnp.float32)
+    joined = {
+      "params": {n: v.params for n, v in nets.items()},
+      "batch_stats": {n: v.batch_stats for n, v in nets.items()},
+    }
+    sums = jax.tree.map(lambda s, x: s + weight * x.astype(jnp.float32), sums, joined)
+    client_sums, metrics = (sums, total + weight, live, metric_sums), {**metrics, **info}
+  new, metrics = finish(fed, server, shared, client_sums, metrics)
+  if where == "after_clients":
+    nets, info = server_train(fed, new.nets, server.step, server_xs, fetch, keys, arrays)
+    new, metrics = new.replace(nets=nets), {**metrics, **info}
+  return new, metrics
 
 
 def round_(
@@ -325,4 +366,5 @@ def round_(
   rows = jnp.arange(data.size.shape[0])
   block = functools.partial(clients, fed, fetch)
   sums = map_clients(block, shared, client_arrays, rows, client_xs, data.steps, data.size)
-  return finish(fed, server, shared, sums, metrics)
+  server_side = (server_xs, server_arrays, data.server_n)
+  return conclude(fed, fetch, keys, server, shared, sums, metrics, server_side)

@@ -68,7 +68,8 @@ def federation(exp: Experiment, local_steps: int) -> simulate.Federation:
   abstract = jax.eval_shape(lambda: exp.method.init(exp.ctx, jax.random.key(0)))
   hook = exp.method.broadcast
   return simulate.Federation(
-    ctx=exp.ctx,
+    # Ramp-ups count a client's steps over the run: with local_epochs, the data's.
+    ctx=dataclasses.replace(exp.ctx, total_steps=fc.rounds * local_steps),
     method=exp.method,
     server_tx=optim.make(fc.server_optim, fc.rounds),
     scenario=fc.scenario,
@@ -80,6 +81,7 @@ def federation(exp: Experiment, local_steps: int) -> simulate.Federation:
     broadcast_settings=None if hook is None else fc[hook.settings].to_dict(),
     unroll=unroll_of(fc.unroll, max(local_steps, fc.server_steps)),
     sampling=fc.sampling,
+    server_training=fc.server_training,
   )
 
 
@@ -198,7 +200,9 @@ def simulation(exp: Experiment) -> Simulation:
     reader(exp),
   )
   server = (
-    f"\nserver: {len(where.server)} labeled images" if fc.scenario == "label_at_server" else ""
+    f"\nserver: {len(where.server)} labeled images, trained {fc.server_training.replace('_', ' ')}"
+    if fc.scenario == "label_at_server"
+    else ""
   )
   table = partition.table(where.clients, foreground, where.labeled) + server
   comm = cost.communication(exp.method, exp.abstract_state().nets)

@@ -21,6 +21,9 @@ arguments ``synthetic`` / ``synthetic_smoke``, on the built-in ``synthetic_nerve
   its images, without replacement, continuing across rounds: the rule of centralized
   runs) or ``replacement`` (uniform per step; how the README's earlier federated
   tables were drawn);
+* ``pool_partition``: how the images without masks (``config.data.unlabeled_dir``, or
+  the dataset's own) join the clients: ``iid``, or whole ``patient`` / ``source``
+  groups per client (read from the pool's file names: jaxseg/data/unlabeled_folder.py);
 * ``server_optim``: an optimizer of the pseudo-gradient (``sgd`` lr 1.0 is FedAvg;
   ``adam`` is FedAdam), same keys as ``config.optim``;
 * ``seed_search`` (FedWeP): ``candidates`` N, ``probe`` (``random`` or ``real``),
@@ -60,6 +63,7 @@ FED = dict(
   server_steps=10,
   num_clients=3,
   partition="iid",
+  pool_partition="iid",
   attribute="lesion_size",
   bins=3,
   alpha=0.5,

@@ -22,7 +22,10 @@ tiny (seconds per cell); ``criteria_cpu`` — the seed search's criteria
 (label-at-server, 1/8, IID, the ``cpu`` budget); ``client_cpu`` — the evidence run of
 the README: label-at-client, fractions 1/8 and 1/2, IID and non-IID, 3 seeds, the
 ``cpu`` model at twice its rounds (30: supervised FedAvg's validation Dice levels off
-from round ~22 there), validation every 2 rounds (each cell's curve).
+from round ~22 there), validation every 2 rounds (each cell's curve); ``pool_cpu`` —
+label-at-server with the real unlabeled pool ``covid_ct_unlabeled``
+(``--config.data.unlabeled_dir=/path/to/covid_ct_unlabeled``), clients by source or
+by patient, 3 seeds (:func:`pool_sweep`).
 
 Expect (the published tables, ``../shared/reference/tables.md``; not yet reproduced
 here): CPS + FedAvg the best baseline (0.69-0.77 label-at-server), FedWeP close to it
@@ -36,7 +39,7 @@ from configs.semi_common import METHOD_KWARGS
 from jaxseg.run.sweep import axis
 
 FRACTIONS = {"1/16": 1 / 16, "1/8": 1 / 8, "1/4": 1 / 4, "1/2": 1 / 2}
-ARGS = ("cpu", "synthetic", "synthetic_cpu", "smoke", "criteria_cpu", "client_cpu")
+ARGS = ("cpu", "synthetic", "synthetic_cpu", "smoke", "criteria_cpu", "client_cpu", "pool_cpu")
 CRITERIA = ("most_similar", "least_similar", "target")
 
 
@@ -63,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   methods, fractions, seeds = list(METHODS), FRACTIONS, (0, 1, 2)
   non_iid = {"fed.partition": "site"} if synthetic else {"fed.partition": "dirichlet"}
-  if arg in ("cpu", "synthetic_cpu", "criteria_cpu", "client_cpu"):
+  if arg in ("cpu", "synthetic_cpu", "criteria_cpu", "client_cpu", "pool_cpu"):
     config.data.kwargs.image_size = 64
     config.model.kwargs.widths = (8, 16, 32, 64)
     config.infer.tile = 64
@@ -89,6 +92,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   exclude += [{"method": "FedAvg (supervised)", "fraction": f} for f in list(fractions)[1:]]
   if arg == "criteria_cpu":
     return criteria_sweep(config)
+  if arg == "pool_cpu":
+    return pool_sweep(config)
   scenarios = (
     ("label_at_client",) if arg == "client_cpu" else ("label_at_server", "label_at_client")
   )
@@ -128,6 +133,35 @@ def criteria_sweep(config) -> ml_collections.ConfigDict:
       average="seed",
       metrics=("dice", "iou"),
       pivot=("criterion",),
+    )
+  )
+  return config
+
+
+def pool_sweep(config) -> ml_collections.ConfigDict:
+  """``pool_cpu``: label-at-server with a real unlabeled pool — the server holds 1/8 or
+  1/2 of COVID-19 CT's labeled training slices, the clients the rest of them and the
+  1,600 slices of ``config.data.unlabeled_dir`` (``covid_ct_unlabeled``), whole sources
+  per client (2 clients) or whole patients (4 clients); MT, CPS, PS, FedWeP-Random
+  and -Real; the ``cpu`` budget, seeds 0, 1, 2."""
+  config.fed.scenario = "label_at_server"
+  fractions = {k: FRACTIONS[k] for k in ("1/8", "1/2")}
+  partitions = {
+    "by source": {"fed.pool_partition": "source", "fed.num_clients": 2},
+    "by patient": {"fed.pool_partition": "patient", "fed.num_clients": 4},
+  }
+  methods = ("MT + FedAvg", "CPS + FedAvg", "PS + FedAvg", "FedWeP-Random", "FedWeP-Real")
+  config.sweep = ml_collections.ConfigDict(
+    dict(
+      axes=(
+        axis("fraction", {k: {"method.labeled_fraction": v} for k, v in fractions.items()}),
+        axis("method", {m: METHODS[m] for m in methods}),
+        axis("partition", partitions),
+        axis("seed", {str(s): {"seed": s} for s in (0, 1, 2)}),
+      ),
+      average="seed",
+      metrics=("dice", "iou"),
+      pivot=("partition", "fraction"),
     )
   )
   return config

@@ -49,6 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # An image_folder dataset (e.g. from `jaxseg synthesize`) added to the training split.
   config.data.extra_train_dir = ""
+  # A folder of images without masks: the unlabeled pool of the semi-supervised and
+  # federated methods (jaxseg/data/unlabeled_folder.py), in place of the dataset's own.
+  config.data.unlabeled_dir = ""
 
   # Where training batches come from (README, input pipeline): "device" uploads the
   # training split once and draws every batch inside the compiled step; "host" streams

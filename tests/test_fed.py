@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from configs import fed_common
+from configs.semi_common import METHOD_KWARGS
 from jaxseg import main, perturb
 from jaxseg.data import pipeline, resident
 from jaxseg.fed import backends, cost, layout, partition, seed_search, simulate
@@ -375,6 +376,19 @@ def test_the_criteria_sweep_compares_every_seed_search_criterion():
   )
 
 
+def test_the_pool_sweep_splits_the_real_pool_by_source_and_patient():
+  from configs import fedwep_tables
+  from jaxseg.run import sweep
+
+  config = fedwep_tables.get_config("pool_cpu")
+  found = set()
+  for labels, overrides in sweep.cells(sweep.settings(config.sweep)):
+    cell = sweep.apply_overrides(config, overrides)
+    assert cell.fed.scenario == "label_at_server"
+    found.add((labels["partition"], cell.fed.pool_partition, cell.fed.num_clients))
+  assert found == {("by source", "source", 2), ("by patient", "patient", 4)}
+
+
 # FedAvg (supervised) runs in the sweep above and in the sharding test below.
 @pytest.mark.parametrize(
   "name", ["fed_mean_teacher_covid_ct", "fed_cps_covid_ct", "fed_pseudoseg_covid_ct"]
@@ -402,6 +416,48 @@ def test_bad_federated_settings_name_the_key(tmp_path):
   config.optim.warmup_steps = 5
   with pytest.raises(ValueError, match="warmup_steps"):
     main.train(config, str(tmp_path))
+
+
+def _pool(folder):
+  """Unlabeled slices of 4 patients from 2 sources (and one name outside the scheme)."""
+  from PIL import Image  # noqa: PLC0415
+
+  names = [f"Data-1_coronacases_org_00{p}_{z}" for p in (1, 2) for z in (1, 2, 3)]
+  names += [f"Data-1_radiopaedia_org_case-{p}_1-dcm_{z}" for p in (7, 8) for z in (4, 5)]
+  os.makedirs(folder / "images")
+  for i, name in enumerate([*names, "odd"]):
+    Image.fromarray(np.full((40, 30), 20 * i, np.uint8)).save(folder / "images" / f"{name}.png")
+  return str(folder)
+
+
+def test_an_unlabeled_pool_joins_the_clients_by_patient_or_source(tmp_path):
+  from jaxseg.data import unlabeled_folder  # noqa: PLC0415
+
+  pool = _pool(tmp_path / "pool")
+  patient, patients, sources = unlabeled_folder.groups(pool)
+  assert patients[:2] == ["coronacases_org_001", "coronacases_org_002"] and "odd" in patients
+  assert sources == ["coronacases", "coronacases", "odd", "radiopaedia", "radiopaedia"]
+  assert patient["Data-1_radiopaedia_org_case-8_1-dcm_5"] == 4
+  config = tiny_fed_config("supervised", scenario="label_at_server", num_clients=2)
+  config.method.update(name="cps", kwargs=METHOD_KWARGS["cps"])
+  config.data.unlabeled_dir = pool
+  for by in ("source", "patient"):
+    config.fed.pool_partition = by
+    exp = Experiment(config)
+    assert exp.sources["unlabeled"][0]["image"].shape == exp.sources["train"][0]["image"].shape
+    where, first = federated.simulation(exp).layout, len(exp.sources["train"])
+    site = exp.sources["unlabeled"].take(np.arange(11), ("site",))["site"]
+    ids = unlabeled_folder.source_ids(pool)[site] if by == "source" else site
+    for c, held in enumerate(where.unlabeled):
+      extra = held[held >= first] - first
+      assert len(extra) and set(ids[extra] % 2) == {c}  # whole groups, g -> client g % 2
+  config.fed.num_clients = 4
+  config.fed.pool_partition = "source"  # 3 sources for 4 clients
+  with pytest.raises(ValueError, match="pool_partition.*3 group"):
+    federated.simulation(Experiment(config))
+  config.data.unlabeled_dir = ""
+  with pytest.raises(ValueError, match="pool_partition='source'.*unlabeled_dir"):
+    main.train(config, str(tmp_path / "w"))
 
 
 def test_client_axis_sharded_over_eight_devices_matches_one_device():

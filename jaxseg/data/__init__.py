@@ -17,6 +17,7 @@ DATASETS = {
   "covid_ct_lesion": "jaxseg.data.covid_ct:make_builder",
   "lidc_multirater": "jaxseg.data.lidc:make_builder",
   "image_folder": "jaxseg.data.image_folder:make_builder",
+  "unlabeled_folder": "jaxseg.data.unlabeled_folder:make_builder",
 }
 
 # Datasets whose settings may say ``auto``: ``resolve(source_dir, kwargs, stride) ->

@@ -132,6 +132,9 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
   ``unlabeled`` split (images without masks) comes too, for the semi-supervised and
   federated methods' unlabeled pools.
 
+  ``data_config.unlabeled_dir``: a folder of images without masks that is the
+  ``unlabeled`` split instead (:func:`unlabeled_pool`).
+
   ``data_config.extra_train_dir``: an ``image_folder`` dataset (e.g. written by
   ``jaxseg synthesize``) whose every pair joins the training split only, brought to
   the dataset's image size; its masks are read with the ``mask_values`` its
@@ -163,7 +166,9 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
       raise UserError(
         f"dataset {data_config.name!r}: split {split!r} has no examples (check config.data.kwargs)."
       )
-  if "train" in splits and "unlabeled" in stored and "unlabeled" not in sources:
+  if "train" in splits and data_config.unlabeled_dir:
+    sources["unlabeled"] = unlabeled_pool(data_config, train[0]["image"].shape)
+  elif "train" in splits and "unlabeled" in stored:
     # Images without masks (all-zero masks and weights, never used as labels).
     sources["unlabeled"] = arrays.open_split(builder, "unlabeled", data_config.weight_map)
   return sources
@@ -182,6 +187,21 @@ def extra_train(data_config, image_shape: tuple):
   )
   builder.download_and_prepare(file_format="array_record")
   return arrays.open_split(builder, "train", data_config.weight_map)
+
+
+def unlabeled_pool(data_config, image_shape: tuple):
+  """The images of ``data_config.unlabeled_dir`` (:mod:`jaxseg.data.unlabeled_folder`)
+  at the dataset's image size: its ``unlabeled`` split in their place."""
+  builder = datasets.make_builder(
+    "unlabeled_folder",
+    source_dir=data_config.unlabeled_dir,
+    cache_dir=data_config.cache_dir,
+    image_size=tuple(image_shape[:2]),
+    channels=image_shape[-1],
+  )
+  tfds.disable_progress_bar()
+  builder.download_and_prepare(file_format="array_record")
+  return arrays.open_split(builder, "unlabeled", data_config.weight_map)
 
 
 def labeled_split(source, fraction: float, seed: int) -> tuple:

@@ -9,6 +9,7 @@ from jaxseg.fed import simulate
 
 PLACEMENTS = ("auto", "device", "stream")
 CLIENT_MAPS = ("auto", "vmap", "scan", "loop")
+POOL_PARTITIONS = ("iid", "patient", "source")
 # Keys of centralized runs that a federated run does not read: it places client data by
 # config.fed.placement / device_budget_mib, spreads clients over the devices by
 # config.fed.shard_clients / data_devices and counts rounds (config.fed.rounds).
@@ -55,6 +56,12 @@ def check(config, devices: int, processes: int = 1) -> None:
   _choice("scenario", fc.scenario, simulate.SCENARIOS)
   _choice("sampling", fc.sampling, simulate.SAMPLINGS)
   _choice("server_training", fc.server_training, simulate.SERVER_TRAINING)
+  _choice("pool_partition", fc.pool_partition, POOL_PARTITIONS)
+  if fc.pool_partition != "iid" and not config.data.get("unlabeled_dir"):
+    raise UserError(
+      f"config.fed.pool_partition={fc.pool_partition!r} splits the pool of "
+      "config.data.unlabeled_dir by patient or source; set it (or pool_partition='iid')."
+    )
   _choice("placement", fc.placement, PLACEMENTS)
   _choice("client_map", fc.client_map, CLIENT_MAPS)
   if fc.scenario == "label_at_server" and config.method.name == "supervised":

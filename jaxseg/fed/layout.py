@@ -86,11 +86,22 @@ def labeled_counts(sizes, fraction: float) -> list[int]:
   return np.minimum(counts, sizes).tolist()
 
 
-def with_unlabeled(layout: Layout, first: int, count: int, seed: int) -> Layout:
-  """``layout`` with ``count`` images without masks (indices ``first ..``) split IID over
-  its clients' unlabeled images (a hospital's unannotated scans)."""
-  order = _permuted(first + np.arange(count), jax.random.key(seed))
-  extra = [np.sort(part) for part in np.array_split(order, len(layout.clients))]
+def with_unlabeled(layout: Layout, first: int, count: int, seed: int, groups=None) -> Layout:
+  """``layout`` with ``count`` images without masks (indices ``first ..``) added to its
+  clients' unlabeled images (a hospital's unannotated scans): IID, or with ``groups``
+  (per image: its patient or source) whole groups per client, group ``g`` to client
+  ``g % clients``."""
+  clients, indices = len(layout.clients), first + np.arange(count)
+  if groups is None:
+    extra = partition.iid(indices, clients, seed)
+  else:
+    found = np.unique(groups)
+    if len(found) < clients:
+      raise UserError(
+        f"config.fed.pool_partition: the unlabeled pool has {len(found)} group(s) for "
+        f"{clients} clients; use at most {len(found)} clients or another pool_partition."
+      )
+    extra = partition.by_site(indices, np.asarray(groups), clients)
   return Layout(
     clients=[np.concatenate([c, e]) for c, e in zip(layout.clients, extra, strict=True)],
     labeled=layout.labeled,

@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from jaxseg.data import patches, pipeline
+from jaxseg.data import patches, pipeline, unlabeled_folder
 from jaxseg.fed import backends, checks, cost, layout, partition, simulate
 from jaxseg.run import evaluation, skeleton, volume
 from jaxseg.run.checkpoint import Checkpoints
@@ -126,6 +126,18 @@ def labeled_meta(exp: Experiment) -> tuple[np.ndarray, np.ndarray, int]:
   return foreground, sites, len(exp.sources.get("unlabeled", ()))
 
 
+def pool_groups(exp: Experiment, by: str):
+  """Per image of the ``config.data.unlabeled_dir`` pool, its patient or source (``by``;
+  None for ``iid``): the pool's records keep the patient in ``site``."""
+  if by == "iid":
+    return None
+  pool = exp.sources["unlabeled"]
+  patients = pool.take(np.arange(len(pool)), ("site",))["site"].astype(np.int64)
+  if by == "patient":
+    return patients
+  return unlabeled_folder.source_ids(exp.config.data.unlabeled_dir)[patients]
+
+
 def client_layout(exp: Experiment, groups: int):
   """``(where, data, longest, foreground)``: who holds what, as padded index tables
   (from the masks and sites alone: no image is read). Images without masks join the
@@ -134,7 +146,8 @@ def client_layout(exp: Experiment, groups: int):
   foreground, sites, extra = labeled_meta(exp)
   where = layout.assign(fc, cfg.method.labeled_fraction, foreground, sites, cfg.seed)
   if extra:
-    where = layout.with_unlabeled(where, len(foreground), extra, cfg.seed + 1)
+    pool = pool_groups(exp, fc.pool_partition)
+    where = layout.with_unlabeled(where, len(foreground), extra, cfg.seed + 1, pool)
     foreground = np.concatenate([foreground, np.zeros(extra)])
   rows = math.ceil(fc.num_clients / groups) * groups
   data, longest = layout.client_data(

@@ -184,6 +184,14 @@ def test_cps_runs_labeled_and_unlabeled_images_in_separate_passes():
     )
 
 
+def test_rwp_logs_what_its_pseudo_labels_hold():
+  from jaxseg.semi import rwp  # noqa: PLC0415
+
+  y1, y2 = jnp.array([[1, 0], [0, 0]]), jnp.array([[1, 1], [0, 0]])
+  info = rwp.pseudo_label_info(y1, y2)
+  assert float(info["pseudo_fg"]) == 0.375 and float(info["pseudo_agree"]) == 0.75
+
+
 def test_rwp_loss_closed_form():
   ctx, method = _ctx(), semi.make_method("rwp", dict(p=1.0, sigma=0.3, weight=2.0))
   labeled, unlabeled = _batches()

@@ -32,7 +32,7 @@ def seed_pair(key, step, period: int):
 
 
 def rwp_loss(ctx, params, batch_stats, labeled, unlabeled, seeds, key, p, sigma, weight):
-  """``(loss, (new_batch_stats, sup, cross))`` of the RWP objective."""
+  """``(loss, (new_batch_stats, sup, cross, pseudo-label info))`` of the RWP objective."""
   k0, k1, k2 = jax.random.split(key, 3)
   out, stats = step_lib.forward(
     ctx, params, batch_stats, labeled["image"], k0, labels=labeled["labels"]
@@ -42,10 +42,18 @@ def rwp_loss(ctx, params, batch_stats, labeled, unlabeled, seeds, key, p, sigma,
   w2 = perturb.rwp(params, seeds[1], p=p, sigma=sigma)
   logits1 = step_lib.forward(ctx, w1, batch_stats, unlabeled["image"], k1)[0].logits
   logits2 = step_lib.forward(ctx, w2, batch_stats, unlabeled["image"], k2)[0].logits
-  cross = base.pseudo_label_loss(logits1, base.hard_pseudo_labels(logits2)) + (
-    base.pseudo_label_loss(logits2, base.hard_pseudo_labels(logits1))
-  )
-  return sup + weight * cross, (stats, sup, cross)
+  y1, y2 = base.hard_pseudo_labels(logits1), base.hard_pseudo_labels(logits2)
+  cross = base.pseudo_label_loss(logits1, y2) + base.pseudo_label_loss(logits2, y1)
+  return sup + weight * cross, (stats, sup, cross, pseudo_label_info(y1, y2))
+
+
+def pseudo_label_info(y1, y2) -> dict:
+  """What the two perturbed networks' hard pseudo-labels hold (logged every step): the
+  fraction of foreground pixels, and of pixels on which they agree."""
+  return {
+    "pseudo_fg": (jnp.mean(y1 > 0) + jnp.mean(y2 > 0)) / 2,
+    "pseudo_agree": jnp.mean(y1 == y2),
+  }
 
 
 def make(p: float = 0.5, sigma: float = 0.1, weight: float = 1.0, seed_period: int = 1) -> Method:
@@ -63,9 +71,9 @@ def make(p: float = 0.5, sigma: float = 0.1, weight: float = 1.0, seed_period: i
     loss_of = lambda params: rwp_loss(  # noqa: E731
       ctx, params, net.batch_stats, labeled, unlabeled, seeds, k_loss, p, sigma, weight
     )
-    (loss, (stats, sup, cross)), grads = step_lib.value_and_grad(ctx, loss_of, net.params)
+    (loss, (stats, sup, cross, info)), grads = step_lib.value_and_grad(ctx, loss_of, net.params)
     net = step_lib.apply_grads(ctx.tx, net, grads, stats)
-    metrics = {"loss": loss, "sup": sup, "unsup": cross}
+    metrics = {"loss": loss, "sup": sup, "unsup": cross, **info}
     return state.replace(step=state.step + 1, nets={"model": net}), metrics
 
   def search(ctx, nets, server_images, key, settings):

@@ -17,6 +17,7 @@ from jaxseg.data import pipeline
 from jaxseg.errors import UserError
 from jaxseg.models.interface import Interface
 from jaxseg.semi import base, pseudoseg
+from jaxseg.train import state as state_lib
 from jaxseg.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -314,50 +315,69 @@ def test_pseudoseg_pooled_fusion_and_sharpening():
 def _hand_head(num_classes):
   """CamHead params: identity 1x1 conv, class k scored by feature channel k - 1."""
   head = pseudoseg.CamHead(num_classes, attention_dim=2, hidden=2)
-  params = head.init(jax.random.key(0), jnp.zeros((1, 4, 4, 2)))["params"]
-  params = jax.tree.map(jnp.zeros_like, params)
+  variables = head.init(jax.random.key(0), jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 4, 4, 2)))
+  params = jax.tree.map(jnp.zeros_like, variables["params"])
   params["cls_conv"]["kernel"] = jnp.eye(2)[None, None]
   params["cls_out"]["kernel"] = jnp.eye(2)[:, :num_classes]
-  return head, params
+  params["pixel_conv"]["kernel"] = jnp.eye(num_classes + 1)
+  params["pixel_norm"]["scale"] = jnp.ones(num_classes + 1)
+  return head, params, variables["batch_stats"]
 
 
-def test_grad_cam_finds_the_class_evidence():
+def test_grad_cam_finds_the_class_evidence_where_the_class_is_present():
   """Class k's score is the mean of feature channel k-1: its Grad-CAM is that channel's
-  evidence, scaled to max 1 — and nothing of the other class's."""
+  evidence, scaled to max 1 — nothing of the other class's, and zero where the image
+  holds no such class (train_utils_core.py:104-109)."""
   a = np.zeros((4, 4), np.float32)
   a[1, 1:3] = [2.0, 1.0]
   b = np.zeros((4, 4), np.float32)
   b[3, 0] = 3.0
   features = jnp.asarray(np.stack([a, b], -1)[None])
-  head, params = _hand_head(2)
-  cam = pseudoseg.grad_cam(head, params, features)
+  head, params, stats = _hand_head(2)
+  cam = pseudoseg.grad_cam(head, params, features, jnp.ones((1, 2)))
   np.testing.assert_allclose(cam[0, ..., 0], a / 2.0, atol=1e-5)
   np.testing.assert_allclose(cam[0, ..., 1], b / 3.0, atol=1e-5)
-  # SGC with zero query/key: uniform attention, every position the mean distribution.
-  maps = pseudoseg.sgc(head.apply({"params": params}, features)[1], cam)
-  np.testing.assert_allclose(maps.sum(-1), 1.0, rtol=1e-5)
-  np.testing.assert_allclose(maps[0], np.broadcast_to(maps[0].mean((0, 1)), maps[0].shape), 1e-5)
+  absent = pseudoseg.grad_cam(head, params, features, jnp.array([[1.0, 0.0]]))
+  np.testing.assert_allclose(absent[0, ..., 1], 0.0)
+  # SGC (compute_self_att_v2) with zero query/key: uniform attention, so the score is
+  # the mean CAM plus the CAM (skip), background 2 - max, then 1x1 conv (identity here)
+  # and BatchNorm in training mode.
+  net = state_lib.Net(params=params, batch_stats=stats, opt_state=None)
+  logits, _ = pseudoseg.sgc(head, net, features, cam)
+  score = np.asarray(cam[0]).mean((0, 1)) + np.asarray(cam[0])
+  score = np.concatenate([2 - score.max(-1, keepdims=True), score], -1)
+  want = (score - score.mean((0, 1))) / np.sqrt(score.var((0, 1)) + 1e-5)
+  np.testing.assert_allclose(logits[0], want, rtol=1e-4, atol=1e-4)
 
 
 def test_calibrated_fusion_closed_form():
-  p = np.array([0.0, 2.0], np.float32)
-  m = np.array([0.3, 0.7], np.float32)
-  n = np.sqrt((p**2).sum() + (m**2).sum())
-  soft = lambda v: np.exp(v) / np.exp(v).sum()  # noqa: E731
-  fused = 0.25 * soft(p / n) + 0.75 * soft(m / n)
-  sharp = fused**2 / (fused**2).sum()
-  out = pseudoseg.calibrated_fusion(jnp.asarray(p)[None], jnp.asarray(m)[None], 0.25, 0.5)
-  np.testing.assert_allclose(out[0], sharp, rtol=1e-5)
+  # train_wss.py:437-453: one scale, the RMS of decoder and SGC logits over the batch.
+  p = np.array([[0.0, 2.0], [0.0, -1.0]], np.float32)
+  m = np.array([[0.3, 0.7], [1.0, 0.0]], np.float32)
+  scale = 1 / np.sqrt(np.mean(np.concatenate([p, m]) ** 2) + 1e-8)
+  soft = lambda v: np.exp(v) / np.exp(v).sum(-1, keepdims=True)  # noqa: E731
+  fused = 0.25 * soft(p * scale) + 0.75 * soft(m * scale)
+  sharp = fused**2 / (fused**2).sum(-1, keepdims=True)
+  out = pseudoseg.calibrated_fusion(jnp.asarray(p), jnp.asarray(m), 0.25, 0.5)
+  np.testing.assert_allclose(out, sharp, rtol=1e-5)
   np.testing.assert_allclose(pseudoseg.class_logits(jnp.array([[2.0]])), [[0.0, 2.0]])
+  # A pixel's foreground target grows with the decoder's confidence in it.
+  rng = np.random.default_rng(0)
+  batch, sgc_map = rng.normal(size=(64, 2)), rng.normal(size=(64, 2))
+  targets = []
+  for x in np.linspace(-4, 4, 9):
+    batch[0] = [0.0, x]
+    targets.append(float(pseudoseg.calibrated_fusion(batch, sgc_map, 0.5, 0.5)[0, 1]))
+  assert np.all(np.diff(targets) > 0), targets
 
 
 def test_pseudoseg_presence_and_sgc_loss():
   labels = jnp.array([[[0, 1], [0, 0]], [[0, 0], [0, 0]]])
   np.testing.assert_array_equal(pseudoseg.presence(labels, 1), [[1.0], [0.0]])
   np.testing.assert_array_equal(pseudoseg.presence(labels, 3), [[1.0, 0.0], [0.0, 0.0]])
-  perfect = jax.nn.one_hot(labels, 2)
+  perfect = 50.0 * jax.nn.one_hot(labels, 2)
   assert float(pseudoseg.sgc_loss(perfect, labels)) < 1e-5
-  assert float(pseudoseg.sgc_loss(jnp.full((2, 2, 2, 2), 0.5), labels)) == pytest.approx(
+  assert float(pseudoseg.sgc_loss(jnp.zeros((2, 2, 2, 2)), labels)) == pytest.approx(
     np.log(2), rel=1e-5
   )
 
@@ -369,8 +389,8 @@ def test_pseudoseg_step_trains_the_classification_branch():
   state = method.init(ctx, jax.random.key(2))
   new, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(3))
   assert all(np.isfinite(m[k]) and m[k] > 0 for k in ("loss", "unsup", "cls", "sgc"))
-  for name in ("cls_out", "query"):
-    assert not np.allclose(
+  for name in ("cls_out", "query", "key", "pixel_conv"):  # each learns something
+    assert not np.array_equal(
       new.nets["cam"].params[name]["kernel"], state.nets["cam"].params[name]["kernel"]
     )
   with pytest.raises(UserError, match="unknown source 'grad'"):

@@ -1,30 +1,39 @@
 """PseudoSeg (Zou et al. 2021): pseudo-labels fused from the decoder and a
-classification branch's self-attention Grad-CAM.
+classification branch's self-attention Grad-CAM, as the official code computes them
+(googleinterns/wss @ b01acaf: ``train_wss.py``, ``core/train_utils_core.py``).
 
 The network (any model that sows its deepest encoder ``features``, see
 :func:`jaxseg.train.step.forward_features`) gets a classification branch
 (:class:`CamHead`, a second network ``"cam"``): a 1x1 conv + ReLU, global average
 pooling and a linear layer give image-level logits, one per foreground class, trained
 with binary cross-entropy against the image-level labels derived from the masks
-(class present or not) — the paper's semi-supervised setting. On the weakly
-augmented unlabeled view:
+(class present or not; ``train_wss.py:694-703``, the semi-supervised setting). On the
+weakly augmented unlabeled view:
 
-1. the decoder's prediction ``p`` (logits, background first);
-2. **Grad-CAM** of each foreground class on the features
-   (``ReLU(sum_c alpha_c F_c)``, ``alpha`` the spatial mean of the class score's
-   gradient), normalised by its maximum; background ``1 - max_k CAM_k``;
-3. **self-attention Grad-CAM** (SGC): query and key projections of the features
-   give ``A = softmax(Q K^T / sqrt(d))`` over positions, and the (per-pixel
-   normalised) CAM is propagated along it, ``m = A CAM``. The projections learn from
-   the segmentation loss of ``m`` on the labeled images (cross-entropy at the
-   features' resolution), the CAM itself enters as a constant;
-4. **calibrated fusion**: ``y = Sharpen(γ softmax(p / N) + (1 - γ) softmax(m / N), T)``,
-   ``N = ||[p, m]||`` per pixel (the two sources on one scale before the softmax),
+1. the decoder's logits ``p`` (background first) from a **training-mode** pass
+   (``train_wss.py:345-359``: ``is_training=True``; its BatchNorm statistics update is
+   discarded here);
+2. **Grad-CAM** of each foreground class on the features of an inference-mode pass
+   (``train_wss.py:372-390``): ``ReLU(sum_c alpha_c F_c)``, ``alpha`` the spatial mean
+   of the class score's gradient, **times the image-level presence** — predicted on
+   unlabeled images (``sigmoid(cls) >= 0.5``, ``train_wss.py:396-403``), the true one on
+   labeled images — then scaled to max 1 (``train_utils_core.py:93-109``);
+3. **self-attention Grad-CAM** (SGC, ``compute_self_att_v2``,
+   ``train_utils_core.py:134-267``): query and key (1x1, no bias) of the
+   **stop-gradient** features give ``A = softmax(Q K^T / sqrt(d))``; the CAM is
+   propagated along it with a skip connection, ``s = A CAM + CAM``; background
+   ``2 - max_k s_k``; a 1x1 conv and BatchNorm (training mode) turn ``[bg, s]`` into
+   logits ``m``. Its segmentation loss on the labeled images (cross-entropy of the
+   upsampled logits, ``train_wss.py:637-690``) trains query, key and the 1x1 conv;
+4. **calibrated fusion** (``train_wss.py:434-456``): ``N`` the root mean square of
+   ``[p; m]`` over the whole batch (one scale), ``y = Sharpen(γ softmax(p / N) +
+   (1 - γ) softmax(m / N), T)`` (the official average: γ = 1/2; T = 0.5),
    ``Sharpen(a, T)_k = a_k^(1/T) / sum_j a_j^(1/T)``;
 
 and ``y`` is the soft target of the cross-entropy of the strongly augmented view
 (the weak view plus gray-value jitter and Gaussian noise, photometric so the
-pseudo-label stays aligned), weighted by ``weight``. Total loss: supervised +
+pseudo-label stays aligned), weighted by ``weight``. The labeled and the strong batch
+run separate training-mode passes, as in the official code. Total loss: supervised +
 ``weight`` x pseudo-label + ``cls_weight`` x classification + ``sgc_weight`` x SGC
 segmentation; the last two on the labeled batch (times ``sup_weight``: a federated
 client without labels has none).
@@ -52,7 +61,8 @@ SOURCES = ("sgc", "pooled")
 
 
 class CamHead(nn.Module):
-  """The classification branch on encoder features, and SGC's query/key projections."""
+  """The classification branch on encoder features, and SGC's query, key and output
+  (1x1 conv + BatchNorm, always in training mode as in the official code)."""
 
   num_classes: int  # foreground classes
   attention_dim: int = 16
@@ -61,21 +71,28 @@ class CamHead(nn.Module):
   def setup(self):
     self.cls_conv = nn.Conv(self.hidden, (1, 1))
     self.cls_out = nn.Dense(self.num_classes)
-    self.query = nn.Dense(self.attention_dim)
-    self.key = nn.Dense(self.attention_dim)
+    self.query = nn.Dense(self.attention_dim, use_bias=False)
+    self.key = nn.Dense(self.attention_dim, use_bias=False)
+    self.pixel_conv = nn.Dense(self.num_classes + 1, use_bias=False)
+    self.pixel_norm = nn.BatchNorm(use_running_average=False)
 
-  def __call__(self, features):
-    return self.classify(features), self.attend(features)
+  def __call__(self, features, cam):
+    return self.classify(features), self.sgc(features, cam)
 
   def classify(self, features):
     """Image-level logits ``[B, K]``."""
     return self.cls_out(nn.relu(self.cls_conv(features)).mean(spatial_axes(features)))
 
-  def attend(self, features):
-    """Attention ``[B, n, n]`` over the ``n`` feature positions (``h w``, or ``x y z``)."""
-    flat = features.reshape(features.shape[0], -1, features.shape[-1])
+  def sgc(self, features, cam):
+    """SGC logits ``[..., K + 1]`` (background first) of the Grad-CAM ``cam [..., K]``."""
+    flat = jax.lax.stop_gradient(features)
+    flat = flat.reshape(flat.shape[0], -1, flat.shape[-1])
     q, k = self.query(flat), self.key(flat)
-    return jax.nn.softmax(jnp.einsum("bnd,bmd->bnm", q, k) / jnp.sqrt(self.attention_dim), -1)
+    attention = jax.nn.softmax(jnp.einsum("bnd,bmd->bnm", q, k) / jnp.sqrt(self.attention_dim))
+    value = jax.lax.stop_gradient(cam).reshape(cam.shape[0], -1, cam.shape[-1])
+    score = (jnp.einsum("bnm,bmk->bnk", attention, value) + value).reshape(cam.shape)
+    score = jnp.concatenate([2.0 - score.max(-1, keepdims=True), score], -1)
+    return self.pixel_norm(self.pixel_conv(score))
 
 
 def spatial_axes(x) -> tuple:
@@ -87,9 +104,9 @@ def foreground_classes(num_classes: int) -> int:
   return max(num_classes - 1, 1)
 
 
-def grad_cam(head: CamHead, params, features):
+def grad_cam(head: CamHead, params, features, present):
   """Grad-CAM ``[B, h, w, K]`` (volumes ``[B, x, y, z, K]``) of each foreground class,
-  each map scaled to max 1."""
+  times its image-level presence ``present [B, K]``, each map scaled to max 1."""
 
   def score(f, c):
     return head.apply({"params": params}, f, method=CamHead.classify)[:, c].sum()
@@ -98,16 +115,15 @@ def grad_cam(head: CamHead, params, features):
   grads = jax.vmap(jax.grad(score), in_axes=(None, 0))(features, classes)  # [K, B, h, w, C]
   alpha = grads.mean(tuple(a + 1 for a in spatial_axes(features)))  # [K, B, C]
   cam = jax.nn.relu(jnp.einsum("kbc,b...c->b...k", alpha, features))
+  cam = cam * present.reshape(present.shape[0], *(1,) * (cam.ndim - 2), -1)
   return cam / jnp.maximum(cam.max(spatial_axes(cam), keepdims=True), 1e-12)
 
 
-def sgc(attention, cam):
-  """Self-attention Grad-CAM: the per-pixel distribution ``[background, CAM]``
-  propagated along ``attention``; ``[B, h, w, K + 1]``, rows summing to 1."""
-  maps = jnp.concatenate([1.0 - cam.max(-1, keepdims=True), cam], -1)
-  maps = maps / (maps.sum(-1, keepdims=True) + 1e-6)
-  flat = maps.reshape(maps.shape[0], -1, maps.shape[-1])
-  return jnp.einsum("bnm,bmk->bnk", attention, flat).reshape(maps.shape)
+def sgc(head: CamHead, cam_net, features, cam):
+  """``(SGC logits, the head's new BatchNorm statistics)``."""
+  variables = state_lib.variables(cam_net)
+  logits, new = head.apply(variables, features, cam, method=CamHead.sgc, mutable=["batch_stats"])
+  return logits, new["batch_stats"]
 
 
 def class_logits(logits):
@@ -120,11 +136,11 @@ def sharpen(probs, temperature):
   return sharp / sharp.sum(-1, keepdims=True)
 
 
-def calibrated_fusion(logits, sgc_map, gamma: float, temperature: float):
-  """``Sharpen(γ softmax(p / N) + (1 - γ) softmax(m / N), T)``, ``N = ||[p, m]||``."""
-  norm = jnp.sqrt((logits**2).sum(-1, keepdims=True) + (sgc_map**2).sum(-1, keepdims=True))
-  norm = jnp.maximum(norm, 1e-6)
-  fused = gamma * jax.nn.softmax(logits / norm) + (1 - gamma) * jax.nn.softmax(sgc_map / norm)
+def calibrated_fusion(logits, sgc_logits, gamma: float, temperature: float):
+  """``Sharpen(γ softmax(p / N) + (1 - γ) softmax(m / N), T)``, ``N`` the root mean
+  square of ``[p; m]`` over the whole batch (``train_wss.py:437-453``)."""
+  scale = jax.lax.rsqrt(jnp.mean(jnp.concatenate([logits, sgc_logits]) ** 2) + 1e-8)
+  fused = gamma * jax.nn.softmax(logits * scale) + (1 - gamma) * jax.nn.softmax(sgc_logits * scale)
   return sharpen(fused, temperature)
 
 
@@ -138,11 +154,10 @@ def presence(labels, num_classes: int):
   return (labels.reshape(labels.shape[0], -1, 1) == classes).any(1).astype(jnp.float32)
 
 
-def sgc_loss(sgc_map, labels):
-  """Cross-entropy of the SGC distribution against the mask at its resolution."""
-  small = jax.image.resize(labels, (labels.shape[0], *sgc_map.shape[1:-1]), "nearest")
-  picked = jnp.take_along_axis(sgc_map, small[..., None].astype(jnp.int32), -1)
-  return -jnp.mean(jnp.log(picked + 1e-6))
+def sgc_loss(sgc_logits, labels):
+  """Cross-entropy of the SGC logits, upsampled to the mask's size, against the mask."""
+  logits = resize_to(sgc_logits, labels.shape[1:])
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32)))
 
 
 def attention_refine(image, probs):
@@ -209,7 +224,8 @@ def make(
     _, _, features = step_lib.forward_features(
       ctx, model.params, model.batch_stats, image, None, train=False
     )
-    variables = cam_head(ctx).init(k_cam, features)
+    cam = jnp.zeros((*features.shape[:-1], foreground_classes(ctx.model.interface.num_classes)))
+    variables = cam_head(ctx).init(k_cam, features, cam)
     return state_lib.start({"model": model, "cam": state_lib.make_net(variables, ctx.tx)})
 
   def step(ctx, state, labeled, unlabeled, key):
@@ -230,11 +246,14 @@ def make(
 
 def pseudo_target(ctx, head, net, cam, weak_image, key, settings):
   """The fused soft pseudo-label of the weak view (stop-gradient), ``[B, H, W, K+1]``."""
-  out, _, features = step_lib.forward_features(
-    ctx, net.params, net.batch_stats, weak_image, key, train=False
+  k_weak, k_cam = jax.random.split(key)
+  out, _ = step_lib.forward(ctx, net.params, net.batch_stats, weak_image, k_weak)
+  _, _, features = step_lib.forward_features(
+    ctx, net.params, net.batch_stats, weak_image, k_cam, train=False
   )
-  attention = head.apply({"params": cam.params}, features, method=CamHead.attend)
-  maps = sgc(attention, grad_cam(head, cam.params, features))
+  cls_logits = head.apply({"params": cam.params}, features, method=CamHead.classify)
+  present = (jax.nn.sigmoid(cls_logits) >= 0.5).astype(jnp.float32)
+  maps, _ = sgc(head, cam, features, grad_cam(head, cam.params, features, present))
   logits = class_logits(out.logits)
   fused = calibrated_fusion(
     logits, resize_to(maps, logits.shape[1:-1]), settings["gamma"], settings["temperature"]
@@ -245,35 +264,38 @@ def pseudo_target(ctx, head, net, cam, weak_image, key, settings):
 def sgc_step(ctx, head, state, labeled, weak, strong, key, settings):
   """One step of the paper's PseudoSeg (networks ``model`` and ``cam``)."""
   net, cam = state.nets["model"], state.nets["cam"]
-  target = pseudo_target(ctx, head, net, cam, weak["image"], key, settings)
+  k_target, k_sup, k_strong = jax.random.split(key, 3)
+  target = pseudo_target(ctx, head, net, cam, weak["image"], k_target, settings)
   target = target[..., 1] if net_is_binary(ctx) else target
-  n = labeled["image"].shape[0]
   sup_weight = labeled.get("sup_weight", 1.0)
   present = presence(labeled["labels"], ctx.model.interface.num_classes)
 
   def loss_of(params):
-    both = jnp.concatenate([labeled["image"], strong.astype(labeled["image"].dtype)])
     out, stats, features = step_lib.forward_features(
-      ctx, params["model"], net.batch_stats, both, key
+      ctx, params["model"], net.batch_stats, labeled["image"], k_sup
     )
-    sup = step_lib.supervised_loss(ctx, out.take(slice(None, n)), labeled)
-    unsup = base.pseudo_label_loss(out.take(slice(n, None)).logits, target)
-    cls_logits, attention = head.apply({"params": params["cam"]}, features[:n])
+    strong_out, stats = step_lib.forward(
+      ctx, params["model"], stats, strong.astype(labeled["image"].dtype), k_strong
+    )
+    sup = step_lib.supervised_loss(ctx, out, labeled)
+    unsup = base.pseudo_label_loss(strong_out.logits, target)
+    cls_logits = head.apply({"params": params["cam"]}, features, method=CamHead.classify)
     cls = jnp.mean(optax.sigmoid_binary_cross_entropy(cls_logits, present))
-    cam_map = jax.lax.stop_gradient(grad_cam(head, params["cam"], features[:n]))
-    seg = sgc_loss(sgc(attention, cam_map), labeled["labels"])
+    cam_map = jax.lax.stop_gradient(grad_cam(head, params["cam"], features, present))
+    sgc_logits, cam_stats = sgc(head, cam.replace(params=params["cam"]), features, cam_map)
+    seg = sgc_loss(sgc_logits, labeled["labels"])
     total = (
       sup
       + settings["weight"] * unsup
       + sup_weight * (settings["cls_weight"] * cls + settings["sgc_weight"] * seg)
     )
-    return total, (stats, sup, unsup, cls, seg)
+    return total, ((stats, cam_stats), sup, unsup, cls, seg)
 
   params = {"model": net.params, "cam": cam.params}
   (loss, (stats, sup, unsup, cls, seg)), grads = step_lib.value_and_grad(ctx, loss_of, params)
   nets = {
-    "model": step_lib.apply_grads(ctx.tx, net, grads["model"], stats),
-    "cam": step_lib.apply_grads(ctx.tx, cam, grads["cam"], cam.batch_stats),
+    "model": step_lib.apply_grads(ctx.tx, net, grads["model"], stats[0]),
+    "cam": step_lib.apply_grads(ctx.tx, cam, grads["cam"], stats[1]),
   }
   metrics = {"loss": loss, "sup": sup, "unsup": unsup, "cls": cls, "sgc": seg}
   return state.replace(step=state.step + 1, nets=nets), metrics

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -227,6 +228,9 @@ def test_cli_smoke_train_and_eval(tmp_path):
   evaluate = _cli("eval", "--workdir", workdir)
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   assert "| dice |" in evaluate.stdout
+  for run in (train, evaluate):  # quiet: no absl/TFDS/orbax lines a user cannot act on
+    text = run.stdout + run.stderr
+    assert not re.search(r"^[WI]\d{4} ", text, re.M) and "Downloading" not in text, text[-2000:]
 
 
 def test_semi_supervised_run_resumes_exactly(tmp_path):

@@ -182,7 +182,7 @@ def fingerprint(settings: dict, items: Sequence[Item]) -> str:
   return digest.hexdigest()[:12]
 
 
-class FolderBuilder(tfds.core.GeneratorBasedBuilder):
+class FolderBuilder(records.Prepared, tfds.core.GeneratorBasedBuilder):
   """Writes :class:`Item` lists per split as array_record; subclass per dataset."""
 
   VERSION = tfds.core.Version("1.0.0")

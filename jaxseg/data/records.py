@@ -17,6 +17,17 @@ import tensorflow_datasets as tfds
 from jaxseg.errors import UserError
 
 
+class Prepared:
+  """What TFDS says about a builder jaxseg fills from local files or generates: it is
+  prepared, not downloaded (TFDS's own lines speak of downloads and unknown sizes)."""
+
+  def _log_download_bytes(self) -> None:
+    print(f"Preparing dataset {self.name} in {self.data_dir} (once; later runs reuse it).")
+
+  def _log_download_done(self) -> None:
+    pass
+
+
 def features(height: int, width: int, channels: int, annotators: int) -> tfds.features.FeaturesDict:
   tensor = lambda shape: tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding="zlib")  # noqa: E731
   return tfds.features.FeaturesDict(

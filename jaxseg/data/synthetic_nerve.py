@@ -48,7 +48,7 @@ class Settings:
     return dict(train=self.num_train, validation=self.num_validation, test=self.num_test)
 
 
-class SyntheticNerve(tfds.core.GeneratorBasedBuilder):
+class SyntheticNerve(records.Prepared, tfds.core.GeneratorBasedBuilder):
   """TFDS builder; one ``BuilderConfig`` per distinct :class:`Settings`."""
 
   VERSION = tfds.core.Version("1.0.0")

@@ -193,6 +193,33 @@ def _cli(*args, timeout=300):
   )
 
 
+def test_a_busy_workdir_is_refused_and_a_dead_runs_lock_taken_over(tmp_path):
+  """A second run on a workdir whose run is alive: exit 2, one line naming the holder;
+  after kill -9 of the holder the workdir is free (the OS drops its lock)."""
+  import signal  # noqa: PLC0415
+  import time  # noqa: PLC0415
+
+  from jaxseg.run import skeleton  # noqa: PLC0415
+
+  holder = subprocess.Popen(
+    [sys.executable, "-c", "import sys, time\nfrom jaxseg.run import skeleton\n"
+     f"skeleton.lock_workdir({str(tmp_path)!r}); print('held', flush=True); time.sleep(600)"],
+    cwd=REPO, stdout=subprocess.PIPE, text=True,
+  )  # fmt: skip
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    busy = _cli("train", "--config", "configs/unet_synthetic.py:smoke", "--workdir", str(tmp_path))
+    assert busy.returncode == 2, busy.stderr[-2000:]
+    line = busy.stderr.strip().splitlines()[-1]
+    assert "is in use by jaxseg on host" in line and f"(pid {holder.pid})" in line, line
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  time.sleep(0.1)
+  skeleton.lock_workdir(str(tmp_path))  # taken over: no error
+  assert f"pid {os.getpid()}" in (tmp_path / ".lock").read_text()
+
+
 def test_cli_wrong_override_type_names_key_and_type(tmp_path):
   result = _cli(
     "train",

@@ -3,6 +3,7 @@ init, the logger and progress bar, and the multi-host rules (every process compu
 process 0 alone writes files and prints)."""
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -37,6 +38,36 @@ def prepare_workdir(workdir: str) -> None:
     os.remove(probe)
   except OSError as e:
     raise UserError(f"workdir {workdir!r} is not writable: {e.strerror or e}.") from e
+
+
+_LOCKS = {}  # lock path -> its open file, held until the process ends
+
+
+def lock_workdir(workdir: str) -> None:
+  """One run per workdir: an exclusive ``flock`` on ``workdir/.lock`` (process 0),
+  held until this process ends — the OS releases it then, after a crash or ``kill
+  -9`` too, so a dead run's lock never blocks the next. A workdir held by another
+  process is refused naming its host and pid; ``eval`` and ``predict`` take no lock.
+  (``flock`` on a network file system shared by several hosts may not exclude.)"""
+  path = os.path.realpath(os.path.join(workdir, ".lock"))
+  if not primary() or path in _LOCKS:
+    return
+  f = open(path, "a+")  # noqa: SIM115 (held open: the lock lives as long as the file)
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    holder = f.read().strip() or "another process"
+    f.close()
+    raise UserError(
+      f"workdir {workdir!r} is in use by {holder}; wait for that run to end or use another "
+      "workdir."
+    ) from None
+  f.seek(0)
+  f.truncate()
+  f.write(f"jaxseg on host {socket.gethostname()} (pid {os.getpid()})")
+  f.flush()
+  _LOCKS[path] = f
 
 
 def check_positive(train_config, keys) -> None:
@@ -95,6 +126,7 @@ def start_run(config, workdir: str, check: Callable, experiment: Callable):
   builds ``experiment(config)`` and (process 0) writes its config, every ``auto``
   setting resolved, and notes."""
   prepare_workdir(workdir)
+  lock_workdir(workdir)
   check_sections(config)
   check(config)
   exp = experiment(config)

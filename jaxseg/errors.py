@@ -10,3 +10,12 @@ other exception is a bug and keeps its traceback.
 
 class UserError(ValueError):
   """A mistake in the config, command line or data (not a bug in jaxseg)."""
+
+
+class Preempted(Exception):  # noqa: N818 (a stop, not an error)
+  """A run stopped by SIGTERM or SIGINT after checkpointing the step it had reached;
+  the CLI prints it as one line and exits with :data:`PREEMPTED_STATUS`. Running the
+  same command again resumes from that checkpoint."""
+
+
+PREEMPTED_STATUS = 3

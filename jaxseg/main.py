@@ -29,7 +29,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxseg.errors import UserError
+from jaxseg.errors import PREEMPTED_STATUS, Preempted, UserError
 
 COMMANDS = ("train", "eval", "bench", "sweep", "predict", "synthesize", "inspect")
 USAGE = __doc__
@@ -335,6 +335,9 @@ def _main(argv):
     if FLAGS.verbose or _debug():
       raise
     _fail(str(e))
+  except Preempted as e:
+    print(f"jaxseg: {e}", file=sys.stderr)
+    sys.exit(PREEMPTED_STATUS)
 
 
 def main(argv=None):

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -15,8 +16,9 @@ from configs import fed_common
 from configs.semi_common import METHOD_KWARGS
 from jaxseg import main, perturb
 from jaxseg.data import pipeline, resident
+from jaxseg.errors import Preempted
 from jaxseg.fed import backends, cost, layout, partition, seed_search, simulate
-from jaxseg.run import federated
+from jaxseg.run import federated, skeleton
 from jaxseg.run.experiment import Experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -322,12 +324,27 @@ def test_unequal_clients_run_masked_local_epochs():
 # --- end to end: determinism, resume, every config -------------------------------
 
 
-def test_fedwep_run_is_reproducible_and_resumes_exactly(tmp_path):
+def test_fedwep_run_is_reproducible_and_resumes_exactly(tmp_path, monkeypatch):
   config = tiny_fed_config("rwp", rounds=3, scenario="label_at_server")
   config.fed.seed_search.probe = "real"
   full = main.train(config, str(tmp_path / "full"))
   main.train(config, str(tmp_path / "cut"), stop_after=2)  # killed after round 2
   resumed = main.train(config, str(tmp_path / "cut"))
+  jax.tree.map(np.testing.assert_array_equal, _params(full), _params(resumed))
+  # SIGTERM as round 2 runs: that round is finished and checkpointed, then it resumes.
+  rounds = skeleton.remaining
+
+  def remaining(*args):
+    for r in rounds(*args):
+      if r == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield r
+
+  monkeypatch.setattr(skeleton, "remaining", remaining)
+  with pytest.raises(Preempted, match="SIGTERM after step 2"):
+    main.train(config, str(tmp_path / "term"))
+  monkeypatch.undo()
+  resumed = main.train(config, str(tmp_path / "term"))
   jax.tree.map(np.testing.assert_array_equal, _params(full), _params(resumed))
 
   def seeds(run):

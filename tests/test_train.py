@@ -143,6 +143,45 @@ main.train(make_tiny_config(), {str(tmp_path)!r})
     np.testing.assert_array_equal(a, b)
 
 
+def test_sigterm_checkpoints_the_step_reached_and_the_run_resumes_exactly(reference_run, tmp_path):
+  """`jaxseg train` gets SIGTERM as step 4 runs (between validations at 3 and 6): it
+  finishes the step, checkpoints it, exits with status 3 in one line; the next run
+  (which also clears a temporary folder a killed save left) ends where the
+  uninterrupted one does."""
+  config, _, state = reference_run
+  (tmp_path / "tiny.py").write_text(
+    "from tests.conftest import make_tiny_config\n"
+    "def get_config():\n  c = make_tiny_config()\n  c.data.placement = 'device'\n  return c\n"
+  )
+  workdir = tmp_path / "run"
+  args = ["jaxseg", "train", "--config", str(tmp_path / "tiny.py"), "--workdir", str(workdir)]
+  code = f"""
+import os, signal
+from jaxseg import main
+from jaxseg.run import skeleton
+steps = skeleton.remaining
+def remaining(*args):
+  for step in steps(*args):
+    if step == 4:
+      os.kill(os.getpid(), signal.SIGTERM)
+    yield step
+skeleton.remaining = remaining
+main.main({args!r})
+"""
+  env = {**os.environ, "PYTHONPATH": REPO}
+  run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert run.returncode == 3, run.stderr[-3000:]
+  line = run.stderr.strip().splitlines()[-1]
+  assert line.startswith("jaxseg: stopped by SIGTERM after step 4: checkpoint "), line
+  ckdir = workdir / "checkpoints"
+  assert sorted(p.name for p in ckdir.iterdir()) == ["3", "4"]
+  (ckdir / "7.orbax-checkpoint-tmp-1234").mkdir()  # what a kill mid-save leaves
+  resumed = main.train(config, str(workdir))
+  assert not (ckdir / "7.orbax-checkpoint-tmp-1234").exists()
+  for a, b in zip(_leaves(state), _leaves(resumed), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_eval_prints_test_metrics(reference_run, capsys):
   _, workdir, _ = reference_run
   result = main.evaluate(workdir)

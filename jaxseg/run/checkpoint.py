@@ -34,7 +34,11 @@ class Checkpoints:
     best_fn = None
     if best is not None:
       best_fn = lambda m: m[best]  # noqa: E731
-      policies.append(checkpoint_managers.BestN(get_metric_fn=best_fn, n=1))
+      # A checkpoint without metrics (saved at preemption) is kept only while latest.
+      best_n = checkpoint_managers.BestN(
+        get_metric_fn=best_fn, n=1, keep_checkpoints_without_metrics=False
+      )
+      policies.append(best_n)
     policy = checkpoint_managers.AnyPreservationPolicy(policies)
     options = ocp.CheckpointManagerOptions(
       best_fn=best_fn,
@@ -42,6 +46,7 @@ class Checkpoints:
       preservation_policy=None if read_only else policy,
       read_only=read_only,
       enable_async_checkpointing=not read_only,
+      cleanup_tmp_directories=not read_only,  # a save a kill interrupted
     )
     self.directory = directory
     self.manager = ocp.CheckpointManager(directory, options=options)
@@ -54,10 +59,15 @@ class Checkpoints:
     self.manager.wait_until_finished()
     return self.manager.best_step()
 
-  def save(self, step: int, state, record: dict, metrics: dict) -> None:
+  def wait(self) -> None:
+    """Until the last save is written."""
+    self.manager.wait_until_finished()
+
+  def save(self, step: int, state, record: dict, metrics: dict | None) -> None:
+    """``metrics`` None: a checkpoint of a step without validation (preemption)."""
     self.manager.save(
       step,
-      metrics={k: float(v) for k, v in metrics.items()},
+      metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
       args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         record=ocp.args.JsonSave({**record, "format": FORMAT}),

@@ -250,13 +250,14 @@ def train(config, workdir: str, *, stop_after: int | None = None):
   )
   record = {"best_dice": -1.0, "evals_since_best": 0, **record}
   run_outputs = skeleton.outputs(workdir, ckpts, fc.rounds, int(state.step), "rounds", "round")
-  with run_outputs as (logger, bar):
+  with run_outputs as outputs:
     return _rounds(
-      evaluation.evaluator(exp), sim, state, record, ckpts, logger, bar, workdir, stop_after
+      evaluation.evaluator(exp), sim, state, record, ckpts, outputs, workdir, stop_after
     )
 
 
-def _rounds(evaluator, sim, state, record, ckpts, logger, bar, workdir, stop_after):
+def _rounds(evaluator, sim, state, record, ckpts, outputs, workdir, stop_after):
+  logger, bar, preemption = outputs
   exp = evaluator.exp
   rounds, cfg = exp.config.fed.rounds, exp.config.train
   pending, began = [], time.time()
@@ -279,6 +280,9 @@ def _rounds(evaluator, sim, state, record, ckpts, logger, bar, workdir, stop_aft
       args = (evaluator, state, r, record, {}, ckpts, logger, workdir, bar.write)
       if evaluation.validate_and_save(*args):
         break
+    if preemption.requested(r):
+      save = lambda: ckpts.save(r, state, record, None)  # noqa: B023, E731
+      preemption.stop(ckpts, r, None if validate else save)
     if not pending:
       began = time.time()  # validation time is not training throughput
   return state

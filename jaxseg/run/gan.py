@@ -101,11 +101,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   steps, done = config.train.steps, int(state.step)
   run_outputs = skeleton.outputs(workdir, ckpts, steps, done, "gan", "step")
-  with run_outputs as (logger, bar):
-    return _loop(exp, state, loader, shown, ckpts, logger, bar, workdir, stop_after)
+  with run_outputs as outputs:
+    return _loop(exp, state, loader, shown, ckpts, outputs, workdir, stop_after)
 
 
-def _loop(exp, state, loader, shown, ckpts, logger, bar, workdir, stop_after):
+def _loop(exp, state, loader, shown, ckpts, outputs, workdir, stop_after):
+  logger, bar, preemption = outputs
   cfg = exp.config.train
   meter = skeleton.Meter()
   for step in skeleton.remaining(int(state.step), cfg.steps, stop_after):
@@ -124,6 +125,9 @@ def _loop(exp, state, loader, shown, ckpts, logger, bar, workdir, stop_after):
         pictures.save_grid(path, exp.sample_rows(state, shown))
       bar.write(f"step {step}: checkpoint and {path}")
       meter.restart()
+    if preemption.requested(step):
+      record = {"loader": loader.get_state().decode()}
+      preemption.stop(ckpts, step, None if save else lambda: ckpts.save(step, state, record, {}))  # noqa: B023
   return state
 
 

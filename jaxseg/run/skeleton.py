@@ -6,7 +6,9 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -14,10 +16,11 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
 from jaxseg import data as datasets
-from jaxseg.errors import UserError
+from jaxseg.errors import Preempted, UserError
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.train import sharding
 from jaxseg.train.state import count_params
@@ -60,8 +63,7 @@ def lock_workdir(workdir: str) -> None:
     holder = f.read().strip() or "another process"
     f.close()
     raise UserError(
-      f"workdir {workdir!r} is in use by {holder}; wait for that run to end or use another "
-      "workdir."
+      f"workdir {workdir!r} is in use by {holder}; wait for that run to end or use another workdir."
     ) from None
   f.seek(0)
   f.truncate()
@@ -197,10 +199,12 @@ def progress(total: int, initial: int, desc: str, unit: str) -> tqdm.tqdm:
 
 @contextlib.contextmanager
 def outputs(workdir: str, ckpts: Checkpoints, total: int, done: int, desc: str, unit: str):
-  """A run's logger and progress bar; closes them and ``ckpts`` however the run ends."""
+  """A run's logger, progress bar and :class:`Preemption` watch; closes them and
+  ``ckpts`` however the run ends."""
   logger, bar = Logger(workdir), progress(total, done, desc, unit)
   try:
-    yield logger, bar
+    with Preemption() as preemption:
+      yield logger, bar, preemption
   finally:
     bar.close()
     logger.close()
@@ -234,6 +238,49 @@ def remaining(done: int, total: int, stop_after: int | None) -> range:
   at most ``stop_after`` of them (tests stop a run there, as a kill would)."""
   end = total if stop_after is None else min(total, done + stop_after)
   return range(done + 1, end + 1)
+
+
+class Preemption:
+  """SIGTERM or SIGINT during a run's loop (``with Preemption() as preemption``): the
+  loop finishes the step (round) in flight, then :meth:`stop` checkpoints it, waits
+  for the write and raises :class:`~jaxseg.errors.Preempted`; a second signal acts as
+  usual. With several processes (``jax.distributed``) JAX's preemption service takes
+  the signal and every process stops at the same step
+  (``multihost_utils.reached_preemption_sync_point``)."""
+
+  def __enter__(self):
+    self.received, self.previous = None, {}
+    alone = jax.process_count() == 1
+    if alone and threading.current_thread() is threading.main_thread():
+      for s in (signal.SIGTERM, signal.SIGINT):
+        self.previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+    self.__exit__()
+
+  def __exit__(self, *exc):
+    for s, handler in self.previous.items():
+      signal.signal(s, handler)
+    self.previous = {}
+
+  def requested(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.received is not None
+
+  def stop(self, ckpts: Checkpoints, step: int, save: Callable | None) -> None:
+    """Checkpoints ``step`` (``save()``; None: it was just saved) and raises."""
+    if save is not None:
+      save()
+    ckpts.wait()
+    path = os.path.join(ckpts.directory, str(step))
+    raise Preempted(
+      f"stopped by {self.received or 'preemption'} after step {step}: checkpoint {path} "
+      "written; the same command resumes from it."
+    )
 
 
 class Profile:

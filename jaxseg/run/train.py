@@ -97,13 +97,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   record = {"best_dice": -1.0, "evals_since_best": 0, **record}
   steps, done = config.train.steps, int(state.step)
   run_outputs = skeleton.outputs(workdir, ckpts, steps, done, "train", "step")
-  with run_outputs as (logger, bar), contextlib.closing(data):
+  with run_outputs as (logger, bar, preemption), contextlib.closing(data):
     return _loop(
-      evaluator, state, train_step, data, record, ckpts, logger, bar, workdir, stop_after
-    )
+      evaluator, state, train_step, data, record, ckpts, (logger, bar, preemption), workdir,
+      stop_after,
+    )  # fmt: skip
 
 
-def _loop(evaluator, state, train_step, data, record, ckpts, logger, bar, workdir, stop_after):
+def _loop(evaluator, state, train_step, data, record, ckpts, outputs, workdir, stop_after):
+  logger, bar, preemption = outputs
   exp = evaluator.exp
   cfg = exp.config.train
   meter = skeleton.Meter()
@@ -125,4 +127,8 @@ def _loop(evaluator, state, train_step, data, record, ckpts, logger, bar, workdi
       if evaluation.validate_and_save(*args):
         break
       meter.restart()  # validation time is not training throughput
+    if preemption.requested(step):
+      extra = {"loader": json.dumps(data.state())}
+      save = lambda: ckpts.save(step, state, {**record, **extra}, None)  # noqa: B023, E731
+      preemption.stop(ckpts, step, None if validate else save)
   return state

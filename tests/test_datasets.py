@@ -182,7 +182,9 @@ def test_image_folder_reads_masks_as_they_look(tmp_path):
     pipeline.load_splits(_config("image_folder", tmp_path, image_size=(16, 16)))
 
 
-@pytest.mark.parametrize("problem", ["unmatched", "size", "unreadable", "value", "missing"])
+@pytest.mark.parametrize(
+  "problem", ["unmatched", "size", "unreadable", "value", "nonfinite", "missing"]
+)
 def test_image_folder_bad_input_names_the_file(tmp_path, problem):
   image, mask = np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8)
   for i in range(3):
@@ -198,6 +200,13 @@ def test_image_folder_bad_input_names_the_file(tmp_path, problem):
     _write_pair(tmp_path, "bad", image, mask)
     (tmp_path / "images" / "bad.png").write_bytes(b"not a png")
     pattern = r"images/bad.png: cannot read the image"
+  elif problem == "nonfinite":  # a float TIFF with an Inf pixel
+    _write_pair(tmp_path, "bad", image, mask)
+    os.remove(tmp_path / "images" / "bad.png")
+    pixels = np.zeros((8, 8), np.float32)
+    pixels[3, 4] = np.inf
+    Image.fromarray(pixels, mode="F").save(tmp_path / "images" / "bad.tif")
+    pattern = r"images/bad.tif: 1 non-finite pixel value"
   elif problem == "value":
     _write_pair(tmp_path, "bad", image, np.full((8, 8), 7, np.uint8))
     pattern = r"masks/bad.png: mask values \[7\] are not in the mapping"

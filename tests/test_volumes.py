@@ -201,6 +201,14 @@ def test_msd_reads_the_layout_and_rejects_bad_cases(tmp_path):
   assert len(os.listdir(tmp_path / "cache" / "volumes")) == 1  # cached once
   msd.load(str(tmp_path), str(tmp_path / "cache"))
   assert len(os.listdir(tmp_path / "cache" / "volumes")) == 1
+  # Values that would train as NaN are caught where they enter, naming the file.
+  poisoned = image.astype(np.float32)
+  poisoned[1, 2, 3] = np.nan
+  for bad, message in ((poisoned, "1 non-finite voxel"), (image * 0 + 7, "channel 0 is constant")):
+    _write_case(str(tmp_path), "ct_0", bad, labels, np.diag([0.8, 0.8, 2.5, 1]), True)
+    with pytest.raises(UserError, match=rf"ct_0_0000.nii.gz: {message}"):
+      msd.load(str(tmp_path), str(tmp_path / "cache"))
+  _write_case(str(tmp_path), "ct_0", image, labels, np.diag([0.8, 0.8, 2.5, 1]), True)
   _write_case(str(tmp_path), "ct_0", image, labels * 3, np.diag([0.8, 0.8, 2.5, 1]))
   with pytest.raises(UserError, match=r"ct_0.nii.gz: label values \[3\] are not among"):
     msd.load(str(tmp_path), str(tmp_path / "cache"))

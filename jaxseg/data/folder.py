@@ -45,9 +45,15 @@ def read_image(path: str, channels: int = 1) -> np.ndarray:
   try:
     with Image.open(path) as img:
       img.load()
+      raw = np.asarray(img) if img.mode in ("F", "I") else None  # float / int32 pixels
       array = np.asarray(img.convert("L" if channels == 1 else "RGB"))
   except (OSError, ValueError) as e:
     raise UserError(f"{path}: cannot read the image ({e}).") from e
+  bad = 0 if raw is None else int(raw.size - np.isfinite(raw.astype(np.float64)).sum())
+  if bad:
+    raise UserError(
+      f"{path}: {bad:,} non-finite pixel value(s) (NaN or Inf); fix or remove it."
+    )
   return array[..., None] if channels == 1 else array
 
 

@@ -150,6 +150,7 @@ def load_channels(paths) -> tuple:
       array = array[..., None]
     if array.ndim != 4:
       raise UserError(f"{path}: expected a 3-D volume (or 4-D with channels), found {array.shape}.")
+    check_values(array, path)
     if affine is None:
       affine, header = aff, hdr
     elif array.shape[:3] != arrays[0].shape[:3]:
@@ -158,6 +159,21 @@ def load_channels(paths) -> tuple:
       )
     arrays.append(array)
   return np.concatenate(arrays, -1), affine, header
+
+
+def check_values(array: np.ndarray, path: str) -> None:
+  """Raises naming ``path`` on non-finite voxels, or a channel of one value (which
+  z-scoring would turn into NaN): caught where the data enter, not as a NaN loss."""
+  bad = int(array.size - np.isfinite(array).sum())
+  if bad:
+    raise UserError(
+      f"{path}: {bad:,} non-finite voxel value(s) (NaN or Inf); fix or remove it."
+    )
+  flat = array.reshape(-1, array.shape[-1])
+  for c in np.flatnonzero(flat.min(0) == flat.max(0)):
+    raise UserError(
+      f"{path}: channel {c} is constant (every voxel {flat[0, c]:g}): an empty or broken scan."
+    )
 
 
 def prepare_case(image, affine, labels, target_spacing, modalities, ct_stats=None):

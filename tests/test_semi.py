@@ -193,6 +193,14 @@ def test_rwp_logs_what_its_pseudo_labels_hold():
   assert float(info["pseudo_fg"]) == 0.375 and float(info["pseudo_agree"]) == 0.75
 
 
+def test_rwp_ramp_up_scales_the_cross_terms():
+  ctx, (labeled, unlabeled) = _ctx(), _batches()
+  method = semi.make_method("rwp", dict(weight=2.0, ramp_up_steps=10))
+  state = method.init(ctx, jax.random.key(0))
+  _, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(1))
+  np.testing.assert_allclose(m["loss"] - m["sup"], 2.0 * np.exp(-5.0) * m["unsup"], rtol=1e-4)
+
+
 def test_rwp_loss_closed_form():
   ctx, method = _ctx(), semi.make_method("rwp", dict(p=1.0, sigma=0.3, weight=2.0))
   labeled, unlabeled = _batches()

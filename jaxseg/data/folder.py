@@ -51,9 +51,7 @@ def read_image(path: str, channels: int = 1) -> np.ndarray:
     raise UserError(f"{path}: cannot read the image ({e}).") from e
   bad = 0 if raw is None else int(raw.size - np.isfinite(raw.astype(np.float64)).sum())
   if bad:
-    raise UserError(
-      f"{path}: {bad:,} non-finite pixel value(s) (NaN or Inf); fix or remove it."
-    )
+    raise UserError(f"{path}: {bad:,} non-finite pixel value(s) (NaN or Inf); fix or remove it.")
   return array[..., None] if channels == 1 else array
 
 

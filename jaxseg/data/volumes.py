@@ -166,9 +166,7 @@ def check_values(array: np.ndarray, path: str) -> None:
   z-scoring would turn into NaN): caught where the data enter, not as a NaN loss."""
   bad = int(array.size - np.isfinite(array).sum())
   if bad:
-    raise UserError(
-      f"{path}: {bad:,} non-finite voxel value(s) (NaN or Inf); fix or remove it."
-    )
+    raise UserError(f"{path}: {bad:,} non-finite voxel value(s) (NaN or Inf); fix or remove it.")
   flat = array.reshape(-1, array.shape[-1])
   for c in np.flatnonzero(flat.min(0) == flat.max(0)):
     raise UserError(

@@ -56,9 +56,18 @@ def pseudo_label_info(y1, y2) -> dict:
   }
 
 
-def make(p: float = 0.5, sigma: float = 0.1, weight: float = 1.0, seed_period: int = 1) -> Method:
+def make(
+  p: float = 0.5,
+  sigma: float = 0.1,
+  weight: float = 1.0,
+  seed_period: int = 1,
+  ramp_up_steps: int = 0,
+) -> Method:
   """``p``, ``sigma``: the perturbation (:func:`jaxseg.perturb.rwp`); ``weight``: of the
-  cross terms; ``seed_period``: steps that share a drawn seed pair."""
+  cross terms; ``seed_period``: steps that share a drawn seed pair; ``ramp_up_steps``
+  > 0: the weight rises over that many steps (Mean Teacher's sigmoid ramp-up) — not
+  in the paper (0, off, by default); against the collapse of a run whose first
+  pseudo-labels are nearly all background (README, *FedWeP's collapse*)."""
 
   def step(ctx, state, labeled, unlabeled, key, extra=None):
     seeds = extra
@@ -68,8 +77,9 @@ def make(p: float = 0.5, sigma: float = 0.1, weight: float = 1.0, seed_period: i
     k_aug, k_loss = jax.random.split(key)
     labeled, unlabeled = step_lib.augmented(ctx, k_aug, labeled, unlabeled)
     net = state.nets["model"]
+    scale = weight * base.ramp_up(state.step, ramp_up_steps) if ramp_up_steps else weight
     loss_of = lambda params: rwp_loss(  # noqa: E731
-      ctx, params, net.batch_stats, labeled, unlabeled, seeds, k_loss, p, sigma, weight
+      ctx, params, net.batch_stats, labeled, unlabeled, seeds, k_loss, p, sigma, scale
     )
     (loss, (stats, sup, cross, info)), grads = step_lib.value_and_grad(ctx, loss_of, net.params)
     net = step_lib.apply_grads(ctx.tx, net, grads, stats)

@@ -143,18 +143,57 @@ main.train(make_tiny_config(), {str(tmp_path)!r})
     np.testing.assert_array_equal(a, b)
 
 
+def _tiny_config_file(folder) -> str:
+  """The reference run's config as a config file, for the command line."""
+  path = folder / "tiny.py"
+  path.write_text(
+    "from tests.conftest import make_tiny_config\n"
+    "def get_config():\n  c = make_tiny_config()\n  c.data.placement = 'device'\n  return c\n"
+  )
+  return str(path)
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(
+  reference_run, tmp_path, monkeypatch, capsys
+):
+  """No room for the checkpoint of step 6 (an injected full disk): exit 2, one line with
+  the path and `No space left on device`; step 3's checkpoint intact, and the run
+  resumes from it once there is room."""
+  from jaxseg.run import checkpoint  # noqa: PLC0415
+
+  config, _, state = reference_run
+  workdir = tmp_path / "run"
+  real, calls = shutil.disk_usage, []
+
+  def disk_usage(path):
+    calls.append(path)
+    usage = real(path)
+    return usage._replace(free=2**20) if len(calls) > 1 else usage
+
+  monkeypatch.setattr(checkpoint.shutil, "disk_usage", disk_usage)
+  args = ["train", "--config", _tiny_config_file(tmp_path), "--workdir", str(workdir)]
+  monkeypatch.setattr(sys, "argv", ["jaxseg", *args])
+  with pytest.raises(SystemExit) as exit_:
+    main.main()
+  err = capsys.readouterr().err.strip()
+  assert exit_.value.code == 2 and "Traceback" not in err, err
+  line = err.splitlines()[-1]
+  assert f"cannot write checkpoint {workdir}/checkpoints/6: No space left on device" in line
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3"]
+  monkeypatch.undo()
+  resumed = main.train(config, str(workdir))
+  for a, b in zip(_leaves(state), _leaves(resumed), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_sigterm_checkpoints_the_step_reached_and_the_run_resumes_exactly(reference_run, tmp_path):
   """`jaxseg train` gets SIGTERM as step 4 runs (between validations at 3 and 6): it
   finishes the step, checkpoints it, exits with status 3 in one line; the next run
   (which also clears a temporary folder a killed save left) ends where the
   uninterrupted one does."""
   config, _, state = reference_run
-  (tmp_path / "tiny.py").write_text(
-    "from tests.conftest import make_tiny_config\n"
-    "def get_config():\n  c = make_tiny_config()\n  c.data.placement = 'device'\n  return c\n"
-  )
   workdir = tmp_path / "run"
-  args = ["jaxseg", "train", "--config", str(tmp_path / "tiny.py"), "--workdir", str(workdir)]
+  args = ["jaxseg", "train", "--config", _tiny_config_file(tmp_path), "--workdir", str(workdir)]
   code = f"""
 import os, signal
 from jaxseg import main

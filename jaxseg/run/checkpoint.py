@@ -14,6 +14,7 @@ write to finish).
 """
 
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -23,6 +24,7 @@ from jaxseg.errors import UserError
 from jaxseg.train.state import FORMAT
 
 BEST_METRIC = "dice"
+HEADROOM = 16 * 2**20  # bytes beyond the arrays a checkpoint may take (metadata, record)
 
 
 class Checkpoints:
@@ -64,15 +66,29 @@ class Checkpoints:
     self.manager.wait_until_finished()
 
   def save(self, step: int, state, record: dict, metrics: dict | None) -> None:
-    """``metrics`` None: a checkpoint of a step without validation (preemption)."""
-    self.manager.save(
-      step,
-      metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        record=ocp.args.JsonSave({**record, "format": FORMAT}),
-      ),
-    )  # returns once the arrays are copied to the host; written in the background
+    """``metrics`` None: a checkpoint of a step without validation (preemption). A disk
+    without room for it stops the run before anything is written (the previous
+    checkpoints stay as they are), as does a write that fails."""
+    path = os.path.join(self.directory, str(step))
+    need = sum(x.nbytes for x in jax.tree.leaves(state) if hasattr(x, "nbytes"))
+    free = shutil.disk_usage(_existing(self.directory)).free
+    if free < need + HEADROOM:
+      raise UserError(
+        f"cannot write checkpoint {path}: No space left on device (it needs about "
+        f"{(need + HEADROOM) / 2**20:,.0f} MiB, {free / 2**20:,.0f} MiB free); the earlier "
+        "checkpoints are intact: free space and run the same command to resume."
+      )
+    try:
+      self.manager.save(
+        step,
+        metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          record=ocp.args.JsonSave({**record, "format": FORMAT}),
+        ),
+      )  # returns once the arrays are copied to the host; written in the background
+    except OSError as e:
+      raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}.") from e
 
   def restore(self, step: int, abstract_state):
     """``(state, record)`` of ``step``; ``abstract_state`` gives the tree structure."""
@@ -142,6 +158,13 @@ class Checkpoints:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _existing(path: str) -> str:
+  """``path`` or its nearest existing parent (what ``disk_usage`` can measure)."""
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  return path
 
 
 def _target(leaf) -> jax.ShapeDtypeStruct:

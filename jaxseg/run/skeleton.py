@@ -222,8 +222,11 @@ class Logger:
   def write(self, step: int, split: str, values: dict) -> None:
     if not self.enabled:
       return
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+    try:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+    except OSError as e:
+      raise UserError(f"cannot write {self.path}: {e.strerror or e}.") from e
     for name, value in values.items():
       self.tb.add_scalar(f"{split}/{name}", value, step)
     self.tb.flush()

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -186,32 +187,34 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(
     np.testing.assert_array_equal(a, b)
 
 
-def test_sigterm_checkpoints_the_step_reached_and_the_run_resumes_exactly(reference_run, tmp_path):
-  """`jaxseg train` gets SIGTERM as step 4 runs (between validations at 3 and 6): it
-  finishes the step, checkpoints it, exits with status 3 in one line; the next run
-  (which also clears a temporary folder a killed save left) ends where the
-  uninterrupted one does."""
+def test_sigterm_checkpoints_the_step_reached_and_the_run_resumes_exactly(
+  reference_run, tmp_path, monkeypatch, capsys
+):
+  """`jaxseg train` (the command line, in this process) gets SIGTERM as step 4 runs
+  (between validations at 3 and 6): it finishes the step, checkpoints it, exits with
+  status 3 in one line; the next run (which also clears a temporary folder a killed
+  save left) ends where the uninterrupted one does."""
+  from jaxseg.run import skeleton  # noqa: PLC0415
+
   config, _, state = reference_run
   workdir = tmp_path / "run"
-  args = ["jaxseg", "train", "--config", _tiny_config_file(tmp_path), "--workdir", str(workdir)]
-  code = f"""
-import os, signal
-from jaxseg import main
-from jaxseg.run import skeleton
-steps = skeleton.remaining
-def remaining(*args):
-  for step in steps(*args):
-    if step == 4:
-      os.kill(os.getpid(), signal.SIGTERM)
-    yield step
-skeleton.remaining = remaining
-main.main({args!r})
-"""
-  env = {**os.environ, "PYTHONPATH": REPO}
-  run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-  assert run.returncode == 3, run.stderr[-3000:]
-  line = run.stderr.strip().splitlines()[-1]
+  steps = skeleton.remaining
+
+  def remaining(*args):
+    for step in steps(*args):
+      if step == 4:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield step
+
+  monkeypatch.setattr(skeleton, "remaining", remaining)
+  args = ["train", "--config", _tiny_config_file(tmp_path), "--workdir", str(workdir)]
+  monkeypatch.setattr(sys, "argv", ["jaxseg", *args])
+  with pytest.raises(SystemExit) as exit_:
+    main.main()
+  line = capsys.readouterr().err.strip().splitlines()[-1]
+  assert exit_.value.code == 3, line
   assert line.startswith("jaxseg: stopped by SIGTERM after step 4: checkpoint "), line
+  monkeypatch.undo()
   ckdir = workdir / "checkpoints"
   assert sorted(p.name for p in ckdir.iterdir()) == ["3", "4"]
   (ckdir / "7.orbax-checkpoint-tmp-1234").mkdir()  # what a kill mid-save leaves

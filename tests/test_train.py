@@ -144,6 +144,20 @@ main.train(make_tiny_config(), {str(tmp_path)!r})
     np.testing.assert_array_equal(a, b)
 
 
+def _main_in_process(monkeypatch, args) -> int:
+  """The exit status of the command line run in this process (flags reset around it)."""
+  from absl import flags  # noqa: PLC0415
+
+  flags.FLAGS.unparse_flags()
+  monkeypatch.setattr(sys, "argv", ["jaxseg", *args])
+  try:
+    with pytest.raises(SystemExit) as exit_:
+      main.main()
+  finally:
+    flags.FLAGS.unparse_flags()
+  return exit_.value.code
+
+
 def _tiny_config_file(folder) -> str:
   """The reference run's config as a config file, for the command line."""
   path = folder / "tiny.py"
@@ -173,11 +187,9 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(
 
   monkeypatch.setattr(checkpoint.shutil, "disk_usage", disk_usage)
   args = ["train", "--config", _tiny_config_file(tmp_path), "--workdir", str(workdir)]
-  monkeypatch.setattr(sys, "argv", ["jaxseg", *args])
-  with pytest.raises(SystemExit) as exit_:
-    main.main()
+  code = _main_in_process(monkeypatch, args)
   err = capsys.readouterr().err.strip()
-  assert exit_.value.code == 2 and "Traceback" not in err, err
+  assert code == 2 and "Traceback" not in err, err
   line = err.splitlines()[-1]
   assert f"cannot write checkpoint {workdir}/checkpoints/6: No space left on device" in line
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3"]
@@ -208,11 +220,9 @@ def test_sigterm_checkpoints_the_step_reached_and_the_run_resumes_exactly(
 
   monkeypatch.setattr(skeleton, "remaining", remaining)
   args = ["train", "--config", _tiny_config_file(tmp_path), "--workdir", str(workdir)]
-  monkeypatch.setattr(sys, "argv", ["jaxseg", *args])
-  with pytest.raises(SystemExit) as exit_:
-    main.main()
+  code = _main_in_process(monkeypatch, args)
   line = capsys.readouterr().err.strip().splitlines()[-1]
-  assert exit_.value.code == 3, line
+  assert code == 3, line
   assert line.startswith("jaxseg: stopped by SIGTERM after step 4: checkpoint "), line
   monkeypatch.undo()
   ckdir = workdir / "checkpoints"
@@ -274,7 +284,7 @@ def _cli(*args, timeout=300):
   )
 
 
-def test_a_busy_workdir_is_refused_and_a_dead_runs_lock_taken_over(tmp_path):
+def test_a_busy_workdir_is_refused_and_a_dead_runs_lock_taken_over(tmp_path, monkeypatch, capsys):
   """A second run on a workdir whose run is alive: exit 2, one line naming the holder;
   after kill -9 of the holder the workdir is free (the OS drops its lock)."""
   import signal  # noqa: PLC0415
@@ -289,9 +299,10 @@ def test_a_busy_workdir_is_refused_and_a_dead_runs_lock_taken_over(tmp_path):
   )  # fmt: skip
   try:
     assert holder.stdout.readline().strip() == "held"
-    busy = _cli("train", "--config", "configs/unet_synthetic.py:smoke", "--workdir", str(tmp_path))
-    assert busy.returncode == 2, busy.stderr[-2000:]
-    line = busy.stderr.strip().splitlines()[-1]
+    args = ["train", "--config", "configs/unet_synthetic.py:smoke", "--workdir", str(tmp_path)]
+    code = _main_in_process(monkeypatch, args)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2, line
     assert "is in use by jaxseg on host" in line and f"(pid {holder.pid})" in line, line
   finally:
     holder.send_signal(signal.SIGKILL)

@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -330,19 +331,34 @@ def test_every_method_steps_on_volumes(method):
   assert metrics["loss"].shape == ()
 
 
-def test_3d_fedwep_is_reproducible_and_resumes_exactly(tmp_path):
+def test_3d_fedwep_is_reproducible_and_resumes_exactly(tmp_path, monkeypatch):
   """FedWeP on volumes (2 clients holding cases, patches drawn in the round): a run
-  stopped after round 1 and resumed ends with the uninterrupted run's global model,
-  and its communication is what the method sends."""
+  stopped by SIGTERM in round 1 checkpoints it (no validation there) and, resumed,
+  ends with the uninterrupted run's global model; its communication is what the
+  method sends."""
   from configs import unet3d_synthetic  # noqa: PLC0415
   from configs.fed_common import federated, smoke_fed  # noqa: PLC0415
+  from jaxseg.errors import Preempted  # noqa: PLC0415
+  from jaxseg.run import skeleton  # noqa: PLC0415
 
   config = federated(unet3d_synthetic.get_config("smoke"))
   config.method.update(name="rwp", labeled_fraction=0.5)
   smoke_fed(config)
   config.fed.update(num_clients=2, unroll=1)
+  config.train.eval_every = 2  # one validation (sliding windows), at the end
   full = main.train(config, str(tmp_path / "full"))
-  main.train(config, str(tmp_path / "part"), stop_after=1)
+  rounds = skeleton.remaining
+
+  def remaining(*args):
+    for r in rounds(*args):
+      if r == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield r
+
+  monkeypatch.setattr(skeleton, "remaining", remaining)
+  with pytest.raises(Preempted, match="SIGTERM after step 1"):
+    main.train(config, str(tmp_path / "part"))
+  monkeypatch.undo()
   resumed = main.train(config, str(tmp_path / "part"))
   assert int(full.step) == 2
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):

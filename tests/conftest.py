@@ -1,6 +1,7 @@
 """Shared fixtures: a private dataset cache and one tiny config for training tests."""
 
 import os
+import signal
 
 import pytest
 
@@ -51,3 +52,19 @@ def make_tiny_config():
 @pytest.fixture
 def tiny_config():
   return make_tiny_config()
+
+
+def sigterm_at(monkeypatch, step: int) -> None:
+  """Every run loop (``skeleton.remaining``) sends this process SIGTERM as ``step``
+  (or round) begins, as a preempting scheduler would; ``monkeypatch.undo()`` ends it."""
+  from jaxseg.run import skeleton  # noqa: PLC0415
+
+  steps = skeleton.remaining
+
+  def remaining(*args):
+    for s in steps(*args):
+      if s == step:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield s
+
+  monkeypatch.setattr(skeleton, "remaining", remaining)

@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -18,8 +17,9 @@ from jaxseg import main, perturb
 from jaxseg.data import pipeline, resident
 from jaxseg.errors import Preempted
 from jaxseg.fed import backends, cost, layout, partition, seed_search, simulate
-from jaxseg.run import federated, skeleton
+from jaxseg.run import federated
 from jaxseg.run.experiment import Experiment
+from tests.conftest import sigterm_at
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -330,15 +330,7 @@ def test_fedwep_run_is_reproducible_and_resumes_exactly(tmp_path, monkeypatch):
   full = main.train(config, str(tmp_path / "full"))
   # SIGTERM as round 1 runs: that round is finished and checkpointed, and the run
   # resumes from it exactly.
-  rounds = skeleton.remaining
-
-  def remaining(*args):
-    for r in rounds(*args):
-      if r == 1:
-        os.kill(os.getpid(), signal.SIGTERM)
-      yield r
-
-  monkeypatch.setattr(skeleton, "remaining", remaining)
+  sigterm_at(monkeypatch, 1)
   with pytest.raises(Preempted, match="SIGTERM after step 1"):
     main.train(config, str(tmp_path / "cut"))
   monkeypatch.undo()

@@ -14,7 +14,7 @@ import pytest
 
 from jaxseg import main
 from jaxseg.errors import UserError
-from tests.conftest import make_tiny_config
+from tests.conftest import make_tiny_config, sigterm_at
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -206,19 +206,10 @@ def test_sigterm_checkpoints_the_step_reached_and_the_run_resumes_exactly(
   (between validations at 3 and 6): it finishes the step, checkpoints it, exits with
   status 3 in one line; the next run (which also clears a temporary folder a killed
   save left) ends where the uninterrupted one does."""
-  from jaxseg.run import skeleton  # noqa: PLC0415
 
   config, _, state = reference_run
   workdir = tmp_path / "run"
-  steps = skeleton.remaining
-
-  def remaining(*args):
-    for step in steps(*args):
-      if step == 4:
-        os.kill(os.getpid(), signal.SIGTERM)
-      yield step
-
-  monkeypatch.setattr(skeleton, "remaining", remaining)
+  sigterm_at(monkeypatch, 4)
   args = ["train", "--config", _tiny_config_file(tmp_path), "--workdir", str(workdir)]
   code = _main_in_process(monkeypatch, args)
   line = capsys.readouterr().err.strip().splitlines()[-1]
@@ -287,7 +278,6 @@ def _cli(*args, timeout=300):
 def test_a_busy_workdir_is_refused_and_a_dead_runs_lock_taken_over(tmp_path, monkeypatch, capsys):
   """A second run on a workdir whose run is alive: exit 2, one line naming the holder;
   after kill -9 of the holder the workdir is free (the OS drops its lock)."""
-  import signal  # noqa: PLC0415
   import time  # noqa: PLC0415
 
   from jaxseg.run import skeleton  # noqa: PLC0415

@@ -6,7 +6,6 @@ import functools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -22,6 +21,7 @@ from jaxseg.errors import UserError
 from jaxseg.models import get_model
 from jaxseg.run import volume_eval
 from jaxseg.train.state import count_params
+from tests.conftest import sigterm_at
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HIPPOCAMPUS = os.path.join(REPO, "..", "shared", "data", "msd_hippocampus")
@@ -339,7 +339,6 @@ def test_3d_fedwep_is_reproducible_and_resumes_exactly(tmp_path, monkeypatch):
   from configs import unet3d_synthetic  # noqa: PLC0415
   from configs.fed_common import federated, smoke_fed  # noqa: PLC0415
   from jaxseg.errors import Preempted  # noqa: PLC0415
-  from jaxseg.run import skeleton  # noqa: PLC0415
 
   config = federated(unet3d_synthetic.get_config("smoke"))
   config.method.update(name="rwp", labeled_fraction=0.5)
@@ -347,15 +346,7 @@ def test_3d_fedwep_is_reproducible_and_resumes_exactly(tmp_path, monkeypatch):
   config.fed.update(num_clients=2, unroll=1)
   config.train.eval_every = 2  # one validation (sliding windows), at the end
   full = main.train(config, str(tmp_path / "full"))
-  rounds = skeleton.remaining
-
-  def remaining(*args):
-    for r in rounds(*args):
-      if r == 1:
-        os.kill(os.getpid(), signal.SIGTERM)
-      yield r
-
-  monkeypatch.setattr(skeleton, "remaining", remaining)
+  sigterm_at(monkeypatch, 1)
   with pytest.raises(Preempted, match="SIGTERM after step 1"):
     main.train(config, str(tmp_path / "part"))
   monkeypatch.undo()

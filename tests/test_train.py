@@ -225,6 +225,17 @@ def test_sigterm_checkpoints_the_step_reached_and_the_run_resumes_exactly(
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_relative_workdir_checkpoints(tmp_path, monkeypatch):
+  """`--workdir W` relative to the current folder (orbax takes absolute paths only)."""
+  from jaxseg.run.checkpoint import Checkpoints  # noqa: PLC0415
+
+  monkeypatch.chdir(tmp_path)
+  ckpts = Checkpoints("W/checkpoints")
+  ckpts.save(1, {"x": np.zeros(2, np.float32)}, {}, {"dice": 0.5})
+  ckpts.close()
+  assert (tmp_path / "W" / "checkpoints" / "1").is_dir()
+
+
 def test_eval_prints_test_metrics(reference_run, capsys):
   _, workdir, _ = reference_run
   result = main.evaluate(workdir)

@@ -50,8 +50,8 @@ class Checkpoints:
       enable_async_checkpointing=not read_only,
       cleanup_tmp_directories=not read_only,  # a save a kill interrupted
     )
-    self.directory = directory
-    self.manager = ocp.CheckpointManager(directory, options=options)
+    self.directory = os.path.abspath(directory)  # orbax takes absolute paths only
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
     self.manager.wait_until_finished()

@@ -97,11 +97,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   record = {"best_dice": -1.0, "evals_since_best": 0, **record}
   steps, done = config.train.steps, int(state.step)
   run_outputs = skeleton.outputs(workdir, ckpts, steps, done, "train", "step")
-  with run_outputs as (logger, bar, preemption), contextlib.closing(data):
-    return _loop(
-      evaluator, state, train_step, data, record, ckpts, (logger, bar, preemption), workdir,
-      stop_after,
-    )  # fmt: skip
+  with run_outputs as outputs, contextlib.closing(data):
+    return _loop(evaluator, state, train_step, data, record, ckpts, outputs, workdir, stop_after)
 
 
 def _loop(evaluator, state, train_step, data, record, ckpts, outputs, workdir, stop_after):

@@ -225,6 +225,47 @@ def test_sigterm_checkpoints_the_step_reached_and_the_run_resumes_exactly(
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_truncated_prepared_array_is_decoded_again(reference_run, tmp_path, monkeypatch, capsys):
+  """The prepared training images cut short (a disk that filled up, a copy cut short):
+  `jaxseg train` says so in one line, decodes them again and ends where the run on the
+  fresh cache did."""
+  from jaxseg.data import pipeline  # noqa: PLC0415
+
+  config, _, state = reference_run
+  arrays = os.path.join(pipeline.prepare(config.data).data_dir, "arrays", "train")
+  image = os.path.join(arrays, "image.npy")
+  size = os.path.getsize(image)
+  with open(image, "r+b") as f:
+    f.truncate(size - 100)
+  workdir = tmp_path / "run"
+  args = ["train", "--config", _tiny_config_file(tmp_path), "--workdir", str(workdir)]
+  assert _main_in_process(monkeypatch, args) in (0, None)  # sys.exit() of a finished run
+  out = capsys.readouterr().out
+  notes = [line for line in out.splitlines() if "damaged" in line]
+  assert notes == [
+    f"Prepared arrays {arrays} are damaged (image.npy has {size - 100:,} bytes, "
+    f"{size:,} were written); decoding them again."
+  ], out
+  assert os.path.getsize(image) == size
+  resumed = main.train(config, str(workdir))  # the finished run, restored
+  for a, b in zip(_leaves(state), _leaves(resumed), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_an_altered_prepared_array_is_found(tmp_path):
+  """A flipped byte (size unchanged) is caught by the manifest's CRC-32."""
+  from jaxseg.data import arrays  # noqa: PLC0415
+
+  np.save(tmp_path / "image.npy", np.arange(10, dtype=np.uint8))
+  arrays._write_manifest(str(tmp_path), ["image.npy"])
+  assert arrays.damage(str(tmp_path), ["image.npy"]) is None
+  with open(tmp_path / "image.npy", "r+b") as f:
+    f.seek(-1, os.SEEK_END)
+    f.write(b"\xff")
+  assert "altered" in arrays.damage(str(tmp_path), ["image.npy"])
+  assert "is not in" in arrays.damage(str(tmp_path), ["mask.npy"])
+
+
 def test_a_relative_workdir_checkpoints(tmp_path, monkeypatch):
   """`--workdir W` relative to the current folder (orbax takes absolute paths only)."""
   from jaxseg.run.checkpoint import Checkpoints  # noqa: PLC0415

@@ -184,7 +184,7 @@ def _describe(folder, names, labels=None, test=()):
     json.dump(description, f)
 
 
-def test_msd_reads_the_layout_and_rejects_bad_cases(tmp_path):
+def test_msd_reads_the_layout_and_rejects_bad_cases(tmp_path, capsys):
   """nnU-Net channel files, float labels, CT statistics, k-fold by case; clear errors."""
   rng = np.random.default_rng(0)
   names = [f"ct_{i}" for i in range(6)]
@@ -202,6 +202,12 @@ def test_msd_reads_the_layout_and_rejects_bad_cases(tmp_path):
   assert len(os.listdir(tmp_path / "cache" / "volumes")) == 1  # cached once
   msd.load(str(tmp_path), str(tmp_path / "cache"))
   assert len(os.listdir(tmp_path / "cache" / "volumes")) == 1
+  # A truncated prepared case is prepared again (one line), the same as the first time.
+  (where,) = (tmp_path / "cache" / "volumes").iterdir()
+  (where / "ct_0.npz").write_bytes((where / "ct_0.npz").read_bytes()[:-40])
+  again = msd.load(str(tmp_path), str(tmp_path / "cache"))
+  assert "are damaged" in capsys.readouterr().out
+  np.testing.assert_array_equal(again.cases["ct_0"]["image"], data.cases["ct_0"]["image"])
   # Values that would train as NaN are caught where they enter, naming the file.
   poisoned = image.astype(np.float32)
   poisoned[1, 2, 3] = np.nan

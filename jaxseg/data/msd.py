@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import zipfile
 
 import numpy as np
 
@@ -192,18 +193,14 @@ def load(source_dir: str | None, cache_dir: str, **kwargs) -> VolumeData:
   where = os.path.join(cache_dir, "volumes", f"msd_{key}")
   if not os.path.exists(os.path.join(where, "plan.json")):
     prepare(files, description, settings, where)
-  with open(os.path.join(where, "plan.json")) as f:
-    plan = json.load(f)
-  cases = {}
-  for name in files:
-    with np.load(os.path.join(where, f"{name}.npz")) as z:
-      meta = Meta.from_json(json.loads(str(z["meta"])))
-      cases[name] = {
-        "image": z["image"],
-        "labels": z["labels"],
-        "meta": meta,
-        "label_file": files[name][1],
-      }
+  try:
+    plan, cases = read_cache(where, files)
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    # npz files are zip archives: a truncated or altered one fails its CRC-32 here.
+    print(f"Prepared volumes {where} are damaged ({e}); preparing them again.")
+    shutil.rmtree(where, ignore_errors=True)
+    prepare(files, description, settings, where)
+    plan, cases = read_cache(where, files)
   labeled = sorted(n for n, f in files.items() if f[1])
   splits = split_cases(
     labeled, settings.folds, settings.fold, settings.validation_fraction, settings.seed
@@ -213,6 +210,22 @@ def load(source_dir: str | None, cache_dir: str, **kwargs) -> VolumeData:
     for name, site in read_sites(settings.sites, labeled).items():
       cases[name]["site"] = site
   return VolumeData(plan, cases, splits)
+
+
+def read_cache(where: str, files: dict) -> tuple[dict, dict]:
+  """``(plan, cases)`` as :func:`prepare` wrote them in ``where``."""
+  with open(os.path.join(where, "plan.json")) as f:
+    plan = json.load(f)
+  cases = {}
+  for name in files:
+    with np.load(os.path.join(where, f"{name}.npz")) as z:
+      cases[name] = {
+        "image": z["image"],
+        "labels": z["labels"],
+        "meta": Meta.from_json(json.loads(str(z["meta"]))),
+        "label_file": files[name][1],
+      }
+  return plan, cases
 
 
 def read_case(files, known_labels):

@@ -24,6 +24,12 @@ arguments ``synthetic`` / ``synthetic_smoke``, on the built-in ``synthetic_nerve
 * ``pool_partition``: how the images without masks (``config.data.unlabeled_dir``, or
   the dataset's own) join the clients: ``iid``, or whole ``patient`` / ``source``
   groups per client (read from the pool's file names: jaxseg/data/unlabeled_folder.py);
+* ``client_dirs``: one folder per client (a site's own images, read as
+  ``config.data`` reads its folder; partition ``site``): a simulation of the sites of a
+  real federation; ``config.data.dir`` is then the server's (validation and test);
+* a real federation over Flower (``jaxseg flower``, jaxseg/run/flower.py): a round
+  ends with at least ``min_fraction`` of the sites' updates, waiting at most
+  ``round_timeout_s`` seconds for the others;
 * ``server_optim``: an optimizer of the pseudo-gradient (``sgd`` lr 1.0 is FedAvg;
   ``adam`` is FedAdam), same keys as ``config.optim``;
 * ``seed_search`` (FedWeP): ``candidates`` N, ``probe`` (``random`` or ``real``),
@@ -70,6 +76,9 @@ FED = dict(
   scenario="label_at_client",
   server_training="before_clients",
   sampling="epochs",
+  client_dirs=(),
+  min_fraction=1.0,
+  round_timeout_s=600.0,
   server_optim=dict(
     name="sgd", lr=1.0, schedule="constant", warmup_steps=0, grad_clip=0.0, kwargs={}
   ),

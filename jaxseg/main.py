@@ -5,6 +5,8 @@ jaxseg eval  --workdir DIR [--split test]
 jaxseg predict --workdir DIR [--workdir DIR2 ...] --input FILE_OR_DIR --output DIR
 jaxseg sweep --config FILE[:ARG] --workdir DIR [--cells 0,1] [--config.key=value ...]
 jaxseg synthesize --workdir GAN_RUN --num N --output DIR
+jaxseg flower --config FILE[:ARG] --workdir DIR --sites DIR0,DIR1 [--fractions F0,F1]
+jaxseg flower --config FILE[:ARG] --workdir DIR --superlink HOST:PORT [--root_certificates CA]
 jaxseg inspect --config FILE[:ARG] [--config.data.key=value ...] [--json FILE]
 jaxseg bench --models unet,unetpp:mode=l2,... --input NxCxHxW [--batch N]
              [--dtype float32|bfloat16] [--repeats N] [--json FILE]
@@ -31,7 +33,7 @@ from ml_collections import config_flags
 
 from jaxseg.errors import PREEMPTED_STATUS, Preempted, UserError
 
-COMMANDS = ("train", "eval", "bench", "sweep", "predict", "synthesize", "inspect")
+COMMANDS = ("train", "eval", "bench", "sweep", "predict", "synthesize", "inspect", "flower")
 USAGE = __doc__
 
 FLAGS = flags.FLAGS
@@ -95,6 +97,10 @@ flags.DEFINE_list(
   "sweep: run only these cells (0-based, as the sweep lists them) and write no table; "
   "a last `jaxseg sweep` without --cells tabulates (cells shared by several processes).",
 )
+flags.DEFINE_list("sites", None, "flower: one data folder per site of a local deployment.")
+flags.DEFINE_list("fractions", None, "flower: each site's labeled fraction (--sites order).")
+flags.DEFINE_string("superlink", None, "flower: the SuperLink of a real federation, HOST:PORT.")
+flags.DEFINE_string("root_certificates", None, "flower: the CA certificate of a TLS SuperLink.")
 flags.DEFINE_bool("verbose", False, "Show the traceback of a user error too.")
 
 
@@ -221,7 +227,7 @@ def _run(command: str) -> None:
   workdirs, workdir = FLAGS.workdir, FLAGS.workdir[0]
   if len(workdirs) > 1 and command != "predict":
     raise UserError(f"jaxseg {command} takes one --workdir, found {len(workdirs)}.")
-  if command in ("train", "sweep"):
+  if command in ("train", "sweep", "flower"):
     _require(command, config=FLAGS.config)
   if FLAGS.config is not None:
     from jaxseg.run import runtime  # noqa: PLC0415
@@ -234,6 +240,12 @@ def _run(command: str) -> None:
   elif command == "synthesize":
     _require(command, output=FLAGS.output)
     synthesize(workdir, FLAGS.num, FLAGS.output)
+  elif command == "flower":
+    from jaxseg.run import flower_deploy  # noqa: PLC0415
+
+    flower_deploy.run(
+      FLAGS.config, workdir, FLAGS.sites, FLAGS.fractions, FLAGS.superlink, FLAGS.root_certificates
+    )
   elif command == "sweep":
     sweep(FLAGS.config, workdir, [int(c) for c in FLAGS.cells] if FLAGS.cells else None)
   else:

@@ -174,6 +174,22 @@ def load_splits(data_config, splits=datasets.SPLITS) -> dict:
   return sources
 
 
+def site_images(data_config) -> tuple:
+  """``(source, images, pool)``: everything a federated site's folder
+  ``data_config.dir`` holds for training — its stored ``train`` split whole (no split
+  carved: the site's validation is the server's business), then its images without
+  masks (its ``unlabeled`` split) — and the counts of each."""
+  builder = prepare(data_config)
+  stored = {k for k, v in builder.info.splits.items() if v.num_examples}
+  if "train" not in stored:
+    raise UserError(f"{data_config.dir}: no training images found ({data_config.name}).")
+  train = arrays.open_split(builder, "train", data_config.weight_map)
+  if "unlabeled" not in stored:
+    return train, len(train), 0
+  pool = arrays.open_split(builder, "unlabeled", data_config.weight_map)
+  return Concat(train, pool), len(train), len(pool)
+
+
 def extra_train(data_config, image_shape: tuple):
   """The training split of ``data_config.extra_train_dir`` (see :func:`load_splits`)."""
   folder = data_config.extra_train_dir

@@ -215,10 +215,26 @@ def vmap_round(placed: Placed) -> Callable:
   return run_round
 
 
-def loop_round(placed: Placed) -> Callable:
-  """``run_round(state) -> (state, metrics)`` calling one compiled client function per
-  live client (padding rows weigh nothing: skipped). Needs a one-device mesh."""
-  fed, data = placed.fed, placed.data
+@dataclasses.dataclass(frozen=True)
+class LoopParts:
+  """The compiled parts of a round run client by client (:func:`loop_round`, and a real
+  federation: :mod:`jaxseg.run.flower`, where the server runs ``prepare``, ``add`` and
+  ``conclude`` and each site ``block`` on its own images).
+
+  ``prepare(state, data, arrays, probe, xs) -> (client_xs, server_xs, (shared,
+  metrics))``; ``block(shared, client_arrays, rows, xs, steps, size) -> part`` (one
+  client's weighted sums, :func:`jaxseg.fed.simulate.clients`); ``add(part, part)``;
+  ``conclude(state, shared, total, metrics, server_side) -> (state, metrics)``.
+  """
+
+  prepare: Callable
+  block: Callable
+  add: Callable
+  conclude: Callable
+
+
+def loop_parts(placed: Placed) -> LoopParts:
+  fed = placed.fed
 
   @jax.jit
   def prepare(state, data, arrays, probe, xs):
@@ -226,11 +242,20 @@ def loop_round(placed: Placed) -> Callable:
     shared = simulate.broadcast(fed, state, server_xs, placed.fetch, probe, placed.keys, arrays)
     return client_xs, server_xs, shared
 
-  block = jax.jit(functools.partial(simulate.clients, fed, placed.fetch))
-  add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
-  conclude = jax.jit(
-    functools.partial(simulate.conclude, fed, placed.fetch, placed.keys), donate_argnums=0
+  return LoopParts(
+    prepare=prepare,
+    block=jax.jit(functools.partial(simulate.clients, fed, placed.fetch)),
+    add=jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b)),
+    conclude=jax.jit(
+      functools.partial(simulate.conclude, fed, placed.fetch, placed.keys), donate_argnums=0
+    ),
   )
+
+
+def loop_round(placed: Placed) -> Callable:
+  """``run_round(state) -> (state, metrics)`` calling one compiled client function per
+  live client (padding rows weigh nothing: skipped). Needs a one-device mesh."""
+  data, parts = placed.data, loop_parts(placed)
   # Each live client's row, steps and size, sliced once.
   per_client = [
     (slice(c, c + 1), jnp.arange(c, c + 1), data.steps[c : c + 1], data.size[c : c + 1])
@@ -240,13 +265,14 @@ def loop_round(placed: Placed) -> Callable:
   def run_round(state):
     xs = placed.host_batches(state)
     arrays = placed.server_arrays
-    client_xs, server_xs, (shared, metrics) = prepare(state, data, arrays, placed.probe, xs)
+    client_xs, server_xs, (shared, metrics) = parts.prepare(state, data, arrays, placed.probe, xs)
     total = None
     for one, row, steps, size in per_client:
       xs_c = jax.tree.map(lambda x, one=one: x[one], client_xs)
-      part = block(shared, placed.client_arrays, row, xs_c, steps, size)
-      total = part if total is None else add(total, part)
-    return conclude(state, shared, total, metrics, (server_xs, arrays, data.server_n))
+      part = parts.block(shared, placed.client_arrays, row, xs_c, steps, size)
+      total = part if total is None else parts.add(total, part)
+    server_side = (server_xs, arrays, data.server_n)
+    return parts.conclude(state, shared, total, metrics, server_side)
 
   return run_round
 

@@ -62,6 +62,7 @@ def check(config, devices: int, processes: int = 1) -> None:
       f"config.fed.pool_partition={fc.pool_partition!r} splits the pool of "
       "config.data.unlabeled_dir by patient or source; set it (or pool_partition='iid')."
     )
+  _check_sites(config)
   _choice("placement", fc.placement, PLACEMENTS)
   _choice("client_map", fc.client_map, CLIENT_MAPS)
   if fc.scenario == "label_at_server" and config.method.name == "supervised":
@@ -79,6 +80,30 @@ def check(config, devices: int, processes: int = 1) -> None:
   broadcast = semi.make_method(config.method.name, config.method.kwargs).broadcast
   if broadcast is not None:
     broadcast.check(fc[broadcast.settings], fc.scenario)
+
+
+def _check_sites(config) -> None:
+  """``config.fed.client_dirs`` (a simulation of sites with their own folders) and the
+  settings of a real federation (:mod:`jaxseg.run.flower`)."""
+  fc = config.fed
+  if not 0 < fc.min_fraction <= 1:
+    raise UserError(f"config.fed.min_fraction must be in (0, 1], found {fc.min_fraction}.")
+  if fc.round_timeout_s <= 0:
+    raise UserError(f"config.fed.round_timeout_s must be positive, found {fc.round_timeout_s}.")
+  if not fc.client_dirs:
+    return
+  if config.data.name in datasets.VOLUMES or fc.scenario != "label_at_client":
+    raise UserError(
+      "config.fed.client_dirs simulates sites that hold labeled images in their own folders: "
+      f"image datasets and scenario 'label_at_client' only (found {config.data.name!r}, "
+      f"{fc.scenario!r})."
+    )
+  if fc.partition != "site" or fc.num_clients != len(fc.client_dirs):
+    raise UserError(
+      f"config.fed.client_dirs: {len(fc.client_dirs)} folders make {len(fc.client_dirs)} "
+      f"clients by site: set config.fed.partition='site' (found {fc.partition!r}) and "
+      f"config.fed.num_clients={len(fc.client_dirs)} (found {fc.num_clients})."
+    )
 
 
 def _check_volumes(fc, data) -> None:

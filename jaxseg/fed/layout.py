@@ -86,13 +86,17 @@ def labeled_counts(sizes, fraction: float) -> list[int]:
   return np.minimum(counts, sizes).tolist()
 
 
-def with_unlabeled(layout: Layout, first: int, count: int, seed: int, groups=None) -> Layout:
+def with_unlabeled(
+  layout: Layout, first: int, count: int, seed: int, groups=None, held: bool = False
+) -> Layout:
   """``layout`` with ``count`` images without masks (indices ``first ..``) added to its
   clients' unlabeled images (a hospital's unannotated scans): IID, or with ``groups``
   (per image: its patient or source) whole groups per client, group ``g`` to client
-  ``g % clients``."""
+  ``g % clients``; with ``held``, ``groups`` are the clients that hold them."""
   clients, indices = len(layout.clients), first + np.arange(count)
-  if groups is None:
+  if held:
+    extra = [indices[np.asarray(groups) == c] for c in range(clients)]
+  elif groups is None:
     extra = partition.iid(indices, clients, seed)
   else:
     found = np.unique(groups)
@@ -139,17 +143,42 @@ def _table(groups: list, rows: int, width: int) -> tuple[np.ndarray, np.ndarray]
   return table, counts
 
 
+def site(scenario: str, images: int, pool: int, fraction: float, client: int, seed: int) -> Layout:
+  """The one-client layout of a real site (Flower) holding ``images`` training images
+  and ``pool`` images without masks, numbered locally (``0 ..``): its labels chosen as
+  :func:`assign` chooses client ``client``'s (``ceil(fraction * images)``, at least
+  one), so a site holding what a simulated client holds labels the same images."""
+  part, key = np.arange(images), jax.random.key(seed)
+  extra = images + np.arange(pool)
+  if scenario == "label_at_server":
+    everything = np.concatenate([part, extra])
+    return Layout([everything], [np.zeros(0, np.int64)], [everything], np.zeros(0, np.int64))
+  (count,) = labeled_counts([images], fraction)
+  order = _permuted(part, jax.random.fold_in(key, 1 + client))
+  labeled, rest = np.sort(order[:count]), np.sort(order[count:])
+  unlabeled = np.concatenate([rest if len(rest) else labeled, extra])
+  return Layout([np.concatenate([part, extra])], [labeled], [unlabeled], np.zeros(0, np.int64))
+
+
 def client_data(
-  layout: Layout, rows: int, local_steps: int, local_epochs: float, batch: int, unlabeled_batch: int
+  layout: Layout,
+  rows: int,
+  local_steps: int,
+  local_epochs: float,
+  batch: int,
+  unlabeled_batch: int,
+  width: int = 0,
 ) -> tuple[simulate.ClientData, int]:
   """Padded index tables with ``rows >= clients`` rows, and the longest local run.
 
   Local steps per client: ``local_steps``, or with ``local_epochs > 0`` enough steps
-  for that many passes over the client's labeled and unlabeled images.
+  for that many passes over the client's labeled and unlabeled images. ``width``: the
+  tables' width (default: the images of the layout; a site is told the federation's).
   """
   # Every table is as wide as the training set, so runs that differ only in the
-  # partition or the labeled fraction compile to the same program (cache hits).
-  width = max(len(np.concatenate([*layout.clients, layout.server])), 1)
+  # partition or the labeled fraction compile to the same program (cache hits); a
+  # client's batch order depends on it (jaxseg.data.resident.stream_indices).
+  width = width or max(len(np.concatenate([*layout.clients, layout.server])), 1)
   labeled, labeled_n = _table(layout.labeled, rows, width)
   unlabeled, unlabeled_n = _table(layout.unlabeled, rows, width)
   size = np.zeros(rows, np.float32)

@@ -158,9 +158,10 @@ def draw(fed: Federation, data_key, round_, stream: tuple, table, count, shape, 
   return table[picks.reshape(steps, batch)]
 
 
-def client_indices(fed: Federation, data: ClientData, data_key, round_):
-  """Per client ``{labeled, unlabeled}`` indices ``[R, S, B]`` of this round."""
-  rows = jnp.arange(data.size.shape[0])
+def client_indices(fed: Federation, data: ClientData, data_key, round_, ids=None):
+  """Per client ``{labeled, unlabeled}`` indices ``[R, S, B]`` of this round; ``ids``:
+  the rows' client numbers (default ``0 .. R-1``; a real site holds one row)."""
+  rows = jnp.arange(data.size.shape[0]) if ids is None else jnp.asarray(ids)
   stream = functools.partial(draw, fed, data_key, round_)
   s = fed.local_steps
 

@@ -12,6 +12,7 @@ clients' data and batches are pure functions of the config and the round, so a
 resumed run continues exactly. Only process 0 writes files.
 """
 
+import copy
 import dataclasses
 import math
 import os
@@ -101,9 +102,30 @@ class Simulation:
     return jax.device_put(state, self.state_sharding)
 
 
+def site_config(data_config, folder: str):
+  """``data_config`` (its ``auto`` settings resolved) reading the folder ``folder``."""
+  data_config = copy.deepcopy(data_config)
+  with data_config.unlocked():
+    data_config.dir = folder
+  return data_config
+
+
+def site_folders(exp: Experiment) -> list:
+  """``(source, images, pool)`` of each ``config.fed.client_dirs`` folder (a site)."""
+  data = exp.config.data
+  return [pipeline.site_images(site_config(data, d)) for d in exp.config.fed.client_dirs]
+
+
 def training_source(exp: Experiment):
   """The images (volumes: cases) the clients and the server train on: the training
-  split, then the dataset's images without masks (its ``unlabeled`` split), if any."""
+  split, then the dataset's images without masks (its ``unlabeled`` split), if any.
+  With ``config.fed.client_dirs``: every site's training images, then every site's
+  images without masks."""
+  if exp.config.fed.client_dirs:
+    held = site_folders(exp)
+    trains = [pipeline.Subset(src, np.arange(n)) for src, n, _ in held]
+    pools = [pipeline.Subset(src, n + np.arange(p)) for src, n, p in held if p]
+    return pipeline.Concat(*trains, *pools)
   if exp.volumes is not None:
     cases = exp.volumes.cases("train") + exp.volumes.cases("unlabeled")
     return volume.Cases(cases, exp.volumes.patch)
@@ -115,6 +137,12 @@ def training_source(exp: Experiment):
 def labeled_meta(exp: Experiment) -> tuple[np.ndarray, np.ndarray, int]:
   """``(foreground fraction, site, unlabeled count)``: per training image (volume:
   case) with a mask, what the partition reads, and how many more have none."""
+  if exp.config.fed.client_dirs:  # site k's images are client k's
+    held = site_folders(exp)
+    masks = [src.take(np.arange(n), ("mask",))["mask"] for src, n, _ in held]
+    foreground = np.concatenate([(m > 0).mean(axis=(1, 2)) for m in masks])
+    site_ids = np.repeat(np.arange(len(held)), [n for _, n, _ in held])
+    return foreground, site_ids, sum(p for _, _, p in held)
   if exp.volumes is not None:
     cases = exp.volumes.cases("train")
     sites = np.array([c.get("site", 0) for c in cases], np.int64)  # msd's `sites` setting
@@ -129,6 +157,9 @@ def labeled_meta(exp: Experiment) -> tuple[np.ndarray, np.ndarray, int]:
 def pool_groups(exp: Experiment, by: str):
   """Per image of the ``config.data.unlabeled_dir`` pool, its patient or source (``by``;
   None for ``iid``): the pool's records keep the patient in ``site``."""
+  if exp.config.fed.client_dirs:  # each site's pool stays with the site
+    held = site_folders(exp)
+    return np.repeat(np.arange(len(held)), [p for _, _, p in held])
   if by == "iid":
     return None
   pool = exp.sources["unlabeled"]
@@ -147,7 +178,8 @@ def client_layout(exp: Experiment, groups: int):
   where = layout.assign(fc, cfg.method.labeled_fraction, foreground, sites, cfg.seed)
   if extra:
     pool = pool_groups(exp, fc.pool_partition)
-    where = layout.with_unlabeled(where, len(foreground), extra, cfg.seed + 1, pool)
+    held = bool(fc.client_dirs)
+    where = layout.with_unlabeled(where, len(foreground), extra, cfg.seed + 1, pool, held)
     foreground = np.concatenate([foreground, np.zeros(extra)])
   rows = math.ceil(fc.num_clients / groups) * groups
   data, longest = layout.client_data(
@@ -223,12 +255,14 @@ def simulation(exp: Experiment) -> Simulation:
   return Simulation(fed, where, table, comm, placed, run_round, state_sharding)
 
 
-def train(config, workdir: str, *, stop_after: int | None = None):
+def train(config, workdir: str, *, stop_after: int | None = None, make_simulation=None):
   """Federated training of ``config`` in ``workdir`` (resumes from its latest checkpoint);
-  ``stop_after`` ends after that many rounds without saving, as a kill would."""
+  ``stop_after`` ends after that many rounds without saving, as a kill would.
+  ``make_simulation(exp)``: the round (default :func:`simulation`; a real federation:
+  :func:`jaxseg.run.flower.federation`)."""
   exp = skeleton.start_run(config, workdir, check, Experiment)
   config = exp.config
-  sim = simulation(exp)
+  sim = (make_simulation or simulation)(exp)
   fc, comm = config.fed, sim.communication
   skeleton.write_text(workdir, "clients.md", sim.table + "\n")
   skeleton.write_json(workdir, "communication.json", comm)

@@ -1,0 +1,406 @@
+"""A real federation over Flower (``pip install -e '.[flower]'``): the federated round
+of :mod:`jaxseg.run.federated`, with each client a *site* — a Flower SuperNode that
+reads only its own folder — and the server a Flower ServerApp.
+
+The round is the simulation's ``loop`` backend cut at its seams
+(:class:`jaxseg.fed.backends.LoopParts`): the server runs ``prepare`` (its training,
+label-at-server; the method's hook, FedWeP's seed search), sends the exchanged
+networks (and the hook's payload, FedWeP's two seeds) to every site, adds the sites'
+answers in the order of their names and runs ``conclude`` (the server optimizer,
+FedAvg or FedAdam); each site runs ``block``, the simulation's compiled client
+function, on its own images. What crosses the wire, per round and site:
+
+* down: the exchanged networks' parameters and BatchNorm statistics, the payload, and a
+  ConfigRecord with the run's config and the site's place (its number, the federation's
+  table width and longest local run: counts);
+* up: the site's networks times its image count (float32 sums, as the simulation adds
+  clients), that count, and the sums of its training metrics.
+
+A site's number is its place among the sites' names (sorted): a site holding what
+client ``k`` of a simulation holds (``config.fed.client_dirs``, the same folders)
+trains exactly as that client, so N rounds end with the simulation's global model,
+bitwise on one platform (tests/test_flower.py). A site labels ``ceil(fraction *
+images)`` of its images (its own ``labeled-fraction``, else
+``config.method.labeled_fraction``); the simulation apportions the global count, which
+is the same where the sites' shares are whole numbers.
+
+Sites are SuperNodes started with ``--node-config "data-dir='DIR' site='NAME'
+[labeled-fraction=F] [cache-dir='DIR']"``; the server's own data (validation, test,
+and label-at-server its labeled images: its whole training split) is
+``config.data.dir`` on the server. A round ends when every site has answered, or after
+``config.fed.round_timeout_s`` with at least ``config.fed.min_fraction`` of them (the
+log names the missing); a site whose data cannot be read answers with its one-line
+error, which the server reports. The ServerApp writes the workdir a simulation writes
+(``config.json``, ``metrics.jsonl`` with the measured bytes, checkpoints of the global
+model each validation, ``communication.json``; a restarted run resumes), so ``jaxseg
+eval`` works on it. Volumes are not served yet (image datasets only).
+"""
+
+import base64
+import dataclasses
+import json
+import math
+import sys
+import time
+import zlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flwr.app import (
+  Array,
+  ArrayRecord,
+  ConfigRecord,
+  Context,
+  Error,
+  Message,
+  MetricRecord,
+  RecordDict,
+)
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+from jaxseg import data as datasets
+from jaxseg.data import pipeline
+from jaxseg.errors import UserError
+from jaxseg.fed import backends, cost, layout, simulate
+from jaxseg.run import federated, skeleton
+from jaxseg.run.experiment import Experiment
+
+server_app = ServerApp()
+client_app = ClientApp()
+USER_ERROR = 0  # the Error code a site answers a user error (its data) with
+
+
+def encode_config(config: ml_collections.ConfigDict) -> str:
+  """``config`` as one ASCII word (base64 of its compressed JSON): Flower's run config
+  takes it, and it travels with every round (a site that restarts can rejoin)."""
+  return base64.b64encode(zlib.compress(config.to_json_best_effort().encode(), 9)).decode()
+
+
+def decode_config(text: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(json.loads(zlib.decompress(base64.b64decode(text))))
+
+
+def to_record(tree) -> ArrayRecord:
+  """The leaves of ``tree`` by path (``['model'].params['conv0']…``)."""
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+  return ArrayRecord({jax.tree_util.keystr(p): Array(np.asarray(v)) for p, v in leaves})
+
+
+def from_record(record: ArrayRecord, like):
+  """The tree ``like`` (its structure) with the leaves of ``record``."""
+  paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+  return jax.tree.unflatten(treedef, [record[jax.tree_util.keystr(p)].numpy() for p, _ in paths])
+
+
+def payload_bytes(content: RecordDict) -> int:
+  """Bytes of the arrays a message carries (what :mod:`jaxseg.fed.cost` predicts)."""
+  return sum(a.numpy().nbytes for r in content.array_records.values() for a in r.values())
+
+
+def wire_bytes(message: Message) -> int:
+  """Bytes of the message's serialized objects: what Flower sends, before HTTP. Flower
+  addresses objects by content, so equal arrays (e.g. zero-initialised biases) travel
+  once and this can be below :func:`payload_bytes`; the difference otherwise is
+  Flower's framing (array metadata, records) and the plan (the compressed config)."""
+  return sum(len(o.deflate()) for o in get_all_nested_objects(message).values())
+
+
+# --- the site (ClientApp) -------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Site:
+  """A site's data and compiled client function, rebuilt for every message (Flower
+  runs each message in a new process; compiled programs come from the persistent
+  compilation cache)."""
+
+  exp: Experiment
+  source: object
+  images: int
+  pool: int
+  fraction: float
+
+
+def open_site(context: Context, config: ml_collections.ConfigDict) -> Site:
+  node = context.node_config
+  if "data-dir" not in node:
+    raise UserError("this SuperNode has no data: start it with --node-config \"data-dir='DIR'\".")
+  with config.unlocked():  # the server's paths mean nothing here
+    config.data = federated.site_config(config.data, str(node["data-dir"]))
+    config.data.cache_dir = str(node.get("cache-dir", datasets.default_cache_dir()))
+    for key in ("unlabeled_dir", "extra_train_dir"):
+      if key in config.data:
+        config.data[key] = ""
+  compilation_cache(config.data.cache_dir)
+  exp = Experiment(config, splits=())
+  source, images, pool = pipeline.site_images(config.data)
+  fraction = float(node.get("labeled-fraction", config.method.labeled_fraction))
+  return Site(exp, source, images, pool, fraction)
+
+
+def compilation_cache(cache_dir: str) -> None:
+  """Compiled programs kept in ``cache_dir/jax_cache``: Flower starts a process per
+  message, which would otherwise compile the round again every time."""
+  if not jax.config.jax_compilation_cache_dir:  # a cache the user set is kept
+    jax.config.update("jax_compilation_cache_dir", f"{cache_dir}/jax_cache")
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def _answer(message: Message, context: Context, work) -> Message:
+  """``work(site, plan)``'s reply; a user error (unreadable or mismatched data) is one
+  line on the site and the reply's error."""
+  plan = message.content["plan"]
+  try:
+    return Message(work(open_site(context, decode_config(plan["config"])), plan), reply_to=message)
+  except UserError as e:
+    name = context.node_config.get("site", context.node_id)
+    print(f"jaxseg site {name}: error: {e}", file=sys.stderr, flush=True)
+    return Message(Error(code=USER_ERROR, reason=str(e)), reply_to=message)
+
+
+@client_app.query()
+def _query(message: Message, context: Context) -> Message:
+  """The handshake: the site's counts (its data prepared and checked)."""
+
+  def counts(site: Site, plan) -> RecordDict:
+    name = str(context.node_config.get("site", context.node_id))
+    return RecordDict(
+      {
+        "site": ConfigRecord(
+          {"name": name, "images": site.images, "pool": site.pool, "fraction": site.fraction}
+        )
+      }
+    )
+
+  return _answer(message, context, counts)
+
+
+@client_app.train()
+def _train(message: Message, context: Context) -> Message:
+  """One round of local training: the simulation's client function on this site."""
+  return _answer(message, context, lambda site, plan: local_round(site, plan, message.content))
+
+
+def local_round(site: Site, plan: ConfigRecord, content: RecordDict) -> RecordDict:
+  exp, fc = site.exp, site.exp.config.fed
+  client, round_ = int(plan["client"]), int(plan["round"])
+  where = layout.site(fc.scenario, site.images, site.pool, site.fraction, client, exp.config.seed)
+  data, _ = layout.client_data(
+    where,
+    1,
+    fc.local_steps,
+    fc.local_epochs,
+    exp.config.train.batch_size,
+    exp.config.method.unlabeled_batch_size,
+    width=int(plan["width"]),
+  )
+  fed = federated.federation(exp, int(plan["longest"]))
+  placed = backends.place(
+    fed, data, site.source, np.zeros((1,), np.float32), exp.train_key, "device",
+    jax.devices()[:1], 1, federated.reader(exp),
+  )  # fmt: skip
+  nets = from_record(content["nets"], exp.abstract_state().nets)
+  extra = content["extra"]["payload"].numpy() if "extra" in content else None
+  row = jnp.arange(client, client + 1)
+  draw = jax.jit(lambda d, k, r: simulate.client_indices(fed, d, k, r, row))
+  xs = draw(placed.data, placed.data_key, round_)
+  shared = {
+    "nets": nets,
+    "extra": extra,
+    "key": jax.random.fold_in(placed.keys["train"], round_),
+    "round": jnp.int32(round_),
+  }
+  block = backends.loop_parts(placed).block
+  sums, total, live, metrics = block(
+    shared, placed.client_arrays, row, xs, placed.data.steps, placed.data.size
+  )
+  counts = {"total": float(total), "live": float(live)}
+  return RecordDict(
+    {
+      "sums": to_record(sums),
+      "counts": MetricRecord(counts),
+      "metrics": MetricRecord({k: float(v) for k, v in metrics.items()}),
+    }
+  )
+
+
+# --- the server (ServerApp) -----------------------------------------------------------
+
+
+@server_app.main()
+def _server(grid: Grid, context: Context) -> None:
+  """``federated.train`` with the Flower round; a user error is one line."""
+  config = decode_config(str(context.run_config["config"]))
+  workdir = str(context.run_config["workdir"])
+  compilation_cache(config.data.cache_dir or datasets.default_cache_dir())
+  try:
+    federated.train(config, workdir, make_simulation=lambda exp: federation(exp, grid))
+  except UserError as e:
+    print(f"jaxseg: error: {e}", file=sys.stderr, flush=True)
+    skeleton.write_text(workdir, "flower_error.txt", f"{e}\n")
+
+
+def _send(grid: Grid, sites: dict, kind: str, content, timeout: float) -> tuple[dict, dict]:
+  """``content(node)`` to every node of ``sites``: ``(replies, errors)`` by node. Waits
+  until every node has answered, ``timeout`` seconds have passed, or the nodes still
+  awaited have left the federation (Flower's ``send_and_receive`` polls every 3 s and
+  waits for nodes that are gone)."""
+  messages = [Message(content(n), dst_node_id=n, message_type=kind) for n in sites]
+  pending = dict(zip(grid.push_messages(messages), sites, strict=True))  # message -> node
+  replies, errors, deadline = {}, {}, time.time() + timeout
+  while pending and time.time() < deadline:
+    for reply in grid.pull_messages(list(pending)):
+      node = pending.pop(reply.metadata.reply_to_message_id)
+      if reply.has_error():
+        errors[node] = reply.error.reason
+      else:
+        replies[node] = reply
+    if pending and not set(pending.values()) & set(grid.get_node_ids()):
+      break
+    time.sleep(0.2)
+  return replies, errors
+
+
+def connect(grid: Grid, exp: Experiment, encoded: str) -> dict:
+  """``{node: site counts}`` of ``config.fed.num_clients`` sites, sorted by name (the
+  handshake; a site's error stops the run naming the site)."""
+  fc, deadline = exp.config.fed, time.time() + exp.config.fed.round_timeout_s
+  while len(nodes := sorted(grid.get_node_ids())) < fc.num_clients:
+    if time.time() > deadline:
+      raise UserError(
+        f"{len(nodes)} of config.fed.num_clients={fc.num_clients} sites connected within "
+        f"config.fed.round_timeout_s={fc.round_timeout_s:g} s."
+      )
+    time.sleep(0.5)
+  plan = lambda n: RecordDict({"plan": ConfigRecord({"config": encoded})})  # noqa: E731
+  replies, errors = _send(grid, dict.fromkeys(nodes), "query", plan, fc.round_timeout_s)
+  if errors:
+    raise UserError("; ".join(f"site node {n}: {reason}" for n, reason in errors.items()))
+  found = {n: dict(r.content["site"]) for n, r in replies.items()}
+  if len(found) < fc.num_clients:
+    raise UserError(f"only {len(found)} of {fc.num_clients} sites answered the handshake.")
+  return dict(sorted(found.items(), key=lambda item: item[1]["name"]))
+
+
+def plan_sites(exp: Experiment, sites: dict, server_images: int) -> tuple[int, int, str]:
+  """``(width, longest, table)``: the federation's table width, longest local run, and
+  the sites' table (``clients.md``), from the sites' counts."""
+  cfg, fc = exp.config, exp.config.fed
+  width = sum(s["images"] + s["pool"] for s in sites.values()) + server_images
+  lines = ["| client | site | images | labeled | without masks | local steps |", "|---|" * 6]
+  longest = 0
+  for c, s in enumerate(sites.values()):
+    where = layout.site(fc.scenario, s["images"], s["pool"], s["fraction"], c, cfg.seed)
+    _, steps = layout.client_data(
+      where, 1, fc.local_steps, fc.local_epochs, cfg.train.batch_size,
+      cfg.method.unlabeled_batch_size, width,
+    )  # fmt: skip
+    longest = max(longest, steps)
+    lines.append(
+      f"| {c} | {s['name']} | {s['images']} | {len(where.labeled[0])} | {s['pool']} | {steps} |"
+    )
+  lines[1] = "|---" * 6 + "|"
+  return width, longest, "\n".join(lines)
+
+
+def federation(exp: Experiment, grid: Grid) -> federated.Simulation:
+  """The Flower round as a :class:`jaxseg.run.federated.Simulation`."""
+  cfg, fc = exp.config, exp.config.fed
+  encoded = encode_config(cfg)
+  sites = connect(grid, exp, encoded)
+  server_source = exp.sources["train"]
+  server_images = len(server_source) if fc.scenario == "label_at_server" else 0
+  width, longest, table = plan_sites(exp, sites, server_images)
+  server = layout.Layout([np.zeros(0, np.int64)], [], [], np.arange(server_images))
+  data, _ = layout.client_data(server, 1, 0, 0.0, 1, 1, width)  # no client of its own
+  fed = federated.federation(exp, longest)
+  probe = federated.probe_images(exp, server_source, np.arange(max(server_images, 1)))
+  placed = backends.place(
+    fed, data, server_source, probe, exp.train_key, "device", jax.devices()[:1], 1,
+    federated.reader(exp),
+  )  # fmt: skip
+  parts = backends.loop_parts(placed)
+  names = {n: s["name"] for n, s in sites.items()}
+  number = {n: c for c, n in enumerate(sites)}
+
+  def run_round(state):
+    _, server_xs, (shared, metrics) = parts.prepare(
+      state, placed.data, placed.server_arrays, placed.probe, None
+    )
+    round_ = int(state.step)
+    down = {"nets": to_record(shared["nets"])}
+    if shared["extra"] is not None:
+      down["extra"] = ArrayRecord({"payload": Array(np.asarray(shared["extra"]))})
+
+    def content(node):
+      plan = {"config": encoded, "round": round_, "client": number[node]}
+      return RecordDict(
+        {**down, "plan": ConfigRecord({**plan, "width": width, "longest": longest})}
+      )
+
+    live = [n for n in sites if n in set(grid.get_node_ids())]
+    replies, errors = _send(grid, dict.fromkeys(live), "train", content, fc.round_timeout_s)
+    missing = [names[n] for n in sites if n not in replies]
+    _report(round_, missing, errors, names, len(sites), fc.min_fraction)
+    total = _aggregate(parts, shared, replies, number)
+    state, metrics = parts.conclude(
+      state, shared, total, metrics, (server_xs, placed.server_arrays, placed.data.server_n)
+    )
+    sent = Message(content(live[0]), dst_node_id=live[0], message_type="train")
+    answer = next(iter(replies.values()))
+    metrics.update(
+      sites=len(replies),
+      down_bytes=payload_bytes(sent.content),
+      up_bytes=payload_bytes(answer.content),
+      down_wire_bytes=wire_bytes(sent),
+      up_wire_bytes=wire_bytes(answer),
+    )
+    return state, metrics
+
+  comm = cost.communication(exp.method, exp.abstract_state().nets)
+  state_sharding = jax.sharding.NamedSharding(placed.mesh, jax.sharding.PartitionSpec())
+  return federated.Simulation(fed, None, table, comm, "flower", run_round, state_sharding)
+
+
+def _aggregate(parts, shared, replies: dict, number: dict):
+  """The sites' parts added in the order of their numbers (as the simulation adds its
+  clients): ``(sums, total, live, metric sums)``."""
+  like = {
+    "params": {n: v.params for n, v in shared["nets"].items()},
+    "batch_stats": {n: v.batch_stats for n, v in shared["nets"].items()},
+  }
+  total = None
+  for node in sorted(replies, key=number.get):
+    content = replies[node].content
+    counts, metrics = content["counts"], content["metrics"]
+    part = (
+      jax.tree.map(jnp.asarray, from_record(content["sums"], like)),
+      jnp.float32(counts["total"]),
+      jnp.float32(counts["live"]),
+      {k: jnp.float32(v) for k, v in sorted(metrics.items())},
+    )
+    total = part if total is None else parts.add(total, part)
+  return total
+
+
+def _report(round_, missing, errors, names, count, min_fraction) -> None:
+  """Says which sites were missing from round ``round_`` (and why, if they said);
+  stops the run if fewer than ``min_fraction`` of them answered."""
+  answered = count - len(missing)
+  why = "; ".join(f"{names[n]}: {reason}" for n, reason in errors.items())
+  if answered < max(1, math.ceil(min_fraction * count)):
+    raise UserError(
+      f"round {round_ + 1}: {answered} of {count} sites answered, fewer than "
+      f"config.fed.min_fraction={min_fraction:g} (missing: {', '.join(missing)}"
+      f"{'; ' + why if why else ''})."
+    )
+  if missing:
+    skeleton.say(
+      f"round {round_ + 1}: no update from {', '.join(missing)}"
+      f"{' (' + why + ')' if why else ' (no answer in time)'}; aggregated {answered} of "
+      f"{count} sites."
+    )

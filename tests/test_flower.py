@@ -1,0 +1,139 @@
+"""A real federation over Flower (`pytest -k flower`): a SuperLink and two SuperNodes on
+127.0.0.1 as subprocesses, each site with its own folder; the same rounds as the
+simulation of those folders (``config.fed.client_dirs``), bitwise."""
+
+import copy
+import json
+import os
+import threading
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import fed_common
+from jaxseg import main
+from jaxseg.run import flower_deploy, skeleton
+from jaxseg.run.checkpoint import Checkpoints
+from jaxseg.run.experiment import Experiment
+
+
+def _write_folder(base: str, count: int, seed: int) -> None:
+  """``count`` 32x32 gray images of a bright disc, with their 0/255 masks."""
+  rng, (yy, xx) = np.random.default_rng(seed), np.mgrid[:32, :32]
+  for sub in ("images", "masks"):
+    os.makedirs(os.path.join(base, sub), exist_ok=True)
+  for i in range(count):
+    cy, cx, r = rng.integers(8, 24), rng.integers(8, 24), rng.integers(3, 8)
+    mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+    image = np.clip(rng.normal(90, 20, (32, 32)) + 80 * mask, 0, 255).astype(np.uint8)
+    Image.fromarray(image).save(os.path.join(base, "images", f"{i:03d}.png"))
+    Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(base, "masks", f"{i:03d}.png"))
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+  """Two sites' folders (all training images) and the server's (validation, test)."""
+  root = tmp_path_factory.mktemp("flower_data")
+  _write_folder(str(root / "site0" / "train"), 8, 0)
+  _write_folder(str(root / "site1" / "train"), 8, 1)
+  _write_folder(str(root / "server"), 8, 2)
+  return [str(root / "site0"), str(root / "site1")], str(root / "server")
+
+
+def _config(method: str, server: str, **fed) -> ml_collections.ConfigDict:
+  config = fed_common.fed_config(method, "synthetic_smoke")
+  config.model.kwargs.widths = (4, 8)
+  config.data.name, config.data.dir = "image_folder", server
+  config.data.kwargs = ml_collections.ConfigDict(
+    {"image_size": (32, 32), "mask_values": ((0, 0), (255, 1)), "channels": 1}
+  )
+  config.eval.batch_size = 4
+  config.train.update(eval_every=2, log_every=1)
+  config.fed.update(rounds=2, num_clients=2, partition="site", unroll=1, client_map="loop")
+  config.fed.update(round_timeout_s=240.0, **fed)
+  return config
+
+
+@pytest.fixture(scope="module")
+def deployment(folders, tmp_path_factory):
+  sites, _ = folders
+  with flower_deploy.local_deployment(str(tmp_path_factory.mktemp("flower")), sites) as link:
+    yield link[0]
+
+
+def _train_lines(workdir) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [line for line in map(json.loads, f) if line["split"] == "train"]
+
+
+def _global_model(workdir: str):
+  exp = Experiment(skeleton.load_config(workdir))
+  step, state, _ = Checkpoints(os.path.join(workdir, "checkpoints")).restore_usable(
+    exp.abstract_state()
+  )
+  return step, jax.device_get(state.nets)
+
+
+def _submit_in_background(config, workdir: str, address: str) -> threading.Thread:
+  run = threading.Thread(target=flower_deploy.submit, args=(config, workdir, address))
+  run.start()
+  return run
+
+
+def test_flower_fedwep_and_cps_end_with_the_simulations_global_models(
+  folders, deployment, tmp_path, capfd
+):
+  """FedWeP (label-at-client) and CPS + FedAvg, 2 rounds each over Flower (the two runs
+  at once on one deployment), against the simulation of the same folders: the same
+  global model bit for bit, the same training losses, and the arrays each round sends
+  and returns are the bytes communication.json predicts."""
+  sites, server = folders
+  configs = {method: _config(method, server) for method in ("rwp", "cps")}
+  runs = [_submit_in_background(c, str(tmp_path / m), deployment) for m, c in configs.items()]
+  simulated = {}
+  for method, config in configs.items():  # meanwhile, the simulations of the folders
+    config = copy.deepcopy(config)
+    config.fed.client_dirs = tuple(sites)
+    simulated[method] = main.train(config, str(tmp_path / f"{method}_simulation"))
+  for run in runs:
+    run.join(timeout=600)
+  assert "2 clients (site, label_at_client), data flower" in capfd.readouterr().out
+  for method, state in simulated.items():
+    workdir = str(tmp_path / method)
+    step, nets = _global_model(workdir)
+    assert step == 2
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.nets), nets)
+    comm = json.load(open(os.path.join(workdir, "communication.json")))
+    for line in _train_lines(workdir):
+      assert (line["down_bytes"], line["up_bytes"]) == (comm["down_bytes"], comm["up_bytes"])
+      assert line["sites"] == 2 and line["down_wire_bytes"] > 0
+    losses = [x["loss"] for x in _train_lines(str(tmp_path / f"{method}_simulation"))]
+    assert [x["loss"] for x in _train_lines(workdir)] == losses
+  rwp = json.load(open(tmp_path / "rwp" / "communication.json"))
+  assert rwp["down_bytes"] == rwp["up_bytes"] + 8  # FedWeP's two seeds
+
+
+def test_flower_a_killed_site_does_not_stall_the_run(folders, tmp_path, capfd):
+  """site1's SuperNode is stopped as the first round starts (the handshake done): the
+  round aggregates site0 alone (min_fraction 0.5), says who was missing, and the run
+  ends with its checkpoint."""
+  sites, server = folders
+  config = _config("supervised", server, min_fraction=0.5, rounds=1)
+  config.train.eval_every = 1
+  workdir = str(tmp_path / "run")
+  with flower_deploy.local_deployment(str(tmp_path / "deploy"), sites) as (address, nodes):
+    run = _submit_in_background(config, workdir, address)
+    deadline = time.time() + 300
+    while not os.path.exists(os.path.join(workdir, "clients.md")) and time.time() < deadline:
+      time.sleep(0.2)
+    flower_deploy.stop(nodes["site1"])
+    run.join(timeout=400)
+  assert not run.is_alive()
+  out = capfd.readouterr().out
+  assert "round 1: no update from site1" in out and "aggregated 1 of 2 sites" in out, out
+  assert [line["sites"] for line in _train_lines(workdir)] == [1]
+  assert _global_model(workdir)[0] == 1

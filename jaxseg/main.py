@@ -23,7 +23,6 @@ their traceback.
 import importlib
 import importlib.util
 import json
-import logging as std_logging
 import os
 import re
 import sys
@@ -330,17 +329,12 @@ def _parse_flags(argv):
 
 # Libraries whose warnings a user of the command line cannot act on (TFDS's "Using
 # custom data configuration", orbax's read-only notes); --verbose shows them.
-NOISY = ("tensorflow_datasets", "orbax")
-
-
-def _quiet(record) -> bool:
-  return record.levelno >= std_logging.ERROR or not any(f"/{n}/" in record.pathname for n in NOISY)
-
-
 def _main(argv):
   logging.set_verbosity(logging.WARNING)
   if not (FLAGS.verbose or _debug()):
-    logging.get_absl_handler().addFilter(_quiet)
+    from jaxseg.run import runtime  # noqa: PLC0415
+
+    logging.get_absl_handler().addFilter(runtime.quiet)
   try:
     _run(argv[1])
   except UserError as e:

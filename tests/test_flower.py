@@ -5,6 +5,7 @@ simulation of those folders (``config.fed.client_dirs``), bitwise."""
 import copy
 import json
 import os
+import shutil
 import threading
 import time
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 from configs import fed_common
 from jaxseg import main
+from jaxseg.errors import UserError
 from jaxseg.run import flower_deploy, skeleton
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.run.experiment import Experiment
@@ -137,3 +139,20 @@ def test_flower_a_killed_site_does_not_stall_the_run(folders, tmp_path, capfd):
   assert "round 1: no update from site1" in out and "aggregated 1 of 2 sites" in out, out
   assert [line["sites"] for line in _train_lines(workdir)] == [1]
   assert _global_model(workdir)[0] == 1
+
+
+def test_flower_a_site_whose_data_cannot_be_read_stops_the_run_naming_the_file(
+  folders, tmp_path, capfd
+):
+  """A site with a corrupt image answers the handshake with its one-line error (in its
+  own log) and the run stops with that line, naming the site's file."""
+  sites, server = folders
+  bad = tmp_path / "bad"
+  shutil.copytree(sites[0], bad)
+  (bad / "train" / "images" / "003.png").write_bytes(b"not a png")
+  config = _config("supervised", server, num_clients=1, partition="iid")
+  with flower_deploy.local_deployment(str(tmp_path / "deploy"), [str(bad)]) as (address, _):
+    with pytest.raises(UserError, match=r"site node \d+: .*003\.png"):
+      flower_deploy.submit(config, str(tmp_path / "run"), address)
+  log = (tmp_path / "deploy" / "flower" / "logs" / "site0.txt").read_text()
+  assert "jaxseg site site0: error: " in log and "003.png" in log

@@ -39,6 +39,7 @@ eval`` works on it. Volumes are not served yet (image datasets only).
 import base64
 import dataclasses
 import json
+import logging as std_logging
 import math
 import sys
 import time
@@ -66,11 +67,12 @@ from jaxseg import data as datasets
 from jaxseg.data import pipeline
 from jaxseg.errors import UserError
 from jaxseg.fed import backends, cost, layout, simulate
-from jaxseg.run import federated, skeleton
+from jaxseg.run import federated, runtime, skeleton
 from jaxseg.run.experiment import Experiment
 
 server_app = ServerApp()
 client_app = ClientApp()
+std_logging.getLogger("absl").addFilter(runtime.quiet)  # TFDS's and orbax's notices
 USER_ERROR = 0  # the Error code a site answers a user error (its data) with
 
 

@@ -14,6 +14,7 @@
   it. CPU processes exchange collectives through gloo.
 """
 
+import logging as std_logging
 import os
 
 import jax
@@ -21,6 +22,12 @@ import jax
 from jaxseg.errors import UserError
 
 DETERMINISTIC_FLAGS = "--xla_gpu_deterministic_ops=true"
+NOISY = ("tensorflow_datasets", "orbax")  # libraries whose warnings a user cannot act on
+
+
+def quiet(record) -> bool:
+  """A logging filter: errors, and warnings of libraries other than :data:`NOISY`."""
+  return record.levelno >= std_logging.ERROR or not any(f"/{n}/" in record.pathname for n in NOISY)
 
 
 def setup(config) -> None:

@@ -137,6 +137,7 @@ def test_accelerator_suite_runs_every_part_on_cpu(tmp_path, monkeypatch):
   from tests.test_fed import tiny_fed_config
 
   monkeypatch.setattr(pipeline, "MIN_IMAGES", 16)
+  monkeypatch.setattr(suite, "REPEATS", 1)  # timings are not what this test checks
   monkeypatch.setattr(pipeline, "worker_counts", lambda: [0])  # workers: tests/test_train.py
   size = {"pipeline": (2, 1, 32, 32), "step": (1, 1, 32, 32), "clients": (2,)}
   path = tmp_path / "suite.json"

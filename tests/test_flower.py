@@ -141,18 +141,45 @@ def test_flower_a_killed_site_does_not_stall_the_run(folders, tmp_path, capfd):
   assert _global_model(workdir)[0] == 1
 
 
-def test_flower_a_site_whose_data_cannot_be_read_stops_the_run_naming_the_file(
-  folders, tmp_path, capfd
+def test_flower_a_site_whose_data_cannot_be_read_answers_its_one_line_error(
+  folders, tmp_path, capsys
 ):
-  """A site with a corrupt image answers the handshake with its one-line error (in its
-  own log) and the run stops with that line, naming the site's file."""
+  """A site with a corrupt image answers the handshake (its ClientApp, called here as
+  its process would) with an Error naming the file, and prints that one line in its
+  log; the server's handshake turns such answers into the run's one-line error."""
+  from flwr.app import ConfigRecord, Context, Message, RecordDict
+  from flwr.supercore.task_identity import TaskIdentity
+
+  from jaxseg.run import flower
+
   sites, server = folders
   bad = tmp_path / "bad"
   shutil.copytree(sites[0], bad)
   (bad / "train" / "images" / "003.png").write_bytes(b"not a png")
-  config = _config("supervised", server, num_clients=1, partition="iid")
-  with flower_deploy.local_deployment(str(tmp_path / "deploy"), [str(bad)]) as (address, _):
-    with pytest.raises(UserError, match=r"site node \d+: .*003\.png"):
-      flower_deploy.submit(config, str(tmp_path / "run"), address)
-  log = (tmp_path / "deploy" / "flower" / "logs" / "site0.txt").read_text()
-  assert "jaxseg site site0: error: " in log and "003.png" in log
+  exp = Experiment(_config("supervised", server, num_clients=1))
+  TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
+  plan = RecordDict({"plan": ConfigRecord({"config": flower.encode_config(exp.config)})})
+  query = Message(plan, dst_node_id=7, message_type="query")
+  context = Context(1, 7, {"data-dir": str(bad), "site": "hospital_b"}, RecordDict(), {})
+  reply = flower._query(query, context)
+  assert reply.has_error() and "003.png" in reply.error.reason, reply.error.reason
+  (line,) = capsys.readouterr().err.strip().splitlines()
+  assert line.startswith("jaxseg site hospital_b: error: ") and "003.png" in line
+
+  class Grid:  # the SuperLink, delivering to that site's ClientApp in this process
+    replies = {}
+
+    def get_node_ids(self):
+      return [7]
+
+    def push_messages(self, messages):
+      for message in messages:
+        message.metadata.__dict__["_message_id"] = message.object_id  # as Flower does
+        self.replies[message.object_id] = flower._query(message, context)
+      return list(self.replies)
+
+    def pull_messages(self, ids):
+      return [self.replies.pop(i) for i in ids]
+
+  with pytest.raises(UserError, match=r"^site node 7: .*003\.png"):
+    flower.connect(Grid(), exp, flower.encode_config(exp.config))

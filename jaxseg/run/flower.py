@@ -116,9 +116,9 @@ def wire_bytes(message: Message) -> int:
 
 @dataclasses.dataclass
 class Site:
-  """A site's data and compiled client function, rebuilt for every message (Flower
-  runs each message in a new process; compiled programs come from the persistent
-  compilation cache)."""
+  """A site's experiment (the server's config reading the site's folder) and images,
+  opened for every message: Flower runs each message in a new process (the compiled
+  round then comes from the persistent compilation cache)."""
 
   exp: Experiment
   source: object
@@ -152,6 +152,10 @@ def compilation_cache(cache_dir: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+def site_name(context: Context) -> str:
+  return str(context.node_config.get("site", context.node_id))
+
+
 def _answer(message: Message, context: Context, work) -> Message:
   """``work(site, plan)``'s reply; a user error (unreadable or mismatched data) is one
   line on the site and the reply's error."""
@@ -159,8 +163,7 @@ def _answer(message: Message, context: Context, work) -> Message:
   try:
     return Message(work(open_site(context, decode_config(plan["config"])), plan), reply_to=message)
   except UserError as e:
-    name = context.node_config.get("site", context.node_id)
-    print(f"jaxseg site {name}: error: {e}", file=sys.stderr, flush=True)
+    print(f"jaxseg site {site_name(context)}: error: {e}", file=sys.stderr, flush=True)
     return Message(Error(code=USER_ERROR, reason=str(e)), reply_to=message)
 
 
@@ -169,14 +172,8 @@ def _query(message: Message, context: Context) -> Message:
   """The handshake: the site's counts (its data prepared and checked)."""
 
   def counts(site: Site, plan) -> RecordDict:
-    name = str(context.node_config.get("site", context.node_id))
-    return RecordDict(
-      {
-        "site": ConfigRecord(
-          {"name": name, "images": site.images, "pool": site.pool, "fraction": site.fraction}
-        )
-      }
-    )
+    found = {"images": site.images, "pool": site.pool, "fraction": site.fraction}
+    return RecordDict({"site": ConfigRecord({"name": site_name(context), **found})})
 
   return _answer(message, context, counts)
 

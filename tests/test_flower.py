@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import fed_common
+from configs import fed_image_folders
 from jaxseg import main
 from jaxseg.errors import UserError
 from jaxseg.run import flower_deploy, skeleton
@@ -47,15 +47,9 @@ def folders(tmp_path_factory):
 
 
 def _config(method: str, server: str, **fed) -> ml_collections.ConfigDict:
-  config = fed_common.fed_config(method, "synthetic_smoke")
-  config.model.kwargs.widths = (4, 8)
-  config.data.name, config.data.dir = "image_folder", server
-  config.data.kwargs = ml_collections.ConfigDict(
-    {"image_size": (32, 32), "mask_values": ((0, 0), (255, 1)), "channels": 1}
-  )
-  config.eval.batch_size = 4
-  config.train.update(eval_every=2, log_every=1)
-  config.fed.update(rounds=2, num_clients=2, partition="site", unroll=1, client_map="loop")
+  """``configs/fed_image_folders.py:<method>,smoke`` on the server's folder."""
+  config = fed_image_folders.get_config(f"{method},smoke")
+  config.data.dir = server
   config.fed.update(round_timeout_s=240.0, **fed)
   return config
 

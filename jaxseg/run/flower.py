@@ -294,7 +294,7 @@ def plan_sites(exp: Experiment, sites: dict, server_images: int) -> tuple[int, i
   the sites' table (``clients.md``), from the sites' counts."""
   cfg, fc = exp.config, exp.config.fed
   width = sum(s["images"] + s["pool"] for s in sites.values()) + server_images
-  lines = ["| client | site | images | labeled | without masks | local steps |", "|---|" * 6]
+  lines = ["| client | site | images | labeled | without masks | local steps |", "|---" * 6 + "|"]
   longest = 0
   for c, s in enumerate(sites.values()):
     where = layout.site(fc.scenario, s["images"], s["pool"], s["fraction"], c, cfg.seed)
@@ -306,7 +306,6 @@ def plan_sites(exp: Experiment, sites: dict, server_images: int) -> tuple[int, i
     lines.append(
       f"| {c} | {s['name']} | {s['images']} | {len(where.labeled[0])} | {s['pool']} | {steps} |"
     )
-  lines[1] = "|---" * 6 + "|"
   return width, longest, "\n".join(lines)
 
 

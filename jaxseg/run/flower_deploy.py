@@ -163,8 +163,7 @@ def local_deployment(workdir: str, sites: list[str], fractions=None):
   os.makedirs(logs, exist_ok=True)
   port = free_port()
   link = [tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port)]
-  link += ["--database", os.path.join(root, "superlink.db")]
-  link += ["--disable-runtime-dependency-installation"]
+  link += ["--disable-runtime-dependency-installation"]  # state in memory: a try-out
   processes = [_start(link, os.path.join(logs, "superlink.txt"), os.path.join(root, "superlink"))]
   nodes = {}
   try:

@@ -177,3 +177,10 @@ def test_flower_a_site_whose_data_cannot_be_read_answers_its_one_line_error(
 
   with pytest.raises(UserError, match=r"^site node 7: .*003\.png"):
     flower.connect(Grid(), exp, flower.encode_config(exp.config))
+
+
+def test_flower_sites_must_match_the_configs_clients(folders, tmp_path):
+  sites, server = folders
+  config = _config("supervised", server, num_clients=3)
+  with pytest.raises(UserError, match=r"--sites: 2 folders for config.fed.num_clients=3"):
+    flower_deploy.run(config, str(tmp_path), sites=sites)

@@ -272,7 +272,12 @@ def connect(grid: Grid, exp: Experiment, encoded: str) -> dict:
   """``{node: site counts}`` of ``config.fed.num_clients`` sites, sorted by name (the
   handshake; a site's error stops the run naming the site)."""
   fc, deadline = exp.config.fed, time.time() + exp.config.fed.round_timeout_s
-  while len(nodes := sorted(grid.get_node_ids())) < fc.num_clients:
+  while len(nodes := sorted(grid.get_node_ids())) != fc.num_clients:
+    if len(nodes) > fc.num_clients:
+      raise UserError(
+        f"{len(nodes)} sites are connected, config.fed.num_clients={fc.num_clients}: "
+        "set it to the number of sites."
+      )
     if time.time() > deadline:
       raise UserError(
         f"{len(nodes)} of config.fed.num_clients={fc.num_clients} sites connected within "

@@ -186,6 +186,11 @@ def run(config, workdir: str, sites=None, fractions=None, superlink=None, certif
     raise UserError("jaxseg flower: give either --sites (a local try-out) or --superlink.")
   if fractions and len(fractions) != len(sites or ()):
     raise UserError(f"--fractions: {len(fractions)} values for {len(sites or ())} sites.")
+  if sites and len(sites) != config.fed.num_clients:
+    raise UserError(
+      f"--sites: {len(sites)} folders for config.fed.num_clients={config.fed.num_clients}; "
+      f"set --config.fed.num_clients={len(sites)}."
+    )
   if superlink:
     return submit(config, workdir, superlink, certificates)
   with local_deployment(workdir, sites, [float(f) for f in fractions or ()] or None) as link:

@@ -80,6 +80,14 @@ def test_prepared_splits_and_cache_key():
   assert len(os.listdir(os.path.join(cache, "tfds", "synthetic_nerve"))) == len(folders) + 1
 
 
+def test_making_a_builder_leaves_no_temporary_folder(tmp_path, monkeypatch):
+  """TFDS makes an empty temporary folder for every builder of an unprepared dataset
+  and keeps it; jaxseg removes it."""
+  monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+  datasets.make_builder("synthetic_nerve", source_dir=None, cache_dir=str(tmp_path / "c"), **SMALL)
+  assert set(os.listdir(tmp_path)) <= {"c"}
+
+
 def test_loader_is_seeded_and_resumable():
   source = pipeline.load_splits(_data_config(), splits=("train",))["train"]
   first = iter(pipeline.train_loader(source, 4, seed=0))

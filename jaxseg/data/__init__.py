@@ -7,7 +7,9 @@ builder's settings (and of the source files for datasets read from a directory),
 a changed setting never reuses stale data and nothing is written into ``source_dir``.
 """
 
+import contextlib
 import os
+import tempfile
 
 from jaxseg import tables
 
@@ -45,7 +47,24 @@ def make_builder(name: str, *, source_dir: str | None, cache_dir: str | None, **
   """The TFDS builder of dataset ``name`` (see :data:`DATASETS`)."""
   make = tables.resolve(DATASETS, name, "dataset")
   data_dir = os.path.join(cache_dir or default_cache_dir(), "tfds")
-  return make(source_dir=source_dir, data_dir=data_dir, **kwargs)
+  with _scratch_tempdir():
+    return make(source_dir=source_dir, data_dir=data_dir, **kwargs)
+
+
+@contextlib.contextmanager
+def _scratch_tempdir():
+  """Python's temporary folder pointed, while a builder is made, at one removed after:
+  a TFDS builder whose dataset is not prepared yet makes an empty folder for metadata
+  it would copy from GCS (``DatasetInfo.initialize_from_bucket``, tensorflow_datasets
+  4.9 ``core/dataset_info.py``) and never removes it — one ``/tmp/tmp…tfds`` left per
+  dataset prepared."""
+  before = tempfile.tempdir
+  with tempfile.TemporaryDirectory() as scratch:
+    tempfile.tempdir = scratch
+    try:
+      yield
+    finally:
+      tempfile.tempdir = before
 
 
 def load_volumes(name: str, *, source_dir: str | None, cache_dir: str | None, **kwargs):

@@ -142,10 +142,11 @@ def synthesize(workdir: str, num: int, output: str) -> str:
   return gan.synthesize(workdir, num, output)
 
 
-def sweep(config, workdir: str, cells=None) -> list[dict]:
+def sweep(config, workdir: str, cells=None, command_line=None) -> list[dict]:
   from jaxseg.run import sweep as runner  # noqa: PLC0415
 
-  return runner.run(config, workdir, runner.Runners(train, evaluate, synthesize), cells)
+  runners = runner.Runners(train, evaluate, synthesize)
+  return runner.run(config, workdir, runners, cells, command_line)
 
 
 def _write_json(records) -> None:
@@ -246,7 +247,8 @@ def _run(command: str) -> None:
       FLAGS.config, workdir, FLAGS.sites, FLAGS.fractions, FLAGS.superlink, FLAGS.root_certificates
     )
   elif command == "sweep":
-    sweep(FLAGS.config, workdir, [int(c) for c in FLAGS.cells] if FLAGS.cells else None)
+    cells = [int(c) for c in FLAGS.cells] if FLAGS.cells else None
+    sweep(FLAGS.config, workdir, cells, config_flags.get_override_values(FLAGS["config"]))
   else:
     evaluate(workdir, FLAGS.split)
 

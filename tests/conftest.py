@@ -31,9 +31,9 @@ def _compilation_cache(tmp_path_factory):
     root = root.parent
   cache = str(root / "jax_cache")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
-  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   yield
 
 

@@ -94,6 +94,15 @@ def _fresh_flags():
       ["train", f"--config={VOLUME}", "--workdir=W", "--config.augment.flip.p=0.5"],
       "unknown key config.augment.flip",
     ),
+    (  # the command line reaches every cell, but not a key the sweep sets itself
+      [
+        "sweep",
+        f"--config={REPO}/configs/fedwep_tables.py:smoke",
+        "--workdir=W",
+        "--config.seed=3",
+      ],
+      "--config.seed: the sweep sets seed in its cells",
+    ),
   ],
 )
 def test_a_user_mistake_is_one_line_and_exit_status_2(args, message, tmp_path, capsys, monkeypatch):

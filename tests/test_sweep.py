@@ -21,6 +21,18 @@ def test_apply_overrides_and_errors():
     sweep.apply_overrides(config, [("optim.lr_max", 1.0)])
 
 
+def test_the_command_line_reaches_inside_what_a_cell_sets_whole():
+  config = make_tiny_config()
+  overrides = [("model.kwargs", {"widths": (2, 4), "dropout": 0.0}), ("seed", 1)]
+  cell = sweep.apply_overrides(config, overrides)
+  out = sweep.with_command_line(cell, overrides, {"model.kwargs.dropout": 0.5}, {"seed": "1"})
+  assert out.model.kwargs.dropout == 0.5 and tuple(out.model.kwargs.widths) == (2, 4)
+  with pytest.raises(ValueError, match=r"^--config.seed: the sweep sets seed in its cells"):
+    sweep.with_command_line(cell, overrides, {"seed": 3}, {"seed": "1"})
+  with pytest.raises(ValueError, match=r"--config.model.kwargs.depth: cell .* no config key"):
+    sweep.with_command_line(cell, overrides, {"model.kwargs.depth": 3}, {"seed": "1"})
+
+
 def test_aggregate_mean_and_std_over_the_averaged_axis():
   results = [
     {"labels": {"model": m, "fold": f}, "metrics": {"dice": {"mean": d}}}

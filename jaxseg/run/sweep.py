@@ -31,6 +31,10 @@ synthesize``), so this module imports none of them. Cells run one after another 
 this process, each in ``DIR/<axis>=<label>_.../``,
 trained and evaluated exactly as ``jaxseg train`` / ``jaxseg eval`` would. A cell
 whose ``test_metrics.json`` exists is not rerun, so an interrupted sweep resumes.
+The command line's ``--config.key=value`` apply to every cell, also inside a section
+a cell sets whole (``--config.method.kwargs.ramp_up_steps=20`` reaches the cells that
+set ``method.kwargs``); a key a cell sets itself cannot also come from the command
+line (one line names it).
 Compiled executables are shared across cells through JAX's persistent compilation
 cache in ``DIR/jax_cache`` (cells that differ only in data, fold or seed reuse the
 training step). The table goes to ``DIR/results.md`` and ``DIR/results.json``, the
@@ -107,6 +111,27 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
   return config
 
 
+def with_command_line(config, overrides, command_line: dict, labels: dict):
+  """``config`` (a cell's) with the command line's ``{dotted_key: value}`` applied again
+  on top of the cell's ``overrides``: a section the cell replaced whole takes them too."""
+  for key, value in command_line.items():
+    clash = [k for k, _ in overrides if k == key or k.startswith(f"{key}.")]
+    if clash:
+      raise UserError(
+        f"--config.{key}: the sweep sets {clash[0]} in its cells ({labels}); "
+        "change the sweep's axis instead."
+      )
+    *path, last = key.split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    if last not in node:
+      raise UserError(f"--config.{key}: cell {labels} has no config key {key!r}.")
+    with node.unlocked():
+      node[last] = value
+  return config
+
+
 def cells(sweep: Sweep):
   """Every combination of the axes' labels (less ``exclude``), with the merged overrides."""
   names = [name for name, _ in sweep.axes]
@@ -119,11 +144,14 @@ def cells(sweep: Sweep):
     yield labels, overrides
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, runners: Runners, only=None) -> list[dict]:
+def run(
+  config: ml_collections.ConfigDict, workdir: str, runners: Runners, only=None, command_line=None
+) -> list[dict]:
   """Runs (or resumes) every cell of ``config.sweep`` and writes the results table.
   ``only``: the indices (0-based, in the order cells are listed) of the cells to run,
   and no table — several processes (or machines) can share the cells of one sweep, and
-  a last ``jaxseg sweep`` without ``--cells`` tabulates them."""
+  a last ``jaxseg sweep`` without ``--cells`` tabulates them. ``command_line``: the
+  ``{dotted_key: value}`` overrides ``config`` was given (:func:`with_command_line`)."""
   if "sweep" not in config:
     raise UserError("config has no `sweep` section; use `jaxseg train` for a single run.")
   sweep = settings(config.sweep)
@@ -137,11 +165,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, runners: Runners, only=
   base = copy.deepcopy(config)
   with base.unlocked():
     del base["sweep"]
-  synthetic = synthesize(base, sweep.synthesis, workdir, runners) if sweep.synthesis else None
-  results = []
-  todo = list(cells(sweep))
+  todo, command_line = list(cells(sweep)), command_line or {}
   if only is not None and not set(only) <= set(range(len(todo))):
     raise UserError(f"--cells {sorted(only)}: the sweep has cells 0..{len(todo) - 1}.")
+  for labels, overrides in todo:  # a command-line mistake stops the sweep before it starts
+    with_command_line(apply_overrides(base, overrides), overrides, command_line, labels)
+  synthetic = synthesize(base, sweep.synthesis, workdir, runners) if sweep.synthesis else None
+  results = []
   for i, (labels, overrides) in enumerate(todo):
     if only is not None and i not in only:
       continue
@@ -151,7 +181,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, runners: Runners, only=
     path = os.path.join(cell_dir, "test_metrics.json")
     if not os.path.exists(path):
       print(f"\n[cell {i} of 0..{len(todo) - 1}] {labels}", flush=True)
-      runners.train(apply_overrides(base, overrides), cell_dir)
+      cell = apply_overrides(base, overrides)
+      runners.train(with_command_line(cell, overrides, command_line, labels), cell_dir)
       runners.evaluate(cell_dir)
     with open(path) as f:
       results.append({"labels": labels, "metrics": json.load(f)})

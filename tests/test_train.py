@@ -51,6 +51,28 @@ def test_run_writes_every_artefact(reference_run):
   assert json.load(open(os.path.join(workdir, "config.json")))["model"]["name"] == "unet"
 
 
+def test_learning_curves_are_drawn_at_most_once_a_minute_and_at_the_end(tmp_path, monkeypatch):
+  from jaxseg.run import skeleton  # noqa: PLC0415
+
+  drawn = []
+  monkeypatch.setattr(skeleton.pictures, "save_learning_curves", lambda *a: drawn.append(a))
+  logger = skeleton.Logger(str(tmp_path))
+  for step in (1, 2, 3):
+    logger.write(step, "train", {"loss": 1.0})
+    logger.write(step, "validation", {"loss": 1.0, "dice": 0.5})
+  assert drawn == []  # within the first minute
+  logger.drawn -= logger.CURVES_EVERY_S
+  logger.write(4, "validation", {"loss": 1.0, "dice": 0.5})
+  assert len(drawn) == 1
+  logger.write(5, "train", {"loss": 1.0})
+  logger.close()  # nothing validated since: not drawn again
+  assert drawn == [(logger.path, str(tmp_path / "learning_curves.png"))]
+  logger = skeleton.Logger(str(tmp_path))
+  logger.write(6, "validation", {"loss": 1.0, "dice": 0.5})
+  logger.close()
+  assert len(drawn) == 2
+
+
 def test_same_config_is_bitwise_reproducible(reference_run, tmp_path):
   config, _, state = reference_run
   again = main.train(config, str(tmp_path))

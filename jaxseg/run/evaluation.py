@@ -145,7 +145,6 @@ def validate_and_save(evaluator, state, step, record, extra, ckpts, logger, work
     if shown is not None:
       path = os.path.join(workdir, "validation_overlays.png")
       pictures.save_overlays(path, shown["image"], shown["labels"], shown["pred"])
-    pictures.save_learning_curves(logger.path, os.path.join(workdir, "learning_curves.png"))
     write(f"step {step}: validation {describe(val)} (best {record['best_dice']:.4f})")
     if stop:
       write(f"Early stopping: no better validation Dice in {patience} validations.")

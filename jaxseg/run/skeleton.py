@@ -21,6 +21,7 @@ from tensorboardX import SummaryWriter
 
 from jaxseg import data as datasets
 from jaxseg.errors import Preempted, UserError
+from jaxseg.run import pictures
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.train import sharding
 from jaxseg.train.state import count_params
@@ -212,12 +213,20 @@ def outputs(workdir: str, ckpts: Checkpoints, total: int, done: int, desc: str, 
 
 
 class Logger:
-  """Appends to ``metrics.jsonl`` and writes TensorBoard events (process 0 only)."""
+  """Appends to ``metrics.jsonl``, writes TensorBoard events and draws
+  ``learning_curves.png`` (process 0 only). The curves are drawn when the run ends
+  and, while it goes, after a validation at most every :attr:`CURVES_EVERY_S`
+  seconds: a matplotlib figure costs the training loop ~0.3 s of host time (measured
+  on the 2-core CPU machine), which drawing at every validation spent needlessly."""
+
+  CURVES_EVERY_S = 60.0
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.curves = os.path.join(workdir, "learning_curves.png")
     self.enabled = primary()
     self.tb = SummaryWriter(os.path.join(workdir, "tensorboard")) if self.enabled else None
+    self.drawn, self.stale = time.monotonic(), False
 
   def write(self, step: int, split: str, values: dict) -> None:
     if not self.enabled:
@@ -230,10 +239,20 @@ class Logger:
     for name, value in values.items():
       self.tb.add_scalar(f"{split}/{name}", value, step)
     self.tb.flush()
+    if split == "validation":
+      self.stale = True
+      if time.monotonic() - self.drawn >= self.CURVES_EVERY_S:
+        self.draw()
+
+  def draw(self) -> None:
+    pictures.save_learning_curves(self.path, self.curves)
+    self.drawn, self.stale = time.monotonic(), False
 
   def close(self) -> None:
     if self.enabled:
       self.tb.close()
+      if self.stale:
+        self.draw()
 
 
 def remaining(done: int, total: int, stop_after: int | None) -> range:

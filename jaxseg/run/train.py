@@ -9,9 +9,10 @@ from the latest checkpoint there. What a run writes in ``workdir``:
 * ``config.json`` — the resolved config;
 * ``checkpoints/<step>/`` — orbax checkpoints, the latest and the best by Dice;
 * ``metrics.jsonl`` — one JSON line per log/validation event; ``tensorboard/`` events;
-* ``learning_curves.png``; images: ``validation_overlays.png`` (image, truth green,
-  prediction red); volumes: ``plan.json`` (how the cases were prepared, which
-  ``jaxseg predict`` applies to new files).
+* ``learning_curves.png`` (when: :class:`jaxseg.run.skeleton.Logger`); images:
+  ``validation_overlays.png`` (image, truth green, prediction red); volumes:
+  ``plan.json`` (how the cases were prepared, which ``jaxseg predict`` applies to new
+  files).
 
 The training step is jitted over a ``data`` mesh of ``config.mesh.devices`` devices
 (:mod:`jaxseg.train.sharding`): batches split over the devices, the state replicated

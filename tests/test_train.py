@@ -251,6 +251,7 @@ def test_a_truncated_prepared_array_is_decoded_again(reference_run, tmp_path, mo
   """The prepared training images cut short (a disk that filled up, a copy cut short):
   `jaxseg train` says so in one line, decodes them again and ends where the run on the
   fresh cache did."""
+  from jaxseg.data import arrays as data  # noqa: PLC0415
   from jaxseg.data import pipeline  # noqa: PLC0415
 
   config, _, state = reference_run
@@ -269,6 +270,12 @@ def test_a_truncated_prepared_array_is_decoded_again(reference_run, tmp_path, mo
     f"{size:,} were written); decoding them again."
   ], out
   assert os.path.getsize(image) == size
+  os.remove(os.path.join(arrays, "manifest.json"))  # as an earlier jaxseg left them
+  data.open_split(pipeline.prepare(config.data), "train")
+  assert capsys.readouterr().out.splitlines()[-1] == (
+    f"Prepared arrays {arrays} predate manifest.json; decoding them again, once."
+  )
+  assert data.damage(arrays, [f"{name}.npy" for name in data.FIELDS]) is None
   resumed = main.train(config, str(workdir))  # the finished run, restored
   for a, b in zip(_leaves(state), _leaves(resumed), strict=True):
     np.testing.assert_array_equal(a, b)

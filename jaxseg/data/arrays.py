@@ -83,8 +83,11 @@ def open_split(builder, split: str, weight_config=None) -> Arrays:
   fields = [f"{name}.npy" for name in FIELDS]
   if os.path.exists(directory):
     problem = damage(directory, fields)
-    if problem:
+    if problem and not os.path.exists(os.path.join(directory, MANIFEST)):
+      print(f"Prepared arrays {directory} predate {MANIFEST}; decoding them again, once.")
+    elif problem:
       print(f"Prepared arrays {directory} are damaged ({problem}); decoding them again.")
+    if problem:
       shutil.rmtree(directory, ignore_errors=True)
   if not os.path.exists(directory):
     _decode(builder.as_data_source(split), directory)

@@ -3,7 +3,7 @@
 jaxseg train --config FILE[:ARG] --workdir DIR [--config.key=value ...]
 jaxseg eval  --workdir DIR [--split test]
 jaxseg predict --workdir DIR [--workdir DIR2 ...] --input FILE_OR_DIR --output DIR
-jaxseg sweep --config FILE[:ARG] --workdir DIR [--cells 0,1] [--config.key=value ...]
+jaxseg sweep --config FILE[:ARG] --workdir DIR [--cells 0,1 | --tabulate] [--config.key=value ...]
 jaxseg synthesize --workdir GAN_RUN --num N --output DIR
 jaxseg flower --config FILE[:ARG] --workdir DIR --sites DIR0,DIR1 [--fractions F0,F1]
 jaxseg flower --config FILE[:ARG] --workdir DIR --superlink HOST:PORT [--root_certificates CA]
@@ -96,6 +96,11 @@ flags.DEFINE_list(
   "sweep: run only these cells (0-based, as the sweep lists them) and write no table; "
   "a last `jaxseg sweep` without --cells tabulates (cells shared by several processes).",
 )
+flags.DEFINE_bool(
+  "tabulate",
+  False,
+  "sweep: run no cell, tabulate the finished ones (a sweep still going or cut short).",
+)
 flags.DEFINE_list("sites", None, "flower: one data folder per site of a local deployment.")
 flags.DEFINE_list("fractions", None, "flower: each site's labeled fraction (--sites order).")
 flags.DEFINE_string("superlink", None, "flower: the SuperLink of a real federation, HOST:PORT.")
@@ -142,11 +147,11 @@ def synthesize(workdir: str, num: int, output: str) -> str:
   return gan.synthesize(workdir, num, output)
 
 
-def sweep(config, workdir: str, cells=None, command_line=None) -> list[dict]:
+def sweep(config, workdir: str, cells=None, command_line=None, tabulate=False) -> list[dict]:
   from jaxseg.run import sweep as runner  # noqa: PLC0415
 
   runners = runner.Runners(train, evaluate, synthesize)
-  return runner.run(config, workdir, runners, cells, command_line)
+  return runner.run(config, workdir, runners, cells, command_line, tabulate)
 
 
 def _write_json(records) -> None:
@@ -248,7 +253,8 @@ def _run(command: str) -> None:
     )
   elif command == "sweep":
     cells = [int(c) for c in FLAGS.cells] if FLAGS.cells else None
-    sweep(FLAGS.config, workdir, cells, config_flags.get_override_values(FLAGS["config"]))
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    sweep(FLAGS.config, workdir, cells, overrides, FLAGS.tabulate)
   else:
     evaluate(workdir, FLAGS.split)
 

@@ -33,6 +33,13 @@ def test_the_command_line_reaches_inside_what_a_cell_sets_whole():
     sweep.with_command_line(cell, overrides, {"model.kwargs.depth": 3}, {"seed": "1"})
 
 
+def test_a_pivoted_table_says_how_many_cells_a_value_averages():
+  row = lambda f, n: {"m": "a", "f": f, "n": n, "dice": {"mean": 0.5, "std": 0.0}}  # noqa: E731
+  order = {"m": ["a"], "f": ["x", "y"]}
+  table = sweep.pivoted([row("x", 3), row("y", 1)], ["m", "f"], ["f"], None, "dice", order, 3)
+  assert table.splitlines()[-1] == "| a | 0.500 | 0.500 (n=1) |"
+
+
 def test_aggregate_mean_and_std_over_the_averaged_axis():
   results = [
     {"labels": {"model": m, "fold": f}, "metrics": {"dice": {"mean": d}}}
@@ -78,5 +85,9 @@ def test_sweep_runs_cells_and_resumes(tmp_path, monkeypatch):
   # Finished cells are not rerun.
   monkeypatch.setattr(main, "train", lambda *a, **k: pytest.fail("a finished cell was rerun"))
   assert main.sweep(config, str(tmp_path)) == rows
+  # --tabulate: the finished cells only, no training.
+  os.remove(tmp_path / "model=unet_seed=1" / "test_metrics.json")
+  (partial,) = main.sweep(config, str(tmp_path), tabulate=True)
+  assert partial["n"] == 1 and partial["dice"]["std"] == 0.0
   with pytest.raises(ValueError, match="no `sweep` section"):
     main.sweep(make_tiny_config(), str(tmp_path / "x"))

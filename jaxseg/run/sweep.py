@@ -145,13 +145,20 @@ def cells(sweep: Sweep):
 
 
 def run(
-  config: ml_collections.ConfigDict, workdir: str, runners: Runners, only=None, command_line=None
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  runners: Runners,
+  only=None,
+  command_line=None,
+  tabulate=False,
 ) -> list[dict]:
   """Runs (or resumes) every cell of ``config.sweep`` and writes the results table.
   ``only``: the indices (0-based, in the order cells are listed) of the cells to run,
   and no table — several processes (or machines) can share the cells of one sweep, and
   a last ``jaxseg sweep`` without ``--cells`` tabulates them. ``command_line``: the
-  ``{dotted_key: value}`` overrides ``config`` was given (:func:`with_command_line`)."""
+  ``{dotted_key: value}`` overrides ``config`` was given (:func:`with_command_line`).
+  ``tabulate``: run no cell, tabulate the finished ones (a sweep still going or cut
+  short; a value averaged over fewer labels than the axis has says ``(n=K)``)."""
   if "sweep" not in config:
     raise UserError("config has no `sweep` section; use `jaxseg train` for a single run.")
   sweep = settings(config.sweep)
@@ -179,6 +186,8 @@ def run(
     name = "_".join(f"{k}={v}" for k, v in labels.items()).replace("/", "-")  # e.g. 1/16
     cell_dir = os.path.join(workdir, name)
     path = os.path.join(cell_dir, "test_metrics.json")
+    if tabulate and not os.path.exists(path):
+      continue
     if not os.path.exists(path):
       print(f"\n[cell {i} of 0..{len(todo) - 1}] {labels}", flush=True)
       cell = apply_overrides(base, overrides)
@@ -209,7 +218,11 @@ def write_tables(sweep: Sweep, results: list[dict], workdir: str) -> list[dict]:
   has_cost = any("cost" in row for row in rows)
   if sweep.pivot:
     order = {name: [label for label, _ in variants] for name, variants in sweep.axes}
-    table = pivoted(rows, keep, list(sweep.pivot), sweep.sections, sweep.metrics[0], order)
+    full = len(order[sweep.average])
+    pivot, metric = list(sweep.pivot), sweep.metrics[0]
+    table = pivoted(rows, keep, pivot, sweep.sections, metric, order, full)
+    if any(row["n"] < full for row in rows):
+      table += f"\n\n(n=K: the mean over K of the {full} labels of {sweep.average}.)"
   else:
     sections = sweep.sections
     sections = [sections] if isinstance(sections, str) else list(sections or ())
@@ -287,9 +300,10 @@ def aggregate(results, names, average, metrics) -> list[dict]:
   return rows
 
 
-def pivoted(rows, keep, pivot, sections, metric: str, order: dict) -> str:
+def pivoted(rows, keep, pivot, sections, metric: str, order: dict, full: int = 0) -> str:
   """``metric`` with the ``pivot`` axes as columns (one table per ``sections`` label),
-  columns ordered by the pivot axes in turn (``order``: each axis's labels)."""
+  columns ordered by the pivot axes in turn (``order``: each axis's labels); a value of
+  fewer than ``full`` cells says ``(n=K)``."""
   row_axes = [n for n in keep if n not in pivot and n != sections]
   columns = sorted(
     dict.fromkeys(tuple(r[p] for p in pivot) for r in rows),
@@ -305,11 +319,15 @@ def pivoted(rows, keep, pivot, sections, metric: str, order: dict) -> str:
     for key in dict.fromkeys(tuple(r[a] for a in row_axes) for r in part):
       mine = [r for r in part if tuple(r[a] for a in row_axes) == key]
       found = {tuple(r[p] for p in pivot): r for r in mine}
-      values = [_value(found[c][metric]) if c in found else "" for c in columns]
+      values = [_counted(found[c], metric, full) if c in found else "" for c in columns]
       extra = [mine[0].get("cost", "")] if cost else []
       lines.append("| " + " | ".join([*key, *values, *extra]) + " |")
     out.append("\n".join(lines))
   return "\n\n".join(out)
+
+
+def _counted(row: dict, metric: str, full: int) -> str:
+  return _value(row[metric]) + (f" (n={row['n']})" if row["n"] < full else "")
 
 
 def _value(stat: dict, digits: int = 3) -> str:

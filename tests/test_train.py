@@ -92,18 +92,16 @@ def test_interrupted_run_resumes_exactly(reference_run, tmp_path):
 
 
 def test_host_path_with_workers_is_reproducible_and_resumes_exactly(reference_run, tmp_path):
-  """grain with 2 worker processes, prefetched to the device: two runs are bitwise
-  equal, and a run stopped after 4 steps resumes (from grain's iterator state) to the
-  uninterrupted run's parameters."""
+  """grain with 2 worker processes, prefetched to the device: a run stopped after 4
+  steps resumes (from grain's iterator state) to the uninterrupted run's parameters,
+  bit for bit — so the stopped run also drew the uninterrupted run's first 4 batches
+  (two runs with workers are bitwise equal)."""
   config = make_tiny_config()
   config.data.update(placement="host", workers="2")
   full = main.train(config, str(tmp_path / "full"))
   main.train(config, str(tmp_path / "cut"), stop_after=4)
   resumed = main.train(config, str(tmp_path / "cut"))
   for a, b in zip(_leaves(full), _leaves(resumed), strict=True):
-    np.testing.assert_array_equal(a, b)
-  again = main.train(config, str(tmp_path / "again"))
-  for a, b in zip(_leaves(full), _leaves(again), strict=True):
     np.testing.assert_array_equal(a, b)
 
 

@@ -437,6 +437,8 @@ def test_predict_writes_aligned_nifti_whose_dice_is_evals(tmp_path):
     k for k in range(3) if "hippocampus_900" in msd.split_cases(all_names, 3, k, 0.1, 0)["test"]
   )
   config.data.kwargs.update(max_cases=0, folds=3, fold=fold, target_spacing=(1.0, 1.0, 1.0))
+  config.train.update(steps=2, eval_every=2)  # what is checked is predict against eval
+  config.volume.window_batch = 8
   workdir = str(tmp_path / "run")
   main.train(config, workdir)
   main.evaluate(workdir)

@@ -83,11 +83,10 @@ def open_split(builder, split: str, weight_config=None) -> Arrays:
   fields = [f"{name}.npy" for name in FIELDS]
   if os.path.exists(directory):
     problem = damage(directory, fields)
-    if problem and not os.path.exists(os.path.join(directory, MANIFEST)):
-      print(f"Prepared arrays {directory} predate {MANIFEST}; decoding them again, once.")
-    elif problem:
-      print(f"Prepared arrays {directory} are damaged ({problem}); decoding them again.")
     if problem:
+      old = not os.path.exists(os.path.join(directory, MANIFEST))
+      why = f"predate {MANIFEST}" if old else f"are damaged ({problem})"
+      print(f"Prepared arrays {directory} {why}; decoding them again{', once' if old else ''}.")
       shutil.rmtree(directory, ignore_errors=True)
   if not os.path.exists(directory):
     _decode(builder.as_data_source(split), directory)

@@ -98,17 +98,23 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
   """A copy of ``config`` with ``(dotted_key, value)`` overrides; dict values replace."""
   config = copy.deepcopy(config)
   for key, value in overrides:
-    *path, last = key.split(".")
-    node = config
-    for part in path:
-      if part not in node:
-        raise UserError(f"sweep override {key!r}: no config key {part!r}.")
-      node = node[part]
-    if last not in node:
-      raise UserError(f"sweep override {key!r}: no config key {last!r}.")
-    with node.unlocked():
-      node[last] = ml_collections.ConfigDict(dict(value)) if isinstance(value, dict) else value
+    value = ml_collections.ConfigDict(dict(value)) if isinstance(value, dict) else value
+    _set(config, key, value, f"sweep override {key!r}:")
   return config
+
+
+def _set(config, key: str, value, where: str) -> None:
+  """``config.<key> = value`` for an existing dotted ``key``; else one line from ``where``."""
+  *path, last = key.split(".")
+  node = config
+  for part in path:
+    if part not in node:
+      raise UserError(f"{where} no config key {part!r}.")
+    node = node[part]
+  if last not in node:
+    raise UserError(f"{where} no config key {last!r}.")
+  with node.unlocked():
+    node[last] = value
 
 
 def with_command_line(config, overrides, command_line: dict, labels: dict):
@@ -121,14 +127,7 @@ def with_command_line(config, overrides, command_line: dict, labels: dict):
         f"--config.{key}: the sweep sets {clash[0]} in its cells ({labels}); "
         "change the sweep's axis instead."
       )
-    *path, last = key.split(".")
-    node = config
-    for part in path:
-      node = node[part]
-    if last not in node:
-      raise UserError(f"--config.{key}: cell {labels} has no config key {key!r}.")
-    with node.unlocked():
-      node[last] = value
+    _set(config, key, value, f"--config.{key}: cell {labels} has")
   return config
 
 

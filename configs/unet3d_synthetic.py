@@ -22,8 +22,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.kwargs.widths = (8, 16, 32)
   config.train.update(steps=300, eval_every=100)
   if arg == "smoke":
-    config.data.kwargs = ml_collections.ConfigDict(dict(shape=(16, 16, 8), num_cases=10))
+    config.data.kwargs = ml_collections.ConfigDict(dict(shape=(8, 8, 8), num_cases=10))
     config.model.kwargs.widths = (4, 8)
-    config.volume.update(patch_size=(16, 16, 8), window_batch=1)
+    config.volume.update(patch_size=(8, 8, 8), window_batch=1)
     config.train.update(steps=6, eval_every=3, log_every=3)
   return config

@@ -37,6 +37,37 @@ def _compilation_cache(tmp_path_factory):
   yield
 
 
+# The longest tests (seconds in `.ci/run`'s --durations, fixture setup included) run
+# first, longest first: with `--dist load` the workers then take the short tests as
+# they come free and end together, instead of one finishing a long test alone.
+LONGEST = {
+  "test_flower.py::test_flower_fedwep_and_cps_end_with_the_simulations_global_models": 120,
+  "test_volumes.py::test_3d_semi_supervised_runs_are_reproducible_and_resume_exactly": 80,
+  "test_scaling.py::test_two_processes_train_like_one": 60,
+  "test_bench.py::test_accelerator_suite_runs_every_part_on_cpu": 55,
+  "test_volumes.py::test_3d_fedwep_is_reproducible_and_resumes_exactly": 50,
+  "test_fed.py::test_fedwep_run_is_reproducible_and_resumes_exactly": 50,
+  "test_prob_unet.py::test_prob_unet_and_baseline_train_on_lidc_and_report_ged": 36,
+  "test_end_to_end.py::test_covid_ct_smoke_with_segformer": 35,
+  "test_scaling.py::test_data_parallel_trajectory_matches_one_device": 34,
+  "test_end_to_end.py::test_isbi_smoke_train_eval_predict": 33,
+  "test_flower.py::test_flower_a_killed_site_does_not_stall_the_run": 33,
+  "test_train.py::test_host_path_with_workers_is_reproducible_and_resumes_exactly": 30,
+  "test_fed.py::test_fedwep_tables_smoke_sweep_writes_the_papers_layout": 27,
+  "test_volumes.py::test_predict_writes_aligned_nifti_whose_dice_is_evals": 25,
+  "test_gan.py::test_gan_trains_resumes_exactly_and_synthesizes_a_dataset": 24,
+  "test_fed.py::test_client_axis_sharded_over_eight_devices_matches_one_device": 24,
+  "test_gan.py::test_augmentation_study_smoke_sweep": 23,
+  "test_train.py::test_cli_smoke_train_and_eval": 21,
+  "test_volumes.py::test_3d_training_draws_the_same_batches_on_1_2_and_4_devices": 20,
+}
+
+
+def pytest_collection_modifyitems(items):
+  cost = lambda item: LONGEST.get(item.nodeid.split("[")[0].removeprefix("tests/"), 0)  # noqa: E731
+  items.sort(key=lambda item: -cost(item))  # stable: the rest keep their order
+
+
 def make_tiny_config():
   """The smoke config shrunk further: 32 px, widths (4, 8), 6 steps."""
   from configs import unet_synthetic

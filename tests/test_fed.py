@@ -159,7 +159,7 @@ def test_seed_search_picks_the_most_similar_pair(statistics):
 # --- the round: invariants ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def supervised_fed():
   config = tiny_fed_config("supervised", local_steps=3, num_clients=2)
   config.method.labeled_fraction = 1.0

@@ -36,7 +36,7 @@ def _write_folder(base: str, count: int, seed: int) -> None:
     Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(base, "masks", f"{i:03d}.png"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def folders(tmp_path_factory):
   """Two sites' folders (all training images) and the server's (validation, test)."""
   root = tmp_path_factory.mktemp("flower_data")

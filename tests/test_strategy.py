@@ -99,7 +99,7 @@ def test_weight_map_two_touching_objects_closed_form():
   assert np.allclose(weight_map(single), np.where(single, 50 / 9, 50 / 91))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def valid_net():
   model = get_model("unet_paper", widths=(2, 4, 8, 16, 32), dropout_rate=0.0)
   variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 188, 188, 1)))

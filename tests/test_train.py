@@ -23,7 +23,7 @@ def _leaves(state):
   return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.nets))]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference_run(tmp_path_factory):
   """One uninterrupted run of the tiny config, shared by the tests below: its training
   data on the device (what ``auto`` picks for it), batches drawn inside the step."""

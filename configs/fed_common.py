@@ -25,8 +25,9 @@ arguments ``synthetic`` / ``synthetic_smoke``, on the built-in ``synthetic_nerve
   the dataset's own) join the clients: ``iid``, or whole ``patient`` / ``source``
   groups per client (read from the pool's file names: jaxseg/data/unlabeled_folder.py);
 * ``client_dirs``: one folder per client (a site's own images, read as
-  ``config.data`` reads its folder; partition ``site``): a simulation of the sites of a
-  real federation; ``config.data.dir`` is then the server's (validation and test);
+  ``config.data`` reads its folder; ``msd`` volumes prepared as the server's folder
+  plans them; partition ``site``): a simulation of the sites of a real federation;
+  ``config.data.dir`` is then the server's (validation and test);
 * a real federation over Flower (``jaxseg flower``, jaxseg/run/flower.py): a round
   ends with at least ``min_fraction`` of the sites' updates, waiting at most
   ``round_timeout_s`` seconds for the others;

@@ -38,8 +38,15 @@ def _compilation_cache(tmp_path_factory):
 
 
 # The longest tests (seconds in `.ci/run`'s --durations, fixture setup included) run
-# first, longest first: with `--dist load` the workers then take the short tests as
-# they come free and end together, instead of one finishing a long test alone.
+# first, longest first: with `--dist loadgroup` the workers then take the short tests
+# as they come free and end together, instead of one finishing a long test alone.
+# The tests that start many processes run one after another on one worker (two at
+# once on 2 cores made the two-process test 2.6x slower).
+PROCESSES = (
+  "test_flower.py::test_flower_fedwep_and_cps_end_with_the_simulations_global_models",
+  "test_scaling.py::test_two_processes_train_like_one",
+  "test_flower.py::test_flower_a_killed_site_does_not_stall_the_run",
+)
 LONGEST = {
   "test_flower.py::test_flower_fedwep_and_cps_end_with_the_simulations_global_models": 120,
   "test_volumes.py::test_3d_semi_supervised_runs_are_reproducible_and_resume_exactly": 80,
@@ -55,6 +62,7 @@ LONGEST = {
   "test_train.py::test_host_path_with_workers_is_reproducible_and_resumes_exactly": 30,
   "test_fed.py::test_fedwep_tables_smoke_sweep_writes_the_papers_layout": 27,
   "test_volumes.py::test_predict_writes_aligned_nifti_whose_dice_is_evals": 25,
+  "test_flower.py::test_flower_volume_sites_train_as_the_simulation_of_their_folders": 25,
   "test_gan.py::test_gan_trains_resumes_exactly_and_synthesizes_a_dataset": 24,
   "test_fed.py::test_client_axis_sharded_over_eight_devices_matches_one_device": 24,
   "test_gan.py::test_augmentation_study_smoke_sweep": 23,
@@ -64,8 +72,11 @@ LONGEST = {
 
 
 def pytest_collection_modifyitems(items):
-  cost = lambda item: LONGEST.get(item.nodeid.split("[")[0].removeprefix("tests/"), 0)  # noqa: E731
-  items.sort(key=lambda item: -cost(item))  # stable: the rest keep their order
+  name = lambda item: item.nodeid.split("[")[0].removeprefix("tests/")  # noqa: E731
+  items.sort(key=lambda item: -LONGEST.get(name(item), 0))  # stable: the rest keep their order
+  for item in items:
+    if name(item) in PROCESSES:
+      item.add_marker(pytest.mark.xdist_group("processes"))
 
 
 def make_tiny_config():

@@ -3,6 +3,7 @@
 simulation of those folders (``config.fed.client_dirs``), bitwise."""
 
 import copy
+import glob
 import json
 import os
 import shutil
@@ -160,23 +161,87 @@ def test_flower_a_site_whose_data_cannot_be_read_answers_its_one_line_error(
   (line,) = capsys.readouterr().err.strip().splitlines()
   assert line.startswith("jaxseg site hospital_b: error: ") and "003.png" in line
 
-  class Grid:  # the SuperLink, delivering to that site's ClientApp in this process
-    replies = {}
-
-    def get_node_ids(self):
-      return [7]
-
-    def push_messages(self, messages):
-      for message in messages:
-        message.metadata.__dict__["_message_id"] = message.object_id  # as Flower does
-        self.replies[message.object_id] = flower._query(message, context)
-      return list(self.replies)
-
-    def pull_messages(self, ids):
-      return [self.replies.pop(i) for i in ids]
-
   with pytest.raises(UserError, match=r"^site node 7: .*003\.png"):
-    flower.connect(Grid(), exp, flower.encode_config(exp.config))
+    flower.connect(InProcessGrid({7: context}), exp, flower.encode_config(exp.config))
+
+
+class InProcessGrid:
+  """The SuperLink, delivering each node's messages to its ClientApp in this process
+  (with the node's context, as its SuperNode's process would)."""
+
+  def __init__(self, contexts: dict):
+    self.contexts, self.replies = contexts, {}
+
+  def get_node_ids(self):
+    return list(self.contexts)
+
+  def push_messages(self, messages):
+    from jaxseg.run import flower
+
+    for message in messages:
+      message.metadata.__dict__["_message_id"] = message.object_id  # as Flower does
+      handler = flower._query if message.metadata.message_type == "query" else flower._train
+      context = self.contexts[message.metadata.dst_node_id]
+      self.replies[message.object_id] = handler(message, context)
+    return [m.object_id for m in messages]
+
+  def pull_messages(self, ids):
+    return [self.replies.pop(i) for i in ids]
+
+
+def test_flower_volume_sites_train_as_the_simulation_of_their_folders(tmp_path):
+  """Two sites holding msd folders (CT, other intensities, 1.25 mm voxels) and the
+  server's (1 mm): the Flower round — the ServerApp's federation, each site's ClientApp
+  in this process — ends a FedWeP round with the global model of the simulation of
+  the same folders, bit for bit; the sites prepare their cases at the server's spacing
+  with its CT statistics."""
+  from flwr.app import Context, RecordDict
+  from flwr.supercore.task_identity import TaskIdentity
+
+  from configs import fedwep_hippocampus
+  from jaxseg.run import federated, flower
+  from tests.test_volumes import _describe, _write_case
+
+  rng = np.random.default_rng(0)
+
+  def msd_folder(root, names, mean, spacing):
+    for n in names:
+      labels = np.zeros((8, 8, 8), np.uint8)
+      labels[2:6, 2:6, rng.integers(1, 4) :][:, :, :3] = 1
+      image = rng.normal(mean, 40, (8, 8, 8)) + 200 * labels
+      _write_case(root, n, image.astype(np.float32), labels, np.diag([*spacing, 1]))
+    _describe(root, names)
+
+  server, sites = str(tmp_path / "server"), [str(tmp_path / f"site{i}") for i in range(2)]
+  msd_folder(server, [f"s_{i}" for i in range(6)], 0, (1, 1, 1))
+  for i, site in enumerate(sites):
+    # 4 cases: half of each site's is a whole number (see README, "Same method")
+    msd_folder(site, [f"h{i}_{k}" for k in range(4)], 100 * (i + 1), (1.25, 1.25, 1.25))
+  config = fedwep_hippocampus.get_config("smoke")
+  config.data.update(dir=server, cache_dir=str(tmp_path / "cache"))
+  config.model.kwargs.widths = (4, 8)
+  config.volume.patch_size = (8, 8, 8)
+  config.fed.update(scenario="label_at_client", partition="site", rounds=1, local_steps=1, unroll=1)
+  # (one round: the image sites' test above carries the global model across rounds)
+  simulation = copy.deepcopy(config)
+  simulation.fed.client_dirs = tuple(sites)
+  simulated = main.train(simulation, str(tmp_path / "simulation"))
+
+  TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
+  contexts = {
+    7 + i: Context(1, 7 + i, {"data-dir": site, "site": f"site{i}"}, RecordDict(), {})
+    for i, site in enumerate(sites)
+  }
+  grid = InProcessGrid(contexts)
+  workdir = str(tmp_path / "flower")
+  federated.train(config, workdir, make_simulation=lambda exp: flower.federation(exp, grid))
+  step, nets = _global_model(workdir)
+  assert step == 1
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(simulated.nets), nets)
+  plans = [json.load(open(p)) for p in glob.glob(f"{tmp_path}/cache/volumes/msd_*/plan.json")]
+  assert len(plans) == 3  # the server's and each site's, prepared alike
+  assert all(p["ct_statistics"] == plans[0]["ct_statistics"] for p in plans)
+  assert all(p["target_spacing"] == [1.0, 1.0, 1.0] for p in plans)
 
 
 def test_flower_sites_must_match_the_configs_clients(folders, tmp_path):

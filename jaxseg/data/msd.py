@@ -51,6 +51,11 @@ class Settings:
       semi-supervised methods and federated clients as unlabeled cases.
     sites: a CSV file of ``case,site`` lines (e.g. the hospital of each case; a header
       line is allowed) — a federated run can then partition the cases by site.
+    ct_statistics: ``{channel: {mean, std, p005, p995}}`` of each CT channel to
+      normalise with; empty: the labeled cases' own (a federated site takes the
+      server's, so every site prepares its cases alike).
+    site: the folder is a federated site's: every labeled case is a training case (no
+      folds: validation and test are the server's).
   """
 
   target_spacing: tuple = ()
@@ -61,6 +66,8 @@ class Settings:
   seed: int = 0
   unlabeled: bool = True
   sites: str = ""
+  ct_statistics: dict | None = None
+  site: bool = False
 
 
 @dataclasses.dataclass
@@ -202,9 +209,12 @@ def load(source_dir: str | None, cache_dir: str, **kwargs) -> VolumeData:
     prepare(files, description, settings, where)
     plan, cases = read_cache(where, files)
   labeled = sorted(n for n, f in files.items() if f[1])
-  splits = split_cases(
-    labeled, settings.folds, settings.fold, settings.validation_fraction, settings.seed
-  )
+  if settings.site:
+    splits = {"train": labeled}
+  else:
+    splits = split_cases(
+      labeled, settings.folds, settings.fold, settings.validation_fraction, settings.seed
+    )
   splits["unlabeled"] = sorted(n for n, f in files.items() if not f[1])
   if settings.sites:
     for name, site in read_sites(settings.sites, labeled).items():
@@ -282,7 +292,7 @@ def prepare(files: dict, description: dict, settings: Settings, where: str) -> N
   if not target:
     target = np.median([volumes.canonical_spacing(a) for _, a, _ in labeled], 0).tolist()
   target = tuple(float(t) for t in target)
-  ct = ct_plan(labeled, modalities)
+  ct = settings.ct_statistics or ct_plan(labeled, modalities)
   tmp = where + ".tmp"
   os.makedirs(tmp, exist_ok=True)
   shapes = []

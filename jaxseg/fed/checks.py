@@ -92,11 +92,12 @@ def _check_sites(config) -> None:
     raise UserError(f"config.fed.round_timeout_s must be positive, found {fc.round_timeout_s}.")
   if not fc.client_dirs:
     return
-  if config.data.name in datasets.VOLUMES or fc.scenario != "label_at_client":
+  folders = config.data.name not in datasets.VOLUMES or config.data.name == "msd"
+  if not folders or fc.scenario != "label_at_client":
     raise UserError(
       "config.fed.client_dirs simulates sites that hold labeled images in their own folders: "
-      f"image datasets and scenario 'label_at_client' only (found {config.data.name!r}, "
-      f"{fc.scenario!r})."
+      f"image datasets or msd volumes, scenario 'label_at_client' only (found "
+      f"{config.data.name!r}, {fc.scenario!r})."
     )
   if fc.partition != "site" or fc.num_clients != len(fc.client_dirs):
     raise UserError(
@@ -111,12 +112,6 @@ def _check_volumes(fc, data) -> None:
     raise UserError(
       "config.fed.placement='stream' on volumes: patches are drawn inside the round from "
       "the cases on the device; use 'device' or 'auto'."
-    )
-  by_site = fc.partition == "site" or fc.attribute == "site" and fc.partition == "dirichlet"
-  if by_site and not ("sites" in data.kwargs and data.kwargs.sites):
-    raise UserError(
-      f"config.fed.partition={fc.partition!r} by site on volumes needs each case's site: "
-      "config.data.kwargs.sites (a case,site CSV file; dataset msd)."
     )
 
 

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from jaxseg.data import patches, pipeline, unlabeled_folder
+from jaxseg.errors import UserError
 from jaxseg.fed import backends, checks, cost, layout, partition, simulate
 from jaxseg.run import evaluation, skeleton, volume
 from jaxseg.run.checkpoint import Checkpoints
@@ -112,8 +113,18 @@ def site_config(data_config, folder: str):
 
 def site_folders(exp: Experiment) -> list:
   """``(source, images, pool)`` of each ``config.fed.client_dirs`` folder (a site)."""
-  data = exp.config.data
-  return [pipeline.site_images(site_config(data, d)) for d in exp.config.fed.client_dirs]
+  return [site_data(exp, d) for d in exp.config.fed.client_dirs]
+
+
+def site_data(exp: Experiment, folder: str, plan: dict | None = None) -> tuple:
+  """``(source, images, pool)``: a site's training images, then its images without
+  masks; volumes: its cases, prepared as the server's ``plan`` (default: this
+  experiment's) says."""
+  if exp.volumes is None:
+    return pipeline.site_images(site_config(exp.config.data, folder))
+  data = volume.site_config(exp.config.data, folder, plan or exp.volumes.plan)
+  labeled, pool = volume.site_cases(data, exp.volumes.patch)
+  return volume.Cases(labeled + pool, exp.volumes.patch), len(labeled), len(pool)
 
 
 def training_source(exp: Experiment):
@@ -123,6 +134,10 @@ def training_source(exp: Experiment):
   images without masks."""
   if exp.config.fed.client_dirs:
     held = site_folders(exp)
+    if exp.volumes is not None:  # one stack of every site's cases
+      trains = [c for src, n, _ in held for c in src.cases[:n]]
+      pools = [c for src, n, _ in held for c in src.cases[n:]]
+      return volume.Cases(trains + pools, exp.volumes.patch)
     trains = [pipeline.Subset(src, np.arange(n)) for src, n, _ in held]
     pools = [pipeline.Subset(src, n + np.arange(p)) for src, n, p in held if p]
     return pipeline.Concat(*trains, *pools)
@@ -139,11 +154,21 @@ def labeled_meta(exp: Experiment) -> tuple[np.ndarray, np.ndarray, int]:
   case) with a mask, what the partition reads, and how many more have none."""
   if exp.config.fed.client_dirs:  # site k's images are client k's
     held = site_folders(exp)
-    masks = [src.take(np.arange(n), ("mask",))["mask"] for src, n, _ in held]
-    foreground = np.concatenate([(m > 0).mean(axis=(1, 2)) for m in masks])
+    if exp.volumes is not None:
+      foreground = np.concatenate([src.foreground()[:n] for src, n, _ in held])
+    else:
+      masks = [src.take(np.arange(n), ("mask",))["mask"] for src, n, _ in held]
+      foreground = np.concatenate([(m > 0).mean(axis=(1, 2)) for m in masks])
     site_ids = np.repeat(np.arange(len(held)), [n for _, n, _ in held])
     return foreground, site_ids, sum(p for _, _, p in held)
   if exp.volumes is not None:
+    fc, data = exp.config.fed, exp.config.data
+    by_site = fc.partition == "site" or fc.attribute == "site" and fc.partition == "dirichlet"
+    if by_site and not data.kwargs.get("sites"):  # (sites as folders or nodes need none)
+      raise UserError(
+        f"config.fed.partition={fc.partition!r} by site on volumes needs each case's site: "
+        "config.data.kwargs.sites (a case,site CSV file; dataset msd)."
+      )
     cases = exp.volumes.cases("train")
     sites = np.array([c.get("site", 0) for c in cases], np.int64)  # msd's `sites` setting
     foreground = volume.Cases(cases, exp.volumes.patch).foreground()

@@ -33,7 +33,8 @@ log names the missing); a site whose data cannot be read answers with its one-li
 error, which the server reports. The ServerApp writes the workdir a simulation writes
 (``config.json``, ``metrics.jsonl`` with the measured bytes, checkpoints of the global
 model each validation, ``communication.json``; a restarted run resumes), so ``jaxseg
-eval`` works on it. Volumes are not served yet (image datasets only).
+eval`` works on it. Volume sites hold ``msd`` folders and prepare their cases as the
+server's plan says (its spacing and CT statistics, sent with every message).
 """
 
 import base64
@@ -65,10 +66,9 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from jaxseg import data as datasets
-from jaxseg.data import pipeline
 from jaxseg.errors import UserError
 from jaxseg.fed import backends, cost, layout, simulate
-from jaxseg.run import federated, runtime, skeleton
+from jaxseg.run import federated, runtime, skeleton, volume
 from jaxseg.run.experiment import Experiment
 
 server_app = ServerApp()
@@ -128,7 +128,9 @@ class Site:
   fraction: float
 
 
-def open_site(context: Context, config: ml_collections.ConfigDict) -> Site:
+def open_site(context: Context, config: ml_collections.ConfigDict, plan: dict | None) -> Site:
+  """The site's experiment and data; ``plan``: how the server prepares volumes (its
+  spacing and CT statistics, which the site's cases follow), None for images."""
   node = context.node_config
   if "data-dir" not in node:
     raise UserError("this SuperNode has no data: start it with --node-config \"data-dir='DIR'\".")
@@ -139,8 +141,8 @@ def open_site(context: Context, config: ml_collections.ConfigDict) -> Site:
       if key in config.data:
         config.data[key] = ""
   compilation_cache(config.data.cache_dir)
-  exp = Experiment(config, splits=())
-  source, images, pool = pipeline.site_images(config.data)
+  exp = Experiment(config, splits=(), plan=plan)
+  source, images, pool = federated.site_data(exp, config.data.dir, plan)
   fraction = float(node.get("labeled-fraction", config.method.labeled_fraction))
   return Site(exp, source, images, pool, fraction)
 
@@ -161,8 +163,10 @@ def _answer(message: Message, context: Context, work) -> Message:
   """``work(site, plan)``'s reply; a user error (unreadable or mismatched data) is one
   line on the site and the reply's error."""
   plan = message.content["plan"]
+  volumes = json.loads(str(plan["volumes"])) if "volumes" in plan else None
   try:
-    return Message(work(open_site(context, decode_config(plan["config"])), plan), reply_to=message)
+    site = open_site(context, decode_config(plan["config"]), volumes)
+    return Message(work(site, plan), reply_to=message)
   except UserError as e:
     print(f"jaxseg site {site_name(context)}: error: {e}", file=sys.stderr, flush=True)
     return Message(Error(code=USER_ERROR, reason=str(e)), reply_to=message)
@@ -284,7 +288,7 @@ def connect(grid: Grid, exp: Experiment, encoded: str) -> dict:
         f"config.fed.round_timeout_s={fc.round_timeout_s:g} s."
       )
     time.sleep(0.5)
-  plan = lambda n: RecordDict({"plan": ConfigRecord({"config": encoded})})  # noqa: E731
+  plan = lambda n: RecordDict({"plan": ConfigRecord(site_plan(exp, encoded))})  # noqa: E731
   replies, errors = _send(grid, dict.fromkeys(nodes), "query", plan, fc.round_timeout_s)
   if errors:
     raise UserError("; ".join(f"site node {n}: {reason}" for n, reason in errors.items()))
@@ -292,6 +296,14 @@ def connect(grid: Grid, exp: Experiment, encoded: str) -> dict:
   if len(found) < fc.num_clients:
     raise UserError(f"only {len(found)} of {fc.num_clients} sites answered the handshake.")
   return dict(sorted(found.items(), key=lambda item: item[1]["name"]))
+
+
+def site_plan(exp: Experiment, encoded: str) -> dict:
+  """What every message tells a site: the run's config and, for volumes, how the server
+  prepares cases (:func:`jaxseg.run.volume.site_config`)."""
+  if exp.volumes is None:
+    return {"config": encoded}
+  return {"config": encoded, "volumes": json.dumps(exp.volumes.plan)}
 
 
 def plan_sites(exp: Experiment, sites: dict, server_images: int) -> tuple[int, int, str]:
@@ -319,7 +331,10 @@ def federation(exp: Experiment, grid: Grid) -> federated.Simulation:
   cfg, fc = exp.config, exp.config.fed
   encoded = encode_config(cfg)
   sites = connect(grid, exp, encoded)
-  server_source = exp.sources["train"]
+  if exp.volumes is None:
+    server_source = exp.sources["train"]
+  else:
+    server_source = volume.Cases(exp.volumes.cases("train"), exp.volumes.patch)
   server_images = len(server_source) if fc.scenario == "label_at_server" else 0
   width, longest, table = plan_sites(exp, sites, server_images)
   server = layout.Layout([np.zeros(0, np.int64)], [], [], np.arange(server_images))
@@ -344,7 +359,7 @@ def federation(exp: Experiment, grid: Grid) -> federated.Simulation:
       down["extra"] = ArrayRecord({"payload": Array(np.asarray(shared["extra"]))})
 
     def content(node):
-      plan = {"config": encoded, "round": round_, "client": number[node]}
+      plan = {**site_plan(exp, encoded), "round": round_, "client": number[node]}
       return RecordDict(
         {**down, "plan": ConfigRecord({**plan, "width": width, "longest": longest})}
       )

@@ -189,6 +189,40 @@ class Cases:
     return np.array([(c["labels"] > 0).mean() for c in self.cases])
 
 
+def site_config(data_config, folder: str, plan: dict):
+  """``data_config`` reading a federated site's ``folder`` (an ``msd`` layout) as the
+  server's ``plan`` prepares cases — its spacing and CT statistics — every labeled
+  case a training case."""
+  if data_config.name != "msd":
+    raise UserError(
+      f"config.data.name={data_config.name!r}: volume sites read msd folders "
+      "(imagesTr, labelsTr, dataset.json)."
+    )
+  data_config = copy.deepcopy(data_config)
+  with data_config.unlocked():
+    data_config.dir = folder
+    data_config.kwargs.update(
+      target_spacing=tuple(plan["target_spacing"]),
+      ct_statistics=plan["ct_statistics"] or {},
+      site=True,
+      sites="",
+    )
+  return data_config
+
+
+def site_cases(data_config, patch: tuple) -> tuple[list, list]:
+  """``(labeled, unlabeled)`` cases of a site's folder (:func:`site_config`)."""
+  data = datasets.load_volumes(
+    "msd", source_dir=data_config.dir, cache_dir=data_config.cache_dir or None,
+    **data_config.kwargs.to_dict(),
+  )  # fmt: skip
+  if not data.splits["train"]:
+    raise UserError(f"{data_config.dir}: no labeled case (imagesTr with labelsTr) found.")
+  return [data.cases[n] for n in data.splits["train"]], [
+    data.cases[n] for n in data.splits["unlabeled"]
+  ]
+
+
 def load_plan(workdir: str) -> dict:
   path = os.path.join(workdir, "plan.json")
   if not os.path.exists(path):

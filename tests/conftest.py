@@ -53,7 +53,6 @@ LONGEST = {
   "test_scaling.py::test_two_processes_train_like_one": 60,
   "test_bench.py::test_accelerator_suite_runs_every_part_on_cpu": 55,
   "test_volumes.py::test_3d_fedwep_is_reproducible_and_resumes_exactly": 50,
-  "test_fed.py::test_fedwep_run_is_reproducible_and_resumes_exactly": 50,
   "test_prob_unet.py::test_prob_unet_and_baseline_train_on_lidc_and_report_ged": 36,
   "test_end_to_end.py::test_covid_ct_smoke_with_segformer": 35,
   "test_scaling.py::test_data_parallel_trajectory_matches_one_device": 34,

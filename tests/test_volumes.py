@@ -338,10 +338,11 @@ def test_every_method_steps_on_volumes(method):
 
 
 def test_3d_fedwep_is_reproducible_and_resumes_exactly(tmp_path, monkeypatch):
-  """FedWeP on volumes (2 clients holding cases, patches drawn in the round): a run
-  stopped by SIGTERM in round 1 checkpoints it (no validation there) and, resumed,
-  ends with the uninterrupted run's global model; its communication is what the
-  method sends."""
+  """FedWeP-Real label-at-server on volumes (the server trains on its cases and probes
+  the seed pairs with their patches; 2 clients holding cases, patches drawn in the
+  round): a run stopped by SIGTERM in round 1 checkpoints it (no validation there)
+  and, resumed, ends with the uninterrupted run's global model, having drawn the same
+  seed pairs; its communication is what the method sends."""
   from configs import unet3d_synthetic  # noqa: PLC0415
   from configs.fed_common import federated, smoke_fed  # noqa: PLC0415
   from jaxseg.errors import Preempted  # noqa: PLC0415
@@ -349,7 +350,8 @@ def test_3d_fedwep_is_reproducible_and_resumes_exactly(tmp_path, monkeypatch):
   config = federated(unet3d_synthetic.get_config("smoke"))
   config.method.update(name="rwp", labeled_fraction=0.5)
   smoke_fed(config)
-  config.fed.update(num_clients=2, unroll=1)
+  config.fed.update(num_clients=2, unroll=1, scenario="label_at_server")
+  config.fed.seed_search.probe = "real"
   config.train.eval_every = 2  # one validation (sliding windows), at the end
   full = main.train(config, str(tmp_path / "full"))
   sigterm_at(monkeypatch, 1)
@@ -360,11 +362,17 @@ def test_3d_fedwep_is_reproducible_and_resumes_exactly(tmp_path, monkeypatch):
   assert int(full.step) == 2
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
     np.testing.assert_array_equal(a, b)
+
+  def seeds(run):
+    lines = [json.loads(x) for x in open(tmp_path / run / "metrics.jsonl")]
+    return [(r["step"], r["seed_a"], r["seed_b"]) for r in lines if r["split"] == "train"]
+
+  assert sorted(set(seeds("part"))) == seeds("full") and len(seeds("full")) == 2
+  assert all(a != b for _, a, b in seeds("full"))
   with open(tmp_path / "full" / "communication.json") as f:
-    assert json.load(f)["text"] == "50% + 8 B seeds"
-  with open(tmp_path / "full" / "metrics.jsonl") as f:
-    lines = [json.loads(line) for line in f]
-  assert {"seed_a", "seed_b", "unsup"} <= set(lines[0])
+    comm = json.load(f)
+  assert comm["text"] == "50% + 8 B seeds" and comm["down_bytes"] == comm["up_bytes"] + 8
+  assert "labeled images, trained" in open(tmp_path / "full" / "clients.md").read()
 
 
 def test_3d_training_draws_the_same_batches_on_1_2_and_4_devices():

@@ -236,7 +236,7 @@ def probe_images(exp: Experiment, source, server: np.ndarray) -> np.ndarray:
   chosen = np.resize(server, count)
   if exp.volumes is None:
     return pipeline.model_inputs(source.take(chosen))["image"]
-  stack = source.take(chosen)
+  stack = jax.device_put(source.take(chosen))  # (indexed by traced case numbers)
   key = jax.random.key(exp.config.seed)
   cases = np.arange(len(chosen))
   drawn = patches.sample(key, stack, len(chosen), exp.volumes.patch, 1.0, cases)

@@ -105,6 +105,7 @@ def multihost_jobs() -> dict:
   for placement in ("host", "device"):
     jobs[placement] = scaling_config(make_tiny_config())
     jobs[placement].data.placement = placement
+    jobs[placement].train.update(steps=2, log_every=1)  # one validation, at the end
   fed = tiny_fed_config("supervised", rounds=2, local_steps=2, num_clients=3)
   fed.optim.update(name="sgd", lr=0.05)  # Adam amplifies rounding noise (see test_fed)
   jobs["federated"] = fed

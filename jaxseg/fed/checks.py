@@ -37,7 +37,7 @@ def check(config, devices: int, processes: int = 1) -> None:
           "and data_devices; length: config.fed.rounds); remove it."
         )
   if config.data.name in datasets.VOLUMES:
-    _check_volumes(fc, config.data)
+    _check_volumes(fc)
   if "method" not in config:
     raise UserError("a federated config needs config.method (e.g. 'supervised' for FedAvg).")
   if fc.rounds <= 0:
@@ -107,7 +107,7 @@ def _check_sites(config) -> None:
     )
 
 
-def _check_volumes(fc, data) -> None:
+def _check_volumes(fc) -> None:
   if fc.placement == "stream":
     raise UserError(
       "config.fed.placement='stream' on volumes: patches are drawn inside the round from "

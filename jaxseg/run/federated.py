@@ -123,7 +123,7 @@ def site_data(exp: Experiment, folder: str, plan: dict | None = None) -> tuple:
   if exp.volumes is None:
     return pipeline.site_images(site_config(exp.config.data, folder))
   data = volume.site_config(exp.config.data, folder, plan or exp.volumes.plan)
-  labeled, pool = volume.site_cases(data, exp.volumes.patch)
+  labeled, pool = volume.site_cases(data)
   return volume.Cases(labeled + pool, exp.volumes.patch), len(labeled), len(pool)
 
 

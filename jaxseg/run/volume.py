@@ -210,7 +210,7 @@ def site_config(data_config, folder: str, plan: dict):
   return data_config
 
 
-def site_cases(data_config, patch: tuple) -> tuple[list, list]:
+def site_cases(data_config) -> tuple[list, list]:
   """``(labeled, unlabeled)`` cases of a site's folder (:func:`site_config`)."""
   data = datasets.load_volumes(
     "msd", source_dir=data_config.dir, cache_dir=data_config.cache_dir or None,

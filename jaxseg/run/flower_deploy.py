@@ -108,7 +108,10 @@ def submit(config, workdir: str, superlink: str, root_certificates: str | None =
 def _start(command: list[str], log: str, home: str) -> subprocess.Popen:
   # A message's ClientApp starts within 0.5 s of its arrival (Flower's default: 1 s;
   # each poll is an HTTP request, so shorter costs the idle deployment CPU).
-  env = {**os.environ, "FLWR_HOME": home, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.5"}
+  # The SuperLink and SuperNodes start Flower's other commands (flower-superexec) by
+  # name: those installed beside this Python come first, as if its venv were active.
+  path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+  env = {**os.environ, "PATH": path, "FLWR_HOME": home, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.5"}
   with open(log, "w") as out:
     return subprocess.Popen(
       command,

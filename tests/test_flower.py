@@ -2,11 +2,13 @@
 127.0.0.1 as subprocesses, each site with its own folder; the same rounds as the
 simulation of those folders (``config.fed.client_dirs``), bitwise."""
 
+import contextlib
 import copy
 import glob
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 
@@ -57,11 +59,20 @@ def _config(method: str, server: str, **fed) -> ml_collections.ConfigDict:
 
 @pytest.fixture(scope="module")
 def deployment(folders, tmp_path_factory):
-  """``(address, {name: SuperNode process})`` of one local deployment of the two sites;
-  the killed-site test, which stops site1, uses it last (``LONGEST`` in conftest.py
-  orders the two tests, which run on one worker)."""
+  """``(address, {name: SuperNode process})`` of one local deployment of the two sites
+  (the killed-site test, which stops site1, comes after the two-method test; on
+  another pytest-xdist worker it gets a deployment of its own). Started with a PATH that lacks this
+  Python's folder (a venv not activated): the SuperLink and SuperNodes still find
+  Flower's commands beside it."""
   sites, _ = folders
-  with flower_deploy.local_deployment(str(tmp_path_factory.mktemp("flower")), sites) as link:
+  venv = os.path.dirname(sys.executable)
+  path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv)
+  with contextlib.ExitStack() as stack:
+    with pytest.MonkeyPatch.context() as patch:  # while the processes start
+      patch.setenv("PATH", path)
+      link = stack.enter_context(
+        flower_deploy.local_deployment(str(tmp_path_factory.mktemp("flower")), sites)
+      )
     yield link
 
 

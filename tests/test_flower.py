@@ -59,9 +59,9 @@ def _config(method: str, server: str, **fed) -> ml_collections.ConfigDict:
 
 @pytest.fixture(scope="module")
 def deployment(folders, tmp_path_factory):
-  """``(address, {name: SuperNode process})`` of one local deployment of the two sites
-  (the killed-site test, which stops site1, comes after the two-method test; on
-  another pytest-xdist worker it gets a deployment of its own). Started with a PATH that lacks this
+  """``(address, {name: SuperNode process})`` of a local deployment of the two sites,
+  for the module's tests that run one after another (the killed-site test stops
+  site1: it runs after the two-method test). Started with a PATH that lacks this
   Python's folder (a venv not activated): the SuperLink and SuperNodes still find
   Flower's commands beside it."""
   sites, _ = folders

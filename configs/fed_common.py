@@ -35,8 +35,10 @@ arguments ``synthetic`` / ``synthetic_smoke``, on the built-in ``synthetic_nerve
   ``adam`` is FedAdam), same keys as ``config.optim``;
 * ``seed_search`` (FedWeP): ``candidates`` N, ``probe`` (``random`` or ``real``),
   ``probe_size``, ``criterion`` (``most_similar``, ``least_similar``, ``target``),
-  ``target`` and ``statistics`` (``batch``: the perturbed models normalise the probe
-  with its batch statistics, as clients train them; ``running``: inference mode);
+  ``target``, ``statistics`` (``batch``: the perturbed models normalise the probe
+  with its batch statistics, as clients train them; ``running``: inference mode) and
+  ``similarity`` of two candidates' predictions (``cosine`` of probabilities,
+  ``dice`` of hard labels, ``centred`` logits; jaxseg/semi/rwp/search.py);
 * ``unroll``: local steps unrolled in the compiled round (0: all on CPU, where loops
   run convolutions slowly; none elsewhere, for faster compiles);
 * ``client_map``: ``vmap`` (all clients in one compiled program), ``scan`` (the same
@@ -90,6 +92,7 @@ FED = dict(
     criterion="most_similar",
     target=0.9,
     statistics="batch",
+    similarity="cosine",
   ),
   unroll=0,
   client_map="auto",

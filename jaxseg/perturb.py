@@ -35,6 +35,30 @@ def kernels(path: str, leaf) -> bool:
   return path.rsplit("/", 1)[-1] == "kernel" and jnp.ndim(leaf) >= 2
 
 
+def kernels_and_biases(path: str, leaf) -> bool:
+  """Kernels and the biases of convolutions and dense layers (not norm offsets)."""
+  last = path.rsplit("/", 1)[-1]
+  return kernels(path, leaf) or (last == "bias" and not _in_norm(path))
+
+
+def every_leaf(path: str, leaf) -> bool:
+  """Every parameter: kernels, biases, and BatchNorm / LayerNorm scales and offsets."""
+  del path, leaf
+  return True
+
+
+def _in_norm(path: str) -> bool:
+  """Whether ``path`` is a normalisation layer's parameter (flax names them ``...Norm``,
+  ``norm``, ``bn``)."""
+  module = path.rsplit("/", 2)[-2].lower() if "/" in path else ""
+  return "norm" in module or module.startswith("bn")
+
+
+# Which leaves RWP perturbs, by name (``method.kwargs.leaves``; the paper: "every weight
+# tensor", read as kernels).
+LEAVES = {"kernels": kernels, "kernels_and_biases": kernels_and_biases, "all": every_leaf}
+
+
 CHUNK = 4096  # elements drawn per key: a leaf of n elements uses ceil(n / CHUNK) keys
 
 

@@ -14,9 +14,11 @@ from configs import fed_common
 from configs.semi_common import METHOD_KWARGS
 from jaxseg import main, perturb
 from jaxseg.data import pipeline, resident
-from jaxseg.fed import backends, cost, layout, partition, seed_search, simulate
+from jaxseg.fed import backends, cost, layout, partition, simulate
 from jaxseg.run import federated
 from jaxseg.run.experiment import Experiment
+from jaxseg.semi import rwp
+from jaxseg.semi.rwp import search
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,9 +119,10 @@ def test_seed_search_picks_the_most_similar_pair(statistics):
   sim_ctx = exp.ctx
   net = exp.init().nets["model"]
   probe = jax.random.uniform(jax.random.key(1), (3, 32, 32, 1))
-  kw = dict(candidates=4, target=0.9, p=0.5, sigma=0.5, statistics=statistics)
-  seeds, info = seed_search.search(
-    sim_ctx, net.params, net.batch_stats, probe, jax.random.key(2), criterion="most_similar", **kw
+  settings = search.Settings(candidates=4, statistics=statistics)
+  perturbation = rwp.Perturbation(p=0.5, sigma=0.5)
+  seeds, info = search.search(
+    sim_ctx, net.params, net.batch_stats, probe, jax.random.key(2), settings, perturbation
   )
   candidates = np.asarray(jax.random.bits(jax.random.key(2), (4,), jnp.uint32))
   maps, apply = [], jax.jit(exp.model.apply, static_argnames=("train", "mutable"))
@@ -144,13 +147,50 @@ def test_seed_search_picks_the_most_similar_pair(statistics):
   i, j = np.unravel_index(np.argmax(c_pairs), c.shape)
   assert seeds.tolist() == [candidates[i], candidates[j]]
   np.testing.assert_allclose(float(info["similarity"]), c[i, j], rtol=1e-5)
-  least, _ = seed_search.search(
-    sim_ctx, net.params, net.batch_stats, probe, jax.random.key(2), criterion="least_similar", **kw
+  least, _ = search.search(
+    sim_ctx,
+    net.params,
+    net.batch_stats,
+    probe,
+    jax.random.key(2),
+    dataclasses.replace(settings, criterion="least_similar"),
+    perturbation,
   )
   i, j = np.unravel_index(np.argmin(np.where(np.isfinite(c_pairs), c, np.inf)), c.shape)
   assert least.tolist() == [candidates[i], candidates[j]]
   with pytest.raises(ValueError, match="criterion.*nearest"):
-    seed_search.choose(jnp.asarray(c), "nearest")
+    search.choose(jnp.asarray(c), "nearest")
+
+
+def test_seed_search_similarities_on_constructed_predictions():
+  """``dice``: hard-label Dice per probe image (two empty maps agree); ``centred``:
+  the correlation of the logit maps, blind to a shared offset that ``cosine`` of
+  probabilities counts as agreement; the spread of the pairs ``i < j``."""
+  a = jnp.array([[3.0, -1.0], [-2.0, 1.0]])  # one probe image, 2x2, binary
+  b = jnp.array([[2.0, 1.0], [-2.0, -1.0]])
+  empty = jnp.full((2, 2), -5.0)
+  logits = jnp.stack([a, b, empty, a + 10.0])[:, None, ..., None]  # [N=4, X=1, 2, 2, 1]
+  d = search.dice(logits)
+  # a: {00, 11}, b: {00, 01} -> 2*1/(2+2); a vs empty: 0; empty vs empty: 1.
+  np.testing.assert_allclose(d[0, 1], 0.5)
+  np.testing.assert_allclose(d[0, 2], 0.0)
+  np.testing.assert_allclose(search.dice(jnp.stack([empty, empty])[:, None, ..., None])[0, 1], 1.0)
+  c = search.centred(logits)
+  np.testing.assert_allclose(c[0, 3], 1.0, rtol=1e-6)  # a and a + 10: the same evidence
+  centred_a, centred_b = a - a.mean(), b - b.mean()
+  norms = jnp.linalg.norm(centred_a) * jnp.linalg.norm(centred_b)
+  expected = jnp.sum(centred_a * centred_b) / norms
+  np.testing.assert_allclose(c[0, 1], expected, rtol=1e-6)
+  assert float(search.cosine(logits)[0, 3]) < 0.95  # probabilities differ with the offset
+  spread = search.spread(jnp.array([[1.0, 0.2, 0.4], [0.2, 1.0, 0.9], [0.4, 0.9, 1.0]]))
+  np.testing.assert_allclose(
+    [spread[k] for k in ("similarity_mean", "similarity_min", "similarity_max")], [0.5, 0.2, 0.9]
+  )
+  np.testing.assert_allclose(spread["similarity_std"], np.std([0.2, 0.4, 0.9]), rtol=1e-6)
+  with pytest.raises(ValueError, match="seed_search.similarity: unknown 'kl'; known: cosine"):
+    search.settings({"similarity": "kl"}, "label_at_client")
+  with pytest.raises(ValueError, match="seed_search.probes: unknown setting"):
+    search.settings({"probes": "real"}, "label_at_client")
 
 
 # --- the round: invariants ---------------------------------------------------------

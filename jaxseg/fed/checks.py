@@ -79,7 +79,7 @@ def check(config, devices: int, processes: int = 1) -> None:
   _check_data_devices(config, devices)
   broadcast = semi.make_method(config.method.name, config.method.kwargs).broadcast
   if broadcast is not None:
-    broadcast.check(fc[broadcast.settings], fc.scenario)
+    broadcast.settings(fc[broadcast.section], fc.scenario)
 
 
 def _check_sites(config) -> None:

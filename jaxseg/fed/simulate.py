@@ -7,7 +7,7 @@ Client states are stacked on a leading axis. A round, in this order:
    its labeled images (their images also serve as its unlabeled batch); see
    :data:`SERVER_TRAINING` for where else it can train;
 2. **the method's server hook** (:class:`jaxseg.semi.Broadcast`; FedWeP: the seed
-   search, :mod:`jaxseg.fed.seed_search`) makes what the method sends beyond its
+   search, :mod:`jaxseg.semi.rwp.search`) makes what the method sends beyond its
    networks, from the networks about to be sent;
 3. **broadcast**: every client starts from the server's exchanged networks (parameters
    and BatchNorm statistics) with a fresh optimizer state;
@@ -98,7 +98,7 @@ class Federation:
   batch_size: int
   unlabeled_batch_size: int
   trainable: tuple[str, ...]  # nets with an optimizer
-  broadcast_settings: dict | None  # config.fed.<method.broadcast.settings>
+  broadcast_settings: Any  # the method's Broadcast settings (config.fed.<its section>)
   unroll: int = 1  # local steps unrolled per scan iteration (XLA:CPU runs loops slowly)
   sampling: str = "epochs"  # see draw()
   server_training: str = "before_clients"  # label-at-server: see SERVER_TRAINING

@@ -42,19 +42,19 @@ class Broadcast:
   networks, and how it is made.
 
   ``make(ctx, nets, server_images, key, settings) -> (payload, metrics)``: the server
-  hook, run on the global networks before they are sent (pure; ``settings``: the
-  ``config.fed.<settings>`` section; ``server_images``: ``server_images(settings)``
-  of the server's labeled images, or a placeholder where that is 0); ``nbytes`` and
-  ``what``: the payload's size and name on the wire (communication accounting);
-  ``check(settings, scenario)`` raises a :class:`jaxseg.errors.UserError` for bad
-  settings.
+  hook, run on the global networks before they are sent (pure; ``server_images``:
+  ``server_images(settings)`` of the server's labeled images, or a placeholder where
+  that is 0). ``section``: the ``config.fed`` section of its settings, which
+  ``settings(section, scenario)`` turns into the (hashable) ``settings`` value,
+  raising a :class:`jaxseg.errors.UserError` for a bad one; ``nbytes`` and ``what``:
+  the payload's size and name on the wire (communication accounting).
   """
 
   make: Callable
   nbytes: int
   what: str
-  settings: str
-  check: Callable
+  section: str
+  settings: Callable
   server_images: Callable
 
 

@@ -32,6 +32,17 @@ def pseudo_label_loss(logits, targets):
   return jnp.mean(pseudo_label_map(logits, targets))
 
 
+def pseudo_label_info(y1, y2, pseudo=(True, True)) -> dict:
+  """What a method's two predictors hold on the unlabeled batch (logged every step):
+  ``pseudo_fg``, the foreground fraction of the hard pseudo-labels among them (the
+  mean of those ``pseudo`` marks), and ``pseudo_agree``, the fraction of pixels on
+  which the two agree. CPS: its two networks; RWP: its two perturbed copies (both
+  pseudo-labels); Mean Teacher: teacher (the pseudo-label) and student; PseudoSeg: the
+  fused pseudo-label of the weak view and the prediction of the strong view."""
+  fg = [jnp.mean(y > 0) for y, used in zip((y1, y2), pseudo, strict=True) if used]
+  return {"pseudo_fg": sum(fg) / len(fg), "pseudo_agree": jnp.mean(y1 == y2)}
+
+
 def ramp_up(step, length: int):
   """The sigmoid-shaped ramp-up ``exp(-5 (1 - t)^2)`` of Laine & Aila / Mean Teacher."""
   t = jnp.clip(step / jnp.maximum(length, 1), 0.0, 1.0)

@@ -97,15 +97,18 @@ def make(
       )
       sup_weight = labeled.get("sup_weight", 1.0)
       cross = cross_term(sup_a.logits, un_a.logits, sup_b.logits, un_b.logits, sup_weight)
-      return sup + weight * cross, (stats_a, stats_b, sup, cross)
+      info = base.pseudo_label_info(
+        base.hard_pseudo_labels(un_a.logits), base.hard_pseudo_labels(un_b.logits)
+      )
+      return sup + weight * cross, (stats_a, stats_b, sup, cross, info)
 
     params = {"a": a.params, "b": b.params}
-    (loss, (sa, sb, sup, cross)), grads = step_lib.value_and_grad(ctx, loss_of, params)
+    (loss, (sa, sb, sup, cross, info)), grads = step_lib.value_and_grad(ctx, loss_of, params)
     nets = {
       "a": step_lib.apply_grads(ctx.tx, a, grads["a"], sa),
       "b": step_lib.apply_grads(ctx.tx, b, grads["b"], sb),
     }
-    metrics = {"loss": loss, "sup": sup, "unsup": cross}
+    metrics = {"loss": loss, "sup": sup, "unsup": cross, **info}
     return state.replace(step=state.step + 1, nets=nets), metrics
 
   return Method(init=init, step=step, evaluated="a", exchanged=("a", "b"))

@@ -108,6 +108,7 @@ def mean_teacher_step(ctx, state, labeled, unlabeled, key, **s):
   target, teacher_stats = step_lib.forward(
     ctx, teacher.params, teacher.batch_stats, teacher_view, k_teacher_drop, train=s["teacher_noise"]
   )
+  teacher_labels = base.hard_pseudo_labels(target.logits)
   target = jax.lax.stop_gradient(probabilities(target.logits))
   if s["student_noise"]:
     image = image + noise(k_noise, image.shape, std, clip)
@@ -119,9 +120,12 @@ def mean_teacher_step(ctx, state, labeled, unlabeled, key, **s):
     )
     sup = step_lib.supervised_loss(ctx, sup_out, labeled)
     consistency = jnp.mean((probabilities(un_out.logits) - target) ** 2)
-    return sup + scale * consistency, (stats, sup, consistency)
+    info = base.pseudo_label_info(
+      teacher_labels, base.hard_pseudo_labels(un_out.logits), pseudo=(True, False)
+    )
+    return sup + scale * consistency, (stats, sup, consistency, info)
 
-  (loss, (stats, sup, cons)), grads = step_lib.value_and_grad(ctx, loss_of, student.params)
+  (loss, (stats, sup, cons, info)), grads = step_lib.value_and_grad(ctx, loss_of, student.params)
   student = step_lib.apply_grads(ctx.tx, student, grads, stats)
   alpha = ema_decay(state.step, s["decay"], s["ema_warmup"])
   if s["ema_batch_stats"]:
@@ -130,4 +134,4 @@ def mean_teacher_step(ctx, state, labeled, unlabeled, key, **s):
     params=ema(teacher.params, student.params, alpha), batch_stats=teacher_stats
   )
   state = state.replace(step=state.step + 1, nets={"student": student, "teacher": teacher})
-  return state, {"loss": loss, "sup": sup, "unsup": cons, "ema_decay": alpha}
+  return state, {"loss": loss, "sup": sup, "unsup": cons, "ema_decay": alpha, **info}

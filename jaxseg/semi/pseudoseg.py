@@ -284,21 +284,31 @@ def sgc_step(ctx, head, state, labeled, weak, strong, key, settings):
     cam_map = jax.lax.stop_gradient(grad_cam(head, params["cam"], features, present))
     sgc_logits, cam_stats = sgc(head, cam.replace(params=params["cam"]), features, cam_map)
     seg = sgc_loss(sgc_logits, labeled["labels"])
+    info = pseudo_label_info(target, strong_out.logits)
     total = (
       sup
       + settings["weight"] * unsup
       + sup_weight * (settings["cls_weight"] * cls + settings["sgc_weight"] * seg)
     )
-    return total, ((stats, cam_stats), sup, unsup, cls, seg)
+    return total, ((stats, cam_stats), sup, unsup, cls, seg, info)
 
   params = {"model": net.params, "cam": cam.params}
-  (loss, (stats, sup, unsup, cls, seg)), grads = step_lib.value_and_grad(ctx, loss_of, params)
+  (loss, (stats, sup, unsup, cls, seg, info)), grads = step_lib.value_and_grad(ctx, loss_of, params)
   nets = {
     "model": step_lib.apply_grads(ctx.tx, net, grads["model"], stats[0]),
     "cam": step_lib.apply_grads(ctx.tx, cam, grads["cam"], stats[1]),
   }
-  metrics = {"loss": loss, "sup": sup, "unsup": unsup, "cls": cls, "sgc": seg}
+  metrics = {"loss": loss, "sup": sup, "unsup": unsup, "cls": cls, "sgc": seg, **info}
   return state.replace(step=state.step + 1, nets=nets), metrics
+
+
+def pseudo_label_info(target, strong_logits) -> dict:
+  """:func:`jaxseg.semi.base.pseudo_label_info` of the fused pseudo-label (a binary
+  foreground probability, or soft classes ``[..., K]``) and the strong view's labels."""
+  soft = target.ndim == strong_logits.ndim
+  labels = jnp.argmax(target, -1) if soft else (target > 0.5).astype(jnp.int32)
+  strong = base.hard_pseudo_labels(strong_logits)
+  return base.pseudo_label_info(labels, strong, pseudo=(True, False))
 
 
 def net_is_binary(ctx) -> bool:
@@ -320,9 +330,9 @@ def pooled_step(ctx, state, labeled, weak, strong, key, temperature, weight):
     )
     sup = step_lib.supervised_loss(ctx, sup_out, labeled)
     unsup = base.pseudo_label_loss(un_out.logits, target)
-    return sup + weight * unsup, (stats, sup, unsup)
+    return sup + weight * unsup, (stats, sup, unsup, pseudo_label_info(target, un_out.logits))
 
-  (loss, (stats, sup, unsup)), grads = step_lib.value_and_grad(ctx, loss_of, net.params)
+  (loss, (stats, sup, unsup, info)), grads = step_lib.value_and_grad(ctx, loss_of, net.params)
   net = step_lib.apply_grads(ctx.tx, net, grads, stats)
-  metrics = {"loss": loss, "sup": sup, "unsup": unsup}
+  metrics = {"loss": loss, "sup": sup, "unsup": unsup, **info}
   return state.replace(step=state.step + 1, nets={"model": net}), metrics

@@ -19,6 +19,10 @@ A config declares its sweep in ``config.sweep``:
   a paper's table (``("partition", "fraction")`` gives ``IID 1/16 | ... | NonIID
   1/2``); ``sections``: an axis (or a tuple of axes) that splits the table into one
   table per label (combination);
+* ``validation``, ``collapse``, ``logged`` (optional): a column of each row's best
+  validation Dice; counts of the runs that collapsed below ``collapse``; training
+  diagnostics at given steps or rounds (``(("pseudo_agree", 1), ...)``); see
+  :mod:`jaxseg.run.sweep_tables`;
 * ``synthesis`` (optional): ``gan`` (a GAN config, see ``configs/pix2pix_covid_ct.py``)
   and ``num``: before the cells, the GAN is trained on the sweep's own data
   (``DIR/gan``) and ``num`` pairs are synthesized into ``DIR/synthetic``; an
@@ -45,18 +49,16 @@ validation curves (Dice at each evaluated step or round, averaged as the table i
 import copy
 import dataclasses
 import itertools
-import json
 import os
 from collections.abc import Callable
 
 import jax
 import ml_collections
-import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 
 from jaxseg import tables
 from jaxseg.errors import UserError
-from jaxseg.run import skeleton
+from jaxseg.run import skeleton, sweep_tables
 
 SYNTHETIC = "<synthetic>"
 
@@ -74,6 +76,9 @@ class Sweep:
   pivot: tuple | None = None
   sections: str | tuple | None = None
   synthesis: object = None
+  validation: bool = False
+  collapse: float = 0.0
+  logged: tuple = ()
 
 
 def settings(config_sweep) -> Sweep:
@@ -192,77 +197,8 @@ def run(
       cell = apply_overrides(base, overrides)
       runners.train(with_command_line(cell, overrides, command_line, labels), cell_dir)
       runners.evaluate(cell_dir)
-    with open(path) as f:
-      results.append({"labels": labels, "metrics": json.load(f)})
-    measured = os.path.join(cell_dir, "communication.json")
-    if os.path.exists(measured):
-      with open(measured) as f:
-        results[-1]["cost"] = json.load(f)["text"]
-    results[-1]["curve"] = validation_curve(cell_dir)
-  return results if only is not None else write_tables(sweep, results, workdir)
-
-
-def write_tables(sweep: Sweep, results: list[dict], workdir: str) -> list[dict]:
-  """``results.md`` / ``results.json`` (the table) and ``curves.md`` (validation curves)."""
-  names = [name for name, _ in sweep.axes]
-  rows = aggregate(results, names, sweep.average, list(sweep.metrics))
-  headers = dict(zip(sweep.metrics, sweep.headers or sweep.metrics, strict=True))
-  if sweep.cost:
-    cost = dict(sweep.cost)
-    for row in rows:
-      row["cost"] = cost.get(row[names[0]], "")
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(rows, f, indent=2)
-  keep = [n for n in names if n != sweep.average]
-  has_cost = any("cost" in row for row in rows)
-  if sweep.pivot:
-    order = {name: [label for label, _ in variants] for name, variants in sweep.axes}
-    full = len(order[sweep.average])
-    pivot, metric = list(sweep.pivot), sweep.metrics[0]
-    table = pivoted(rows, keep, pivot, sweep.sections, metric, order, full)
-    if any(row["n"] < full for row in rows):
-      table += f"\n\n(n=K: the mean over K of the {full} labels of {sweep.average}.)"
-  else:
-    sections = sweep.sections
-    sections = [sections] if isinstance(sections, str) else list(sections or ())
-    table = sectioned(
-      rows,
-      [n for n in keep if n not in sections] + (["cost"] if has_cost else []),
-      sections,
-      headers,
-    )
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(table + "\n")
-  with open(os.path.join(workdir, "curves.md"), "w") as f:
-    f.write(curves_table(results, keep) + "\n")
-  print("\n" + table)
-  return rows
-
-
-def validation_curve(cell_dir: str) -> dict[int, float]:
-  """``{step: validation Dice}`` of a cell (its ``metrics.jsonl``)."""
-  path = os.path.join(cell_dir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    records = [json.loads(line) for line in f]
-  return {r["step"]: r["dice"] for r in records if r["split"] == "validation" and "dice" in r}
-
-
-def curves_table(results: list[dict], keep: list[str]) -> str:
-  """Validation Dice at each evaluated step (or round), the mean over the averaged
-  axis, one row per combination of the other axes."""
-  groups = {}
-  for r in results:
-    groups.setdefault(tuple(r["labels"][n] for n in keep), []).append(r["curve"])
-  steps = sorted({s for curves in groups.values() for c in curves for s in c})
-  lines = ["| " + " | ".join([*keep, *map(str, steps)]) + " |"]
-  lines.append("|" + "---|" * (len(keep) + len(steps)))
-  for key, curves in groups.items():
-    at = [[c[s] for c in curves if s in c] for s in steps]
-    cells = [f"{np.mean(v):.2f}" if v else "" for v in at]
-    lines.append("| " + " | ".join([*key, *cells]) + " |")
-  return "\n".join(lines)
+    results.append(sweep_tables.read_cell(cell_dir, labels))
+  return results if only is not None else sweep_tables.write_tables(sweep, results, workdir)
 
 
 def synthesize(base: ml_collections.ConfigDict, synthesis, workdir: str, runners: Runners) -> str:
@@ -278,79 +214,3 @@ def synthesize(base: ml_collections.ConfigDict, synthesis, workdir: str, runners
     runners.train(gan, os.path.join(workdir, "gan"))
     runners.synthesize(os.path.join(workdir, "gan"), synthesis.num, output)
   return os.path.abspath(output)
-
-
-def aggregate(results, names, average, metrics) -> list[dict]:
-  """Rows of the non-averaged axes with mean/std of each metric over ``average``."""
-  keep = [n for n in names if n != average]
-  groups = {}
-  for r in results:
-    groups.setdefault(tuple(r["labels"][n] for n in keep), []).append(r)
-  rows = []
-  for key, group in groups.items():
-    row = dict(zip(keep, key, strict=True)) | {"n": len(group)}
-    for m in metrics:
-      name, _, stat = m.partition(":")
-      values = np.array([g["metrics"][name][stat or "mean"] for g in group], dtype=float)
-      row[m] = {"mean": float(values.mean()), "std": float(values.std())}
-    if "cost" in group[0]:
-      row["cost"] = group[0]["cost"]
-    rows.append(row)
-  return rows
-
-
-def pivoted(rows, keep, pivot, sections, metric: str, order: dict, full: int = 0) -> str:
-  """``metric`` with the ``pivot`` axes as columns (one table per ``sections`` label),
-  columns ordered by the pivot axes in turn (``order``: each axis's labels); a value of
-  fewer than ``full`` cells says ``(n=K)``."""
-  row_axes = [n for n in keep if n not in pivot and n != sections]
-  columns = sorted(
-    dict.fromkeys(tuple(r[p] for p in pivot) for r in rows),
-    key=lambda c: [order[p].index(label) for p, label in zip(pivot, c, strict=True)],
-  )
-  out = []
-  for section in dict.fromkeys(r.get(sections) for r in rows):
-    part = [r for r in rows if r.get(sections) == section]
-    cost = any("cost" in r for r in part)
-    header = [*row_axes, *(" ".join(c) for c in columns), *(["cost"] if cost else [])]
-    lines = [f"{metric} ({sections} = {section})" if sections else metric, ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for key in dict.fromkeys(tuple(r[a] for a in row_axes) for r in part):
-      mine = [r for r in part if tuple(r[a] for a in row_axes) == key]
-      found = {tuple(r[p] for p in pivot): r for r in mine}
-      values = [_counted(found[c], metric, full) if c in found else "" for c in columns]
-      extra = [mine[0].get("cost", "")] if cost else []
-      lines.append("| " + " | ".join([*key, *values, *extra]) + " |")
-    out.append("\n".join(lines))
-  return "\n\n".join(out)
-
-
-def _counted(row: dict, metric: str, full: int) -> str:
-  return _value(row[metric]) + (f" (n={row['n']})" if row["n"] < full else "")
-
-
-def _value(stat: dict, digits: int = 3) -> str:
-  mean, std = f"{stat['mean']:.{digits}f}", f"{stat['std']:.{digits}f}"
-  return mean + (f" ± {std}" if stat["std"] > 0 else "")
-
-
-def sectioned(rows, keep, sections, headers: dict) -> str:
-  """:func:`markdown` tables, one per combination of the ``sections`` axes' labels."""
-  out = []
-  for label in dict.fromkeys(tuple(r[a] for a in sections) for r in rows):
-    part = [r for r in rows if tuple(r[a] for a in sections) == label]
-    title = ", ".join(f"{a} = {v}" for a, v in zip(sections, label, strict=True))
-    out.append((f"{title}\n\n" if title else "") + markdown(part, keep, headers))
-  return "\n\n".join(out)
-
-
-def markdown(rows, keep, headers: dict) -> str:
-  """``headers``: ``{metric: column title}``."""
-  metrics = list(headers)
-  header = [*keep, *headers.values(), "n"]
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for row in rows:
-    cells_ = [str(row.get(k, "")) for k in keep]
-    cells_ += [_value(row[m], digits=4) for m in metrics]
-    lines.append("| " + " | ".join([*cells_, str(row["n"])]) + " |")
-  return "\n".join(lines)

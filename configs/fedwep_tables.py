@@ -117,6 +117,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       metrics=("dice", "iou"),
       pivot=("partition", "fraction"),
       sections="scenario",
+      collapse=0.05,
     )
   )
   return config
@@ -140,6 +141,7 @@ def criteria_sweep(config) -> ml_collections.ConfigDict:
       average="seed",
       metrics=("dice", "iou"),
       pivot=("criterion",),
+      collapse=0.05,
     )
   )
   return config
@@ -169,6 +171,7 @@ def pool_sweep(config) -> ml_collections.ConfigDict:
       average="seed",
       metrics=("dice", "iou"),
       pivot=("partition", "fraction"),
+      collapse=0.05,
     )
   )
   return config

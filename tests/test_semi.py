@@ -16,11 +16,15 @@ from jaxseg import losses, perturb, semi
 from jaxseg.data import pipeline
 from jaxseg.errors import UserError
 from jaxseg.models.interface import Interface
-from jaxseg.semi import base, pseudoseg
+from jaxseg.semi import base, pseudoseg, rwp
 from jaxseg.train import state as state_lib
 from jaxseg.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# RWP's defaults, chosen by configs/fedwep_ablation.py's declared rule (README).
+RWP_DEFAULTS = dict(
+  p=0.5, sigma=0.1, leaves="kernels", weight=0.375, ramp_up=0.0, perturbed_bn="batch", seed_period=1
+)
 
 
 def _ones_tree():
@@ -185,17 +189,17 @@ def test_cps_runs_labeled_and_unlabeled_images_in_separate_passes():
     )
 
 
-def test_rwp_logs_what_its_pseudo_labels_hold():
-  from jaxseg.semi import rwp  # noqa: PLC0415
-
+def test_pseudo_label_info_counts_foreground_and_agreement():
   y1, y2 = jnp.array([[1, 0], [0, 0]]), jnp.array([[1, 1], [0, 0]])
-  info = rwp.pseudo_label_info(y1, y2)
+  info = base.pseudo_label_info(y1, y2)
   assert float(info["pseudo_fg"]) == 0.375 and float(info["pseudo_agree"]) == 0.75
+  teacher_only = base.pseudo_label_info(y1, y2, pseudo=(True, False))
+  assert float(teacher_only["pseudo_fg"]) == 0.25
 
 
 def test_rwp_ramp_up_scales_the_cross_terms():
   ctx, (labeled, unlabeled) = _ctx(), _batches()
-  method = semi.make_method("rwp", dict(weight=2.0, ramp_up_steps=10))
+  method = semi.make_method("rwp", dict(weight=2.0, ramp_up=0.1))  # 10 of the 100 steps
   state = method.init(ctx, jax.random.key(0))
   _, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(1))
   np.testing.assert_allclose(m["loss"] - m["sup"], 2.0 * np.exp(-5.0) * m["unsup"], rtol=1e-4)
@@ -219,6 +223,30 @@ def test_rwp_loss_closed_form():
   np.testing.assert_allclose(m["loss"], expected, rtol=1e-5)
 
 
+def test_rwp_leaves_by_name():
+  """``leaves``: kernels (default), kernels and the convolutions' biases, or every
+  parameter, BatchNorm scales and offsets included."""
+  from jaxseg.models.unet import UNet  # noqa: PLC0415
+
+  params = jax.eval_shape(
+    lambda: UNet(widths=(4, 8)).init(jax.random.key(0), jnp.ones((1, 8, 8, 1)))
+  )
+  params = jax.tree.map(lambda a: jnp.ones(a.shape), params["params"])
+  changed = {}
+  for leaves in perturb.LEAVES:
+    out = rwp.Perturbation(p=1.0, sigma=0.5, leaves=leaves).apply(params, 3)
+    changed[leaves] = {
+      name
+      for name in ("conv/kernel", "conv/bias", "bn/scale", "bn/bias")
+      if not np.all(out["down0_conv0"][name.split("/")[0]][name.split("/")[1]] == 1.0)
+    }
+  assert changed["kernels"] == {"conv/kernel"}
+  assert changed["kernels_and_biases"] == {"conv/kernel", "conv/bias"}
+  assert changed["all"] == {"conv/kernel", "conv/bias", "bn/scale", "bn/bias"}
+  with pytest.raises(UserError, match="unknown leaves 'weights'; known: kernels"):
+    semi.make_method("rwp", dict(leaves="weights"))
+
+
 class WithBN(nn.Module):
   """A per-pixel model with BatchNorm (momentum 0.5): its running mean shows which
   batches a pass normalised."""
@@ -228,6 +256,70 @@ class WithBN(nn.Module):
   @nn.compact
   def __call__(self, x, *, train=False):
     return nn.Dense(1)(nn.BatchNorm(use_running_average=not train, momentum=0.5)(x))
+
+
+def test_rwp_perturbed_passes_use_batchnorm_as_set():
+  """``perturbed_bn``: ``batch`` — the perturbed passes normalise the unlabeled batch
+  by its own statistics and only the clean labeled pass moves the running ones;
+  ``running`` — they normalise with the running statistics; ``update`` — both
+  perturbed passes move the running mean after the clean pass (momentum 0.5 here)."""
+  labeled, unlabeled = _batches()
+  ctx = _ctx(WithBN())
+  x_l, x_u = labeled["image"], unlabeled["image"]
+  mean = lambda x: x.reshape(-1, x.shape[-1]).mean(0)  # noqa: E731
+  seeds = jnp.array([7, 9], jnp.uint32)
+  for bn in rwp.PERTURBED_BN:
+    method = semi.make_method("rwp", dict(p=1.0, sigma=0.3, perturbed_bn=bn))
+    state = method.init(ctx, jax.random.key(0))
+    new, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(1), extra=seeds)
+    net = state.nets["model"]
+    old = net.batch_stats["BatchNorm_0"]["mean"]
+    after_clean = 0.5 * old + 0.5 * mean(x_l)
+    expected = 0.5 * (0.5 * after_clean + 0.5 * mean(x_u)) + 0.5 * mean(x_u)
+    found = new.nets["model"].batch_stats["BatchNorm_0"]["mean"]
+    np.testing.assert_allclose(found, expected if bn == "update" else after_clean, rtol=1e-5)
+
+    def logits(seed, net=net, bn=bn):
+      variables = {"params": rwp.Perturbation(1.0, 0.3).apply(net.params, seed)}
+      variables["batch_stats"] = net.batch_stats
+      if bn == "running":
+        return WithBN().apply(variables, x_u)
+      return WithBN().apply(variables, x_u, train=True, mutable=["batch_stats"])[0]
+
+    l1, l2 = logits(jnp.uint32(7)), logits(jnp.uint32(9))
+    y1, y2 = (l1[..., 0] > 0).astype(int), (l2[..., 0] > 0).astype(int)
+    cross = float(losses.bce(l1, y2)) + float(losses.bce(l2, y1))
+    np.testing.assert_allclose(m["unsup"], cross, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["cps", "mean_teacher", "pseudoseg", "rwp"])
+def test_every_semi_supervised_method_logs_its_pseudo_labels(name):
+  """``pseudo_fg`` and ``pseudo_agree`` in every method's step metrics; for CPS they
+  are those of its two networks' hard labels on the unlabeled batch."""
+  ctx, (labeled, unlabeled) = _ctx(), _batches()
+  method = semi.make_method(name)
+  state = method.init(ctx, jax.random.key(2))
+  _, m = method.step(ctx, state, labeled, unlabeled, jax.random.key(3))
+  assert 0.0 <= float(m["pseudo_fg"]) <= 1.0 and 0.0 <= float(m["pseudo_agree"]) <= 1.0
+  if name == "cps":
+    ya, yb = (_logits(state.nets[n].params, unlabeled["image"])[..., 0] > 0 for n in "ab")
+    assert float(m["pseudo_agree"]) == pytest.approx(float(jnp.mean(ya == yb)))
+    assert float(m["pseudo_fg"]) == pytest.approx(float((ya.mean() + yb.mean()) / 2))
+
+
+def test_method_defaults_are_pinned():
+  """The defaults a config starts from (``method.kwargs``): the official codes' for the
+  baselines (each module cites its file and line), the ablation's choice for RWP
+  (configs/fedwep_ablation.py, README)."""
+  assert semi.default_settings("cps") == dict(
+    weight=1.5, on_labeled=True, cross_mean="joint", separate_passes=True
+  )
+  assert semi.default_settings("mean_teacher") == dict(
+    decay=0.99, weight=0.1, ramp_up_steps=0, input_noise=0.1, noise_clip=0.2,
+    teacher_noise=True, student_noise=False, ema_warmup=True, ema_batch_stats=False,
+    evaluated="student",
+  )  # fmt: skip
+  assert semi.default_settings("rwp") == RWP_DEFAULTS
 
 
 def test_mean_teacher_ema_warms_up_as_ssl4mis():
@@ -429,7 +521,7 @@ def test_labeled_fraction():
 
 
 def test_a_misspelt_method_setting_is_an_error_naming_it():
-  with pytest.raises(UserError, match=r"unknown setting 'sigmaa'; known: p, sigma, weight"):
+  with pytest.raises(UserError, match=r"unknown setting 'sigmaa'; known: p, sigma, leaves"):
     semi.make_method("rwp", {"sigmaa": 0.2})
   from configs import rwp_covid_ct  # noqa: PLC0415  (a config file that builds on another)
   from jaxseg.run import experiment  # noqa: PLC0415

@@ -7,6 +7,10 @@ jaxseg sweep --config FILE[:ARG] --workdir DIR [--cells 0,1 | --tabulate] [--con
 jaxseg synthesize --workdir GAN_RUN --num N --output DIR
 jaxseg flower --config FILE[:ARG] --workdir DIR --sites DIR0,DIR1 [--fractions F0,F1]
 jaxseg flower --config FILE[:ARG] --workdir DIR --superlink HOST:PORT [--root_certificates CA]
+jaxseg flower --serve HOST:PORT --certificates DIR --workdir DIR [--operator_port 9093]
+jaxseg flower --register KEY.pub[,KEY2.pub] --workdir DIR
+jaxseg flower --site NAME --sites DIR --key KEY --superlink HOST:PORT --root_certificates CA
+              --workdir DIR [--fractions F]
 jaxseg inspect --config FILE[:ARG] [--config.data.key=value ...] [--json FILE]
 jaxseg bench --models unet,unetpp:mode=l2,... --input NxCxHxW [--batch N]
              [--dtype float32|bfloat16] [--repeats N] [--json FILE]
@@ -105,6 +109,19 @@ flags.DEFINE_list("sites", None, "flower: one data folder per site of a local de
 flags.DEFINE_list("fractions", None, "flower: each site's labeled fraction (--sites order).")
 flags.DEFINE_string("superlink", None, "flower: the SuperLink of a real federation, HOST:PORT.")
 flags.DEFINE_string("root_certificates", None, "flower: the CA certificate of a TLS SuperLink.")
+flags.DEFINE_string(
+  "serve",
+  None,
+  "flower: run a federation's SuperLink, its Fleet API for the sites on HOST:PORT "
+  "(TLS, SuperNode keys), its operator API on 127.0.0.1 only (docs/flower.md).",
+)
+flags.DEFINE_string(
+  "certificates", None, "flower --serve: a folder of ca.crt, server.pem, server.key."
+)
+flags.DEFINE_integer("operator_port", 9093, "flower --serve: the operators' port on 127.0.0.1.")
+flags.DEFINE_list("register", None, "flower: register these sites' public keys (operators only).")
+flags.DEFINE_string("site", None, "flower: run this site's SuperNode (--sites: its data folder).")
+flags.DEFINE_string("key", None, "flower --site: the site's private key (its .pub registered).")
 flags.DEFINE_bool("verbose", False, "Show the traceback of a user error too.")
 
 
@@ -232,7 +249,7 @@ def _run(command: str) -> None:
   workdirs, workdir = FLAGS.workdir, FLAGS.workdir[0]
   if len(workdirs) > 1 and command != "predict":
     raise UserError(f"jaxseg {command} takes one --workdir, found {len(workdirs)}.")
-  if command in ("train", "sweep", "flower"):
+  if command in ("train", "sweep") or command == "flower" and _flower_submits():
     _require(command, config=FLAGS.config)
   if FLAGS.config is not None:
     from jaxseg.run import runtime  # noqa: PLC0415
@@ -248,15 +265,21 @@ def _run(command: str) -> None:
   elif command == "flower":
     from jaxseg.run import flower_deploy  # noqa: PLC0415
 
-    flower_deploy.run(
-      FLAGS.config, workdir, FLAGS.sites, FLAGS.fractions, FLAGS.superlink, FLAGS.root_certificates
-    )
+    flower_deploy.command(FLAGS.config, workdir, {f: FLAGS[f].value for f in FLOWER_FLAGS})
   elif command == "sweep":
     cells = [int(c) for c in FLAGS.cells] if FLAGS.cells else None
     overrides = config_flags.get_override_values(FLAGS["config"])
     sweep(FLAGS.config, workdir, cells, overrides, FLAGS.tabulate)
   else:
     evaluate(workdir, FLAGS.split)
+
+
+FLOWER_FLAGS = ("sites", "fractions", "superlink", "root_certificates", "serve", "certificates")
+FLOWER_FLAGS += ("operator_port", "register", "site", "key")
+
+
+def _flower_submits() -> bool:
+  return not (FLAGS.serve or FLAGS.register or FLAGS.site)
 
 
 def _predict(workdirs: list[str]) -> None:

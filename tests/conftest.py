@@ -51,6 +51,7 @@ def _compilation_cache(tmp_path_factory):
 LONGEST = {
   "test_flower.py::test_flower_fedwep_and_cps_end_with_the_simulations_global_models": 158,
   "test_scaling.py::test_two_processes_train_like_one": 102,
+  "test_flower.py::test_flower_security_only_operators_control_and_only_registered_sites_join": 70,
   "test_volumes.py::test_3d_fedwep_is_reproducible_and_resumes_exactly": 52,
   "test_flower.py::test_flower_a_killed_site_does_not_stall_the_run": 34,
   "test_bench.py::test_accelerator_suite_runs_every_part_on_cpu": 34,

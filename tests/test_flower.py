@@ -8,6 +8,9 @@ import glob
 import json
 import os
 import shutil
+import socket
+import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -263,3 +266,201 @@ def test_flower_sites_must_match_the_configs_clients(folders, tmp_path):
   config = _config("supervised", server, num_clients=3)
   with pytest.raises(UserError, match=r"--sites: 2 folders for config.fed.num_clients=3"):
     flower_deploy.run(config, str(tmp_path), sites=sites)
+
+
+def _certificates(folder, ca_name="jaxseg test CA", hosts=("localhost", "127.0.0.1")) -> str:
+  """``folder/{ca.crt, server.pem, server.key}``: a CA and a server certificate it signed
+  for ``hosts`` (what docs/flower.md makes with openssl)."""
+  import datetime
+  import ipaddress
+
+  from cryptography import x509
+  from cryptography.hazmat.primitives import hashes, serialization
+  from cryptography.hazmat.primitives.asymmetric import ec
+  from cryptography.x509.oid import NameOID
+
+  def certificate(name, key, issuer, issuer_key, ca, names=()):
+    now = datetime.datetime.now(datetime.UTC)
+    builder = x509.CertificateBuilder().subject_name(name).issuer_name(issuer)
+    builder = builder.public_key(key.public_key()).serial_number(x509.random_serial_number())
+    builder = builder.not_valid_before(now - datetime.timedelta(minutes=5))
+    builder = builder.not_valid_after(now + datetime.timedelta(days=1))
+    builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    if names:
+      builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+  os.makedirs(folder, exist_ok=True)
+  ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+  subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
+  ca = certificate(subject, ca_key, subject, ca_key, True)
+  names = [
+    x509.IPAddress(ipaddress.ip_address(h)) if h[0].isdigit() else x509.DNSName(h) for h in hosts
+  ]
+  server = certificate(
+    x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "superlink")]),
+    key,
+    subject,
+    ca_key,
+    False,
+    names,
+  )
+  pem = serialization.Encoding.PEM
+  for name, data in (
+    ("ca.crt", ca.public_bytes(pem)),
+    ("server.pem", server.public_bytes(pem)),
+    (
+      "server.key",
+      key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    ),
+  ):
+    with open(os.path.join(folder, name), "wb") as f:
+      f.write(data)
+  return str(folder)
+
+
+def _site_key(folder, name: str) -> str:
+  """An ECDSA key pair in OpenSSH format (``ssh-keygen -t ecdsa``): ``folder/name``
+  and ``folder/name.pub``."""
+  from cryptography.hazmat.primitives import serialization
+  from cryptography.hazmat.primitives.asymmetric import ec
+
+  key, ssh = ec.generate_private_key(ec.SECP384R1()), serialization.Encoding.OpenSSH
+  path = os.path.join(folder, name)
+  os.makedirs(folder, exist_ok=True)
+  with open(path, "wb") as f:
+    f.write(
+      key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+      )
+    )
+  with open(path + ".pub", "wb") as f:
+    f.write(key.public_key().public_bytes(ssh, serialization.PublicFormat.OpenSSH))
+  return path
+
+
+def _jaxseg(*args, log=None, **kwargs):
+  """``jaxseg ARGS`` as a user runs it: finished (``log`` None) or started, its output
+  in ``log``, in a session of its own."""
+  command = [os.path.join(os.path.dirname(sys.executable), "jaxseg"), *map(str, args)]
+  if log is None:
+    return subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)
+  with open(log, "w") as out:
+    return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for(path: str, text: str, timeout: float = 120.0) -> str:
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    found = open(path).read() if os.path.exists(path) else ""
+    if text in found:
+      return found
+    time.sleep(0.2)
+  raise AssertionError(f"{text!r} not in {path} within {timeout:g} s:\n{found}")
+
+
+def test_flower_security_only_operators_control_and_only_registered_sites_join(folders, tmp_path):
+  """docs/flower.md's deployment on 127.0.0.1: ``jaxseg flower --serve`` (TLS,
+  SuperNode authentication, the operator API on its own 127.0.0.1 port, the sites'
+  Fleet API behind the gateway). The operator registers two sites' keys and their
+  federation completes; an outsider holding ``ca.crt`` cannot register a key or submit
+  a run through the sites' port; an unregistered key, plain HTTP and a client with
+  another CA are refused; the gateway's log names each refusal."""
+  sites, server = folders
+  certificates = _certificates(tmp_path / "certs")
+  ca = os.path.join(certificates, "ca.crt")
+  keys = {name: _site_key(tmp_path / "keys", name) for name in ("site0", "site1", "rogue")}
+  federation = tmp_path / "federation"
+  public, operator = flower_deploy.free_port(), flower_deploy.free_port()
+  gateway_log = federation / "flower" / "logs" / "gateway.txt"
+  with contextlib.ExitStack() as stack:
+
+    def start(*args, log):
+      process = _jaxseg(*args, log=tmp_path / log)
+      stack.callback(flower_deploy.stop, process)
+      return process
+
+    serve = ("flower", "--serve", f"127.0.0.1:{public}", "--certificates", certificates)
+    start(*serve, "--operator_port", operator, "--workdir", federation, log="serve.txt")
+    _wait_for(tmp_path / "serve.txt", "sites connect to")
+    registered = _jaxseg(
+      "flower", "--register", f"{keys['site0']}.pub,{keys['site1']}.pub", "--workdir", federation
+    )
+    assert registered.returncode == 0 and registered.stdout.count("registered successfully") == 2
+    outsider = ("--superlink", f"127.0.0.1:{public}", "--root_certificates", ca)
+    rogue = _jaxseg(
+      "flower", "--register", f"{keys['rogue']}.pub", "--workdir", tmp_path, *outsider
+    )
+    assert rogue.returncode == 2 and "registered successfully" not in rogue.stdout
+    config = _config("supervised", server, rounds=1)
+    with pytest.raises(UserError, match="flwr run ended with exit status 1"):
+      flower_deploy.submit(config, str(tmp_path / "outsider"), f"127.0.0.1:{public}", ca)
+    with socket.create_connection(("127.0.0.1", public)) as plain:
+      plain.sendall(b"POST /v1/fleet/pull-messages HTTP/1.1\r\nHost: x\r\n\r\n")
+      assert plain.recv(100).startswith(b"HTTP/1.1 400")
+    other_ca = ssl.create_default_context(
+      cafile=os.path.join(_certificates(tmp_path / "other", "another CA"), "ca.crt")
+    )
+    with pytest.raises(ssl.SSLCertVerificationError):
+      other_ca.wrap_socket(
+        socket.create_connection(("127.0.0.1", public)), server_hostname="127.0.0.1"
+      )
+    for name, folder in (("site0", sites[0]), ("site1", sites[1]), ("rogue", sites[0])):
+      start(
+        "flower",
+        "--site",
+        name,
+        "--sites",
+        folder,
+        "--key",
+        keys[name],
+        *outsider,
+        "--workdir",
+        tmp_path / "sites",
+        log=f"{name}.txt",
+      )
+    workdir = str(tmp_path / "run")
+    flower_deploy.submit(config, workdir, f"127.0.0.1:{operator}", ca)
+    assert [line["sites"] for line in _train_lines(workdir)] == [2]
+    log = _wait_for(gateway_log, "/v1/fleet/activate-node: the SuperLink answered 412")
+  for refusal in (
+    "POST /v1/control/register-node: not the Fleet API",
+    "POST /v1/control/start-run: not the Fleet API",
+    "plain HTTP on the TLS port",
+    "TLS handshake failed (TLSV1_ALERT_UNKNOWN_CA)",
+  ):
+    assert refusal in log, log
+  assert log.count("gateway: refused") == 5, log
+
+
+def test_flower_security_the_gateway_passes_fleet_paths_only():
+  from jaxseg.run.flower_gateway import allowed
+
+  assert allowed("/v1/fleet/pull-messages") and allowed("/health")
+  for path in (
+    "/v1/control/start-run",
+    "/v1/control/register-node",
+    "/v1/runtime/pull-messages",
+    "/v1/fleet/../control/start-run",
+    "/v1/fleet/%2e%2e/control/start-run",
+    "/v1/fleet//control",
+    "/v1/fleet",
+    "/V1/fleet/pull-messages",
+  ):
+    assert not allowed(path), path
+
+
+def test_flower_security_commands_say_what_is_missing(tmp_path):
+  def fails(match, **flags):
+    options = dict.fromkeys(main.FLOWER_FLAGS) | flags
+    with pytest.raises(UserError, match=match):
+      flower_deploy.command(None, str(tmp_path), options)
+
+  fails("--certificates is required", serve="0.0.0.0:9092")
+  fails(r"--serve: expected HOST:PORT, found '9092'", serve="9092", certificates=str(tmp_path))
+  fails(r"--certificates: .*ca.crt not found", serve="0.0.0.0:9092", certificates=str(tmp_path))
+  fails("--register: no SuperLink connection", register=["site.pub"])
+  fails("--key is required", site="a", sites=[str(tmp_path)], superlink="h:1")
+  fails("give one of --serve, --register, --site", serve="h:1", site="a")

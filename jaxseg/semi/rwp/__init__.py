@@ -83,6 +83,17 @@ def rwp_loss(ctx, params, batch_stats, labeled, unlabeled, seeds, key, perturbat
   return sup + scale * cross, (stats, sup, cross, base.pseudo_label_info(y1, y2))
 
 
+def _check(leaves: str, perturbed_bn: str, ramp_up: float) -> None:
+  if leaves not in perturb.LEAVES:
+    raise UserError(f"rwp: unknown leaves {leaves!r}; known: {', '.join(perturb.LEAVES)}.")
+  if perturbed_bn not in PERTURBED_BN:
+    raise UserError(
+      f"rwp: unknown perturbed_bn {perturbed_bn!r}; known: {', '.join(PERTURBED_BN)}."
+    )
+  if not 0.0 <= ramp_up <= 1.0:
+    raise UserError(f"rwp: ramp_up is a fraction of the run's steps in [0, 1], found {ramp_up}.")
+
+
 def make(
   p: float = 0.5,
   sigma: float = 0.1,
@@ -102,14 +113,7 @@ def make(
   ``configs/fedwep_ablation.py`` (best mean validation Dice over 6 runs: 0.653; the
   earlier ``weight=1.0`` without ramp-up: 0.372, 2 of 6 runs collapsed); 0.375 is what
   CPS puts on one network's cross-entropy of an unlabeled image at 4 + 4 images."""
-  if leaves not in perturb.LEAVES:
-    raise UserError(f"rwp: unknown leaves {leaves!r}; known: {', '.join(perturb.LEAVES)}.")
-  if perturbed_bn not in PERTURBED_BN:
-    raise UserError(
-      f"rwp: unknown perturbed_bn {perturbed_bn!r}; known: {', '.join(PERTURBED_BN)}."
-    )
-  if not 0.0 <= ramp_up <= 1.0:
-    raise UserError(f"rwp: ramp_up is a fraction of the run's steps in [0, 1], found {ramp_up}.")
+  _check(leaves, perturbed_bn, ramp_up)
   perturbation = Perturbation(p, sigma, leaves)
 
   def step(ctx, state, labeled, unlabeled, key, extra=None):

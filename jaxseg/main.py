@@ -1,28 +1,5 @@
-"""The ``jaxseg`` command line.
-
-jaxseg train --config FILE[:ARG] --workdir DIR [--config.key=value ...]
-jaxseg eval  --workdir DIR [--split test]
-jaxseg predict --workdir DIR [--workdir DIR2 ...] --input FILE_OR_DIR --output DIR
-jaxseg sweep --config FILE[:ARG] --workdir DIR [--cells 0,1 | --tabulate] [--config.key=value ...]
-jaxseg synthesize --workdir GAN_RUN --num N --output DIR
-jaxseg flower --config FILE[:ARG] --workdir DIR --sites DIR0,DIR1 [--fractions F0,F1]
-jaxseg flower --config FILE[:ARG] --workdir DIR --superlink HOST:PORT [--root_certificates CA]
-jaxseg flower --serve HOST:PORT --certificates DIR --workdir DIR [--operator_port 9093]
-jaxseg flower --register KEY.pub[,KEY2.pub] --workdir DIR
-jaxseg flower --site NAME --sites DIR --key KEY --superlink HOST:PORT --root_certificates CA
-              --workdir DIR [--fractions F]
-jaxseg inspect --config FILE[:ARG] [--config.data.key=value ...] [--json FILE]
-jaxseg bench --models unet,unetpp:mode=l2,... --input NxCxHxW [--batch N]
-             [--dtype float32|bfloat16] [--repeats N] [--json FILE]
-jaxseg bench --versus_torch --input NxCxHxW [--repeats N] [--json FILE]
-jaxseg bench --clients 4,16,64 --config FILE[:ARG] [--repeats N] [--json FILE]
-jaxseg bench --pipeline [--config FILE[:ARG]] [--input BxCxHxW] [--json FILE]
-jaxseg bench --suite accelerator [--json FILE]
-
-Mistakes in the config, command line or data are printed as one line
-(``jaxseg: error: ...``, exit status 2); ``--verbose`` or ``JAXSEG_DEBUG=1`` shows
-their traceback.
-"""
+"""The ``jaxseg`` command line: :data:`jaxseg.cli.USAGE` (``jaxseg --help``; each
+command's flags: ``jaxseg COMMAND --help``)."""
 
 import importlib
 import importlib.util
@@ -34,10 +11,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxseg import cli
+from jaxseg.cli import COMMANDS, USAGE
 from jaxseg.errors import PREEMPTED_STATUS, Preempted, UserError
-
-COMMANDS = ("train", "eval", "bench", "sweep", "predict", "synthesize", "inspect", "flower")
-USAGE = __doc__
 
 FLAGS = flags.FLAGS
 BENCH_INPUT = "1x1x426x545"  # the SCAUnet paper's input for its size table
@@ -240,6 +216,9 @@ def _require(command: str, **values) -> None:
 def _run(command: str) -> None:
   if command == "bench":
     return _bench()
+  if command == "config":  # the resolved config, every key with its value
+    _require(command, config=FLAGS.config)
+    return print(FLAGS.config)
   if command == "inspect":
     _require(command, config=FLAGS.config)
     from jaxseg.run import inspect  # noqa: PLC0415
@@ -379,8 +358,13 @@ def _main(argv):
 
 def main(argv=None):
   argv = list(sys.argv if argv is None else argv)
-  if len(argv) < 2 or argv[1] not in COMMANDS:
-    print(USAGE.strip(), file=sys.stderr)
-    sys.exit(0 if len(argv) >= 2 and argv[1] in ("-h", "--help") else 2)
+  if len(argv) < 2 or argv[1] in ("-h", "--help"):
+    print(USAGE, file=sys.stdout if len(argv) >= 2 else sys.stderr)
+    sys.exit(0 if len(argv) >= 2 else 2)
+  if argv[1] not in COMMANDS:
+    _fail(cli.unknown(argv[1]))
+  if any(a in ("-h", "--help") for a in argv[2:]):
+    print(cli.help_text(argv[1], FLAGS))
+    sys.exit(0)
   # absl parses the flags after the command; the command stays at argv[1] for _main.
   app.run(_main, argv=argv, flags_parser=_parse_flags)

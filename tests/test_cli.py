@@ -1,6 +1,7 @@
 """Mistakes on the command line, in a config or in the data: one line, exit status 2."""
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -116,6 +117,42 @@ def test_a_user_mistake_is_one_line_and_exit_status_2(args, message, tmp_path, c
   # One line (after the progress bar, for an error found while training), no traceback.
   assert err.splitlines()[-1].startswith("jaxseg: error: ") and "Traceback" not in err, err
   assert message in err.splitlines()[-1], err
+
+
+def _exit(monkeypatch, *args) -> int:
+  monkeypatch.setattr(sys, "argv", ["jaxseg", *args])
+  with pytest.raises(SystemExit) as exit_:
+    main.main()
+  return exit_.value.code
+
+
+@pytest.mark.parametrize("command", main.COMMANDS)
+def test_each_command_has_its_own_help(command, capsys, monkeypatch):
+  assert _exit(monkeypatch, command, "--help") == 0
+  out = capsys.readouterr().out
+  assert out.startswith(f"jaxseg {command} ") and len(out.splitlines()) <= 80, out
+  assert all(f"--{name}:" in out for name in main.cli.FLAGS[command]), out
+  other = {"train": "--cells:", "eval": "--config:", "bench": "--serve:"}.get(command)
+  assert other is None or other not in out
+
+
+def test_a_misspelt_command_is_named_with_the_nearest(capsys, monkeypatch):
+  assert _exit(monkeypatch, "trian") == 2
+  err = capsys.readouterr().err.strip()
+  assert err == (
+    "jaxseg: error: unknown command 'trian' (did you mean train?); commands: "
+    + ", ".join(main.COMMANDS)
+    + " (jaxseg --help)."
+  )
+  assert _exit(monkeypatch, "--help") == 0 and "jaxseg train --config" in capsys.readouterr().out
+
+
+def test_config_prints_the_resolved_config():
+  """Run as a user runs it (absl keeps the override flags of a config it parsed)."""
+  jaxseg = os.path.join(os.path.dirname(sys.executable), "jaxseg")
+  command = [jaxseg, "config", f"--config={SMOKE}", "--config.train.steps=7"]
+  out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+  assert "  steps: 7\n" in out and "  eval_every: " in out
 
 
 def test_verbose_shows_the_traceback(monkeypatch):

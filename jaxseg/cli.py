@@ -9,6 +9,7 @@ jaxseg eval  --workdir DIR [--split test]
 jaxseg predict --workdir DIR [--workdir DIR2 ...] --input FILE_OR_DIR --output DIR
 jaxseg sweep --config FILE[:ARG] --workdir DIR [--cells 0,1 | --tabulate] [--config.key=value ...]
 jaxseg synthesize --workdir GAN_RUN --num N --output DIR
+jaxseg sites --config FILE[:ARG] --sites N --output DIR
 jaxseg flower --config FILE[:ARG] --workdir DIR --sites DIR0,DIR1 [--fractions F0,F1]
 jaxseg flower --config FILE[:ARG] --workdir DIR --superlink HOST:PORT [--root_certificates CA]
 jaxseg flower --serve HOST:PORT --certificates DIR --workdir DIR [--operator_port 9093]
@@ -35,6 +36,7 @@ FLAGS = {
   "predict": ("workdir", "input", "output"),
   "sweep": ("config", "workdir", "cells", "tabulate"),
   "synthesize": ("workdir", "num", "output"),
+  "sites": ("config", "sites", "output"),
   "flower": (
     "config",
     "workdir",

@@ -81,7 +81,9 @@ flags.DEFINE_bool(
   False,
   "sweep: run no cell, tabulate the finished ones (a sweep still going or cut short).",
 )
-flags.DEFINE_list("sites", None, "flower: one data folder per site of a local deployment.")
+flags.DEFINE_list(
+  "sites", None, "flower: one data folder per site of a local deployment; sites: how many to write."
+)
 flags.DEFINE_list("fractions", None, "flower: each site's labeled fraction (--sites order).")
 flags.DEFINE_string("superlink", None, "flower: the SuperLink of a real federation, HOST:PORT.")
 flags.DEFINE_string("root_certificates", None, "flower: the CA certificate of a TLS SuperLink.")
@@ -219,6 +221,8 @@ def _run(command: str) -> None:
   if command == "config":  # the resolved config, every key with its value
     _require(command, config=FLAGS.config)
     return print(FLAGS.config)
+  if command == "sites":
+    return _sites()
   if command == "inspect":
     _require(command, config=FLAGS.config)
     from jaxseg.run import inspect  # noqa: PLC0415
@@ -255,6 +259,15 @@ def _run(command: str) -> None:
 
 FLOWER_FLAGS = ("sites", "fractions", "superlink", "root_certificates", "serve", "certificates")
 FLOWER_FLAGS += ("operator_port", "register", "site", "key")
+
+
+def _sites() -> None:
+  _require("sites", config=FLAGS.config, sites=FLAGS.sites, output=FLAGS.output)
+  if len(FLAGS.sites) != 1 or not FLAGS.sites[0].isdigit():
+    raise UserError(f"jaxseg sites: --sites is a number of sites, found {','.join(FLAGS.sites)}.")
+  from jaxseg.run import sites  # noqa: PLC0415
+
+  sites.run(FLAGS.config, int(FLAGS.sites[0]), FLAGS.output)
 
 
 def _flower_submits() -> bool:

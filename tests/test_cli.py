@@ -190,3 +190,28 @@ def test_a_section_its_run_kind_does_not_read_is_refused(tmp_path):
   volume.kind = "federated"
   with pytest.raises(UserError, match=r"^config.fed: "):
     main.train(volume, str(tmp_path / "k"))
+
+
+def test_sites_writes_a_federation_of_folders_and_says_the_next_command(tmp_path, capsys):
+  from configs import fed_image_folders, unet_synthetic
+  from jaxseg.data import pipeline
+  from jaxseg.run import sites
+
+  config = unet_synthetic.get_config("smoke")
+  sites.run(config, 2, str(tmp_path / "D"))
+  out = capsys.readouterr().out
+  assert f"--config.data.dir={tmp_path}/D/server " in out and "jaxseg flower" in out
+  counts = {
+    folder: len(os.listdir(tmp_path / "D" / folder / "images"))
+    for folder in ("site_1/train", "site_2/train", "server/train", "server/validation")
+  }
+  assert sum(counts[f] for f in ("site_1/train", "site_2/train", "server/train")) == 32
+  assert counts["server/validation"] == 8 and min(counts.values()) > 0, counts
+  server = fed_image_folders.get_config("cps,smoke").data
+  server.dir = str(tmp_path / "D" / "server")
+  splits = pipeline.load_splits(server)
+  assert {k: len(v) for k, v in splits.items()} == {
+    "train": counts["server/train"], "validation": 8, "test": 8
+  }  # fmt: skip
+  with pytest.raises(UserError, match="exists and is not empty"):
+    sites.run(config, 2, str(tmp_path / "D"))

@@ -9,16 +9,21 @@ SuperNode that reads only its folder, or simulated from the same folders.
 
 ``config.data.dir`` is the server's own ``image_folder`` (its validation and test
 images; label-at-server also its labeled training images); the sites' folders are
-read with the same settings. The argument is the method and optionally ``,smoke``
+read with the same settings: every setting of ``image_folder`` (mask values and channels
+``auto``: inferred from the server's folder, as ``configs/unet_folder.py`` does), e.g.
+``--config.data.kwargs.mask_threshold=128``. The argument is the method and optionally ``,smoke``
 (seconds on a CPU): ``rwp`` (FedWeP-Random, the default), ``cps``, ``mean_teacher``,
 ``pseudoseg``, ``supervised`` (FedAvg), e.g. ``configs/fed_image_folders.py:cps,smoke``.
 Settings: ``configs/fed_common.py``. Both commands end with the same global model,
 bit for bit (README, *Running a real federation*).
 """
 
+import dataclasses
+
 import ml_collections
 
 from configs.fed_common import fed_config
+from jaxseg.data import image_folder
 
 
 def get_config(arg: str = "rwp") -> ml_collections.ConfigDict:
@@ -28,13 +33,15 @@ def get_config(arg: str = "rwp") -> ml_collections.ConfigDict:
   config = fed_config(method, "synthetic_smoke" if size else "synthetic")
   config.data.name = "image_folder"
   config.data.dir = ""  # required: the server's folder
-  config.data.kwargs = ml_collections.ConfigDict(
-    {"image_size": (64, 64), "channels": 1, "mask_values": ((0, 0), (255, 1))}
-  )
+  # Every image_folder setting at its default, as configs/unet_folder.py: mask values
+  # and channels ``auto`` (read from the server's folder; the sites are read alike).
+  settings = dataclasses.asdict(image_folder.Settings())
+  settings["image_size"] = "(64, 64)"
+  config.data.kwargs = ml_collections.ConfigDict(settings)
   config.fed.update(num_clients=2, partition="site")
   if size:
     config.model.kwargs.widths = (4, 8)
-    config.data.kwargs.image_size = (32, 32)
+    config.data.kwargs.image_size = "(32, 32)"
     config.eval.batch_size = 4
     config.fed.update(unroll=1, client_map="loop")
     config.train.update(eval_every=2, log_every=1)

@@ -183,3 +183,22 @@ def test_augmentations_move_image_and_labels_together():
         np.testing.assert_array_equal(merged[i], one["image"])
   with pytest.raises(ValueError, match="Unknown augmentation name 'warp'"):
     augment.check({"warp": {}})
+
+
+def test_image_folder_literal_settings_are_checked_against_their_form():
+  from jaxseg.data.image_folder import _literal
+  from jaxseg.errors import UserError
+
+  assert _literal(tuple("auto"), "mask_values") == "auto"  # a tuple default's override
+  assert _literal("(32, 32)", "image_size") == (32, 32) and _literal(None, "image_size") is None
+  assert _literal("((0, 0), (255, 1))", "mask_values") == ((0, 0), (255, 1))
+  assert _literal(3, "channels") == 3
+  for value, key in (
+    ("auto2", "image_size"),
+    ("(32,)", "image_size"),
+    ("((0, 0), (255))", "mask_values"),
+    (tuple("rgb"), "channels"),
+    ("2", "channels"),
+  ):
+    with pytest.raises(UserError, match=rf"config.data.kwargs.{key}: expected 'auto' or"):
+      _literal(value, key)

@@ -1,6 +1,8 @@
 """Federated simulation: partitions, scenarios, invariants, seed search, resume."""
 
 import dataclasses
+import glob
+import json
 import os
 import subprocess
 import sys
@@ -26,7 +28,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_fed_config(method="supervised", **fed):
   config = fed_common.fed_config(method, "synthetic_smoke")
   config.model.kwargs.widths = (4, 8)
-  config.data.kwargs.update(num_train=16, num_validation=4, num_test=4)
   config.eval.batch_size = 4
   config.fed.unroll = 1  # tiny shapes: compile time matters, not XLA:CPU loop speed
   config.fed.update(**fed)
@@ -421,7 +422,6 @@ def test_federated_configs_train_and_evaluate(name, tmp_path):
   module = __import__(f"configs.{name}", fromlist=["get_config"])
   config = module.get_config("synthetic_smoke")
   config.model.kwargs.widths = (4, 8)
-  config.data.kwargs.update(num_train=16, num_validation=4, num_test=4)
   config.fed.update(rounds=1, local_steps=1, partition="site", unroll=1)
   main.train(config, str(tmp_path))
   result = main.evaluate(str(tmp_path))
@@ -516,3 +516,32 @@ print("devices", len(jax.devices()), "ok")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "devices 8 ok" in result.stdout
+
+
+def test_a_folder_federation_of_rgb_jpeg_sites_needs_only_its_folders(tmp_path, capsys):
+  """Sites of RGB JPEG images with lossy JPEG masks (written by ``jaxseg sites``, then
+  re-encoded): ``configs/fed_image_folders.py`` reads them with only ``data.dir`` and
+  ``client_dirs`` given — channels and mask values inferred from the server's folder."""
+  from PIL import Image
+
+  from configs import fed_image_folders, unet_synthetic
+  from jaxseg import main
+  from jaxseg.run import sites
+
+  root = str(tmp_path / "D")
+  config = unet_synthetic.get_config("smoke")
+  sites.run(config, 2, root)
+  for path in glob.glob(f"{root}/**/*.png", recursive=True):
+    pixels = np.asarray(Image.open(path))
+    if "/images/" in path:  # colour: the channels differ
+      pixels = np.stack([pixels, pixels // 2, 255 - pixels], axis=-1)
+    Image.fromarray(pixels).save(path[:-4] + ".jpg", quality=95)
+    os.remove(path)
+  fed = fed_image_folders.get_config("cps,smoke")
+  fed.data.dir = f"{root}/server"
+  fed.fed.client_dirs = (f"{root}/site_1", f"{root}/site_2")
+  fed.fed.rounds = 1
+  main.train(fed, str(tmp_path / "run"))
+  saved = json.load(open(tmp_path / "run" / "config.json"))["data"]["kwargs"]
+  assert saved["channels"] == 3 and saved["mask_threshold"] > 0, saved
+  assert [list(p) for p in saved["mask_values"]] == [[0, 0], [255, 1]], saved

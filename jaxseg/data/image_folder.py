@@ -159,15 +159,46 @@ def _scan_pair(found: Scan, split: str, image_path: str, mask_paths: tuple) -> N
 
 
 def _literal(value, key: str):
-  """A setting given on the command line as a string (``'((0, 0), (255, 1))'``)."""
-  if not isinstance(value, str) or value == AUTO:
-    return value
-  try:
-    return ast.literal_eval(value)
-  except (ValueError, SyntaxError) as e:
+  """A setting given on the command line as a string (``'((0, 0), (255, 1))'``), read
+  and checked against its form (:data:`FORMS`). A config whose default is a tuple
+  turns a string override into a tuple of its characters (``auto`` -> ``('a', 'u',
+  't', 'o')``): those are joined back first."""
+  if isinstance(value, tuple | list) and value and all(isinstance(c, str) for c in value):
+    value = "".join(value)
+  read = value
+  if isinstance(value, str) and value != AUTO:
+    try:
+      read = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      read = ValueError  # (not a literal)
+  if read != AUTO and (read is ValueError or not FORMS[key][0](read)):
     raise UserError(
-      f"config.data.kwargs.{key}: expected {AUTO!r} or a Python literal, found {value!r}."
-    ) from e
+      f"config.data.kwargs.{key}: expected {AUTO!r} or {FORMS[key][1]}, found {value!r}."
+    )
+  return read
+
+
+def _ints(value, count=None) -> bool:
+  is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+  return (
+    isinstance(value, tuple | list)
+    and (count is None or len(value) == count)
+    and all(is_int(v) for v in value)
+  )
+
+
+# Each literal setting's check and its form, as the error states it.
+FORMS = {
+  "image_size": (
+    lambda v: v is None or _ints(v, 2) and min(v) > 0,
+    "(height, width), e.g. '(256, 256)'",
+  ),
+  "mask_values": (
+    lambda v: isinstance(v, tuple | list) and len(v) > 0 and all(_ints(p, 2) for p in v),
+    "(value, class) pairs, e.g. '((0, 0), (255, 1))'",
+  ),
+  "channels": (lambda v: v in (1, 3) and not isinstance(v, bool), "1 or 3"),
+}
 
 
 def parse(kwargs: dict) -> Settings:

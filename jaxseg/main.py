@@ -239,7 +239,11 @@ def _run(command: str) -> None:
 
     runtime.setup(FLAGS.config)
   if command == "train":
+    from jaxseg.run import skeleton  # noqa: PLC0415
+
+    logged = skeleton.validations(workdir)
     train(FLAGS.config, workdir)
+    print(skeleton.summary(workdir, logged))
   elif command == "predict":
     _predict(workdirs)
   elif command == "synthesize":

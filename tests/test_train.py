@@ -413,9 +413,23 @@ def test_cli_smoke_train_and_eval(tmp_path):
   )
   assert train.returncode == 0, train.stderr[-3000:]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  best = max(
+    (json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))),
+    key=lambda r: r.get("dice", -1),
+  )
+  assert train.stdout.splitlines()[-1] == (
+    f"jaxseg: the run in {workdir} finished: best validation Dice {best['dice']:.4f} at step "
+    f"{best['step']}; next: jaxseg eval --workdir {workdir}"
+  )
+  again = _cli(
+    "train", "--config", "configs/unet_synthetic.py:smoke", "--workdir", workdir,
+    "--config.train.steps=10", "--config.train.eval_every=5",
+  )  # fmt: skip
+  assert again.returncode == 0 and f"{workdir} was already complete" in again.stdout, again.stderr
   evaluate = _cli("eval", "--workdir", workdir)
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   assert "| dice |" in evaluate.stdout
+  assert evaluate.stdout.splitlines()[-1] == f"written to {workdir}/test_metrics.json"
   for run in (train, evaluate):  # quiet: no absl/TFDS/orbax lines a user cannot act on
     text = run.stdout + run.stderr
     assert not re.search(r"^[WI]\d{4} ", text, re.M) and "Downloading" not in text, text[-2000:]

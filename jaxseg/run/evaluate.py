@@ -29,10 +29,12 @@ def run(workdir: str, split: str = "test") -> dict:
       table[name] = {"mean": float(values.mean()), "std": float(values.std()), "pooled": None}
     pictures.save_samples(os.path.join(workdir, f"{split}_samples.png"), **shown)
   result = {"step": step, "split": split, "cases": len(per_image["loss"]), **table}
-  with open(os.path.join(workdir, f"{split}_metrics.json"), "w") as f:
+  path = os.path.join(workdir, f"{split}_metrics.json")
+  with open(path, "w") as f:
     json.dump(result, f, indent=2)
   print(f"\n{split} split, {result['cases']} images, best checkpoint (step {step}):\n")
   print(format_table(table))
+  print(f"\nwritten to {path}")
   return result
 
 

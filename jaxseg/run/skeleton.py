@@ -364,3 +364,22 @@ def mean_metrics(pending: list, step: int, ckpts: Checkpoints) -> dict:
       f"{kept}); lower config.optim.lr or set config.optim.grad_clip."
     )
   return {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
+
+
+def validations(workdir: str) -> list[dict]:
+  """The ``validation`` lines of ``workdir``'s ``metrics.jsonl`` so far."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [r for r in map(json.loads, f) if r.get("split") == "validation"]
+
+
+def summary(workdir: str, before: list[dict]) -> str:
+  """The line a finished ``jaxseg train`` ends with: its best validation Dice and step,
+  and the next command (or that the run was already complete)."""
+  done = "was already complete" if len(validations(workdir)) == len(before) else "finished"
+  scored = [r for r in validations(workdir) if "dice" in r]
+  best = max(scored, key=lambda r: r["dice"], default=None)
+  found = f"best validation Dice {best['dice']:.4f} at step {best['step']}; " if best else ""
+  return f"jaxseg: the run in {workdir} {done}: {found}next: jaxseg eval --workdir {workdir}"

@@ -242,7 +242,8 @@ def _run(command: str) -> None:
     from jaxseg.run import skeleton  # noqa: PLC0415
 
     logged = skeleton.validations(workdir)
-    train(FLAGS.config, workdir)
+    with skeleton.removed_on_error(workdir):
+      train(FLAGS.config, workdir)
     print(skeleton.summary(workdir, logged))
   elif command == "predict":
     _predict(workdirs)

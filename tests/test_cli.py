@@ -117,6 +117,8 @@ def test_a_user_mistake_is_one_line_and_exit_status_2(args, message, tmp_path, c
   # One line (after the progress bar, for an error found while training), no traceback.
   assert err.splitlines()[-1].startswith("jaxseg: error: ") and "Traceback" not in err, err
   assert message in err.splitlines()[-1], err
+  if args[0] == "train":  # a failed first run leaves no workdir
+    assert not os.path.exists(tmp_path / "run")
 
 
 def _exit(monkeypatch, *args) -> int:

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -383,3 +384,16 @@ def summary(workdir: str, before: list[dict]) -> str:
   best = max(scored, key=lambda r: r["dice"], default=None)
   found = f"best validation Dice {best['dice']:.4f} at step {best['step']}; " if best else ""
   return f"jaxseg: the run in {workdir} {done}: {found}next: jaxseg eval --workdir {workdir}"
+
+
+@contextlib.contextmanager
+def removed_on_error(workdir: str):
+  """Removes ``workdir`` if it was new (absent or empty) and the run in it stops on a
+  :class:`UserError` (a bad config or data), so a failed first try leaves nothing."""
+  fresh = not os.path.exists(workdir) or not os.listdir(workdir)
+  try:
+    yield
+  except UserError:
+    if fresh and primary():
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise

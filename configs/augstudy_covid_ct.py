@@ -29,7 +29,7 @@ augmentation (an equal budget, one epoch count), pix2pix at 64 px for 600 steps,
 synthetic pairs; ``smoke`` — two augmentations, BCE, U-Net only, tiny GAN and networks.
 
 At ``cpu`` scale we measured (one seed) U-Net/BCE test F1 0.627 original, 0.573 + GAN,
-0.679 flip/rotate + elastic (the README's table): the published ranking is not
+0.679 flip/rotate + elastic (docs/raters-and-synthesis.md): the published ranking is not
 reproduced at that scale.
 """
 

@@ -19,7 +19,7 @@ arguments ``synthetic`` / ``synthetic_smoke``, on the built-in ``synthetic_nerve
   its labeled images) or ``after_clients`` (it fine-tunes the clients' average);
 * ``sampling``: how a client draws its batches: ``epochs`` (seeded permutations of
   its images, without replacement, continuing across rounds: the rule of centralized
-  runs) or ``replacement`` (uniform per step; how the README's earlier federated
+  runs) or ``replacement`` (uniform per step; how docs/federated.md's earlier federated
   tables were drawn);
 * ``pool_partition``: how the images without masks (``config.data.unlabeled_dir``, or
   the dataset's own) join the clients: ``iid``, or whole ``patient`` / ``source``
@@ -43,7 +43,7 @@ arguments ``synthetic`` / ``synthetic_smoke``, on the built-in ``synthetic_nerve
   run convolutions slowly; none elsewhere, for faster compiles);
 * ``client_map``: ``vmap`` (all clients in one compiled program), ``scan`` (the same
   program, each device's clients one after another), ``loop`` (one compiled client
-  function called per client) or ``auto`` (what measured fastest, README: loop on
+  function called per client) or ``auto`` (what measured fastest, docs/performance.md: loop on
   CPU; on accelerators vmap, scan for 3-D networks);
 * ``placement``: ``auto`` (client data on the device if it takes at most
   ``device_budget_mib``), ``device`` or ``stream`` (batches sent every round);

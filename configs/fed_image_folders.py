@@ -15,7 +15,7 @@ read with the same settings: every setting of ``image_folder`` (mask values and 
 (seconds on a CPU): ``rwp`` (FedWeP-Random, the default), ``cps``, ``mean_teacher``,
 ``pseudoseg``, ``supervised`` (FedAvg), e.g. ``configs/fed_image_folders.py:cps,smoke``.
 Settings: ``configs/fed_common.py``. Both commands end with the same global model,
-bit for bit (README, *Running a real federation*).
+bit for bit (docs/flower.md).
 """
 
 import dataclasses

@@ -9,8 +9,8 @@ upper bound), FedWeP-Random (RWP + seed search) and CPS + FedAvg, both with 1/8 
 each client's cases labeled — 65 rounds of 10 local steps (650 client steps, the
 centralized budget of ``configs/unet3d_hippocampus.py``). One seed; ``:smoke`` tiny.
 
-Expect (measured on one H200 with ``--config.fed.sampling=replacement``, README
-*Volumes*): mean test Dice 0.872 FedAvg every label, 0.870 FedWeP-Random, 0.871
+Expect (measured on one H200 with ``--config.fed.sampling=replacement``, docs/volumes.md):
+mean test Dice 0.872 FedAvg every label, 0.870 FedWeP-Random, 0.871
 CPS + FedAvg; 7,015,436 B each way per client per round (CPS twice); 2-4 minutes a
 cell on the GPU.
 ``--cells`` splits the cells over processes (see ``configs/semi_tables_hippocampus.py``).

@@ -45,7 +45,7 @@ SIGMAS = (0.1, 0.3, 0.5, 1.0)
 CPS_WEIGHT = 0.375  # see the module docstring
 RAMP = 0.4  # of a client's steps over the run
 COLLAPSE = 0.05  # a run below this Dice predicts (almost) no lesion
-# What the rule chose from the 96 runs (README, *FedWeP's free choices, measured*).
+# What the rule chose from the 96 runs (docs/fedwep_study.md).
 CHOSEN = dict(sigma=0.1, ramp_up=0.0, weight=CPS_WEIGHT)
 SIMILARITIES = ("cosine", "dice", "centred")
 

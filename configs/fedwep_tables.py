@@ -20,7 +20,7 @@ local steps, one seed; ``synthetic`` / ``synthetic_cpu`` — the same on the bui
 tiny (seconds per cell); ``criteria_cpu`` — the seed search's criteria
 (``most_similar``, ``least_similar``, ``target``) compared for FedWeP-Random and -Real
 (label-at-server, 1/8, IID, the ``cpu`` budget); ``client_cpu`` — the evidence run of
-the README: label-at-client, fractions 1/8 and 1/2, IID and non-IID, 3 seeds, the
+docs/federated.md: label-at-client, fractions 1/8 and 1/2, IID and non-IID, 3 seeds, the
 ``cpu`` model at twice its rounds (30: supervised FedAvg's validation Dice levels off
 from round ~22 there), validation every 2 rounds (each cell's curve); ``pool_cpu`` —
 label-at-server with the real unlabeled pool ``covid_ct_unlabeled``
@@ -29,7 +29,7 @@ by patient, 3 seeds (:func:`pool_sweep`).
 
 Expect (the published tables, ``../shared/reference/tables.md``): CPS + FedAvg the
 best baseline (0.69-0.77 label-at-server), FedWeP close to it at half its
-communication, MT and PS + FedAvg far below label-at-server. Measured here (README,
+communication, MT and PS + FedAvg far below label-at-server. Measured here (docs/federated.md,
 *Evidence*; test Dice, mean over seeds 0-2, 2 CPU cores): ``client_cpu`` (54 cells,
 2-5 min each) supervised FedAvg 0.571 / 0.549 (IID / non-IID), CPS 0.495-0.557, PS
 0.430-0.525, MT 0.387-0.496, FedWeP-Random 0.285-0.463 (2 of 12 runs collapse);

@@ -11,7 +11,7 @@ budget. ``--config.model.kwargs.variant=b1`` or ``b2`` for the larger encoders;
 
 Expect: the augmentation study's SegFormer control F1 0.7448 (BCE, 256 px, 50
 epochs; ``../shared/reference/tables.md``); at 64 px and 300 steps we measured test
-F1 0.638 (README, augmentation study at CPU scale).
+F1 0.638 (docs/raters-and-synthesis.md, augmentation study at CPU scale).
 """
 
 import ml_collections

@@ -12,7 +12,7 @@ budget of ``configs/unet3d_hippocampus.py`` (650 steps, patch 32x48x32, batch 2 
 independent: ``--cells 0,2`` runs some of them (e.g. one process per GPU), a last run
 without ``--cells`` writes the table.
 
-Expect (measured on one H200, README *Volumes*; one fold, one seed): mean test Dice
+Expect (measured on one H200, docs/volumes.md; one fold, one seed): mean test Dice
 0.863 supervised, 0.860 Mean Teacher, 0.861 CPS, 0.859 RWP, 0.859 PseudoSeg — no
 semi-supervised gain at this budget on these small, regular structures; each cell
 70-100 s on the GPU, about 26 minutes (supervised) to 2 hours on 2 CPU cores.

@@ -10,7 +10,7 @@ The folder is in the MSD / nnU-Net raw layout (``imagesTr``, ``labelsTr``,
 (``--config.data.kwargs.fold=k``). Widths 16..128, patch 32x48x32 (the plan's
 default would be the median case, 40x56x40), batch 2, 650 steps, left-right flips.
 
-Expect (measured, README): 26 minutes on 2 CPU cores from preparation to the last
+Expect (measured, docs/volumes.md): 26 minutes on 2 CPU cores from preparation to the last
 step; test Dice 0.884 anterior, 0.864 posterior (nnU-Net at full scale: about 0.90 /
 0.89). ``:smoke`` — 12 cases, tiny, seconds. Settings: configs/volume_common.py.
 """

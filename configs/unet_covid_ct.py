@@ -12,8 +12,8 @@ rotations; the validation split is a seeded 25% of the training slices (the stud
 
 Expect: the augmentation study's U-Net control F1 0.7489 (BCE, 256 px, 50 epochs;
 ``../shared/reference/tables.md``); at 64 px and 300 steps we measured test F1 0.627
-(README, augmentation study at CPU scale). This config's 128 px / 600 steps is not
-yet measured.
+(docs/raters-and-synthesis.md, augmentation study at CPU scale). This config's
+128 px / 600 steps is not yet measured.
 """
 
 import ml_collections

@@ -6,7 +6,7 @@
     jaxseg eval --workdir /tmp/my_unet
 
 The folder holds ``images/`` and ``masks/`` matched by file stem (or ``train/``,
-``validation/``, ``test/`` each with both; README, "Your own data"). Everything else is
+``validation/``, ``test/`` each with both; docs/data.md). Everything else is
 read from the data and printed at the start of the run (and saved in the run's
 ``config.json``): how mask values map to classes (1-bit, gray, gray RGB, palette or
 JPEG masks; :mod:`jaxseg.data.encodings`), the image channels (the count most images

@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # federated methods (jaxseg/data/unlabeled_folder.py), in place of the dataset's own.
   config.data.unlabeled_dir = ""
 
-  # Where training batches come from (README, input pipeline): "device" uploads the
+  # Where training batches come from (docs/performance.md, input pipeline): "device" uploads the
   # training split once and draws every batch inside the compiled step; "host" streams
   # grain batches (`workers` processes; "auto": cpu_count // 2 - 1, at most 8),
   # prefetched to the device; "auto": device when the split fits device_budget_mib
@@ -91,7 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       profile_steps=(),  # (first, last): a JAX profiler trace of those steps
     )
   )
-  # Devices (README, Scaling): a data-parallel mesh over the first `devices` devices
+  # Devices (docs/performance.md, Scaling): a data-parallel mesh over the first `devices` devices
   # (0: all of every process); fsdp also splits large parameters and optimizer state.
   config.mesh = ml_collections.ConfigDict(dict(devices=0, fsdp=False))
   # distributed: jax.distributed.initialize (multi-host; the launch/ scripts set

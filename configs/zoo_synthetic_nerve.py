@@ -33,7 +33,8 @@ def model_variants(base_width: int) -> dict:
   kwargs["unetpp"]["mode"] = "deep"  # deep supervision in training; evaluated as accurate mode
   kwargs["scaunet_a"]["scale_width"] = base_width // 2  # 2 scales at the top level, as at 32/16
   variants = {name: {"model.name": name, "model.kwargs": kwargs[name]} for name in MODELS}
-  for attention in ATTENTIONS:  # SCAUnet's other two scale attentions (README, fidelity)
+  # SCAUnet's other two scale attentions (docs/semi-supervised.md, fidelity choices)
+  for attention in ATTENTIONS:
     scaunet = {**kwargs["scaunet"], "attention": attention}
     variants[f"scaunet ({attention})"] = {"model.name": "scaunet", "model.kwargs": scaunet}
   return variants

@@ -232,7 +232,7 @@ def test_flower_volume_sites_train_as_the_simulation_of_their_folders(tmp_path):
   server, sites = str(tmp_path / "server"), [str(tmp_path / f"site{i}") for i in range(2)]
   msd_folder(server, [f"s_{i}" for i in range(6)], 0, (1, 1, 1))
   for i, site in enumerate(sites):
-    # 4 cases: half of each site's is a whole number (see README, "Same method")
+    # 4 cases: half of each site's is a whole number (see docs/flower.md, "Same method")
     msd_folder(site, [f"h{i}_{k}" for k in range(4)], 100 * (i + 1), (1.25, 1.25, 1.25))
   config = fedwep_hippocampus.get_config("smoke")
   config.data.update(dir=server, cache_dir=str(tmp_path / "cache"))

@@ -21,7 +21,7 @@ from jaxseg.train import state as state_lib
 from jaxseg.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# RWP's defaults, chosen by configs/fedwep_ablation.py's declared rule (README).
+# RWP's defaults, chosen by configs/fedwep_ablation.py's declared rule (docs/fedwep_study.md).
 RWP_DEFAULTS = dict(
   p=0.5, sigma=0.1, leaves="kernels", weight=0.375, ramp_up=0.0, perturbed_bn="batch", seed_period=1
 )
@@ -310,7 +310,7 @@ def test_every_semi_supervised_method_logs_its_pseudo_labels(name):
 def test_method_defaults_are_pinned():
   """The defaults a config starts from (``method.kwargs``): the official codes' for the
   baselines (each module cites its file and line), the ablation's choice for RWP
-  (configs/fedwep_ablation.py, README)."""
+  (configs/fedwep_ablation.py, docs/fedwep_study.md)."""
   assert semi.default_settings("cps") == dict(
     weight=1.5, on_labeled=True, cross_mean="joint", separate_passes=True
   )

@@ -1,7 +1,7 @@
 """Prepared splits as plain arrays: one memory-mapped ``.npy`` file per field.
 
 The array_record files TFDS writes hold zlib-compressed tensors, and decoding them
-example by example costs milliseconds per example (measured: README, input
+example by example costs milliseconds per example (measured: docs/performance.md, input
 pipeline). The first time a split is opened it is decoded once into
 ``<builder data_dir>/arrays/<split>/{image,mask,annotators,site}.npy`` (written in a
 temporary folder and renamed, so an interrupted preparation leaves nothing half

@@ -104,7 +104,7 @@ class Federation:
   server_training: str = "before_clients"  # label-at-server: see SERVER_TRAINING
   # Clients one after another inside the compiled round (``lax.map``) rather than
   # vmapped: vmapping a convolution over the clients' weights makes a grouped one,
-  # which XLA:GPU runs slowly for 3-D networks (README, *Volumes*).
+  # which XLA:GPU runs slowly for 3-D networks (docs/volumes.md).
   sequential: bool = False
 
 
@@ -142,7 +142,7 @@ def draw(fed: Federation, data_key, round_, stream: tuple, table, count, shape, 
     the rule of every centralized run (:mod:`jaxseg.data.resident`), round ``r``
     reading on from position ``r * live * B``;
   * ``replacement``: uniform draws with replacement, keyed by round, participant and
-    step (how jaxseg sampled before; README tables say which they used).
+    step (how jaxseg sampled before; the tables of docs/federated.md say which they used).
   """
   (steps, batch), key = shape, data_key
   if fed.sampling == "replacement":

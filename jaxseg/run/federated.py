@@ -45,14 +45,14 @@ def check(config) -> None:
 def unroll_of(setting: int, steps: int) -> int:
   """``config.fed.unroll``, or with 0 the default: on CPU every local step is unrolled
   (XLA:CPU runs convolutions inside a loop about 9x slower than outside one; measured
-  for the U-Net step, see the README), elsewhere none (faster compiles)."""
+  for the U-Net step, see docs/performance.md), elsewhere none (faster compiles)."""
   if setting:
     return setting
   return max(steps, 1) if jax.default_backend() == "cpu" else 1
 
 
 def client_map_of(fc, volumes: bool) -> str:
-  """``config.fed.client_map``, or with ``auto`` what measured fastest (README): on one
+  """``config.fed.client_map``, or with ``auto`` what measured fastest (docs/performance.md): on one
   CPU device ``loop`` (XLA:CPU's grouped convolutions are slow; ``jaxseg bench
   --clients``); elsewhere ``vmap``, but ``scan`` for 3-D networks, whose vmapped
   (grouped) convolutions XLA:GPU runs slowly (H200, 4 hippocampus clients: 4.07 s a

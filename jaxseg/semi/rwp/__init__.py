@@ -17,8 +17,8 @@ round) or, centralized and at a label-at-server server, drawn from the key every
 not say how the server picks its own seeds).
 
 The paper gives no ``sigma``, ``p``, ``weight``, schedule or BatchNorm handling; the
-defaults are what ``configs/fedwep_ablation.py`` chose by its declared rule (README,
-*FedWeP's free choices, measured*).
+defaults are what ``configs/fedwep_ablation.py`` chose by its declared rule
+(docs/fedwep_study.md).
 """
 
 import dataclasses

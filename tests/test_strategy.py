@@ -43,10 +43,20 @@ def test_geometric_augmentations_move_image_and_labels_together(name, kwargs):
   np.testing.assert_array_equal(fn(jax.random.key(0), batch)["image"], out["image"])
 
 
-def test_elastic_grid_without_displacement_is_identity():
+def test_elastic_grid_displaces_by_its_field():
+  """sigma 0: the identity; a constant coarse field (grid 1, one draw) moves the whole
+  image by that draw: the pixel at ``(y, x)`` comes from ``(y + dy, x + dx)`` (labels
+  nearest)."""
   ex = _example()
   out = augment.elastic_grid(jax.random.key(0), ex, sigma=0.0)
   np.testing.assert_allclose(out["image"], ex["image"], atol=1e-6)
+  key = jax.random.key(5)
+  dy, dx = np.asarray(3.0 * jax.random.normal(key, (2, 1, 1))).ravel()
+  assert max(abs(dy), abs(dx)) > 1  # the draw moves the box
+  shifted = np.asarray(augment.elastic_grid(key, ex, grid=1, sigma=3.0)["labels"])
+  labels, (yy, xx) = np.asarray(ex["labels"]), np.mgrid[6:18, 6:18]  # (inside the image)
+  expected = labels[np.rint(yy + dy).astype(int), np.rint(xx + dx).astype(int)]
+  np.testing.assert_array_equal(shifted[6:18, 6:18], expected)
 
 
 def test_gray_value_touches_only_the_image():

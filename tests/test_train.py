@@ -14,6 +14,9 @@ import pytest
 
 from jaxseg import main
 from jaxseg.errors import UserError
+from jaxseg.run import skeleton
+from jaxseg.run.checkpoint import Checkpoints
+from jaxseg.run.experiment import Experiment
 from tests.conftest import make_tiny_config, sigterm_at
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -315,11 +318,20 @@ def test_eval_prints_test_metrics(reference_run, capsys):
 
 
 def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_config, tmp_path):
-  tiny_config.train.update(steps=8, eval_every=2)
-  tiny_config.optim.lr = 1e30  # diverges within a few steps
+  """A run that diverges after its checkpoint of step 4 names the step and that
+  checkpoint, which still holds the parameters step 4 had."""
+  tiny_config.train.update(steps=4, eval_every=2)
   tiny_config.optim.grad_clip = 0.0
-  with pytest.raises(UserError, match=r"loss is (nan|inf) at step \d+.*checkpoint"):
+  good = main.train(tiny_config, str(tmp_path))
+  tiny_config.train.steps = 8
+  tiny_config.optim.lr = 1e30  # diverges within a few steps of the resumed run
+  with pytest.raises(UserError, match=r"loss is (nan|inf) at step [5-8] .*step 4 is intact"):
     main.train(tiny_config, str(tmp_path))
+  exp = Experiment(skeleton.load_config(str(tmp_path)))
+  ckpts = Checkpoints(os.path.join(tmp_path, "checkpoints"), read_only=True, best=None)
+  step, state, _ = ckpts.restore_usable(exp.abstract_state())
+  assert step == 4
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(good.nets), state.nets)
 
 
 def test_unknown_names_fail_before_any_work(tiny_config, tmp_path):

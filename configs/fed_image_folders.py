@@ -11,7 +11,10 @@ SuperNode that reads only its folder, or simulated from the same folders.
 images; label-at-server also its labeled training images); the sites' folders are
 read with the same settings: every setting of ``image_folder`` (mask values and channels
 ``auto``: inferred from the server's folder, as ``configs/unet_folder.py`` does), e.g.
-``--config.data.kwargs.mask_threshold=128``. The argument is the method and optionally ``,smoke``
+``--config.data.kwargs.mask_threshold=128``. Every mask a site holds is a label
+(``method.labeled_fraction`` 1.0; a smaller fraction labels that share of each site's
+images and treats the rest as unlabeled); images in a site's ``train/unlabeled`` are
+its unlabeled images. The argument is the method and optionally ``,smoke``
 (seconds on a CPU): ``rwp`` (FedWeP-Random, the default), ``cps``, ``mean_teacher``,
 ``pseudoseg``, ``supervised`` (FedAvg), e.g. ``configs/fed_image_folders.py:cps,smoke``.
 Settings: ``configs/fed_common.py``. Both commands end with the same global model,
@@ -39,6 +42,9 @@ def get_config(arg: str = "rwp") -> ml_collections.ConfigDict:
   settings["image_size"] = "(64, 64)"
   config.data.kwargs = ml_collections.ConfigDict(settings)
   config.fed.update(num_clients=2, partition="site")
+  # A site's masks are its labels: every one is used. A smaller fraction hides the
+  # rest (a scarcity study on real folders; per site: jaxseg flower --fractions).
+  config.method.labeled_fraction = 1.0
   if size:
     config.model.kwargs.widths = (4, 8)
     config.data.kwargs.image_size = "(32, 32)"

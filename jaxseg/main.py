@@ -263,7 +263,7 @@ def _run(command: str) -> None:
 
 
 FLOWER_FLAGS = ("sites", "fractions", "superlink", "root_certificates", "serve", "certificates")
-FLOWER_FLAGS += ("operator_port", "register", "site", "key")
+FLOWER_FLAGS += ("operator_port", "register", "site", "key", "verbose")
 
 
 def _sites() -> None:

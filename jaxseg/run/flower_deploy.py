@@ -25,6 +25,7 @@ its ServerApp and ClientApp are those of the installed jaxseg, so every machine 
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,7 @@ import sys
 import time
 
 from jaxseg.errors import UserError
+from jaxseg.run import skeleton
 
 APP = """[build-system]
 requires = ["hatchling"]
@@ -101,8 +103,25 @@ def connection(workdir: str, superlink: str, root_certificates: str | None) -> s
   return home
 
 
-def submit(config, workdir: str, superlink: str, root_certificates: str | None = None) -> None:
-  """``flwr run`` of ``config`` on the SuperLink at ``superlink``, followed to its end."""
+# Flower's own log lines (``INFO :``, ``DEBUG:flwr:``, after their colour codes), shown
+# only with --verbose; its warnings, errors and the run's own output always.
+FLOWER_LOG = re.compile(r"(INFO|DEBUG)\s*:")
+COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _relay(stream, verbose: bool) -> None:
+  for line in stream:
+    if not verbose:
+      line = COLOUR.sub("", line)
+      if FLOWER_LOG.match(line):
+        continue
+    sys.stdout.write(line)
+    sys.stdout.flush()
+
+
+def submit(config, workdir, superlink, root_certificates=None, verbose=False) -> None:
+  """``flwr run`` of ``config`` on the SuperLink at ``superlink``, followed to its end
+  (Flower's INFO and DEBUG lines only with ``verbose``)."""
   from jaxseg.run.flower import encode_config  # noqa: PLC0415 (needs flwr)
 
   workdir = os.path.abspath(workdir)
@@ -112,7 +131,11 @@ def submit(config, workdir: str, superlink: str, root_certificates: str | None =
     os.remove(error)
   run_config = f"config='{encode_config(config)}' workdir='{workdir}'"
   command = [tool("flwr"), "run", write_app(workdir), "jaxseg", "--run-config", run_config]
-  done = subprocess.run([*command, "--stream"], env={**os.environ, "FLWR_HOME": home}, check=False)
+  env = {**os.environ, "FLWR_HOME": home}
+  with subprocess.Popen(
+    [*command, "--stream"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  ) as done:
+    _relay(done.stdout, verbose)
   if os.path.exists(error):
     with open(error) as f:
       raise UserError(f.read().strip())
@@ -313,7 +336,9 @@ def join(workdir, name, folder, superlink, root_certificates, key, fraction=None
   os.execve(node[0], node, _environment(home))
 
 
-def run(config, workdir: str, sites=None, fractions=None, superlink=None, certificates=None):
+def run(
+  config, workdir, sites=None, fractions=None, superlink=None, certificates=None, verbose=False
+):
   """``jaxseg flower``: see the module docstring."""
   if bool(sites) == bool(superlink):
     raise UserError("jaxseg flower: give either --sites (a local try-out) or --superlink.")
@@ -325,9 +350,9 @@ def run(config, workdir: str, sites=None, fractions=None, superlink=None, certif
       f"set --config.fed.num_clients={len(sites)}."
     )
   if superlink:
-    return submit(config, workdir, superlink, certificates)
+    return submit(config, workdir, superlink, certificates, verbose)
   with local_deployment(workdir, sites, [float(f) for f in fractions or ()] or None) as link:
-    submit(config, workdir, link[0])
+    submit(config, workdir, link[0], verbose=verbose)
   shutil.rmtree(os.path.join(workdir, "flower", "home", "apps"), ignore_errors=True)
 
 
@@ -359,4 +384,9 @@ def command(config, workdir: str, flags: dict) -> None:
       flags["key"],
       fraction,
     )
-  run(config, workdir, flags["sites"], fractions, flags["superlink"], flags["root_certificates"])
+  before = skeleton.validations(workdir)
+  run(
+    config, workdir, flags["sites"], fractions, flags["superlink"], flags["root_certificates"],
+    flags["verbose"],
+  )  # fmt: skip
+  print(skeleton.summary(workdir, before))

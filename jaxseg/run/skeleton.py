@@ -379,8 +379,9 @@ def validations(workdir: str) -> list[dict]:
 def summary(workdir: str, before: list[dict]) -> str:
   """The line a finished ``jaxseg train`` ends with: its best validation Dice and step,
   and the next command (or that the run was already complete)."""
-  done = "was already complete" if len(validations(workdir)) == len(before) else "finished"
-  scored = [r for r in validations(workdir) if "dice" in r]
+  after = validations(workdir)
+  done = "was already complete" if before and len(after) == len(before) else "finished"
+  scored = [r for r in after if "dice" in r]
   best = max(scored, key=lambda r: r["dice"], default=None)
   found = f"best validation Dice {best['dice']:.4f} at step {best['step']}; " if best else ""
   return f"jaxseg: the run in {workdir} {done}: {found}next: jaxseg eval --workdir {workdir}"

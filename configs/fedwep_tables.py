@@ -127,7 +127,7 @@ def criteria_sweep(config) -> ml_collections.ConfigDict:
   """``criteria_cpu``: the seed search's criteria side by side (the paper only says
   "appropriate" seeds), FedWeP-Random and -Real, label-at-server, 1/8 labeled, IID,
   at the ``cpu`` budget, seeds 0, 1, 2. Its base method is ``rwp``, so the command
-  line can set FedWeP's settings in every cell (``--config.method.kwargs.ramp_up_steps=20``)."""
+  line can set FedWeP's settings in every cell (``--config.method.kwargs.ramp_up=0.33``)."""
   config.method.update(name="rwp", kwargs=METHOD_KWARGS["rwp"])
   config.fed.update(scenario="label_at_server", partition="iid")
   config.method.labeled_fraction = 1 / 8

@@ -36,7 +36,7 @@ this process, each in ``DIR/<axis>=<label>_.../``,
 trained and evaluated exactly as ``jaxseg train`` / ``jaxseg eval`` would. A cell
 whose ``test_metrics.json`` exists is not rerun, so an interrupted sweep resumes.
 The command line's ``--config.key=value`` apply to every cell, also inside a section
-a cell sets whole (``--config.method.kwargs.ramp_up_steps=20`` reaches the cells that
+a cell sets whole (``--config.method.kwargs.ramp_up=0.33`` reaches the cells that
 set ``method.kwargs``); a key a cell sets itself cannot also come from the command
 line (one line names it).
 Compiled executables are shared across cells through JAX's persistent compilation

@@ -319,6 +319,10 @@ def test_method_defaults_are_pinned():
     teacher_noise=True, student_noise=False, ema_warmup=True, ema_batch_stats=False,
     evaluated="student",
   )  # fmt: skip
+  assert semi.default_settings("pseudoseg") == dict(
+    source="sgc", temperature=0.5, gamma=0.5, weight=1.0, cls_weight=1.0, sgc_weight=1.0,
+    attention_dim=128, cls_hidden=0, strong="official", cutout=100 / 513, noise=0.05,
+  )  # fmt: skip
   assert semi.default_settings("rwp") == RWP_DEFAULTS
 
 
@@ -562,3 +566,54 @@ def test_every_method_trains_every_deep_supervision_head(name):
   sup = np.mean([float(losses.bce(h, labeled["labels"])) for h in heads])
   if name == "supervised":
     np.testing.assert_allclose(m["sup"], sup, rtol=1e-5)
+
+
+def test_pseudoseg_strong_view_is_the_official_jitter_and_cutout():
+  """core/input_preprocess.py: colour jitter, then a CutOut square (side 100/513 of
+  the image) filled with the mean and left out of the consistency loss, whose mean
+  is over the remaining pixels (train_wss.py:482-499)."""
+  image = jnp.tile(jnp.linspace(0.2, 0.8, 64)[None, :, None], (64, 1, 1))
+  cut, valid = pseudoseg.cutout(jax.random.key(0), image, pseudoseg.CUTOUT)
+  side = 2 * round(pseudoseg.CUTOUT * 64 / 2)  # 12 pixels
+  inside = np.asarray(valid) == 0
+  rows, cols = np.nonzero(inside)
+  assert 0 < inside.sum() <= side * side and np.ptp(rows) < side and np.ptp(cols) < side
+  np.testing.assert_allclose(np.asarray(cut)[inside, 0], float(image.mean()), rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(cut)[~inside], np.asarray(image)[~inside])
+  jittered = pseudoseg.colour_jitter(jax.random.key(1), image)
+  assert (
+    jittered.shape == image.shape and 0.0 <= float(jittered.min()) <= float(jittered.max()) <= 1.0
+  )
+  assert not np.allclose(jittered, image)
+  rgb = jnp.stack([image[..., 0], 1 - image[..., 0], 0.5 * image[..., 0]], -1)
+  assert pseudoseg.colour_jitter(jax.random.key(2), rgb).shape == rgb.shape
+  strong, valid = pseudoseg.strong_view(
+    jax.random.key(3), jnp.stack([image, image]), "official", 0.0, pseudoseg.CUTOUT
+  )
+  assert strong.shape == (2, 64, 64, 1) and valid.shape == (2, 64, 64)
+  assert not np.array_equal(valid[0], valid[1])  # each image its own square
+  # The loss ignores the square: wrong predictions inside it change nothing.
+  target = jnp.zeros((1, 64, 64), jnp.int32)
+  logits = jnp.where(jnp.asarray(inside)[None, ..., None], 5.0, -5.0)
+  loss = pseudoseg.masked_pseudo_label_loss(
+    logits, target, valid[:1] * 0 + jnp.asarray(~inside, jnp.float32)
+  )
+  clean = pseudoseg.masked_pseudo_label_loss(
+    jnp.full((1, 64, 64, 1), -5.0), target, jnp.ones((1, 64, 64))
+  )
+  np.testing.assert_allclose(loss, clean, rtol=1e-6)
+
+
+def test_pseudoseg_classifier_is_the_official_linear_head():
+  """With no hidden layer the image-level score of class k is a linear function of
+  the pooled features (the backbone's logits layer in the official code), so its
+  Grad-CAM is the class's own feature channel."""
+  head = pseudoseg.CamHead(2, attention_dim=2)
+  variables = head.init(jax.random.key(0), jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 4, 4, 2)))
+  assert set(variables["params"]) == {"cls_out", "query", "key", "pixel_conv", "pixel_norm"}
+  params = jax.tree.map(jnp.zeros_like, variables["params"])
+  params["cls_out"]["kernel"] = jnp.eye(2)
+  a = np.zeros((4, 4, 2), np.float32)
+  a[0, 0, 0], a[2, 3, 1] = 1.0, 4.0
+  cam = pseudoseg.grad_cam(head, params, jnp.asarray(a[None]), jnp.ones((1, 2)))
+  np.testing.assert_allclose(cam[0], a / a.max((0, 1)), atol=1e-6)

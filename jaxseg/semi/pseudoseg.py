@@ -30,13 +30,20 @@ weakly augmented unlabeled view:
    (1 - γ) softmax(m / N), T)`` (the official average: γ = 1/2; T = 0.5),
    ``Sharpen(a, T)_k = a_k^(1/T) / sum_j a_j^(1/T)``;
 
-and ``y`` is the soft target of the cross-entropy of the strongly augmented view
-(the weak view plus gray-value jitter and Gaussian noise, photometric so the
-pseudo-label stays aligned), weighted by ``weight``. The labeled and the strong batch
+and ``y`` is the soft target of the cross-entropy of the strongly augmented view,
+weighted by ``weight``: the official strong view (:func:`strong_view`,
+``core/input_preprocess.py:128-175``): colour jitter, then CutOut, whose pixels leave
+the loss (photometric and masked, so the pseudo-label stays aligned). The labeled and the strong batch
 run separate training-mode passes, as in the official code. Total loss: supervised +
 ``weight`` x pseudo-label + ``cls_weight`` x classification + ``sgc_weight`` x SGC
 segmentation; the last two on the labeled batch (times ``sup_weight``: a federated
 client without labels has none).
+
+Named deviations: SGC's query and key read one feature map, the deepest encoder one
+(the official code concatenates the backbone's two deepest blocks, ``att_strides``
+15,16, resized to the CAM; jaxseg's models sow one map); no hue jitter. Earlier jaxseg
+choices kept as settings: ``strong="gray_noise"``, ``cls_hidden=32``,
+``attention_dim=16``.
 
 ``source="pooled"`` keeps jaxseg's earlier parameter-free stand-in (no classification
 branch: the decoder's prediction is propagated along a pooled image/prediction
@@ -65,11 +72,12 @@ class CamHead(nn.Module):
   (1x1 conv + BatchNorm, always in training mode as in the official code)."""
 
   num_classes: int  # foreground classes
-  attention_dim: int = 16
-  hidden: int = 32
+  attention_dim: int = 128  # train_wss.py: flags ``attention_dim``
+  hidden: int = 0  # 0: the official classifier; > 0: jaxseg's earlier conv + ReLU head
 
   def setup(self):
-    self.cls_conv = nn.Conv(self.hidden, (1, 1))
+    if self.hidden:
+      self.cls_conv = nn.Conv(self.hidden, (1, 1))
     self.cls_out = nn.Dense(self.num_classes)
     self.query = nn.Dense(self.attention_dim, use_bias=False)
     self.key = nn.Dense(self.attention_dim, use_bias=False)
@@ -80,8 +88,13 @@ class CamHead(nn.Module):
     return self.classify(features), self.sgc(features, cam)
 
   def classify(self, features):
-    """Image-level logits ``[B, K]``."""
-    return self.cls_out(nn.relu(self.cls_conv(features)).mean(spatial_axes(features)))
+    """Image-level logits ``[B, K]``: global average pooling and a linear layer, the
+    backbone's own classifier in the official code (``extract_features(...,
+    global_pool=True, num_classes=K)``, ``train_wss.py:372-390``); with ``hidden``,
+    a 1x1 conv + ReLU before the pooling (jaxseg's earlier head)."""
+    if self.hidden:
+      features = nn.relu(self.cls_conv(features))
+    return self.cls_out(features.mean(spatial_axes(features)))
 
   def sgc(self, features, cam):
     """SGC logits ``[..., K + 1]`` (background first) of the Grad-CAM ``cam [..., K]``."""
@@ -93,6 +106,80 @@ class CamHead(nn.Module):
     score = (jnp.einsum("bnm,bmk->bnk", attention, value) + value).reshape(cam.shape)
     score = jnp.concatenate([2.0 - score.max(-1, keepdims=True), score], -1)
     return self.pixel_norm(self.pixel_conv(score))
+
+
+STRONG = ("official", "gray_noise")
+# core/preprocess_utils.py:random_color_jitter (applied with probability 1.0,
+# core/input_preprocess.py:_PROB_OF_JITTER): its strengths, on images in [0, 1].
+JITTER = dict(brightness=0.5, contrast=0.5, saturation=0.5)
+CUTOUT = 100 / 513  # cutout_with_mask(pad_size=50): a 100-pixel square at crop 513
+
+
+def colour_jitter(key, image):
+  """One image ``[..., C]`` in [0, 1] jittered as ``color_jitter`` does: brightness
+  (``+ U(-0.5, 0.5)``), contrast (``(x - mean) f + mean``, ``f ~ U(0.5, 1.5)``) and, for
+  RGB images, saturation (blend with the gray image by ``U(0.5, 1.5)``) in a random
+  order, clipped to [0, 1] after each. The official hue jitter (0.25) is not applied
+  (a named deviation: it changes nothing on gray images, most medical ones)."""
+  k_order, *keys = jax.random.split(key, 4)
+
+  def brightness(x, k):
+    return x + jax.random.uniform(k, (), minval=-JITTER["brightness"], maxval=JITTER["brightness"])
+
+  def contrast(x, k):
+    f = jax.random.uniform(k, (), minval=1 - JITTER["contrast"], maxval=1 + JITTER["contrast"])
+    mean = x.mean(tuple(range(x.ndim - 1)), keepdims=True)
+    return (x - mean) * f + mean
+
+  def saturation(x, k):
+    f = jax.random.uniform(k, (), minval=1 - JITTER["saturation"], maxval=1 + JITTER["saturation"])
+    gray = (x * jnp.array([0.2989, 0.587, 0.114])).sum(-1, keepdims=True)
+    return gray + (x - gray) * f
+
+  ops = [brightness, contrast] + ([saturation] if image.shape[-1] == 3 else [])
+  order = jax.random.permutation(k_order, len(ops))
+  for i in range(len(ops)):
+    image = jnp.clip(jax.lax.switch(order[i], ops, image, keys[i]), 0.0, 1.0)
+  return image
+
+
+def cutout(key, image, fraction: float):
+  """``(image, valid)``: a square (cube) of side ``fraction`` of the shortest side,
+  centred anywhere (clipped at the border), filled with the image's mean and marked
+  invalid, as ``cutout_with_mask`` does (its pixels leave the consistency loss)."""
+  spatial = image.shape[:-1]
+  half = max(1, round(fraction * min(spatial) / 2))
+  centres = jax.random.randint(key, (len(spatial),), 0, jnp.array(spatial))
+  inside = jnp.ones(spatial, bool)
+  for axis, size in enumerate(spatial):
+    index = jnp.arange(size).reshape([-1 if a == axis else 1 for a in range(len(spatial))])
+    inside = inside & (index >= centres[axis] - half) & (index < centres[axis] + half)
+  filled = jnp.where(inside[..., None], image.mean(), image)
+  return filled, (~inside).astype(jnp.float32)
+
+
+def strong_view(key, weak, kind: str, noise: float, fraction: float):
+  """``(strong images, valid [B, ...])`` of the weak batch ``[B, ..., C]``: ``official``
+  (per image: colour jitter, then CutOut; ``core/input_preprocess.py:128-175``) or
+  ``gray_noise`` (jaxseg's earlier view: one gray-value jitter of the batch and
+  Gaussian noise of std ``noise``; nothing masked)."""
+  if kind == "official":
+    keys = jax.random.split(key, weak.shape[0])
+    jittered = jax.vmap(colour_jitter)(jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys), weak)
+    cut_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    return jax.vmap(lambda k, x: cutout(k, x, fraction))(cut_keys, jittered)
+  k_gray, k_noise = jax.random.split(key)
+  strong = augment.gray_value(k_gray, {"image": weak}, brightness=0.2, contrast=0.4, gamma=0.4)
+  strong = strong["image"] + noise * jax.random.normal(k_noise, weak.shape)
+  return strong, jnp.ones(weak.shape[:-1], jnp.float32)
+
+
+def masked_pseudo_label_loss(logits, target, valid):
+  """The pseudo-label cross-entropy over the valid pixels, divided by their count
+  (``train_wss.py:482-499``: ``loss * valid``, ``_div_maybe_zero(sum, sum(valid))``);
+  ``valid`` is brought to the logits' size (a valid-convolution network's is smaller)."""
+  valid = jax.image.resize(valid, logits.shape[:-1], "nearest")
+  return jnp.sum(base.pseudo_label_map(logits, target) * valid) / jnp.maximum(valid.sum(), 1.0)
 
 
 def spatial_axes(x) -> tuple:
@@ -195,23 +282,31 @@ def make(
   weight: float = 1.0,
   cls_weight: float = 1.0,
   sgc_weight: float = 1.0,
-  attention_dim: int = 16,
+  attention_dim: int = 128,
+  cls_hidden: int = 0,
+  strong: str = "official",
+  cutout: float = CUTOUT,
   noise: float = 0.05,
 ) -> Method:
   """``source``: ``sgc`` (the paper) or ``pooled`` (the parameter-free stand-in);
   ``temperature`` T of the sharpening; ``gamma``: the decoder's share of the fusion;
   ``weight``, ``cls_weight``, ``sgc_weight``: of the pseudo-label, classification and
-  SGC losses; ``attention_dim``: of SGC's query/key; ``noise``: std of the Gaussian
-  noise of the strong view."""
+  SGC losses; ``attention_dim``: of SGC's query/key (official: 128); ``cls_hidden``:
+  0 for the official linear classifier, else the width of jaxseg's earlier 1x1 conv +
+  ReLU head; ``strong``: the strong view (:data:`STRONG`, :func:`strong_view`) with
+  ``cutout`` (side, a fraction of the image's) or ``noise`` (``gray_noise``'s std)."""
   if source not in SOURCES:
     raise UserError(f"pseudoseg: unknown source {source!r}; known: {', '.join(SOURCES)}.")
+  if strong not in STRONG:
+    raise UserError(f"pseudoseg: unknown strong {strong!r}; known: {', '.join(STRONG)}.")
   settings = dict(
     temperature=temperature, gamma=gamma, weight=weight, cls_weight=cls_weight,
     sgc_weight=sgc_weight,
   )  # fmt: skip
 
   def cam_head(ctx):
-    return CamHead(foreground_classes(ctx.model.interface.num_classes), attention_dim)
+    classes = foreground_classes(ctx.model.interface.num_classes)
+    return CamHead(classes, attention_dim, cls_hidden)
 
   def init(ctx, key):
     k_model, k_cam = jax.random.split(key)
@@ -230,15 +325,12 @@ def make(
 
   def step(ctx, state, labeled, unlabeled, key):
     key = jax.random.fold_in(key, state.step)
-    k_aug, k_strong, k_noise, k_drop = jax.random.split(key, 4)
+    k_aug, k_strong, k_drop = jax.random.split(key, 3)
     labeled, weak = step_lib.augmented(ctx, k_aug, labeled, unlabeled)
-    strong = augment.gray_value(
-      k_strong, {"image": weak["image"]}, brightness=0.2, contrast=0.4, gamma=0.4
-    )["image"]
-    strong = strong + noise * jax.random.normal(k_noise, strong.shape)
+    strong_batch = strong_view(k_strong, weak["image"], strong, noise, cutout)
     if source == "pooled":
-      return pooled_step(ctx, state, labeled, weak, strong, k_drop, temperature, weight)
-    return sgc_step(ctx, cam_head(ctx), state, labeled, weak, strong, k_drop, settings)
+      return pooled_step(ctx, state, labeled, weak, strong_batch, k_drop, temperature, weight)
+    return sgc_step(ctx, cam_head(ctx), state, labeled, weak, strong_batch, k_drop, settings)
 
   exchanged = ("model",) if source == "pooled" else ("model", "cam")
   return Method(init=init, step=step, evaluated="model", exchanged=exchanged)
@@ -262,8 +354,10 @@ def pseudo_target(ctx, head, net, cam, weak_image, key, settings):
 
 
 def sgc_step(ctx, head, state, labeled, weak, strong, key, settings):
-  """One step of the paper's PseudoSeg (networks ``model`` and ``cam``)."""
+  """One step of the paper's PseudoSeg (networks ``model`` and ``cam``); ``strong``:
+  ``(images, valid)`` of the strong view."""
   net, cam = state.nets["model"], state.nets["cam"]
+  strong, valid = strong
   k_target, k_sup, k_strong = jax.random.split(key, 3)
   target = pseudo_target(ctx, head, net, cam, weak["image"], k_target, settings)
   target = target[..., 1] if net_is_binary(ctx) else target
@@ -278,7 +372,7 @@ def sgc_step(ctx, head, state, labeled, weak, strong, key, settings):
       ctx, params["model"], stats, strong.astype(labeled["image"].dtype), k_strong
     )
     sup = step_lib.supervised_loss(ctx, out, labeled)
-    unsup = base.pseudo_label_loss(strong_out.logits, target)
+    unsup = masked_pseudo_label_loss(strong_out.logits, target, valid)
     cls_logits = head.apply({"params": params["cam"]}, features, method=CamHead.classify)
     cls = jnp.mean(optax.sigmoid_binary_cross_entropy(cls_logits, present))
     cam_map = jax.lax.stop_gradient(grad_cam(head, params["cam"], features, present))
@@ -317,7 +411,7 @@ def net_is_binary(ctx) -> bool:
 
 def pooled_step(ctx, state, labeled, weak, strong, key, temperature, weight):
   """One step of the parameter-free stand-in (``source="pooled"``)."""
-  net = state.nets["model"]
+  net, (strong, valid) = state.nets["model"], strong
   weak_out, _ = step_lib.forward(ctx, net.params, net.batch_stats, weak["image"], key, train=False)
   probs = probabilities(weak_out.logits)
   image = weak["image"][:, : probs.shape[1], : probs.shape[2]]
@@ -329,7 +423,7 @@ def pooled_step(ctx, state, labeled, weak, strong, key, temperature, weight):
       ctx, params, net.batch_stats, labeled, strong, key
     )
     sup = step_lib.supervised_loss(ctx, sup_out, labeled)
-    unsup = base.pseudo_label_loss(un_out.logits, target)
+    unsup = masked_pseudo_label_loss(un_out.logits, target, valid)
     return sup + weight * unsup, (stats, sup, unsup, pseudo_label_info(target, un_out.logits))
 
   (loss, (stats, sup, unsup, info)), grads = step_lib.value_and_grad(ctx, loss_of, net.params)

@@ -33,11 +33,11 @@ weakly augmented unlabeled view:
 and ``y`` is the soft target of the cross-entropy of the strongly augmented view,
 weighted by ``weight``: the official strong view (:func:`strong_view`,
 ``core/input_preprocess.py:128-175``): colour jitter, then CutOut, whose pixels leave
-the loss (photometric and masked, so the pseudo-label stays aligned). The labeled and the strong batch
-run separate training-mode passes, as in the official code. Total loss: supervised +
-``weight`` x pseudo-label + ``cls_weight`` x classification + ``sgc_weight`` x SGC
-segmentation; the last two on the labeled batch (times ``sup_weight``: a federated
-client without labels has none).
+the loss (photometric and masked, so the pseudo-label stays aligned). The labeled
+and the strong batch run separate training-mode passes, as in the official code.
+Total loss: supervised + ``weight`` x pseudo-label + ``cls_weight`` x classification
++ ``sgc_weight`` x SGC segmentation; the last two on the labeled batch (times
+``sup_weight``: a federated client without labels has none).
 
 Named deviations: SGC's query and key read one feature map, the deepest encoder one
 (the official code concatenates the backbone's two deepest blocks, ``att_strides``

@@ -312,6 +312,7 @@ def test_eval_prints_test_metrics(reference_run, capsys):
   result = main.evaluate(workdir)
   out = capsys.readouterr().out
   assert "| dice |" in out and "| hd95 |" in out
+  assert "| dice_1 |" not in out and "dice_1" in result  # one class: the same row, once
   assert result["cases"] == 4
   assert 0.0 <= result["dice"]["mean"] <= 1.0
   assert os.path.exists(os.path.join(workdir, "test_metrics.json"))

@@ -107,8 +107,13 @@ def metrics_table(per_image: dict, image_shape, topology: bool = False) -> dict:
 
 
 def format_table(table: dict) -> str:
+  """The printed table; with one foreground class its ``dice_1``-style rows, equal to
+  ``dice``, ``iou``, … by definition, stay in the JSON file only."""
   lines = ["| metric | mean ± std (per image) | pooled |", "|---|---|---|"]
+  single = "dice_2" not in table
   for name, r in table.items():
+    if single and name.rsplit("_", 1)[0] in table and name.endswith("_1"):
+      continue
     if isinstance(r, dict):
       pooled = "" if r["pooled"] is None else f"{r['pooled']:.4f}"
       lines.append(f"| {name} | {r['mean']:.4f} ± {r['std']:.4f} | {pooled} |")

@@ -295,6 +295,9 @@ def test_inspect_fingerprints_a_volume_dataset(tmp_path):
   assert p["foreground_intensity"]["CT"]["mean"] == pytest.approx(values.mean())
   assert report["plan"]["pooling"] == [[2, 2, 1], [2, 2, 2]]
   assert p["cases"] == {"train": 3, "validation": 1, "test": 1, "unlabeled": 0}
+  config.data.kwargs.max_cases = 1  # too few for folds: a fingerprint still
+  one = inspect.run(config, str(tmp_path / "one.json"))
+  assert one["profile"]["cases"]["train"] == 1 and "too few for 5 folds" in one["notes"][0]
 
 
 @pytest.fixture(scope="session")

@@ -12,11 +12,13 @@ prepared (or found in the cache) and every split as the config carves it is
 profiled (:mod:`jaxseg.data.profile`).
 """
 
+import copy
 import json
 import os
 
 from jaxseg import models
 from jaxseg.data import image_folder, msd, pipeline, profile
+from jaxseg.errors import UserError
 from jaxseg.run import volume
 from jaxseg.run.experiment import check_config, fit_model_to_data, is_volume, resolve_data
 
@@ -49,8 +51,20 @@ def run(config, json_path: str | None = None) -> dict:
 
 
 def _volumes(config) -> dict:
-  """The fingerprint of a volume dataset and the plan a run of ``config`` would use."""
-  data, notes = volume.load(config), []
+  """The fingerprint of a volume dataset and the plan a run of ``config`` would use.
+  A fingerprint needs no folds: an ``msd`` folder of too few cases for them is read
+  as a site's (every labeled case a training case)."""
+  notes = []
+  try:
+    data = volume.load(config)
+  except UserError as error:
+    if config.data.name != "msd" or "too few" not in str(error):
+      raise
+    config = copy.deepcopy(config)
+    with config.unlocked():
+      config.data.kwargs.site = True
+    data = volume.load(config)
+    notes.append(f"{error} (for a run); the fingerprint reads every case")
   config = volume.resolve(config, data.plan, notes)
   intensities = None
   if config.data.name == "msd":  # as stored, before normalisation (nnU-Net's fingerprint)

@@ -442,7 +442,11 @@ def test_cli_smoke_train_and_eval(tmp_path):
   evaluate = _cli("eval", "--workdir", workdir)
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   assert "| dice |" in evaluate.stdout
-  assert evaluate.stdout.splitlines()[-1] == f"written to {workdir}/test_metrics.json"
+  assert evaluate.stdout.splitlines()[-1] == (
+    f"written to {workdir}/test_metrics.json (its first images drawn in "
+    f"{workdir}/test_overlays.png)"
+  )
+  assert os.path.getsize(os.path.join(workdir, "test_overlays.png")) > 0
   for run in (train, evaluate):  # quiet: no absl/TFDS/orbax lines a user cannot act on
     text = run.stdout + run.stderr
     assert not re.search(r"^[WI]\d{4} ", text, re.M) and "Downloading" not in text, text[-2000:]

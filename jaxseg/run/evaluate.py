@@ -1,6 +1,8 @@
 """``jaxseg eval``: scores a run's best checkpoint on a split, prints and saves a table
-(``<split>_metrics.json``; with ``config.eval.samples`` also the generalized energy
-distance and ``<split>_samples.png``)."""
+(``<split>_metrics.json``; the first 8 images' predictions drawn in
+``<split>_overlays.png``: image, truth green, prediction red; with
+``config.eval.samples`` also the generalized energy distance and
+``<split>_samples.png``)."""
 
 import json
 import math
@@ -21,7 +23,9 @@ def run(workdir: str, split: str = "test") -> dict:
   """Scores the best checkpoint of ``workdir`` on ``split``; prints and saves a table."""
   exp, variables, step = evaluation.restore(workdir, (split,))
   config = exp.config
-  per_image, _ = evaluation.ImageEvaluator(exp).score(variables, split)
+  per_image, shown = evaluation.ImageEvaluator(exp).score(variables, split, keep=8)
+  overlays = os.path.join(workdir, f"{split}_overlays.png")
+  pictures.save_overlays(overlays, shown["image"], shown["labels"], shown["pred"])
   table = metrics_table(per_image, exp.image_shape, config.eval.topology)
   if config.eval.samples:
     ged, diversity, shown = sampled_scores(exp, variables, split, config.eval.samples)
@@ -34,7 +38,7 @@ def run(workdir: str, split: str = "test") -> dict:
     json.dump(result, f, indent=2)
   print(f"\n{split} split, {result['cases']} images, best checkpoint (step {step}):\n")
   print(format_table(table))
-  print(f"\nwritten to {path}")
+  print(f"\nwritten to {path} (its first images drawn in {overlays})")
   return result
 
 

@@ -390,11 +390,13 @@ def summary(workdir: str, before: list[dict]) -> str:
 @contextlib.contextmanager
 def removed_on_error(workdir: str):
   """Removes ``workdir`` if it was new (absent or empty) and the run in it stops on a
-  :class:`UserError` (a bad config or data), so a failed first try leaves nothing."""
+  :class:`UserError` (a bad config or data) before any checkpoint was written, so a
+  failed first try leaves nothing; a run that checkpointed keeps everything."""
   fresh = not os.path.exists(workdir) or not os.listdir(workdir)
   try:
     yield
   except UserError:
-    if fresh and primary():
+    saved = os.path.join(workdir, "checkpoints")
+    if fresh and primary() and not (os.path.isdir(saved) and os.listdir(saved)):
       shutil.rmtree(workdir, ignore_errors=True)
     raise

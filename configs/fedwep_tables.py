@@ -32,9 +32,10 @@ best baseline (0.69-0.77 label-at-server), FedWeP close to it at half its
 communication, MT and PS + FedAvg far below label-at-server. Measured here (docs/federated.md,
 *Evidence*; test Dice, mean over seeds 0-2, 2 CPU cores): ``client_cpu`` (54 cells,
 2-5 min each) supervised FedAvg 0.571 / 0.549 (IID / non-IID), CPS 0.495-0.557, PS
-0.430-0.525, MT 0.387-0.496, FedWeP-Random 0.285-0.463 (2 of 12 runs collapse);
-``pool_cpu`` (60 cells, ~1.5 min each) CPS 0.294-0.332, PS 0.310-0.375, MT
-0.133-0.216, FedWeP-Random 0.212-0.317, FedWeP-Real 0.224-0.327.
+0.430-0.525, MT 0.387-0.496, FedWeP-Random with today's defaults 0.432-0.556 (0 of 12
+runs collapse; with weight 1.0: 0.285-0.463, 2 collapsed); ``pool_cpu`` (60 cells,
+~1.5 min each) CPS 0.294-0.332, PS 0.310-0.375, MT 0.133-0.216, FedWeP-Random
+0.244-0.365 and FedWeP-Real 0.242-0.372 (seed 2 collapses in the four 1/2 cells).
 """
 
 import ml_collections

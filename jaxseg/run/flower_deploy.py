@@ -85,10 +85,15 @@ def write_app(workdir: str) -> str:
   return app
 
 
+def home_of(workdir: str) -> str:
+  """``WORKDIR/flower/home``: the ``FLWR_HOME`` holding the connection ``jaxseg``."""
+  return os.path.join(os.path.abspath(workdir), "flower", "home")
+
+
 def connection(workdir: str, superlink: str, root_certificates: str | None) -> str:
   """Writes the ``flwr`` connection ``jaxseg`` to ``superlink`` into
   ``WORKDIR/flower/home/config.toml``; returns that ``FLWR_HOME``."""
-  home = os.path.join(os.path.abspath(workdir), "flower", "home")
+  home = home_of(workdir)
   os.makedirs(home, exist_ok=True)
   security = (
     f'root-certificates = "{os.path.abspath(root_certificates)}"'
@@ -287,7 +292,7 @@ def serve(workdir: str, public: str, certificates: str, operator_port: int = OPE
       gateway = flower_gateway.Gateway(operator_port, cert, key, ca, note)
       ready = (
         f"jaxseg flower: sites connect to {host}:{port} (Fleet API only); operators on this "
-        f"machine use 127.0.0.1:{operator_port} (FLWR_HOME={os.path.join(root, 'home')}); "
+        f"machine use 127.0.0.1:{operator_port} (FLWR_HOME={home_of(workdir)}); "
         f"SuperLink log {log}"
       )
       with contextlib.suppress(KeyboardInterrupt):
@@ -301,7 +306,7 @@ def register(workdir: str, keys: list[str], superlink=None, root_certificates=No
   ``flwr supernode register`` over the operators' connection — the one ``--serve``
   wrote into ``WORKDIR/flower/home``, or ``--superlink`` (127.0.0.1:PORT on the
   SuperLink's machine) with ``--root_certificates``."""
-  home = os.path.join(os.path.abspath(workdir), "flower", "home")
+  home = home_of(workdir)
   if superlink:
     connection(workdir, superlink, root_certificates)
   elif not os.path.exists(os.path.join(home, "config.toml")):
@@ -353,7 +358,7 @@ def run(
     return submit(config, workdir, superlink, certificates, verbose)
   with local_deployment(workdir, sites, [float(f) for f in fractions or ()] or None) as link:
     submit(config, workdir, link[0], verbose=verbose)
-  shutil.rmtree(os.path.join(workdir, "flower", "home", "apps"), ignore_errors=True)
+  shutil.rmtree(os.path.join(home_of(workdir), "apps"), ignore_errors=True)
 
 
 def command(config, workdir: str, flags: dict) -> None:

@@ -19,7 +19,8 @@ defaults collapsed (IID 1/8 and NonIID 1/2), over
   ``weight`` / 4 each: 2 · 0.375 / 4 = 1.5 / 8);
 
 3 seeds each: 96 runs (``similarity``: the seed search's similarity, at the chosen
-setting: :func:`similarity_sweep`). ``results.md``: per setting, the best validation Dice (the one
+setting: :func:`similarity_sweep`; ``server``: the label-at-server cells where seed 2
+still collapses with the chosen setting: :func:`server_sweep`). ``results.md``: per setting, the best validation Dice (the one
 that picked each run's checkpoint), test Dice, collapsed runs and the two perturbed
 copies' pseudo-label agreement at rounds 1 and 5.
 
@@ -36,7 +37,7 @@ import ml_collections
 from configs.fedwep_tables import get_config as tables_config
 from jaxseg.run.sweep import axis
 
-ARGS = ("smoke", "similarity")
+ARGS = ("smoke", "similarity", "server")
 CELLS = {
   "IID 1/8": {"fed.partition": "iid", "method.labeled_fraction": 1 / 8},
   "NonIID 1/2": {"fed.partition": "dirichlet", "method.labeled_fraction": 1 / 2},
@@ -62,6 +63,8 @@ TABLE = dict(
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg is not None and arg not in ARGS:
     raise ValueError(f"configs/fedwep_ablation.py: unknown argument {arg!r}; known: {ARGS}.")
+  if arg == "server":
+    return server_sweep(tables_config("pool_cpu"))
   config = tables_config("smoke" if arg == "smoke" else "client_cpu")
   with config.unlocked():
     del config["sweep"]
@@ -117,6 +120,53 @@ def similarity_sweep(config) -> ml_collections.ConfigDict:
         axis("seed", {str(s): {"seed": s} for s in (0, 1, 2)}),
       ),
       **TABLE | {"logged": TABLE["logged"] + (("similarity_std", 1), ("similarity_std", 5))},
+    )
+  )
+  return config
+
+
+SERVER_CELLS = {
+  "by source 1/2": {"fed.pool_partition": "source", "fed.num_clients": 2},
+  "by patient 1/2": {"fed.pool_partition": "patient", "fed.num_clients": 4},
+}
+
+
+def server_sweep(config) -> ml_collections.ConfigDict:
+  """``server``: label-at-server with the real unlabeled pool (the ``pool_cpu`` budget
+  of ``configs/fedwep_tables.py``: 15 rounds of 4 client steps, server 1/2 labeled,
+  ``--config.data.unlabeled_dir=/path/to/covid_ct_unlabeled``), FedWeP-Random in the
+  two 1/2 cells where seed 2 collapsed with the chosen setting (by source, by patient),
+  over ``ramp`` in {0, 40%} of a client's 60 steps x ``weight`` in {CPS's 0.375, half
+  of it}: the clients there see no label, so the cross terms are their whole loss and
+  their strength is the suspect. 3 seeds each: 24 runs.
+
+  **Selection rule, declared before the runs**: the rule of the main sweep (highest
+  mean best-validation Dice over a setting's 6 runs; within 0.01 tied; then fewest
+  collapsed runs, then the higher mean). The winner becomes the label-at-server
+  default only if it differs from the chosen setting (``CHOSEN``) and wins by the rule."""
+  config.method.update(name="rwp", labeled_fraction=1 / 2)
+  config.method.kwargs = dict(
+    p=0.5, leaves="kernels", perturbed_bn="batch", seed_period=1, **CHOSEN
+  )
+  config.fed.seed_search.update(probe="random", similarity="cosine")
+  config.sweep = ml_collections.ConfigDict(
+    dict(
+      axes=(
+        axis("cell", SERVER_CELLS),
+        axis(
+          "ramp",
+          {"0": {"method.kwargs.ramp_up": 0.0}, "40%": {"method.kwargs.ramp_up": RAMP}},
+        ),
+        axis(
+          "weight",
+          {
+            "CPS": {"method.kwargs.weight": CPS_WEIGHT},
+            "CPS/2": {"method.kwargs.weight": CPS_WEIGHT / 2},
+          },
+        ),
+        axis("seed", {str(s): {"seed": s} for s in (0, 1, 2)}),
+      ),
+      **TABLE,
     )
   )
   return config

@@ -59,6 +59,7 @@ unlabeled one).
 import ml_collections
 
 from configs.semi_common import semi_config
+from jaxseg.fed import recipe
 from jaxseg.fed.checks import UNUSED
 
 ARGS = ("smoke", "synthetic", "synthetic_smoke")
@@ -100,6 +101,7 @@ FED = dict(
   device_budget_mib=2048,
   shard_clients=True,
   data_devices=1,
+  **recipe.DEFAULTS,
 )
 
 

@@ -19,10 +19,11 @@ defaults collapsed (IID 1/8 and NonIID 1/2), over
   ``weight`` / 4 each: 2 · 0.375 / 4 = 1.5 / 8);
 
 3 seeds each: 96 runs (``similarity``: the seed search's similarity, at the chosen
-setting: :func:`similarity_sweep`; ``server``: the label-at-server cells where seed 2
-still collapses with the chosen setting: :func:`server_sweep`). ``results.md``: per setting, the best validation Dice (the one
-that picked each run's checkpoint), test Dice, collapsed runs and the two perturbed
-copies' pseudo-label agreement at rounds 1 and 5.
+setting: :func:`similarity_sweep`; ``server``: the label-at-server cells where
+seed 2 still collapses with the chosen setting: :func:`server_sweep`).
+``results.md``: per setting, the best validation Dice (the one that picked each run's
+checkpoint), test Dice, collapsed runs and the two perturbed copies' pseudo-label
+agreement at rounds 1 and 5.
 
 **Selection rule, declared before the runs** (validation only, never test): the
 setting with the highest mean best-validation Dice over its 6 runs (2 cells x 3

@@ -268,20 +268,27 @@ def test_label_at_server_training_joins_or_follows_the_clients(supervised_fed, w
   arrays = jax.tree.map(
     lambda v: jnp.asarray(v)[None], pipeline.model_inputs(source.take(np.arange(n)))
   )
-  keys = {"train": jax.random.key(1), "broadcast": jax.random.key(2)}
+  keys = {"train": jax.random.key(1), "broadcast": jax.random.key(2), "recipe": jax.random.key(4)}
   server_xs = simulate.server_indices(fed, data, jax.random.key(3), 0)
   server = simulate.init(exp.method, fed.ctx, fed.server_tx, jax.random.key(0))
-  shared = {"nets": server.nets, "extra": None, "key": keys["train"], "round": server.step}
-  # Two clients' weighted sums, made up: weights 6 and 10, every value 1 and 3.
-  sums = {
-    "params": {k: v.params for k, v in server.nets.items()},
-    "batch_stats": {k: v.batch_stats for k, v in server.nets.items()},
+  recipe = {"state": {}, "key": keys["recipe"]}
+  shared = {
+    "nets": server.nets, "extra": None, "key": keys["train"], "round": server.step, "recipe": recipe
+  }  # fmt: skip
+  # Two clients' contributions, made up: weights 6 and 10, every value 1 and 3 (their
+  # updates from the global weights p: 1 - p and 3 - p).
+  params = simulate.params_of(server.nets)
+  summed = {
+    "delta": jax.tree.map(lambda p: 6 * (1.0 - p) + 10 * (3.0 - p), params),
+    "batch_stats": jax.tree.map(lambda v: jnp.full(v.shape, 36.0), simulate.stats_of(server.nets)),
+    "weight": jnp.float32(16),
+    "live": jnp.float32(2),
+    "metrics": {},
   }
-  sums = jax.tree.map(lambda v: jnp.full(v.shape, 6 * 1.0 + 10 * 3.0, jnp.float32), sums)
-  client_sums = (sums, jnp.float32(16), jnp.float32(2), {})
+  part = (summed, {"rejected": jnp.array([-1, -1], jnp.int32)})
   side = (server_xs, arrays, jnp.int32(4))
   conclude = jax.jit(lambda *a: simulate.conclude(fed, simulate.gather, keys, *a))
-  new, metrics = conclude(server, shared, client_sums, {}, side)
+  new, metrics = conclude(server, shared, part, {}, side)
   trained, _ = simulate.server_train(fed, server.nets, 0, server_xs, simulate.gather, keys, arrays)
   got = {k: v.params for k, v in new.nets.items()}
   if where == "with_clients":  # the server's model joins the average with weight 4

@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxseg.data import pipeline
-from jaxseg.fed import simulate
+from jaxseg.fed import recipe, simulate
 from jaxseg.train import sharding
 
 
@@ -54,19 +54,26 @@ class Placed:
   streamed: bool
 
   def indices(self, step, data):
-    """This round's ``(client indices, server indices or None)``."""
+    """This round's ``(client rows that train or None for all, their indices, server
+    indices or None)``; the rows are drawn from the round's recipe key."""
     server = None
     if self.fed.scenario == "label_at_server":
       server = simulate.server_indices(self.fed, data, self.data_key, step)
-    return simulate.client_indices(self.fed, data, self.data_key, step), server
+    ids = None
+    if self.fed.recipe.clients_per_round:
+      key = jax.random.fold_in(jax.random.fold_in(self.keys["recipe"], step), recipe.SAMPLE_KEY)
+      ids = recipe.sample(self.fed.recipe, key, data.size)
+    sub = simulate.rows_of(data, ids)
+    return ids, simulate.client_indices(self.fed, sub, self.data_key, step, ids), server
 
   def host_batches(self, state):
     """This round's batches read on the host (``stream``), or None."""
     if not self.streamed:
       return None
-    client_idx, server_idx = jax.device_get(self.draw(state.step, self.data))
+    ids, client_idx, server_idx = jax.device_get(self.draw(state.step, self.data))
     client_xs = jax.device_put(host_gather(self.source, client_idx), self.rows)
-    return client_xs, None if server_idx is None else host_gather(self.source, server_idx)
+    server_xs = None if server_idx is None else host_gather(self.source, server_idx)
+    return ids, client_xs, server_xs
 
   @functools.cached_property
   def draw(self) -> Callable:
@@ -155,7 +162,11 @@ def place(
   if data_devices > 1:  # a client's batches split over the data axis of its group
     unsplit, split = fetch, NamedSharding(mesh, P("data"))
     fetch = lambda arrays, x, key: jax.lax.with_sharding_constraint(unsplit(arrays, x, key), split)  # noqa: E731
-  keys = {"train": jax.random.fold_in(train_key, 0), "broadcast": jax.random.fold_in(train_key, 1)}
+  keys = {
+    "train": jax.random.fold_in(train_key, 0),
+    "broadcast": jax.random.fold_in(train_key, 1),
+    "recipe": jax.random.fold_in(train_key, 3),
+  }
   return Placed(
     fed=fed,
     mesh=mesh,
@@ -178,13 +189,18 @@ def vmap_round(placed: Placed) -> Callable:
   def map_clients(block, shared, *client_args):
     if mesh.size == 1:
       return block(shared, *client_args)
-    # Each device trains its shard of the clients; their weighted sums are combined.
-    summed = lambda *args: jax.lax.psum(block(*args), "clients")  # noqa: E731
+
+    # Each device trains its shard of the clients; their sums are combined, their
+    # stacked rows concatenated.
+    def summed(*args):
+      sums, stacked = block(*args)
+      return jax.lax.psum(sums, "clients"), stacked
+
     mapped = jax.shard_map(
       summed,
       mesh=mesh,
       in_specs=(P(), *(P("clients"),) * len(client_args)),
-      out_specs=P(),
+      out_specs=(P(), P("clients")),
       axis_names={"clients"},  # manual; the data axis is left to XLA
       check_vma=False,
     )
@@ -192,11 +208,12 @@ def vmap_round(placed: Placed) -> Callable:
 
   @functools.partial(jax.jit, donate_argnums=0)
   def one_program(state, data, server_arrays, client_arrays, probe, xs):
-    client_xs, server_xs = placed.indices(state.step, data) if xs is None else xs
+    ids, client_xs, server_xs = placed.indices(state.step, data) if xs is None else xs
     return simulate.round_(
       fed,
       state,
       data,
+      ids,
       client_xs,
       server_xs,
       placed.fetch,
@@ -207,11 +224,14 @@ def vmap_round(placed: Placed) -> Callable:
       map_clients,
     )
 
-  def run_round(state):
+  def args(state):
     xs = placed.host_batches(state)
-    arrays = (placed.server_arrays, placed.client_arrays)
-    return one_program(state, placed.data, *arrays, placed.probe, xs)
+    return state, placed.data, placed.server_arrays, placed.client_arrays, placed.probe, xs
 
+  def run_round(state):
+    return one_program(*args(state))
+
+  run_round.lower = lambda state: one_program.lower(*args(state))  # memory_analysis, HLO
   return run_round
 
 
@@ -221,9 +241,9 @@ class LoopParts:
   federation: :mod:`jaxseg.run.flower`, where the server runs ``prepare``, ``add`` and
   ``conclude`` and each site ``block`` on its own images).
 
-  ``prepare(state, data, arrays, probe, xs) -> (client_xs, server_xs, (shared,
+  ``prepare(state, data, arrays, probe, xs) -> (ids, client_xs, server_xs, (shared,
   metrics))``; ``block(shared, client_arrays, rows, xs, steps, size) -> part`` (one
-  client's weighted sums, :func:`jaxseg.fed.simulate.clients`); ``add(part, part)``;
+  client's contribution, :func:`jaxseg.fed.simulate.clients`); ``add(part, part)``;
   ``conclude(state, shared, total, metrics, server_side) -> (state, metrics)``.
   """
 
@@ -238,14 +258,14 @@ def loop_parts(placed: Placed) -> LoopParts:
 
   @jax.jit
   def prepare(state, data, arrays, probe, xs):
-    client_xs, server_xs = placed.indices(state.step, data) if xs is None else xs
+    ids, client_xs, server_xs = placed.indices(state.step, data) if xs is None else xs
     shared = simulate.broadcast(fed, state, server_xs, placed.fetch, probe, placed.keys, arrays)
-    return client_xs, server_xs, shared
+    return ids, client_xs, server_xs, shared
 
   return LoopParts(
     prepare=prepare,
     block=jax.jit(functools.partial(simulate.clients, fed, placed.fetch)),
-    add=jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b)),
+    add=jax.jit(simulate.add),
     conclude=jax.jit(
       functools.partial(simulate.conclude, fed, placed.fetch, placed.keys), donate_argnums=0
     ),
@@ -257,18 +277,24 @@ def loop_round(placed: Placed) -> Callable:
   live client (padding rows weigh nothing: skipped). Needs a one-device mesh."""
   data, parts = placed.data, loop_parts(placed)
   # Each live client's row, steps and size, sliced once.
-  per_client = [
-    (slice(c, c + 1), jnp.arange(c, c + 1), data.steps[c : c + 1], data.size[c : c + 1])
+  per_client = {
+    int(c): (jnp.arange(c, c + 1), data.steps[c : c + 1], data.size[c : c + 1])
     for c in np.flatnonzero(np.asarray(data.size) > 0)
-  ]
+  }
 
   def run_round(state):
     xs = placed.host_batches(state)
     arrays = placed.server_arrays
-    client_xs, server_xs, (shared, metrics) = parts.prepare(state, data, arrays, placed.probe, xs)
+    ids, client_xs, server_xs, (shared, metrics) = parts.prepare(
+      state, data, arrays, placed.probe, xs
+    )
+    trained = range(len(data.size)) if ids is None else np.asarray(ids).tolist()
     total = None
-    for one, row, steps, size in per_client:
-      xs_c = jax.tree.map(lambda x, one=one: x[one], client_xs)
+    for i, c in enumerate(trained):  # the i-th trained row is client c
+      if c not in per_client:  # a padding row weighs nothing
+        continue
+      row, steps, size = per_client[c]
+      xs_c = jax.tree.map(lambda x, i=i: x[i : i + 1], client_xs)
       part = parts.block(shared, placed.client_arrays, row, xs_c, steps, size)
       total = part if total is None else parts.add(total, part)
     server_side = (server_xs, arrays, data.server_n)

@@ -5,7 +5,7 @@ any data is prepared (the partition's own checks need the data: :mod:`partition`
 from jaxseg import data as datasets
 from jaxseg import semi
 from jaxseg.errors import UserError
-from jaxseg.fed import simulate
+from jaxseg.fed import recipe, simulate
 
 PLACEMENTS = ("auto", "device", "stream")
 CLIENT_MAPS = ("auto", "vmap", "scan", "loop")
@@ -77,6 +77,7 @@ def check(config, devices: int, processes: int = 1) -> None:
       f"and config.fed.client_map 'vmap', 'scan' or 'auto' (found {fc.client_map!r})."
     )
   _check_data_devices(config, devices)
+  _check_recipe(fc, devices)
   broadcast = semi.make_method(config.method.name, config.method.kwargs).broadcast
   if broadcast is not None:
     broadcast.settings(fc[broadcast.section], fc.scenario)
@@ -131,3 +132,19 @@ def _check_data_devices(config, devices: int) -> None:
   ):
     if batch % data:
       raise UserError(f"{key}={batch} does not divide by config.fed.data_devices={data}.")
+
+
+def _check_recipe(fc, devices: int) -> None:
+  recipe.check(fc)
+  if fc.clients_per_round and devices // fc.data_devices > 1:
+    raise UserError(
+      f"config.fed.clients_per_round={fc.clients_per_round} samples clients from one client "
+      f"group, and the client mesh has {devices // fc.data_devices}: set "
+      "config.fed.shard_clients=False (or clients_per_round=0)."
+    )
+  if fc.aggregator.name != "mean" and fc.scenario == "label_at_server":
+    if fc.server_training == "with_clients":
+      raise UserError(
+        "config.fed.server_training='with_clients' joins the server's update to the clients' "
+        f"sums: it needs config.fed.aggregator.name='mean' (found {fc.aggregator.name!r})."
+      )

@@ -10,18 +10,24 @@ of the same architecture both ways (the paper's 100%).
 import jax
 import numpy as np
 
+from jaxseg.fed import recipe
+
 
 def tree_bytes(tree) -> int:
   return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
 
 
-def communication(method, nets) -> dict:
-  """``{down_bytes, up_bytes, relative, text}`` per client per round."""
+def communication(method, nets, rc: recipe.Recipe = recipe.FEDAVG) -> dict:
+  """``{down_bytes, up_bytes, relative, text}`` per client per round; the update goes
+  up as the recipe ``rc`` compresses it (:func:`jaxseg.fed.recipe.up_bytes`), the
+  BatchNorm statistics in float32."""
   per_net = {n: tree_bytes(v.params) + tree_bytes(v.batch_stats) for n, v in nets.items()}
   model = sum(per_net[n] for n in method.exchanged)
   extra = method.broadcast.nbytes if method.broadcast is not None else 0
   down = model + extra
-  up = model
+  up = sum(
+    recipe.up_bytes(rc, nets[n].params) + tree_bytes(nets[n].batch_stats) for n in method.exchanged
+  )
   two_models = 2 * 2 * per_net[method.evaluated]
   relative = (down + up) / two_models
   text = f"{100 * relative:.0f}%" + (f" + {extra} B {method.broadcast.what}" if extra else "")

@@ -15,10 +15,17 @@ Client states are stacked on a leading axis. A round, in this order:
    the method's step (given the hook's payload as ``extra=``). A client with fewer
    steps than the longest (``local_epochs`` mode) or a padding client (no data, zero
    steps) is masked: ``where(step < steps_c, new, old)``;
-5. **aggregation**: the client models' mean weighted by client data size (padding
-   clients weigh 0); the server applies the pseudo-gradient ``W - mean`` with its
-   optax optimizer (``sgd(1.0)`` is FedAvg, ``adam`` FedAdam), and takes the
-   weighted mean of the BatchNorm statistics.
+5. **aggregation** (the recipe's pieces, :mod:`jaxseg.fed.recipe`): each client's
+   update ``delta = W_client - W`` (attacked, clipped, compressed as the recipe says)
+   is checked (a non-finite update weighs 0) and aggregated — by default the mean
+   weighted by client data size (padding clients weigh 0) from the clients' sums, or
+   a robust rule over the stacked updates; DP's noise is added; the server applies
+   the pseudo-gradient ``-mean`` with its optax optimizer (``sgd(1.0)`` is FedAvg,
+   ``adam`` FedAdam), and takes the weighted mean of the BatchNorm statistics.
+
+Client sampling (``fed.recipe.clients_per_round`` K of N) picks the rows that train
+before the round (:meth:`jaxseg.fed.backends.Placed.indices`): the compiled round sees
+K rows, whatever N.
 
 Data: ``xs`` holds, per client and local step, either indices into the training
 arrays (data on the device; gathered inside the step) or the batches themselves
@@ -44,6 +51,7 @@ from flax import struct
 
 from jaxseg.data import resident
 from jaxseg.errors import UserError
+from jaxseg.fed import recipe as recipe_lib
 from jaxseg.semi import Method
 from jaxseg.train import state as state_lib
 from jaxseg.train.step import Context
@@ -65,6 +73,7 @@ class ServerState(struct.PyTreeNode):
   step: jax.Array  # rounds done
   nets: dict  # name -> Net (opt_state None): the global model(s)
   opt_state: Any  # the server optimizer's state over {name: params}
+  recipe: dict = struct.field(default_factory=dict)  # its pieces' state (jaxseg.fed.recipe.init)
 
 
 class ClientData(struct.PyTreeNode):
@@ -106,9 +115,10 @@ class Federation:
   # vmapped: vmapping a convolution over the clients' weights makes a grouped one,
   # which XLA:GPU runs slowly for 3-D networks (docs/volumes.md).
   sequential: bool = False
+  recipe: recipe_lib.Recipe = recipe_lib.FEDAVG
 
 
-def init(method: Method, ctx: Context, server_tx, key) -> ServerState:
+def init(method: Method, ctx: Context, server_tx, key, recipe=recipe_lib.FEDAVG) -> ServerState:
   state = method.init(ctx, key)
   missing = set(state.nets) - set(method.exchanged)
   if missing:
@@ -118,6 +128,7 @@ def init(method: Method, ctx: Context, server_tx, key) -> ServerState:
     step=jnp.zeros((), jnp.int32),
     nets=nets,
     opt_state=server_tx.init({n: v.params for n, v in nets.items()}),
+    recipe=recipe_lib.init(recipe),
   )
 
 
@@ -232,46 +243,99 @@ def weighted_sum(tree, weights):
   return jax.tree.map(lambda x: jnp.tensordot(weights, x.astype(jnp.float32), axes=1), tree)
 
 
-def aggregate(fed: Federation, server: ServerState, sums: dict, total) -> ServerState:
-  """The server update from the clients' weighted sums of parameters and statistics."""
-  params = {n: v.params for n, v in server.nets.items()}
-  mean = jax.tree.map(lambda s, p: (s / total).astype(p.dtype), sums["params"], params)
-  stats = jax.tree.map(lambda s: s / total, sums["batch_stats"])
-  pseudo_grad = jax.tree.map(jnp.subtract, params, mean)
+def params_of(nets: dict) -> dict:
+  return {n: v.params for n, v in nets.items()}
+
+
+def stats_of(nets: dict) -> dict:
+  return {n: v.batch_stats for n, v in nets.items()}
+
+
+def aggregate(fed: Federation, server: ServerState, part, key) -> ServerState:
+  """The server update from the clients' contributions ``part`` (:func:`clients`):
+  DP's noise, the aggregate update, the server optimizer; the BatchNorm statistics'
+  weighted mean (kept where no client was accepted)."""
+  summed, stacked = part
+  params = params_of(server.nets)
+  noisy, state = recipe_lib.server_noise(fed.recipe, {**summed, **stacked}, server.recipe, key)
+  mean = recipe_lib.mean_of(fed.recipe, noisy)
+  pseudo_grad = jax.tree.map(lambda m, p: (-m).astype(p.dtype), mean, params)
   updates, opt_state = fed.server_tx.update(pseudo_grad, server.opt_state, params)
   params = optax.apply_updates(params, updates)
+  weight = summed["weight"]
+  stats = jax.tree.map(
+    lambda s, old: jnp.where(weight > 0, s / jnp.maximum(weight, 1e-12), old).astype(old.dtype),
+    summed["batch_stats"],
+    stats_of(server.nets),
+  )
   nets = {n: v.replace(params=params[n], batch_stats=stats[n]) for n, v in server.nets.items()}
-  return server.replace(nets=nets, opt_state=opt_state)
+  return server.replace(nets=nets, opt_state=opt_state, recipe=state)
 
 
 def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size):
   """Local training of a block of clients (vmapped, or in sequence with
-  ``fed.sequential``) and their weighted sums.
+  ``fed.sequential``) and their contributions ``(summed, stacked)``.
 
-  ``shared``: what every client gets (``nets``, ``extra``, ``key``, ``round``);
-  ``arrays``: the block's group's training arrays ``[1, N, ...]`` for ``fetch``.
-  Returns sums over the block, so that blocks on several devices combine by
-  ``psum``: ``{params, batch_stats}`` weighted by client size, the total weight, the
-  live (non-padding) clients and their metrics' sums.
+  ``shared``: what every client gets (``nets``, ``extra``, ``key``, ``round``,
+  ``recipe``: the recipe's state and key); ``arrays``: the block's group's training
+  arrays ``[1, N, ...]`` for ``fetch``; ``rows``: the block's client numbers.
+  ``summed`` adds over the block, so that blocks on several devices combine by
+  ``psum``: the accepted updates' and BatchNorm statistics' sums weighted by the
+  recipe's weights (:func:`jaxseg.fed.recipe.weights`), the total weight, the
+  accepted clients and their metrics' sums (and adaptive clipping's count).
+  ``stacked`` has a row per client (blocks concatenate): ``rejected`` (the client's
+  number where its update was not finite, else -1) and, for a robust aggregator, the
+  updates themselves and whether each was accepted.
   """
   batches = functools.partial(fetch, jax.tree.map(lambda v: v[0], arrays))
+  rc = fed.recipe
+  start_params = params_of(shared["nets"])
 
   def client(c, xs, steps):
     state = start(fed, shared["nets"], shared["round"] * fed.local_steps)
     key = jax.random.fold_in(shared["key"], c)
     state, m = local_train(fed, state, xs, batches, steps, key, shared["extra"])
-    return state.nets, m
+    delta = jax.tree.map(
+      lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32),
+      params_of(state.nets),
+      start_params,
+    )
+    recipe_key = jax.random.fold_in(shared["recipe"]["key"], c)
+    delta, info = recipe_lib.client_update(rc, delta, shared["recipe"]["state"], recipe_key, c)
+    return delta, stats_of(state.nets), m, info
 
   if fed.sequential:
-    client_nets, metrics = jax.lax.map(lambda args: client(*args), (rows, xs, steps))
+    delta, stats, metrics, info = jax.lax.map(lambda args: client(*args), (rows, xs, steps))
   else:
-    client_nets, metrics = jax.vmap(client)(rows, xs, steps)
-  weights, live = size.astype(jnp.float32), (size > 0).astype(jnp.float32)
-  sums = {
-    "params": weighted_sum({n: v.params for n, v in client_nets.items()}, weights),
-    "batch_stats": weighted_sum({n: v.batch_stats for n, v in client_nets.items()}, weights),
+    delta, stats, metrics, info = jax.vmap(client)(rows, xs, steps)
+  live = size > 0
+  ok = jax.vmap(lambda d, s: recipe_lib.finite(d) & recipe_lib.finite(s))(delta, stats)
+  accepted = live & ok
+  clean = lambda tree: jax.tree.map(  # noqa: E731
+    lambda x: jnp.where(accepted.reshape(-1, *([1] * (x.ndim - 1))), x, 0.0), tree
+  )
+  delta, stats = clean(delta), clean(stats)
+  weights = recipe_lib.weights(rc, size) * accepted
+  counted = accepted.astype(jnp.float32)
+  summed = {
+    "batch_stats": weighted_sum(stats, weights),
+    "weight": weights.sum(),
+    "live": counted.sum(),
+    "metrics": {k: jnp.dot(counted, jnp.where(accepted, v, 0.0)) for k, v in metrics.items()},
+    **{k: jnp.dot(counted, v) for k, v in info.items()},
   }
-  return sums, weights.sum(), live.sum(), {k: jnp.dot(live, v) for k, v in metrics.items()}
+  stacked = {"rejected": jnp.where(live & ~ok, rows, -1).astype(jnp.int32)}
+  if rc.stacked:
+    stacked.update(stacked=delta, accepted=accepted)
+  else:
+    summed["delta"] = weighted_sum(delta, weights)
+  return summed, stacked
+
+
+def add(a, b):
+  """Two blocks' contributions combined: sums added, stacked rows concatenated."""
+  summed = jax.tree.map(jnp.add, a[0], b[0])
+  return summed, jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a[1], b[1])
 
 
 def server_train(fed: Federation, nets: dict, round_idx, server_xs, fetch, keys, arrays):
@@ -293,9 +357,9 @@ def _server_training(fed: Federation) -> str | None:
 
 def broadcast(fed: Federation, server: ServerState, server_xs, fetch, probe, keys, arrays):
   """Steps 1-3 of a round: ``(shared, metrics)``, what every client receives
-  (``nets``, ``extra``, ``key``, ``round``; see :func:`clients`). ``probe``: the
-  server's images the method's hook reads (a placeholder where it reads none). ``arrays``: the
-  server's training arrays ``[1, N, ...]``."""
+  (``nets``, ``extra``, ``key``, ``round``, ``recipe``; see :func:`clients`).
+  ``probe``: the server's images the method's hook reads (a placeholder where it reads
+  none). ``arrays``: the server's training arrays ``[1, N, ...]``."""
   round_idx = server.step
   metrics = {}
   nets = server.nets
@@ -307,45 +371,70 @@ def broadcast(fed: Federation, server: ServerState, server_xs, fetch, probe, key
     extra, info = hook.make(fed.ctx, nets, probe, key, fed.broadcast_settings)
     metrics.update(info)
   base_key = jax.random.fold_in(keys["train"], round_idx)
-  shared = {"nets": nets, "extra": extra, "key": base_key, "round": round_idx}
+  recipe = {"state": server.recipe, "key": jax.random.fold_in(keys["recipe"], round_idx)}
+  shared = {"nets": nets, "extra": extra, "key": base_key, "round": round_idx, "recipe": recipe}
   return shared, metrics
 
 
-def finish(fed: Federation, server: ServerState, shared: dict, client_sums, metrics: dict):
-  """Step 5 of a round: the new server state and the round's metrics."""
-  sums, total, live, metric_sums = client_sums
-  metrics = {**metrics, **{k: v / jnp.maximum(live, 1) for k, v in metric_sums.items()}}
-  server = aggregate(fed, server.replace(nets=shared["nets"]), sums, total)
+def finish(fed: Federation, server: ServerState, shared: dict, part, metrics: dict):
+  """Step 5 of a round: the new server state and the round's metrics (``rejected``:
+  per trained row, the client whose update was refused, or -1)."""
+  summed, stacked = part
+  live = jnp.maximum(summed["live"], 1)
+  metrics = {**metrics, **{k: v / live for k, v in summed["metrics"].items()}}
+  metrics["rejected"] = stacked["rejected"]
+  if fed.recipe.dp:
+    metrics["clip_norm"] = server.recipe["clip_norm"]
+  key = jax.random.fold_in(shared["recipe"]["key"], recipe_lib.NOISE_KEY)
+  server = aggregate(fed, server.replace(nets=shared["nets"]), part, key)
   return server.replace(step=server.step + 1), metrics
 
 
-def conclude(fed: Federation, fetch, keys, server, shared, client_sums, metrics, server_side):
+def conclude(fed: Federation, fetch, keys, server, shared, part, metrics, server_side):
   """:func:`finish` with the server's training where it follows the broadcast
   (``with_clients``, ``after_clients``). ``server_side``: ``(server_xs, arrays,
   server_n)``, its batches' indices, its training arrays and its labeled count."""
   server_xs, arrays, server_n = server_side
   where = _server_training(fed)
-  if where == "with_clients":
+  if where == "with_clients":  # its update joins the clients' sums (aggregator mean)
     nets, info = server_train(fed, shared["nets"], server.step, server_xs, fetch, keys, arrays)
-    sums, total, live, metric_sums = client_sums
+    summed, stacked = part
     weight = jnp.asarray(server_n, jnp.float32)
-    joined = {
-      "params": {n: v.params for n, v in nets.items()},
-      "batch_stats": {n: v.batch_stats for n, v in nets.items()},
-    }
-    sums = jax.tree.map(lambda s, x: s + weight * x.astype(jnp.float32), sums, joined)
-    client_sums, metrics = (sums, total + weight, live, metric_sums), {**metrics, **info}
-  new, metrics = finish(fed, server, shared, client_sums, metrics)
+    delta = jax.tree.map(
+      lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32),
+      params_of(nets),
+      params_of(shared["nets"]),
+    )
+    joined = {"delta": delta, "batch_stats": stats_of(nets)}
+    sums = {k: summed[k] for k in joined}
+    added = jax.tree.map(lambda s, x: s + weight * x.astype(jnp.float32), sums, joined)
+    summed = {**summed, **added, "weight": summed["weight"] + weight}
+    part, metrics = (summed, stacked), {**metrics, **info}
+  new, metrics = finish(fed, server, shared, part, metrics)
   if where == "after_clients":
     nets, info = server_train(fed, new.nets, server.step, server_xs, fetch, keys, arrays)
     new, metrics = new.replace(nets=nets), {**metrics, **info}
   return new, metrics
 
 
+def rows_of(data: ClientData, ids) -> ClientData:
+  """The client rows ``ids`` of ``data`` (the server's table unchanged)."""
+  if ids is None:
+    return data
+  take = lambda x: x[ids]  # noqa: E731
+  return data.replace(
+    **{
+      f: take(getattr(data, f))
+      for f in ("labeled", "labeled_n", "unlabeled", "unlabeled_n", "size", "steps")
+    }
+  )
+
+
 def round_(
   fed: Federation,
   server: ServerState,
   data: ClientData,
+  ids,
   client_xs,
   server_xs,
   fetch: Callable,
@@ -355,7 +444,9 @@ def round_(
   client_arrays=None,
   map_clients: Callable = lambda block, shared, *client_args: block(shared, *client_args),
 ):
-  """One round: ``(new server state, metrics)``. ``keys``: ``train``, ``broadcast``.
+  """One round: ``(new server state, metrics)``. ``keys``: ``train``, ``broadcast``,
+  ``recipe``. ``ids``: the client rows that train (:func:`jaxseg.fed.recipe.sample`;
+  None: every row), whose ``client_xs`` these are.
 
   ``fetch(arrays, x, key)`` makes one step's batches from its ``xs`` entry, out of the
   server's ``server_arrays`` or a client group's ``client_arrays`` (see the module
@@ -364,8 +455,9 @@ def round_(
   sums combined by ``psum`` (:func:`jaxseg.fed.backends.vmap_round`).
   """
   shared, metrics = broadcast(fed, server, server_xs, fetch, probe, keys, server_arrays)
-  rows = jnp.arange(data.size.shape[0])
+  rows = jnp.arange(data.size.shape[0]) if ids is None else ids
+  sub = rows_of(data, ids)
   block = functools.partial(clients, fed, fetch)
-  sums = map_clients(block, shared, client_arrays, rows, client_xs, data.steps, data.size)
+  part = map_clients(block, shared, client_arrays, rows, client_xs, sub.steps, sub.size)
   server_side = (server_xs, server_arrays, data.server_n)
-  return conclude(fed, fetch, keys, server, shared, sums, metrics, server_side)
+  return conclude(fed, fetch, keys, server, shared, part, metrics, server_side)

@@ -12,7 +12,7 @@ from jaxseg import data as datasets
 from jaxseg import infer, losses, models, semi, tables
 from jaxseg.data import augment, pipeline
 from jaxseg.errors import UserError
-from jaxseg.fed import simulate
+from jaxseg.fed import recipe, simulate
 from jaxseg.run import volume
 from jaxseg.train import optim, sharding
 from jaxseg.train import state as state_lib
@@ -174,7 +174,8 @@ class Experiment:
     init_key, self.train_key = jax.random.split(jax.random.key(config.seed))
     if "fed" in config:  # the server state: global networks and the server optimizer
       server_tx = optim.make(config.fed.server_optim, config.fed.rounds)
-      self.init = lambda: simulate.init(self.method, self.ctx, server_tx, init_key)
+      rc = recipe.from_config(config.fed)
+      self.init = lambda: simulate.init(self.method, self.ctx, server_tx, init_key, rc)
     else:
       self.init = lambda: self.method.init(self.ctx, init_key)
     self.eval_step = jax.jit(step_lib.make_eval_step(self.model, self.loss_fn))

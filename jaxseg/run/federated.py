@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxseg.data import patches, pipeline, unlabeled_folder
 from jaxseg.errors import UserError
-from jaxseg.fed import backends, checks, cost, layout, partition, simulate
+from jaxseg.fed import backends, checks, cost, layout, partition, recipe, simulate
 from jaxseg.run import evaluation, skeleton, volume
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.run.experiment import Experiment, check_config
@@ -69,9 +69,12 @@ def federation(exp: Experiment, local_steps: int) -> simulate.Federation:
   cfg, fc = exp.config, exp.config.fed
   abstract = jax.eval_shape(lambda: exp.method.init(exp.ctx, jax.random.key(0)))
   hook = exp.method.broadcast
+  rc = recipe.from_config(fc)
   return simulate.Federation(
     # Ramp-ups count a client's steps over the run: with local_epochs, the data's.
-    ctx=dataclasses.replace(exp.ctx, total_steps=fc.rounds * local_steps),
+    ctx=dataclasses.replace(
+      exp.ctx, total_steps=fc.rounds * local_steps, tx=recipe.client_tx(rc, exp.ctx.tx)
+    ),
     method=exp.method,
     server_tx=optim.make(fc.server_optim, fc.rounds),
     scenario=fc.scenario,
@@ -84,6 +87,7 @@ def federation(exp: Experiment, local_steps: int) -> simulate.Federation:
     unroll=unroll_of(fc.unroll, max(local_steps, fc.server_steps)),
     sampling=fc.sampling,
     server_training=fc.server_training,
+    recipe=rc,
   )
 
 
@@ -280,7 +284,7 @@ def simulation(exp: Experiment) -> Simulation:
     else ""
   )
   table = partition.table(where.clients, foreground, where.labeled) + server
-  comm = cost.communication(exp.method, exp.abstract_state().nets)
+  comm = cost.communication(exp.method, exp.abstract_state().nets, fed.recipe)
   placed = f"{placement}, {client_map}"
   return Simulation(fed, where, table, comm, placed, run_round, state_sharding)
 
@@ -331,7 +335,12 @@ def _rounds(evaluator, sim, state, record, ckpts, outputs, workdir, stop_after):
     validate = r % cfg.eval_every == 0 or r == rounds
     if r % cfg.log_every == 0 or validate:  # metrics reach the host only here
       pending = sharding.fetch(pending)  # one transfer to the host per log line
+      rejected = [m.pop("rejected") for m in pending]
+      report_rejected(rejected, r, bar.write)
       values = skeleton.mean_metrics(pending, r, ckpts)
+      values["rejected"] = int(sum((np.asarray(x) >= 0).sum() for x in rejected))
+      if sim.fed.recipe.dp:
+        values["epsilon"] = recipe.epsilon(sim.fed.recipe, r, exp.config.fed.num_clients)
       for name, value in pending[-1].items():  # e.g. FedWeP's seeds
         if np.issubdtype(np.asarray(value).dtype, np.integer):  # the last round's
           values[name] = int(value)
@@ -350,3 +359,16 @@ def _rounds(evaluator, sim, state, record, ckpts, outputs, workdir, stop_after):
     if not pending:
       began = time.time()  # validation time is not training throughput
   return state
+
+
+def report_rejected(rejected: list, last_round: int, say) -> None:
+  """One line per round whose updates were refused (a non-finite value), naming the
+  clients; ``rejected``: per round of the log line, the clients' numbers (-1: accepted)."""
+  first = last_round - len(rejected) + 1
+  for r, ids in enumerate(rejected, start=first):
+    bad = [int(c) for c in np.asarray(ids).ravel() if c >= 0]
+    if bad:
+      say(
+        f"round {r}: rejected the update of client {', '.join(map(str, bad))} (non-finite "
+        "values); aggregated the others."
+      )

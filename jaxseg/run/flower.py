@@ -58,7 +58,6 @@ from flwr.app import (
   Context,
   Error,
   Message,
-  MetricRecord,
   RecordDict,
 )
 from flwr.clientapp import ClientApp
@@ -75,6 +74,9 @@ server_app = ServerApp()
 client_app = ClientApp()
 std_logging.getLogger("absl").addFilter(runtime.quiet)  # TFDS's and orbax's notices
 USER_ERROR = 0  # the Error code a site answers a user error (its data) with
+# A site's reply's update, by the record keys of its contribution (simulate.clients).
+UPDATE = ("[0]['delta']", "[0]['batch_stats']", "[1]['stacked']")
+RECIPE_STATE = ("clip_norm",)  # the recipe's state a site needs (jaxseg.fed.recipe.init)
 
 
 def encode_config(config: ml_collections.ConfigDict) -> str:
@@ -100,8 +102,13 @@ def from_record(record: ArrayRecord, like):
 
 
 def payload_bytes(content: RecordDict) -> int:
-  """Bytes of the arrays a message carries (what :mod:`jaxseg.fed.cost` predicts)."""
-  return sum(a.numpy().nbytes for r in content.array_records.values() for a in r.values())
+  """Bytes of the arrays a message carries (what :mod:`jaxseg.fed.cost` predicts); of a
+  site's reply, those of its update (the networks' change and BatchNorm statistics, not
+  the few counts beside them)."""
+  arrays = [(k, a) for r in content.array_records.values() for k, a in r.items()]
+  if "part" in content:
+    arrays = [(k, a) for k, a in arrays if k.startswith(UPDATE)]
+  return sum(a.numpy().nbytes for _, a in arrays)
 
 
 def wire_bytes(message: Message) -> int:
@@ -212,24 +219,17 @@ def local_round(site: Site, plan: ConfigRecord, content: RecordDict) -> RecordDi
   row = jnp.arange(client, client + 1)
   draw = jax.jit(lambda d, k, r: simulate.client_indices(fed, d, k, r, row))
   xs = draw(placed.data, placed.data_key, round_)
+  state = {k: jnp.asarray(np.float32(v)) for k, v in content["plan"].items() if k in RECIPE_STATE}
   shared = {
     "nets": nets,
     "extra": extra,
     "key": jax.random.fold_in(placed.keys["train"], round_),
     "round": jnp.int32(round_),
+    "recipe": {"state": state, "key": jax.random.fold_in(placed.keys["recipe"], round_)},
   }
   block = backends.loop_parts(placed).block
-  sums, total, live, metrics = block(
-    shared, placed.client_arrays, row, xs, placed.data.steps, placed.data.size
-  )
-  counts = {"total": float(total), "live": float(live)}
-  return RecordDict(
-    {
-      "sums": to_record(sums),
-      "counts": MetricRecord(counts),
-      "metrics": MetricRecord({k: float(v) for k, v in metrics.items()}),
-    }
-  )
+  part = block(shared, placed.client_arrays, row, xs, placed.data.steps, placed.data.size)
+  return RecordDict({"part": to_record(part)})
 
 
 # --- the server (ServerApp) -----------------------------------------------------------
@@ -350,16 +350,20 @@ def federation(exp: Experiment, grid: Grid) -> federated.Simulation:
   number = {n: c for c, n in enumerate(sites)}
 
   def run_round(state):
-    _, server_xs, (shared, metrics) = parts.prepare(
+    _, client_xs, server_xs, (shared, metrics) = parts.prepare(
       state, placed.data, placed.server_arrays, placed.probe, None
     )
+    # The shape of a site's contribution: the block on the server's (empty) client row.
+    args = (placed.client_arrays, jnp.arange(1), client_xs, placed.data.steps, placed.data.size)
+    like = jax.eval_shape(parts.block, shared, *args)
     round_ = int(state.step)
     down = {"nets": to_record(shared["nets"])}
+    recipe_state = {k: float(v) for k, v in jax.device_get(shared["recipe"]["state"]).items()}
     if shared["extra"] is not None:
       down["extra"] = ArrayRecord({"payload": Array(np.asarray(shared["extra"]))})
 
     def content(node):
-      plan = {**site_plan(exp, encoded), "round": round_, "client": number[node]}
+      plan = {**site_plan(exp, encoded), **recipe_state, "round": round_, "client": number[node]}
       return RecordDict(
         {**down, "plan": ConfigRecord({**plan, "width": width, "longest": longest})}
       )
@@ -368,7 +372,7 @@ def federation(exp: Experiment, grid: Grid) -> federated.Simulation:
     replies, errors = _send(grid, dict.fromkeys(live), "train", content, fc.round_timeout_s)
     missing = [names[n] for n in sites if n not in replies]
     _report(round_, missing, errors, names, len(sites), fc.min_fraction)
-    total = _aggregate(parts, shared, replies, number)
+    total = _aggregate(parts, like, replies, number, names)
     state, metrics = parts.conclude(
       state, shared, total, metrics, (server_xs, placed.server_arrays, placed.data.server_n)
     )
@@ -388,24 +392,19 @@ def federation(exp: Experiment, grid: Grid) -> federated.Simulation:
   return federated.Simulation(fed, None, table, comm, "flower", run_round, state_sharding)
 
 
-def _aggregate(parts, shared, replies: dict, number: dict):
-  """The sites' parts added in the order of their numbers (as the simulation adds its
-  clients): ``(sums, total, live, metric sums)``."""
-  like = {
-    "params": {n: v.params for n, v in shared["nets"].items()},
-    "batch_stats": {n: v.batch_stats for n, v in shared["nets"].items()},
-  }
+def _aggregate(parts, like, replies: dict, number: dict, names: dict):
+  """The sites' contributions added in the order of their numbers (as the simulation
+  adds its clients); a contribution with a non-finite value is refused (named in the
+  log), never added."""
   total = None
   for node in sorted(replies, key=number.get):
-    content = replies[node].content
-    counts, metrics = content["counts"], content["metrics"]
-    part = (
-      jax.tree.map(jnp.asarray, from_record(content["sums"], like)),
-      jnp.float32(counts["total"]),
-      jnp.float32(counts["live"]),
-      {k: jnp.float32(v) for k, v in sorted(metrics.items())},
-    )
+    part = jax.tree.map(jnp.asarray, from_record(replies[node].content["part"], like))
+    if not all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(part)):
+      skeleton.say(f"site {names[node]}: its update has non-finite values; refused.")
+      continue
     total = part if total is None else parts.add(total, part)
+  if total is None:
+    raise UserError("every site's update had non-finite values: none was aggregated.")
   return total
 
 

@@ -8,7 +8,9 @@ from jaxseg.errors import UserError
 OPTIMIZERS = {
   "adam": "optax:adam",
   "adamw": "optax:adamw",
-  "sgd": "optax:sgd",
+  "sgd": "optax:sgd",  # kwargs momentum: FedAvgM as a server optimizer
+  "adagrad": "optax:adagrad",
+  "yogi": "optax:yogi",
 }
 SCHEDULES = ("constant", "cosine")
 

@@ -1,0 +1,235 @@
+"""The federated round's recipe pieces (jaxseg/fed/recipe.py) on constructed cases, and
+in the compiled round: FedProx, robust aggregation, NaN rejection, DP, compression,
+client sampling."""
+
+import dataclasses
+import math
+
+import dp_accounting
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxseg.fed import backends, layout, recipe, simulate
+from jaxseg.run import federated
+from jaxseg.run.experiment import Experiment
+from tests.test_fed import tiny_fed_config
+
+# --- the pieces, pure ------------------------------------------------------------------
+
+
+def test_proximal_term_adds_mu_times_the_distance_to_the_global_weights():
+  w0 = {"k": jnp.array([1.0, -2.0])}
+  tx = optax.chain(recipe.proximal(0.5), optax.sgd(1.0))
+  state = tx.init(w0)  # the anchor: the broadcast weights
+  w = {"k": jnp.array([3.0, 0.0])}
+  g = {"k": jnp.array([0.1, 0.2])}
+  updates, _ = tx.update(g, state, w)
+  # -(g + mu (w - w0)) = -(0.1 + 0.5 * 2, 0.2 + 0.5 * 2)
+  np.testing.assert_allclose(updates["k"], [-1.1, -1.2], rtol=1e-6)
+
+
+def _stack(*values):
+  return {"w": jnp.asarray(values, jnp.float32)[:, None] * jnp.ones((1, 3))}
+
+
+@pytest.mark.parametrize(
+  "name, kwargs, values, accepted, want",
+  [
+    ("median", {}, (1, 2, 3, 100, 7), (1, 1, 1, 1, 0), 2.5),  # of 1, 2, 3, 100
+    ("median", {}, (1, 2, 3, 4, 100), (1, 1, 1, 1, 1), 3.0),
+    ("trimmed_mean", {"trim": 0.25}, (1, 2, 3, 100, 7), (1, 1, 1, 1, 0), 2.5),  # 2, 3
+    ("trimmed_mean", {"trim": 0.2}, (1, 2, 3, 4, 100), (1, 1, 1, 1, 1), 3.0),  # 2, 3, 4
+    ("trimmed_mean", {"trim": 0.0}, (1, 2, 3, 4, 100), (1, 1, 1, 1, 1), 22.0),
+    ("krum", {"byzantine": 1}, (1.0, 1.1, 0.9, 100, 1.05), (1, 1, 1, 1, 1), 1.05),
+    ("krum", {"byzantine": 1, "select": 3}, (1.0, 1.1, 0.9, 100, 1.05), (1,) * 5, 1.05),
+    ("median", {}, (1, 2, 3), (0, 0, 0), 0.0),  # nothing accepted: no update
+  ],
+)
+def test_robust_aggregators_on_known_updates(name, kwargs, values, accepted, want):
+  rc = recipe.Recipe(aggregator=name, **kwargs)
+  part = {"stacked": _stack(*values), "accepted": jnp.asarray(accepted, bool)}
+  got = recipe.mean_of(rc, part)["w"]
+  np.testing.assert_allclose(got, np.full(3, want), rtol=1e-6)
+
+
+def test_krum_picks_the_update_closest_to_its_neighbours():
+  flat = jnp.asarray([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [10.0, 10.0]])
+  scores = recipe.krum_scores(flat, jnp.ones(4, bool), f=1)  # 4 - 1 - 2 = 1 neighbour
+  np.testing.assert_allclose(scores, [1.0, 1.0, 1.0, 181.0])
+  masked = recipe.krum_scores(flat, jnp.array([True, True, True, False]), f=0)
+  assert np.isinf(masked[3]) and np.argmin(masked) == 0  # 0 is 1 from both others
+
+
+def test_clipping_bounds_the_norm_and_noise_has_the_calibrated_std():
+  delta = {"a": jnp.full((3,), 2.0), "b": jnp.full((1,), 2.0)}  # norm 4
+  clipped, within = recipe.clipped(delta, 1.0)
+  assert float(recipe.global_norm(clipped)) == pytest.approx(1.0) and float(within) == 0.0
+  same, within = recipe.clipped(delta, 10.0)
+  assert float(within) == 1.0
+  jax.tree.map(np.testing.assert_array_equal, same, delta)
+  rc = recipe.Recipe(clip="fixed", clip_norm=0.5, noise_multiplier=2.0)
+  part = {"delta": {"x": jnp.zeros(200_000)}, "weight": jnp.float32(4)}
+  noisy, _ = recipe.server_noise(rc, part, recipe.init(rc), jax.random.key(0))
+  assert float(jnp.std(noisy["delta"]["x"])) == pytest.approx(2.0 * 0.5, rel=0.01)
+
+
+def test_adaptive_clipping_moves_the_norm_geometrically_towards_the_quantile():
+  rc = recipe.Recipe(clip="adaptive", clip_norm=1.0, clip_lr=0.2, target_quantile=0.5, clients=4)
+  part = {"delta": {"x": jnp.zeros(3)}, "unclipped": jnp.float32(4.0)}  # all within
+  _, state = recipe.server_noise(rc, part, recipe.init(rc), jax.random.key(0))
+  assert float(state["clip_norm"]) == pytest.approx(math.exp(-0.2 * (1.0 - 0.5)))
+  part["unclipped"] = jnp.float32(0.0)  # all clipped: the norm grows
+  _, state = recipe.server_noise(rc, part, recipe.init(rc), jax.random.key(0))
+  assert float(state["clip_norm"]) == pytest.approx(math.exp(0.2 * 0.5))
+  # The updates' noise grows so that the count's release keeps the total at z.
+  z, sigma_b = recipe.noise_multipliers(
+    dataclasses.replace(rc, noise_multiplier=1.0, count_noise=1)
+  )
+  assert sigma_b == 4.0 and z == pytest.approx((1.0 - 1 / 64) ** -0.5)
+
+
+def test_the_accountant_is_dp_accountings_own_call():
+  rc = recipe.Recipe(clip="fixed", noise_multiplier=1.1, delta=1e-5, clients_per_round=10)
+  accountant = dp_accounting.rdp.RdpAccountant()
+  event = dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.1))
+  accountant.compose(event, 30)
+  assert recipe.epsilon(rc, 30, 100) == accountant.get_epsilon(1e-5)
+  full = dataclasses.replace(rc, clients_per_round=0)
+  accountant = dp_accounting.rdp.RdpAccountant()
+  accountant.compose(dp_accounting.GaussianDpEvent(1.1), 30)
+  assert recipe.epsilon(full, 30, 100) == accountant.get_epsilon(1e-5)
+  assert recipe.epsilon(full, 31, 100) > recipe.epsilon(full, 30, 100)
+  assert recipe.epsilon(recipe.Recipe(), 5, 100) == math.inf
+
+
+def test_q8_is_unbiased_within_one_step_and_topk_keeps_the_largest():
+  x = jax.random.normal(jax.random.key(0), (500,))
+  step = (x.max() - x.min()) / 255
+  draws = jax.vmap(lambda k: recipe.quantized(x, k))(jax.random.split(jax.random.key(1), 400))
+  assert float(jnp.max(jnp.abs(draws - x))) <= float(step) * (1 + 1e-5)
+  assert len(np.unique(np.asarray(draws[0]))) <= 256
+  np.testing.assert_allclose(draws.mean(0), x, atol=float(step) * 0.15)
+  kept = recipe.top_k(jnp.array([0.1, -5.0, 2.0, 0.3, -0.2]), 0.4)
+  np.testing.assert_array_equal(kept, [0.0, -5.0, 2.0, 0.0, 0.0])
+  params = {"k": jnp.zeros((10, 10)), "b": jnp.zeros(10)}
+  assert recipe.up_bytes(recipe.Recipe(), params) == 440
+  assert recipe.up_bytes(recipe.Recipe(compress="q8"), params) == 100 + 8 + 10 + 8
+  assert recipe.up_bytes(recipe.Recipe(compress="topk", fraction=0.1), params) == 8 * (10 + 1)
+
+
+def test_sampling_draws_k_distinct_live_clients_from_the_key():
+  size = jnp.array([5, 0, 3, 8, 1, 0, 2, 9])
+  rc = recipe.Recipe(clients_per_round=3)
+  drawn = [tuple(np.asarray(recipe.sample(rc, jax.random.key(s), size))) for s in range(50)]
+  assert all(len(set(d)) == 3 and not {1, 5} & set(d) for d in drawn)
+  assert drawn[0] == tuple(np.asarray(recipe.sample(rc, jax.random.key(0), size)))
+  assert len(set(drawn)) > 10
+  by_size = dataclasses.replace(rc, client_sampling="size")
+  counts = np.zeros(8)
+  for s in range(300):
+    counts[np.asarray(recipe.sample(by_size, jax.random.key(s), size))] += 1
+  assert counts[1] == counts[5] == 0 and counts[7] > counts[4]
+  np.testing.assert_array_equal(recipe.sample(recipe.Recipe(), jax.random.key(0), size), range(8))
+
+
+# --- in the compiled round -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_clients():
+  """A tiny supervised federation of two clients of 4 images each (a power of two:
+  weighting by size or by 1 then gives the same bits)."""
+  config = tiny_fed_config("supervised", local_steps=2, num_clients=2)
+  config.method.labeled_fraction = 1.0
+  config.optim.update(name="sgd", lr=0.05)
+  exp = Experiment(config)
+  sim = federated.simulation(exp)
+  clients = [np.arange(0, 4), np.arange(4, 8)]
+  where = layout.Layout(clients, clients, [np.zeros(0, np.int64)] * 2, np.zeros(0, np.int64))
+  return exp, sim, where
+
+
+def _run(two_clients, rc, rows=2, client_map="vmap", where=None):
+  exp, sim, default = two_clients
+  fed = dataclasses.replace(
+    sim.fed, recipe=rc, ctx=dataclasses.replace(sim.fed.ctx, tx=recipe.client_tx(rc, exp.ctx.tx))
+  )
+  data, _ = layout.client_data(where or default, rows, 2, 0.0, 2, 2)
+  run, sharding = backends.compile_round(
+    fed, data, exp.sources["train"], np.zeros(1, np.float32), exp.train_key, "device",
+    jax.devices()[:1], client_map,
+  )  # fmt: skip
+  state = simulate.init(exp.method, fed.ctx, fed.server_tx, jax.random.key(0), rc)
+  return run, jax.device_put(state, sharding)
+
+
+def _params(state):
+  return jax.device_get(simulate.params_of(state.nets))
+
+
+def test_fedprox_at_mu_0_and_dp_without_clipping_or_noise_equal_fedavg_bit_for_bit(two_clients):
+  run, state = _run(two_clients, recipe.FEDAVG)
+  fedavg, _ = run(state)
+  for rc in (
+    recipe.Recipe(algorithm="fedprox", prox_mu=0.0),
+    recipe.Recipe(clip="fixed", clip_norm=1e30, noise_multiplier=0.0),
+  ):
+    run, state = _run(two_clients, rc)
+    other, _ = run(state)
+    jax.tree.map(np.testing.assert_array_equal, _params(other), _params(fedavg))
+  run, state = _run(two_clients, recipe.Recipe(algorithm="fedprox", prox_mu=1.0))
+  start = _params(state)  # (the round donates its state)
+  prox, _ = run(state)
+  moved = lambda p: sum(
+    float(np.sum((a - b) ** 2)) for a, b in zip(*map(jax.tree.leaves, (p, start)), strict=True)
+  )  # noqa: E501, E731
+  assert moved(_params(prox)) < moved(_params(fedavg))  # the term pulls towards w_global
+
+
+@pytest.mark.parametrize("aggregator", ["mean", "median"])
+def test_a_nan_update_is_rejected_and_named_never_averaged_in(two_clients, aggregator):
+  rc = recipe.Recipe(attack="nan", attackers=1, aggregator=aggregator)
+  run, state = _run(two_clients, rc, rows=3)  # one padding row
+  new, metrics = run(state)
+  assert np.asarray(metrics["rejected"]).tolist() == [0, -1, -1]
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(new.nets)))
+  # The other client alone made the update: as if client 0 had had no data.
+  exp, sim, where = two_clients
+  alone = layout.Layout(
+    [np.zeros(0, np.int64), where.clients[1]], [np.zeros(0, np.int64), where.labeled[1]],
+    where.unlabeled, where.server,
+  )  # fmt: skip
+  run, state = _run(two_clients, dataclasses.replace(rc, attack="none"), rows=3, where=alone)
+  want, _ = run(state)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+    _params(new),
+    _params(want),
+  )
+
+
+def test_looped_and_vmapped_rounds_agree_with_every_piece(two_clients):
+  rc = recipe.Recipe(clip="fixed", clip_norm=0.05, noise_multiplier=0.5, compress="q8")
+  results = []
+  for client_map in ("vmap", "loop"):
+    run, state = _run(two_clients, rc, rows=2, client_map=client_map)
+    new, _ = run(state)
+    results.append(_params(new))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *results)
+
+
+def test_k_of_n_rounds_take_memory_of_k_not_n(two_clients):
+  """4 of N clients per round: the compiled round's temporaries do not grow from
+  N = 100 to 10,000 (beyond the draw itself: N floats)."""
+  exp, sim, _ = two_clients
+  rc = recipe.Recipe(clients_per_round=4)
+  temps = {}
+  for n in (100, 10_000):
+    clients = [np.arange(c % 8, c % 8 + 1) for c in range(n)]  # 1 image each
+    where = layout.Layout(clients, clients, [np.zeros(0, np.int64)] * n, np.zeros(0, np.int64))
+    run, state = _run(two_clients, rc, rows=n, where=where)
+    temps[n] = run.lower(state).compile().memory_analysis().temp_size_in_bytes
+  assert temps[10_000] - temps[100] <= 64 * 10_000, temps

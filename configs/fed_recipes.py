@@ -14,7 +14,8 @@ jaxseg/fed/recipe.py), so any recipe can be changed on the command line
 (``--config.fed.prox_mu=0.1``, ``--config.fed.dp.noise_multiplier=2``).
 
 The CPU budget: 64 px images (256 training, 64 validation, 128 test, 4 sites),
-U-Net widths 8..64, 20 rounds of 4 local steps of batch 4 (Adam 3e-3 on the clients).
+U-Net widths 8..64, 20 rounds of 4 local steps of batch 4 (Adam 3e-3 on the clients;
+SGD 0.1 for SCAFFOLD, which is defined for SGD, and for its FedAvg baseline).
 """
 
 import ml_collections
@@ -26,6 +27,10 @@ from jaxseg.run.sweep import apply_overrides, axis
 RECIPES = {
   "fedavg": {},
   "fedprox": {"fed.algorithm": "fedprox", "fed.prox_mu": 0.01},
+  "fedbn": {"fed.algorithm": "fedbn"},
+  # SCAFFOLD corrects plain SGD steps (its control variates divide by the step size).
+  "scaffold": {"fed.algorithm": "scaffold", "optim.name": "sgd", "optim.lr": 0.1},
+  "fedavg_sgd": {"optim.name": "sgd", "optim.lr": 0.1},  # SCAFFOLD's baseline
   "median": {"fed.aggregator.name": "median"},
   "trimmed_mean": {"fed.aggregator.name": "trimmed_mean", "fed.aggregator.trim": 0.25},
   "krum": {"fed.aggregator.name": "krum", "fed.aggregator.byzantine": 1},
@@ -49,6 +54,9 @@ RECIPES = {
 TABLE = {
   "FedAvg": {},
   "FedProx": RECIPES["fedprox"],
+  "FedBN": RECIPES["fedbn"],
+  "FedAvg (client SGD)": RECIPES["fedavg_sgd"],
+  "SCAFFOLD (client SGD)": RECIPES["scaffold"],
   "FedAvg, 1 of 4 attacking": {"fed.attack.kind": "sign_flip", "fed.attack.clients": 1},
   "median, 1 of 4 attacking": {
     **RECIPES["median"],

@@ -251,7 +251,9 @@ def test_flower_volume_sites_train_as_the_simulation_of_their_folders(tmp_path):
   }
   grid = InProcessGrid(contexts)
   workdir = str(tmp_path / "flower")
-  federated.train(config, workdir, make_simulation=lambda exp: flower.federation(exp, grid))
+  federated.train(
+    config, workdir, make_simulation=lambda exp: flower.federation(exp, grid, workdir)
+  )
   step, nets = _global_model(workdir)
   assert step == 1
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(simulated.nets), nets)

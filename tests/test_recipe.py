@@ -114,10 +114,43 @@ def test_q8_is_unbiased_within_one_step_and_topk_keeps_the_largest():
   np.testing.assert_allclose(draws.mean(0), x, atol=float(step) * 0.15)
   kept = recipe.top_k(jnp.array([0.1, -5.0, 2.0, 0.3, -0.2]), 0.4)
   np.testing.assert_array_equal(kept, [0.0, -5.0, 2.0, 0.0, 0.0])
-  params = {"k": jnp.zeros((10, 10)), "b": jnp.zeros(10)}
-  assert recipe.up_bytes(recipe.Recipe(), params) == 440
-  assert recipe.up_bytes(recipe.Recipe(compress="q8"), params) == 100 + 8 + 10 + 8
-  assert recipe.up_bytes(recipe.Recipe(compress="topk", fraction=0.1), params) == 8 * (10 + 1)
+  params = {"conv": {"k": jnp.zeros((10, 10)), "b": jnp.zeros(10)}, "bn": {"scale": jnp.ones(4)}}
+  stats = {"bn": {"mean": jnp.zeros(4), "var": jnp.ones(4)}}
+  assert recipe.up_bytes(recipe.Recipe(), params, stats) == 4 * 114 + 32
+  assert recipe.up_bytes(recipe.Recipe(compress="q8"), params, stats) == 108 + 18 + 12 + 32
+  topk = recipe.Recipe(compress="topk", fraction=0.1)
+  assert recipe.up_bytes(topk, params, stats) == 8 * (10 + 1 + 1) + 32
+  # FedBN sends neither BatchNorm parameters nor statistics; SCAFFOLD adds c_i+ - c_i.
+  assert recipe.up_bytes(recipe.Recipe(algorithm="fedbn"), params, stats) == 4 * 110
+  assert recipe.up_bytes(recipe.Recipe(algorithm="scaffold"), params, stats) == 8 * 114 + 32
+  assert recipe.down_bytes(recipe.Recipe(algorithm="scaffold"), params, stats) == 4 * 114
+
+
+def test_fedbn_keeps_exactly_the_batchnorm_layers():
+  params = {
+    "c0": {"conv": {"kernel": 1, "bias": 2}, "bn": {"scale": 3, "bias": 4}},
+    "out": {"k": 5},
+  }
+  stats = {"c0": {"bn": {"mean": 0, "var": 1}}}
+  mask = recipe.bn_mask(params, stats)
+  assert mask == {
+    "c0": {"conv": {"kernel": False, "bias": False}, "bn": {"scale": True, "bias": True}},
+    "out": {"k": False},
+  }
+
+
+def test_scaffold_control_variates_follow_option_ii():
+  rc = recipe.Recipe(algorithm="scaffold", client_lr=0.5)
+  c, c_i, delta = {"w": jnp.array([1.0])}, {"w": jnp.array([3.0])}, {"w": jnp.array([-2.0])}
+  new, dc = recipe.scaffold_local(rc, c, c_i, delta, jnp.int32(4))
+  # c_i - c + (x - y) / (K lr) = 3 - 1 + 2 / (4 * 0.5) = 3
+  np.testing.assert_allclose(new["w"], [3.0])
+  np.testing.assert_allclose(dc["w"], [0.0])
+  tx = optax.chain(recipe.scaffold_correction(), optax.sgd(1.0))
+  state = tx.init(c)
+  state = (state[0]._replace(correction={"w": jnp.array([-2.0])}), *state[1:])  # c - c_i
+  updates, _ = tx.update({"w": jnp.array([0.5])}, state, c)
+  np.testing.assert_allclose(updates["w"], [1.5])  # -(g - c_i + c)
 
 
 def test_sampling_draws_k_distinct_live_clients_from_the_key():
@@ -157,7 +190,10 @@ def _run(two_clients, rc, rows=2, client_map="vmap", where=None):
   fed = dataclasses.replace(
     sim.fed, recipe=rc, ctx=dataclasses.replace(sim.fed.ctx, tx=recipe.client_tx(rc, exp.ctx.tx))
   )
-  data, _ = layout.client_data(where or default, rows, 2, 0.0, 2, 2)
+  where = where or default
+  rc = dataclasses.replace(rc, num_clients=len(where.clients))
+  fed = dataclasses.replace(fed, recipe=rc)
+  data, _ = layout.client_data(where, rows, 2, 0.0, 2, 2)
   run, sharding = backends.compile_round(
     fed, data, exp.sources["train"], np.zeros(1, np.float32), exp.train_key, "device",
     jax.devices()[:1], client_map,
@@ -233,3 +269,48 @@ def test_k_of_n_rounds_take_memory_of_k_not_n(two_clients):
     run, state = _run(two_clients, rc, rows=n, where=where)
     temps[n] = run.lower(state).compile().memory_analysis().temp_size_in_bytes
   assert temps[10_000] - temps[100] <= 64 * 10_000, temps
+
+
+def _nets(state):
+  return jax.device_get(state.nets)
+
+
+def test_fedbn_keeps_each_sites_batchnorm_and_averages_the_rest(two_clients):
+  run, state = _run(two_clients, recipe.FEDAVG)
+  fedavg, _ = run(state)
+  run, state = _run(two_clients, recipe.Recipe(algorithm="fedbn"))
+  start = _nets(state)
+  fedbn, _ = run(state)
+  fedbn, fedavg = jax.device_get(fedbn), _nets(fedavg)
+  mask = recipe.bn_mask(simulate.params_of(start), simulate.stats_of(start))
+  for n in start:
+    for got, avg, init, m in zip(
+      *map(jax.tree.leaves, (fedbn.nets[n].params, fedavg[n].params, start[n].params, mask[n])),
+      strict=True,
+    ):
+      # Round 1 starts every client from the initial BatchNorm: the averaged layers
+      # are FedAvg's, bit for bit; the global BatchNorm is never moved.
+      np.testing.assert_array_equal(got, init if m else avg)
+    jax.tree.map(np.testing.assert_array_equal, fedbn.nets[n].batch_stats, start[n].batch_stats)
+  # Each site kept its own statistics (they differ), and its own BatchNorm parameters.
+  means = [x for x in jax.tree.leaves(fedbn.clients["batch_stats"])]
+  assert all(x.shape[0] == 2 for x in means)
+  assert any(not np.array_equal(x[0], x[1]) for x in means)
+
+
+def test_scaffold_starts_as_fedavg_and_learns_the_clients_drift(two_clients):
+  run, state = _run(two_clients, recipe.FEDAVG)
+  start = _params(state)
+  fedavg, _ = run(state)
+  rc = recipe.Recipe(algorithm="scaffold", client_lr=0.05)
+  run, state = _run(two_clients, rc)
+  scaffold, _ = run(state)
+  # Round 1: c = c_i = 0, no correction: FedAvg's weights.
+  jax.tree.map(np.testing.assert_array_equal, _params(scaffold), _params(fedavg))
+  # c_i+ = -(y_i - x) / (K lr) (K = 2 steps); c = their mean (both clients trained).
+  scaffold = jax.device_get(scaffold)
+  c_i, c = scaffold.clients["c"], scaffold.recipe["c"]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b.mean(0), rtol=1e-5, atol=1e-6), c, c_i)
+  # The clients' mean drift equals the averaged update (equal sizes): -(x+ - x) / (K lr).
+  want = jax.tree.map(lambda new, old: -(new - old) / (2 * 0.05), _params(scaffold), start)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), c, want)

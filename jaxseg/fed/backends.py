@@ -193,14 +193,14 @@ def vmap_round(placed: Placed) -> Callable:
     # Each device trains its shard of the clients; their sums are combined, their
     # stacked rows concatenated.
     def summed(*args):
-      sums, stacked = block(*args)
-      return jax.lax.psum(sums, "clients"), stacked
+      sums, *rows = block(*args)
+      return jax.lax.psum(sums, "clients"), *rows
 
     mapped = jax.shard_map(
       summed,
       mesh=mesh,
       in_specs=(P(), *(P("clients"),) * len(client_args)),
-      out_specs=(P(), P("clients")),
+      out_specs=(P(), P("clients"), P("clients")),
       axis_names={"clients"},  # manual; the data axis is left to XLA
       check_vma=False,
     )
@@ -242,8 +242,9 @@ class LoopParts:
   ``conclude`` and each site ``block`` on its own images).
 
   ``prepare(state, data, arrays, probe, xs) -> (ids, client_xs, server_xs, (shared,
-  metrics))``; ``block(shared, client_arrays, rows, xs, steps, size) -> part`` (one
-  client's contribution, :func:`jaxseg.fed.simulate.clients`); ``add(part, part)``;
+  metrics))``; ``block(shared, client_arrays, rows, xs, steps, size, local) -> part``
+  (one client's contribution and what it keeps, :func:`jaxseg.fed.simulate.clients`);
+  ``add(part, part)``;
   ``conclude(state, shared, total, metrics, server_side) -> (state, metrics)``.
   """
 
@@ -295,7 +296,8 @@ def loop_round(placed: Placed) -> Callable:
         continue
       row, steps, size = per_client[c]
       xs_c = jax.tree.map(lambda x, i=i: x[i : i + 1], client_xs)
-      part = parts.block(shared, placed.client_arrays, row, xs_c, steps, size)
+      local = jax.tree.map(lambda x, c=c: x[c : c + 1], state.clients)
+      part = parts.block(shared, placed.client_arrays, row, xs_c, steps, size, local)
       total = part if total is None else parts.add(total, part)
     server_side = (server_xs, arrays, data.server_n)
     return parts.conclude(state, shared, total, metrics, server_side)

@@ -77,7 +77,7 @@ def check(config, devices: int, processes: int = 1) -> None:
       f"and config.fed.client_map 'vmap', 'scan' or 'auto' (found {fc.client_map!r})."
     )
   _check_data_devices(config, devices)
-  _check_recipe(fc, devices)
+  _check_recipe(config, devices)
   broadcast = semi.make_method(config.method.name, config.method.kwargs).broadcast
   if broadcast is not None:
     broadcast.settings(fc[broadcast.section], fc.scenario)
@@ -134,8 +134,17 @@ def _check_data_devices(config, devices: int) -> None:
       raise UserError(f"{key}={batch} does not divide by config.fed.data_devices={data}.")
 
 
-def _check_recipe(fc, devices: int) -> None:
+def _check_recipe(config, devices: int) -> None:
+  fc = config.fed
   recipe.check(fc)
+  if fc.algorithm == "scaffold" and (config.optim.name != "sgd" or config.optim.kwargs):
+    raise UserError(
+      "config.fed.algorithm='scaffold' corrects plain SGD steps (its control variates "
+      f"divide by the step size): set config.optim.name='sgd' (found {config.optim.name!r}) "
+      "without kwargs."
+    )
+  if fc.algorithm == "fedbn" and fc.aggregator.name != "mean":
+    raise UserError("config.fed.algorithm='fedbn' needs config.fed.aggregator.name='mean'.")
   if fc.clients_per_round and devices // fc.data_devices > 1:
     raise UserError(
       f"config.fed.clients_per_round={fc.clients_per_round} samples clients from one client "

@@ -24,10 +24,12 @@ def communication(method, nets, rc: recipe.Recipe = recipe.FEDAVG) -> dict:
   per_net = {n: tree_bytes(v.params) + tree_bytes(v.batch_stats) for n, v in nets.items()}
   model = sum(per_net[n] for n in method.exchanged)
   extra = method.broadcast.nbytes if method.broadcast is not None else 0
-  down = model + extra
-  up = sum(
-    recipe.up_bytes(rc, nets[n].params) + tree_bytes(nets[n].batch_stats) for n in method.exchanged
+  down = (
+    model
+    + extra
+    + sum(recipe.down_bytes(rc, nets[n].params, nets[n].batch_stats) for n in method.exchanged)
   )
+  up = sum(recipe.up_bytes(rc, nets[n].params, nets[n].batch_stats) for n in method.exchanged)
   two_models = 2 * 2 * per_net[method.evaluated]
   relative = (down + up) / two_models
   text = f"{100 * relative:.0f}%" + (f" + {extra} B {method.broadcast.what}" if extra else "")

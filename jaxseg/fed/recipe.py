@@ -8,7 +8,10 @@ A round (:mod:`jaxseg.fed.simulate`) runs them in this order:
    to their images), or every client (K = 0);
 2. **the client algorithm**, inside local training (:func:`client_tx`, an optax
    transformation in front of the client optimizer): ``fedavg`` none; ``fedprox``
-   FedProx's proximal term;
+   FedProx's proximal term; ``scaffold`` SCAFFOLD's drift correction ``c - c_i``
+   (each client's control variate ``c_i`` kept between rounds, :func:`scaffold_local`);
+   ``fedbn`` none, but each client's BatchNorm parameters and statistics stay with it
+   (:func:`bn_mask`): neither sent nor averaged, evaluated per site;
 3. **the client's update** ``delta = w_client - w_global`` (:func:`client_update`): a
    simulated ``attack`` (the first ``attack.clients`` clients send ``nan``,
    ``sign_flip``-ped or ``scale``-d updates), DP clipping (``dp.clip`` ``fixed`` or
@@ -24,8 +27,10 @@ A round (:mod:`jaxseg.fed.simulate`) runs them in this order:
    (``config.fed.server_optim``) applies the pseudo-gradient ``-mean``.
 
 State a piece keeps across rounds lives in the server state's ``recipe`` dict (the
-adaptive clipping norm); the privacy spent is computed on the host by a maintained
-accountant (:func:`epsilon`, ``dp-accounting``).
+adaptive clipping norm, SCAFFOLD's server control variate); what a client keeps
+(FedBN's BatchNorm, SCAFFOLD's ``c_i``: :func:`local_init`) in its ``clients`` dict,
+stacked over the clients (a real site keeps its own on its disk); the privacy spent
+is computed on the host by a maintained accountant (:func:`epsilon`, ``dp-accounting``).
 """
 
 import dataclasses
@@ -38,7 +43,7 @@ import optax
 
 from jaxseg.errors import UserError
 
-ALGORITHMS = ("fedavg", "fedprox")
+ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fedbn")
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")
 CLIPS = ("none", "fixed", "adaptive")
 COMPRESSIONS = ("none", "q8", "topk")
@@ -94,6 +99,8 @@ class Recipe:
   attackers: int = 0
   factor: float = 10.0
   clients: int = 1  # trained per round (K, or N when every client trains)
+  num_clients: int = 1  # N
+  client_lr: float = 0.0  # scaffold: the clients' SGD step (eta_l)
 
   @property
   def stacked(self) -> bool:
@@ -108,8 +115,14 @@ class Recipe:
 FEDAVG = Recipe()  # every client, the weighted mean, nothing else
 
 
-def from_config(fc) -> Recipe:
-  """The :class:`Recipe` of ``config.fed`` (checked: :func:`check`)."""
+def of(config) -> Recipe:
+  """The :class:`Recipe` of a federated config (checked: :func:`check`)."""
+  return from_config(config.fed, config.optim.lr)
+
+
+def from_config(fc, client_lr: float = 0.0) -> Recipe:
+  """The :class:`Recipe` of ``config.fed``; ``client_lr``: ``config.optim.lr``
+  (SCAFFOLD's control variates divide by it)."""
   check(fc)
   agg, dp, comp, attack = fc.aggregator, fc.dp, fc.compress, fc.attack
   return Recipe(
@@ -134,6 +147,8 @@ def from_config(fc) -> Recipe:
     attackers=int(attack.clients),
     factor=float(attack.factor),
     clients=int(fc.clients_per_round or fc.num_clients),
+    num_clients=int(fc.num_clients),
+    client_lr=float(client_lr),
   )
 
 
@@ -242,11 +257,86 @@ def proximal(mu: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
+class Correction(NamedTuple):
+  correction: optax.Params  # SCAFFOLD: c - c_i, set by the round (jaxseg.fed.simulate)
+
+
+def scaffold_correction() -> optax.GradientTransformation:
+  """SCAFFOLD's corrected gradient ``g - c_i + c`` (Karimireddy et al. 2020, Alg. 1
+  line 10), as FL4Health's ``ScaffoldClient.modify_grad`` adds ``c - c_i`` to each
+  gradient before its (vanilla SGD) step; the round puts ``c - c_i`` in the state."""
+
+  def init(params):
+    return Correction(correction=jax.tree.map(jnp.zeros_like, params))
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(jnp.add, updates, state.correction), state
+
+  return optax.GradientTransformation(init, update)
+
+
 def client_tx(recipe: Recipe, tx: optax.GradientTransformation) -> optax.GradientTransformation:
   """The client optimizer with the client algorithm's transformation in front."""
   if recipe.algorithm == "fedprox":
     return optax.chain(proximal(recipe.prox_mu), tx)
+  if recipe.algorithm == "scaffold":
+    return optax.chain(scaffold_correction(), tx)
   return tx
+
+
+def bn_mask(params, batch_stats):
+  """Per leaf of ``params``: whether it belongs to a BatchNorm layer (its module also
+  holds statistics in ``batch_stats``), what FedBN keeps local (med-air/FedBN
+  ``federated/fed_office.py``, ``communication``: every key but those of ``bn``
+  layers is averaged)."""
+
+  def has_stats(path) -> bool:
+    node = batch_stats
+    for entry in path[:-1]:
+      key = getattr(entry, "key", None)
+      if not isinstance(node, dict) or key not in node:
+        return False
+      node = node[key]
+    return True
+
+  paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+  return jax.tree.unflatten(treedef, [has_stats(p) for p, _ in paths])
+
+
+def local_init(recipe: Recipe, params, batch_stats) -> dict:
+  """What one client keeps between rounds (from the initial global networks):
+  FedBN its BatchNorm parameters (other leaves: a placeholder scalar) and statistics,
+  SCAFFOLD its ``c_i`` (zeros)."""
+  if recipe.algorithm == "fedbn":
+    return kept_bn(params, batch_stats)
+  if recipe.algorithm == "scaffold":
+    return {"c": jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)}
+  return {}
+
+
+def with_local_bn(params, batch_stats, local: dict):
+  """FedBN: the global ``params`` with the client's own BatchNorm parameters, and its
+  own statistics."""
+  mask = bn_mask(params, batch_stats)
+  mine = jax.tree.map(lambda g, m, x: x if m else g, params, mask, local["params"])
+  return mine, local["batch_stats"]
+
+
+def kept_bn(params, batch_stats) -> dict:
+  """FedBN: what the client keeps of its trained networks (:func:`local_init`'s shape)."""
+  mask = bn_mask(params, batch_stats)
+  kept = jax.tree.map(lambda x, m: x if m else jnp.zeros((), x.dtype), params, mask)
+  return {"params": kept, "batch_stats": batch_stats}
+
+
+def scaffold_local(recipe: Recipe, c, c_i, delta, steps):
+  """SCAFFOLD's option II (Karimireddy et al. 2020, Eq. 4; FL4Health's
+  ``compute_updated_control_variates``): ``c_i+ = c_i - c + (x - y_i) / (K eta_l)``
+  with ``delta = y_i - x`` and ``K`` the client's steps; ``(c_i+, c_i+ - c_i)``."""
+  scale = 1.0 / (jnp.maximum(steps, 1) * recipe.client_lr)
+  new = jax.tree.map(lambda ci, cc, d: ci - cc - scale * d, c_i, c, delta)
+  return new, jax.tree.map(jnp.subtract, new, c_i)
 
 
 # --- 3. the client's update -----------------------------------------------------------
@@ -383,9 +473,13 @@ def mean_of(recipe: Recipe, part: dict) -> dict:
 # --- 6. the server's transform --------------------------------------------------------
 
 
-def init(recipe: Recipe) -> dict:
-  """The state the recipe carries across rounds, in the server state."""
-  return {"clip_norm": jnp.float32(recipe.clip_norm)} if recipe.dp else {}
+def init(recipe: Recipe, params=None) -> dict:
+  """The state the recipe carries across rounds, in the server state: the clipping
+  norm (DP), SCAFFOLD's server control variate ``c`` (zeros, over ``params``)."""
+  state = {"clip_norm": jnp.float32(recipe.clip_norm)} if recipe.dp else {}
+  if recipe.algorithm == "scaffold":
+    state["c"] = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  return state
 
 
 def noise_multipliers(recipe: Recipe) -> tuple[float, float]:
@@ -450,10 +544,31 @@ def epsilon(recipe: Recipe, rounds: int, num_clients: int) -> float:
 # --- bytes ----------------------------------------------------------------------------
 
 
-def up_bytes(recipe: Recipe, params) -> int:
-  """Bytes of one client's parameter update as the recipe sends it: float32, or 8 bits
-  per value plus each tensor's two float32 ends (``q8``), or ``topk``'s values and
-  int32 positions."""
+def up_bytes(recipe: Recipe, params, batch_stats) -> int:
+  """Bytes of one client's update as the recipe sends it: parameters in float32, or 8
+  bits per value plus each tensor's two float32 ends (``q8``), or ``topk``'s values
+  and int32 positions; BatchNorm statistics in float32 (FedBN: neither its BatchNorm
+  parameters nor statistics); SCAFFOLD adds ``c_i+ - c_i`` in float32."""
+  sent = params
+  if recipe.algorithm == "fedbn":
+    mask = bn_mask(params, batch_stats)
+    sent = [x for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True) if not m]
+  stats = 0 if recipe.algorithm == "fedbn" else _nbytes(batch_stats)
+  controls = _nbytes(params) if recipe.algorithm == "scaffold" else 0
+  return _update_bytes(recipe, sent) + stats + controls
+
+
+def down_bytes(recipe: Recipe, params, batch_stats) -> int:
+  """Bytes of what the server sends besides the networks: SCAFFOLD's ``c``."""
+  del batch_stats
+  return _nbytes(params) if recipe.algorithm == "scaffold" else 0
+
+
+def _nbytes(tree) -> int:
+  return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def _update_bytes(recipe: Recipe, params) -> int:
   sizes = [math.prod(x.shape) for x in jax.tree.leaves(params)]
   if recipe.compress == "q8":
     return sum(n + 8 for n in sizes)

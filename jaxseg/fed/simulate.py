@@ -74,6 +74,9 @@ class ServerState(struct.PyTreeNode):
   nets: dict  # name -> Net (opt_state None): the global model(s)
   opt_state: Any  # the server optimizer's state over {name: params}
   recipe: dict = struct.field(default_factory=dict)  # its pieces' state (jaxseg.fed.recipe.init)
+  # What each client keeps between rounds, stacked over the N clients (FedBN's
+  # BatchNorm, SCAFFOLD's c_i: jaxseg.fed.recipe.local_init); {} for most recipes.
+  clients: dict = struct.field(default_factory=dict)
 
 
 class ClientData(struct.PyTreeNode):
@@ -124,11 +127,14 @@ def init(method: Method, ctx: Context, server_tx, key, recipe=recipe_lib.FEDAVG)
   if missing:
     raise UserError(f"federated methods must exchange every network; not exchanged: {missing}.")
   nets = {n: v.replace(opt_state=None) for n, v in state.nets.items()}
+  params, stats = params_of(nets), stats_of(nets)
+  local = recipe_lib.local_init(recipe, params, stats)
   return ServerState(
     step=jnp.zeros((), jnp.int32),
     nets=nets,
-    opt_state=server_tx.init({n: v.params for n, v in nets.items()}),
-    recipe=recipe_lib.init(recipe),
+    opt_state=server_tx.init(params),
+    recipe=recipe_lib.init(recipe, params),
+    clients=jax.tree.map(lambda x: jnp.broadcast_to(x, (recipe.num_clients, *x.shape)), local),
   )
 
 
@@ -263,18 +269,24 @@ def aggregate(fed: Federation, server: ServerState, part, key) -> ServerState:
   updates, opt_state = fed.server_tx.update(pseudo_grad, server.opt_state, params)
   params = optax.apply_updates(params, updates)
   weight = summed["weight"]
-  stats = jax.tree.map(
-    lambda s, old: jnp.where(weight > 0, s / jnp.maximum(weight, 1e-12), old).astype(old.dtype),
-    summed["batch_stats"],
-    stats_of(server.nets),
-  )
+  stats = stats_of(server.nets)  # FedBN: the statistics stay with the sites
+  if "batch_stats" in summed:
+    stats = jax.tree.map(
+      lambda s, old: jnp.where(weight > 0, s / jnp.maximum(weight, 1e-12), old).astype(old.dtype),
+      summed["batch_stats"],
+      stats,
+    )
+  if "dc" in summed:  # SCAFFOLD: c <- c + (1/N) sum of the clients' c_i+ - c_i
+    n = fed.recipe.num_clients
+    state = {**state, "c": jax.tree.map(lambda c, d: c + d / n, state["c"], summed["dc"])}
   nets = {n: v.replace(params=params[n], batch_stats=stats[n]) for n, v in server.nets.items()}
   return server.replace(nets=nets, opt_state=opt_state, recipe=state)
 
 
-def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size):
+def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size, local):
   """Local training of a block of clients (vmapped, or in sequence with
-  ``fed.sequential``) and their contributions ``(summed, stacked)``.
+  ``fed.sequential``): ``(summed, stacked, local)``, their contributions and what
+  they keep (``local``, as given: per row, :func:`jaxseg.fed.recipe.local_init`).
 
   ``shared``: what every client gets (``nets``, ``extra``, ``key``, ``round``,
   ``recipe``: the recipe's state and key); ``arrays``: the block's group's training
@@ -291,23 +303,38 @@ def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size)
   rc = fed.recipe
   start_params = params_of(shared["nets"])
 
-  def client(c, xs, steps):
-    state = start(fed, shared["nets"], shared["round"] * fed.local_steps)
+  def client(c, xs, steps, local):
+    nets = shared["nets"]
+    if rc.algorithm == "fedbn":  # its own BatchNorm
+      nets = {n: v.replace(**_own_bn(v, local, n)) for n, v in nets.items()}
+    state = start(fed, nets, shared["round"] * fed.local_steps)
+    if rc.algorithm == "scaffold":
+      state = _corrected(fed, state, shared["recipe"]["state"]["c"], local["c"])
     key = jax.random.fold_in(shared["key"], c)
     state, m = local_train(fed, state, xs, batches, steps, key, shared["extra"])
+    trained = params_of(state.nets)
     delta = jax.tree.map(
-      lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32),
-      params_of(state.nets),
-      start_params,
+      lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32), trained, start_params
     )
+    info = {}
+    if rc.algorithm == "fedbn":  # BatchNorm is neither sent nor averaged
+      mask = recipe_lib.bn_mask(trained, stats_of(state.nets))
+      delta = jax.tree.map(lambda d, m: jnp.zeros_like(d) if m else d, delta, mask)
+      local = recipe_lib.kept_bn(trained, stats_of(state.nets))
+    elif rc.algorithm == "scaffold":
+      c_new, info["dc"] = recipe_lib.scaffold_local(
+        rc, shared["recipe"]["state"]["c"], local["c"], delta, steps
+      )
+      local = {"c": c_new}
     recipe_key = jax.random.fold_in(shared["recipe"]["key"], c)
-    delta, info = recipe_lib.client_update(rc, delta, shared["recipe"]["state"], recipe_key, c)
-    return delta, stats_of(state.nets), m, info
+    delta, more = recipe_lib.client_update(rc, delta, shared["recipe"]["state"], recipe_key, c)
+    return delta, stats_of(state.nets), m, {**info, **more}, local
 
+  args = (rows, xs, steps, local)
   if fed.sequential:
-    delta, stats, metrics, info = jax.lax.map(lambda args: client(*args), (rows, xs, steps))
+    delta, stats, metrics, info, local = jax.lax.map(lambda a: client(*a), args)
   else:
-    delta, stats, metrics, info = jax.vmap(client)(rows, xs, steps)
+    delta, stats, metrics, info, local = jax.vmap(client)(*args)
   live = size > 0
   ok = jax.vmap(lambda d, s: recipe_lib.finite(d) & recipe_lib.finite(s))(delta, stats)
   accepted = live & ok
@@ -318,24 +345,44 @@ def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size)
   weights = recipe_lib.weights(rc, size) * accepted
   counted = accepted.astype(jnp.float32)
   summed = {
-    "batch_stats": weighted_sum(stats, weights),
     "weight": weights.sum(),
     "live": counted.sum(),
     "metrics": {k: jnp.dot(counted, jnp.where(accepted, v, 0.0)) for k, v in metrics.items()},
-    **{k: jnp.dot(counted, v) for k, v in info.items()},
+    **{k: weighted_sum(v, counted) for k, v in clean(info).items()},
   }
-  stacked = {"rejected": jnp.where(live & ~ok, rows, -1).astype(jnp.int32)}
+  if rc.algorithm != "fedbn":
+    summed["batch_stats"] = weighted_sum(stats, weights)
+  stacked = {"rejected": jnp.where(live & ~ok, rows, -1).astype(jnp.int32), "row": rows}
   if rc.stacked:
     stacked.update(stacked=delta, accepted=accepted)
   else:
     summed["delta"] = weighted_sum(delta, weights)
-  return summed, stacked
+  return summed, stacked, local
+
+
+def _own_bn(net, local: dict, name: str) -> dict:
+  """FedBN: ``net``'s parameters with the client's BatchNorm, and its statistics."""
+  mine = {k: v[name] for k, v in local.items()}
+  params, stats = recipe_lib.with_local_bn(net.params, net.batch_stats, mine)
+  return {"params": params, "batch_stats": stats}
+
+
+def _corrected(fed: Federation, state, c, c_i):
+  """SCAFFOLD: each trained network's correction ``c - c_i`` in its optimizer state."""
+  nets = dict(state.nets)
+  for n in fed.trainable:
+    first, *rest = nets[n].opt_state
+    correction = jax.tree.map(jnp.subtract, c[n], c_i[n])
+    nets[n] = nets[n].replace(opt_state=(first._replace(correction=correction), *rest))
+  return state.replace(nets=nets)
 
 
 def add(a, b):
-  """Two blocks' contributions combined: sums added, stacked rows concatenated."""
-  summed = jax.tree.map(jnp.add, a[0], b[0])
-  return summed, jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a[1], b[1])
+  """Two blocks' results combined: sums added, rows (stacked, kept) concatenated."""
+  rows = lambda x, y: jnp.concatenate([x, y])  # noqa: E731
+  return jax.tree.map(jnp.add, a[0], b[0]), *(
+    jax.tree.map(rows, x, y) for x, y in zip(a[1:], b[1:], strict=True)
+  )
 
 
 def server_train(fed: Federation, nets: dict, round_idx, server_xs, fetch, keys, arrays):
@@ -379,15 +426,19 @@ def broadcast(fed: Federation, server: ServerState, server_xs, fetch, probe, key
 def finish(fed: Federation, server: ServerState, shared: dict, part, metrics: dict):
   """Step 5 of a round: the new server state and the round's metrics (``rejected``:
   per trained row, the client whose update was refused, or -1)."""
-  summed, stacked = part
+  summed, stacked, local = part
   live = jnp.maximum(summed["live"], 1)
   metrics = {**metrics, **{k: v / live for k, v in summed["metrics"].items()}}
   metrics["rejected"] = stacked["rejected"]
   if fed.recipe.dp:
     metrics["clip_norm"] = server.recipe["clip_norm"]
   key = jax.random.fold_in(shared["recipe"]["key"], recipe_lib.NOISE_KEY)
-  server = aggregate(fed, server.replace(nets=shared["nets"]), part, key)
-  return server.replace(step=server.step + 1), metrics
+  server = aggregate(fed, server.replace(nets=shared["nets"]), (summed, stacked), key)
+  # What the trained clients keep (padding rows, numbered from N on, are dropped).
+  kept = jax.tree.map(
+    lambda store, new: store.at[stacked["row"]].set(new, mode="drop"), server.clients, local
+  )
+  return server.replace(step=server.step + 1, clients=kept), metrics
 
 
 def conclude(fed: Federation, fetch, keys, server, shared, part, metrics, server_side):
@@ -398,18 +449,18 @@ def conclude(fed: Federation, fetch, keys, server, shared, part, metrics, server
   where = _server_training(fed)
   if where == "with_clients":  # its update joins the clients' sums (aggregator mean)
     nets, info = server_train(fed, shared["nets"], server.step, server_xs, fetch, keys, arrays)
-    summed, stacked = part
+    summed, *rows = part
     weight = jnp.asarray(server_n, jnp.float32)
     delta = jax.tree.map(
       lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32),
       params_of(nets),
       params_of(shared["nets"]),
     )
-    joined = {"delta": delta, "batch_stats": stats_of(nets)}
+    joined = {"delta": delta, "batch_stats": stats_of(nets)}  # (not with FedBN: checks.py)
     sums = {k: summed[k] for k in joined}
     added = jax.tree.map(lambda s, x: s + weight * x.astype(jnp.float32), sums, joined)
     summed = {**summed, **added, "weight": summed["weight"] + weight}
-    part, metrics = (summed, stacked), {**metrics, **info}
+    part, metrics = (summed, *rows), {**metrics, **info}
   new, metrics = finish(fed, server, shared, part, metrics)
   if where == "after_clients":
     nets, info = server_train(fed, new.nets, server.step, server_xs, fetch, keys, arrays)
@@ -428,6 +479,11 @@ def rows_of(data: ClientData, ids) -> ClientData:
       for f in ("labeled", "labeled_n", "unlabeled", "unlabeled_n", "size", "steps")
     }
   )
+
+
+def local_rows(server: ServerState, rows) -> dict:
+  """What the clients ``rows`` keep (padding rows: the last client's, unused)."""
+  return jax.tree.map(lambda x: jnp.take(x, rows, axis=0, mode="clip"), server.clients)
 
 
 def round_(
@@ -450,14 +506,15 @@ def round_(
 
   ``fetch(arrays, x, key)`` makes one step's batches from its ``xs`` entry, out of the
   server's ``server_arrays`` or a client group's ``client_arrays`` (see the module
-  docstring). ``map_clients(block, shared, arrays, rows, xs, steps, size)`` runs
+  docstring). ``map_clients(block, shared, arrays, rows, xs, steps, size, local)`` runs
   :func:`clients`: directly, or per device on its shard of the client groups with the
   sums combined by ``psum`` (:func:`jaxseg.fed.backends.vmap_round`).
   """
   shared, metrics = broadcast(fed, server, server_xs, fetch, probe, keys, server_arrays)
   rows = jnp.arange(data.size.shape[0]) if ids is None else ids
   sub = rows_of(data, ids)
+  local = local_rows(server, rows)
   block = functools.partial(clients, fed, fetch)
-  part = map_clients(block, shared, client_arrays, rows, client_xs, sub.steps, sub.size)
+  part = map_clients(block, shared, client_arrays, rows, client_xs, sub.steps, sub.size, local)
   server_side = (server_xs, server_arrays, data.server_n)
   return conclude(fed, fetch, keys, server, shared, part, metrics, server_side)

@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxseg import metrics
 from jaxseg.data import pipeline
+from jaxseg.fed import recipe
 from jaxseg.models.interface import decode
 from jaxseg.run import evaluation, pictures
 from jaxseg.run.experiment import Experiment
@@ -21,9 +22,10 @@ from jaxseg.run.experiment import Experiment
 
 def run(workdir: str, split: str = "test") -> dict:
   """Scores the best checkpoint of ``workdir`` on ``split``; prints and saves a table."""
-  exp, variables, step = evaluation.restore(workdir, (split,))
-  config = exp.config
-  per_image, shown = evaluation.ImageEvaluator(exp).score(variables, split, keep=8)
+  exp, state, step = evaluation.restore_state(workdir, (split,))
+  config, variables = exp.config, exp.variables(state)
+  evaluator = evaluation.ImageEvaluator(exp)
+  per_image, shown = evaluator.score(variables, split, keep=8)
   overlays = os.path.join(workdir, f"{split}_overlays.png")
   pictures.save_overlays(overlays, shown["image"], shown["labels"], shown["pred"])
   table = metrics_table(per_image, exp.image_shape, config.eval.topology)
@@ -32,14 +34,75 @@ def run(workdir: str, split: str = "test") -> dict:
     for name, values in (("ged", ged), ("sample_diversity", diversity)):
       table[name] = {"mean": float(values.mean()), "std": float(values.std()), "pooled": None}
     pictures.save_samples(os.path.join(workdir, f"{split}_samples.png"), **shown)
+  sites = site_scores(evaluator, state, split, per_image)
+  if sites:
+    dice = [r["dice"] for r in sites.values()]
+    table["site_dice_mean"] = metrics.mean_std(np.array(dice))
+    table["site_dice_worst"] = {"mean": float(min(dice)), "std": 0.0, "pooled": None}
+  if "fed" in config and config.fed.dp.clip != "none":
+    table["epsilon"] = recipe.epsilon(recipe.of(config), step, config.fed.num_clients)
   result = {"step": step, "split": split, "cases": len(per_image["loss"]), **table}
+  if sites:
+    result["sites"] = sites
   path = os.path.join(workdir, f"{split}_metrics.json")
   with open(path, "w") as f:
     json.dump(result, f, indent=2)
   print(f"\n{split} split, {result['cases']} images, best checkpoint (step {step}):\n")
   print(format_table(table))
+  if sites:
+    print("\n" + format_sites(sites))
   print(f"\nwritten to {path} (its first images drawn in {overlays})")
   return result
+
+
+def site_scores(evaluator, state, split: str, per_image: dict) -> dict | None:
+  """Per acquisition site of a federated run's ``split`` (images that record one, at
+  least two sites): ``{site: {images, dice, iou}}`` of the global model, as FLamby
+  reports per centre; FedBN by site (client k holds site k) also ``dice_local`` /
+  ``iou_local``, the site's own model (its BatchNorm from what it kept)."""
+  exp = evaluator.exp
+  source = exp.sources[split]
+  if "fed" not in exp.config or not len(source) or "site" not in source[0]:
+    return None
+  sites = np.asarray(source.take(np.arange(len(source)), ("site",))["site"]).astype(int)
+  if len(np.unique(sites)) < 2:
+    return None
+  fc = exp.config.fed
+  local = fc.algorithm == "fedbn" and fc.partition == "site" and not fc.client_dirs
+  out = {}
+  for s in np.unique(sites):
+    row = {"images": int(np.sum(sites == s)), **_overlap(per_image, sites == s)}
+    if local:
+      own = evaluator.score(local_variables(exp, state, int(s) % fc.num_clients), split)[0]
+      row.update({f"{k}_local": v for k, v in _overlap(own, sites == s).items()})
+    out[f"site {s}"] = row
+  return out
+
+
+def _overlap(per_image: dict, where) -> dict:
+  scores = metrics.scores({k: v[where] for k, v in per_image.items()})
+  return {"dice": float(np.mean(scores["dice"])), "iou": float(np.mean(scores["iou"]))}
+
+
+def local_variables(exp, state, client: int) -> dict:
+  """FedBN: the evaluated network with client ``client``'s own BatchNorm."""
+  name = exp.method.evaluated
+  net = state.nets[name]
+  kept = {k: v[name] for k, v in jax.tree.map(lambda x: x[client], state.clients).items()}
+  params, stats = recipe.with_local_bn(net.params, net.batch_stats, kept)
+  return jax.device_get({"params": params, "batch_stats": stats})
+
+
+def format_sites(sites: dict) -> str:
+  local = "dice_local" in next(iter(sites.values()))
+  head = "| site | images | Dice (global model) |" + (
+    " Dice (its own BatchNorm) |" if local else ""
+  )
+  lines = [head, "|---" * (4 if local else 3) + "|"]
+  for name, r in sites.items():
+    extra = f" {r['dice_local']:.4f} |" if local else ""
+    lines.append(f"| {name} | {r['images']} | {r['dice']:.4f} |{extra}")
+  return "\n".join(lines)
 
 
 def sampled_scores(exp: Experiment, variables, split: str, m: int, shown: int = 4):

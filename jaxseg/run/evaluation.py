@@ -162,6 +162,12 @@ def restore(workdir: str, splits=("test",)):
   """``(experiment, evaluated variables, step)`` of the best checkpoint of ``workdir``
   (a segmentation run, centralized or federated, of images or volumes), with
   ``splits`` of its data (none: a volume run's ``plan.json`` stands for its data)."""
+  exp, state, step = restore_state(workdir, splits)
+  return exp, exp.variables(state), step
+
+
+def restore_state(workdir: str, splits=("test",)):
+  """:func:`restore`, with the whole state (a federation's: what its clients keep)."""
   config = skeleton.load_config(workdir)
   if skeleton.kind(config) == "gan":
     raise UserError(
@@ -177,4 +183,4 @@ def restore(workdir: str, splits=("test",)):
     step, state, _ = ckpts.restore_usable(exp.abstract_state(), prefer_best=True)
   finally:
     ckpts.close()
-  return exp, exp.variables(state), step
+  return exp, state, step

@@ -174,7 +174,7 @@ class Experiment:
     init_key, self.train_key = jax.random.split(jax.random.key(config.seed))
     if "fed" in config:  # the server state: global networks and the server optimizer
       server_tx = optim.make(config.fed.server_optim, config.fed.rounds)
-      rc = recipe.from_config(config.fed)
+      rc = recipe.of(config)
       self.init = lambda: simulate.init(self.method, self.ctx, server_tx, init_key, rc)
     else:
       self.init = lambda: self.method.init(self.ctx, init_key)

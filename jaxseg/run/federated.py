@@ -69,7 +69,7 @@ def federation(exp: Experiment, local_steps: int) -> simulate.Federation:
   cfg, fc = exp.config, exp.config.fed
   abstract = jax.eval_shape(lambda: exp.method.init(exp.ctx, jax.random.key(0)))
   hook = exp.method.broadcast
-  rc = recipe.from_config(fc)
+  rc = recipe.of(cfg)
   return simulate.Federation(
     # Ramp-ups count a client's steps over the run: with local_epochs, the data's.
     ctx=dataclasses.replace(

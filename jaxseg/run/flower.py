@@ -39,10 +39,12 @@ server's plan says (its spacing and CT statistics, sent with every message).
 
 import base64
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging as std_logging
 import math
+import os
 import sys
 import time
 import zlib
@@ -51,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import serialization
 from flwr.app import (
   Array,
   ArrayRecord,
@@ -66,7 +69,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from jaxseg import data as datasets
 from jaxseg.errors import UserError
-from jaxseg.fed import backends, cost, layout, simulate
+from jaxseg.fed import backends, cost, layout, recipe, simulate
 from jaxseg.run import federated, runtime, skeleton, volume
 from jaxseg.run.experiment import Experiment
 
@@ -228,8 +231,47 @@ def local_round(site: Site, plan: ConfigRecord, content: RecordDict) -> RecordDi
     "recipe": {"state": state, "key": jax.random.fold_in(placed.keys["recipe"], round_)},
   }
   block = backends.loop_parts(placed).block
-  part = block(shared, placed.client_arrays, row, xs, placed.data.steps, placed.data.size)
-  return RecordDict({"part": to_record(part)})
+  kept = Kept(site, str(plan["run"]), fed.recipe, nets)
+  summed, stacked, local = block(
+    shared, placed.client_arrays, row, xs, placed.data.steps, placed.data.size, kept.load()
+  )
+  kept.save(local)  # FedBN's BatchNorm, SCAFFOLD's c_i: never sent
+  return RecordDict({"part": to_record((summed, stacked))})
+
+
+@dataclasses.dataclass
+class Kept:
+  """What a site keeps between rounds (:func:`jaxseg.fed.recipe.local_init`), in its
+  cache folder, one file per run and site, replaced atomically."""
+
+  site: Site
+  run: str
+  recipe: object
+  nets: dict
+
+  @property
+  def path(self) -> str:
+    name = f"{self.site.exp.config.fed.algorithm}_{self.run}.msgpack"
+    return os.path.join(self.site.exp.config.data.cache_dir, "sites", name)
+
+  def _initial(self) -> dict:
+    params, stats = simulate.params_of(self.nets), simulate.stats_of(self.nets)
+    return jax.tree.map(lambda x: x[None], recipe.local_init(self.recipe, params, stats))
+
+  def load(self) -> dict:
+    initial = self._initial()
+    if not initial or not os.path.exists(self.path):
+      return initial
+    with open(self.path, "rb") as f:
+      return serialization.from_bytes(initial, f.read())
+
+  def save(self, local: dict) -> None:
+    if not local:
+      return
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    with open(self.path + ".tmp", "wb") as f:
+      f.write(serialization.to_bytes(jax.device_get(local)))
+    os.replace(self.path + ".tmp", self.path)
 
 
 # --- the server (ServerApp) -----------------------------------------------------------
@@ -242,7 +284,7 @@ def _server(grid: Grid, context: Context) -> None:
   workdir = str(context.run_config["workdir"])
   compilation_cache(config.data.cache_dir or datasets.default_cache_dir())
   try:
-    federated.train(config, workdir, make_simulation=lambda exp: federation(exp, grid))
+    federated.train(config, workdir, make_simulation=lambda exp: federation(exp, grid, workdir))
   except UserError as e:
     print(f"jaxseg: error: {e}", file=sys.stderr, flush=True)
     skeleton.write_text(workdir, "flower_error.txt", f"{e}\n")
@@ -326,8 +368,9 @@ def plan_sites(exp: Experiment, sites: dict, server_images: int) -> tuple[int, i
   return width, longest, "\n".join(lines)
 
 
-def federation(exp: Experiment, grid: Grid) -> federated.Simulation:
-  """The Flower round as a :class:`jaxseg.run.federated.Simulation`."""
+def federation(exp: Experiment, grid: Grid, workdir: str) -> federated.Simulation:
+  """The Flower round as a :class:`jaxseg.run.federated.Simulation` (``workdir``'s
+  path names the run for the state the sites keep)."""
   cfg, fc = exp.config, exp.config.fed
   encoded = encode_config(cfg)
   sites = connect(grid, exp, encoded)
@@ -346,6 +389,7 @@ def federation(exp: Experiment, grid: Grid) -> federated.Simulation:
     federated.reader(exp),
   )  # fmt: skip
   parts = backends.loop_parts(placed)
+  run = hashlib.sha256(f"{encoded}:{os.path.abspath(workdir)}".encode()).hexdigest()[:16]
   names = {n: s["name"] for n, s in sites.items()}
   number = {n: c for c, n in enumerate(sites)}
 
@@ -355,7 +399,8 @@ def federation(exp: Experiment, grid: Grid) -> federated.Simulation:
     )
     # The shape of a site's contribution: the block on the server's (empty) client row.
     args = (placed.client_arrays, jnp.arange(1), client_xs, placed.data.steps, placed.data.size)
-    like = jax.eval_shape(parts.block, shared, *args)
+    local = simulate.local_rows(state, jnp.arange(1))
+    like = jax.eval_shape(parts.block, shared, *args, local)[:2]
     round_ = int(state.step)
     down = {"nets": to_record(shared["nets"])}
     recipe_state = {k: float(v) for k, v in jax.device_get(shared["recipe"]["state"]).items()}
@@ -364,6 +409,7 @@ def federation(exp: Experiment, grid: Grid) -> federated.Simulation:
 
     def content(node):
       plan = {**site_plan(exp, encoded), **recipe_state, "round": round_, "client": number[node]}
+      plan["run"] = run
       return RecordDict(
         {**down, "plan": ConfigRecord({**plan, "width": width, "longest": longest})}
       )
@@ -372,7 +418,9 @@ def federation(exp: Experiment, grid: Grid) -> federated.Simulation:
     replies, errors = _send(grid, dict.fromkeys(live), "train", content, fc.round_timeout_s)
     missing = [names[n] for n in sites if n not in replies]
     _report(round_, missing, errors, names, len(sites), fc.min_fraction)
-    total = _aggregate(parts, like, replies, number, names)
+    summed, stacked = _aggregate(parts, like, replies, number, names)
+    # The sites keep their own state; the server's copy of it is left as it is.
+    total = (summed, stacked, simulate.local_rows(state, stacked["row"]))
     state, metrics = parts.conclude(
       state, shared, total, metrics, (server_xs, placed.server_arrays, placed.data.server_n)
     )

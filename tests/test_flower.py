@@ -466,3 +466,45 @@ def test_flower_security_commands_say_what_is_missing(tmp_path):
   fails("--register: no SuperLink connection", register=["site.pub"])
   fails("--key is required", site="a", sites=[str(tmp_path)], superlink="h:1")
   fails("give one of --serve, --register, --site", serve="h:1", site="a")
+
+
+def test_flower_fedbn_with_dp_keeps_batchnorm_on_the_sites(folders, tmp_path):
+  """FedBN + DP (clipping at the sites, noise at the server) over Flower, each site's
+  ClientApp in this process: 2 rounds end with the simulation's global model bit for
+  bit, each site's BatchNorm (kept in its cache folder, never sent) equal to what the
+  simulated client kept, and replies that carry no BatchNorm."""
+  from flax import serialization
+  from flwr.app import Context, RecordDict
+  from flwr.supercore.task_identity import TaskIdentity
+
+  from jaxseg.run import federated, flower
+
+  sites, server = folders
+  config = _config("supervised", server, algorithm="fedbn")
+  config.fed.dp.update(clip="fixed", clip_norm=0.5, noise_multiplier=0.5)
+  config.data.cache_dir = str(tmp_path / "cache")
+  simulation = copy.deepcopy(config)
+  simulation.fed.client_dirs = tuple(sites)
+  simulated = jax.device_get(main.train(simulation, str(tmp_path / "simulation")))
+
+  TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
+  node = lambda i, site: {"data-dir": site, "site": f"site{i}", "cache-dir": f"{tmp_path}/c{i}"}  # noqa: E731
+  contexts = {7 + i: Context(1, 7 + i, node(i, s), RecordDict(), {}) for i, s in enumerate(sites)}
+  workdir = str(tmp_path / "flower")
+  grid = InProcessGrid(contexts)
+  federated.train(
+    config, workdir, make_simulation=lambda exp: flower.federation(exp, grid, workdir)
+  )
+  step, nets = _global_model(workdir)
+  assert step == 2
+  jax.tree.map(np.testing.assert_array_equal, simulated.nets, nets)
+  lines = _train_lines(workdir)
+  assert all(line["epsilon"] > 0 for line in lines) and lines[1]["epsilon"] > lines[0]["epsilon"]
+  comm = json.load(open(os.path.join(workdir, "communication.json")))
+  assert all(line["up_bytes"] == comm["up_bytes"] < comm["down_bytes"] for line in lines)
+  for i in range(2):  # what each site kept is what the simulated client kept
+    (path,) = glob.glob(f"{tmp_path}/c{i}/sites/fedbn_*_site{i}.msgpack")
+    with open(path, "rb") as f:
+      kept = serialization.msgpack_restore(f.read())
+    mine = jax.tree.map(lambda x, i=i: x[i : i + 1], simulated.clients)
+    jax.tree.map(np.testing.assert_array_equal, serialization.to_state_dict(mine), kept)

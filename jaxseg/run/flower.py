@@ -98,10 +98,26 @@ def to_record(tree) -> ArrayRecord:
   return ArrayRecord({jax.tree_util.keystr(p): Array(np.asarray(v)) for p, v in leaves})
 
 
-def from_record(record: ArrayRecord, like):
-  """The tree ``like`` (its structure) with the leaves of ``record``."""
+def from_record(record: ArrayRecord, like, unsent=frozenset()):
+  """The tree ``like`` (its structure) with the leaves of ``record``; the keys in
+  ``unsent`` (what a site keeps: :func:`unsent_keys`) are zeros of ``like``'s shape."""
   paths, treedef = jax.tree_util.tree_flatten_with_path(like)
-  return jax.tree.unflatten(treedef, [record[jax.tree_util.keystr(p)].numpy() for p, _ in paths])
+
+  def leaf(path, x):
+    key = jax.tree_util.keystr(path)
+    return np.zeros(x.shape, x.dtype) if key in unsent else record[key].numpy()
+
+  return jax.tree.unflatten(treedef, [leaf(p, x) for p, x in paths])
+
+
+def unsent_keys(rc, nets) -> frozenset:
+  """The record keys of a site's update that it does not send: FedBN's BatchNorm
+  parameters (their update is zero; the site keeps them)."""
+  if rc.algorithm != "fedbn":
+    return frozenset()
+  params, stats = simulate.params_of(nets), simulate.stats_of(nets)
+  mask = jax.tree_util.tree_flatten_with_path(recipe.bn_mask(params, stats))[0]
+  return frozenset(f"[0]['delta']{jax.tree_util.keystr(p)}" for p, kept in mask if kept)
 
 
 def payload_bytes(content: RecordDict) -> int:
@@ -136,6 +152,7 @@ class Site:
   images: int
   pool: int
   fraction: float
+  name: str
 
 
 def open_site(context: Context, config: ml_collections.ConfigDict, plan: dict | None) -> Site:
@@ -154,7 +171,7 @@ def open_site(context: Context, config: ml_collections.ConfigDict, plan: dict | 
   exp = Experiment(config, splits=(), plan=plan)
   source, images, pool = federated.site_data(exp, config.data.dir, plan)
   fraction = float(node.get("labeled-fraction", config.method.labeled_fraction))
-  return Site(exp, source, images, pool, fraction)
+  return Site(exp, source, images, pool, fraction, site_name(context))
 
 
 def compilation_cache(cache_dir: str) -> None:
@@ -236,7 +253,10 @@ def local_round(site: Site, plan: ConfigRecord, content: RecordDict) -> RecordDi
     shared, placed.client_arrays, row, xs, placed.data.steps, placed.data.size, kept.load()
   )
   kept.save(local)  # FedBN's BatchNorm, SCAFFOLD's c_i: never sent
-  return RecordDict({"part": to_record((summed, stacked))})
+  record = to_record((summed, stacked))
+  for key in unsent_keys(fed.recipe, nets):
+    del record[key]
+  return RecordDict({"part": record})
 
 
 @dataclasses.dataclass
@@ -251,7 +271,7 @@ class Kept:
 
   @property
   def path(self) -> str:
-    name = f"{self.site.exp.config.fed.algorithm}_{self.run}.msgpack"
+    name = f"{self.site.exp.config.fed.algorithm}_{self.run}_{self.site.name}.msgpack"
     return os.path.join(self.site.exp.config.data.cache_dir, "sites", name)
 
   def _initial(self) -> dict:
@@ -418,7 +438,8 @@ def federation(exp: Experiment, grid: Grid, workdir: str) -> federated.Simulatio
     replies, errors = _send(grid, dict.fromkeys(live), "train", content, fc.round_timeout_s)
     missing = [names[n] for n in sites if n not in replies]
     _report(round_, missing, errors, names, len(sites), fc.min_fraction)
-    summed, stacked = _aggregate(parts, like, replies, number, names)
+    unsent = unsent_keys(fed.recipe, shared["nets"])
+    summed, stacked = _aggregate(parts, like, replies, number, names, unsent)
     # The sites keep their own state; the server's copy of it is left as it is.
     total = (summed, stacked, simulate.local_rows(state, stacked["row"]))
     state, metrics = parts.conclude(
@@ -435,18 +456,18 @@ def federation(exp: Experiment, grid: Grid, workdir: str) -> federated.Simulatio
     )
     return state, metrics
 
-  comm = cost.communication(exp.method, exp.abstract_state().nets)
+  comm = cost.communication(exp.method, exp.abstract_state().nets, fed.recipe)
   state_sharding = jax.sharding.NamedSharding(placed.mesh, jax.sharding.PartitionSpec())
   return federated.Simulation(fed, None, table, comm, "flower", run_round, state_sharding)
 
 
-def _aggregate(parts, like, replies: dict, number: dict, names: dict):
+def _aggregate(parts, like, replies: dict, number: dict, names: dict, unsent=frozenset()):
   """The sites' contributions added in the order of their numbers (as the simulation
   adds its clients); a contribution with a non-finite value is refused (named in the
   log), never added."""
   total = None
   for node in sorted(replies, key=number.get):
-    part = jax.tree.map(jnp.asarray, from_record(replies[node].content["part"], like))
+    part = jax.tree.map(jnp.asarray, from_record(replies[node].content["part"], like, unsent))
     if not all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(part)):
       skeleton.say(f"site {names[node]}: its update has non-finite values; refused.")
       continue

@@ -34,7 +34,7 @@ RECIPES = {
   "median": {"fed.aggregator.name": "median"},
   "trimmed_mean": {"fed.aggregator.name": "trimmed_mean", "fed.aggregator.trim": 0.25},
   "krum": {"fed.aggregator.name": "krum", "fed.aggregator.byzantine": 1},
-  "dp": {"fed.dp.clip": "fixed", "fed.dp.clip_norm": 1.0, "fed.dp.noise_multiplier": 0.3},
+  "dp": {"fed.dp.clip": "fixed", "fed.dp.clip_norm": 1.0, "fed.dp.noise_multiplier": 0.5},
   "dp_adaptive": {
     "fed.dp.clip": "adaptive",
     "fed.dp.clip_norm": 1.0,
@@ -63,8 +63,11 @@ TABLE = {
     "fed.attack.kind": "sign_flip",
     "fed.attack.clients": 1,
   },
-  "DP z=0.3": RECIPES["dp"],
-  "DP z=1.0": {**RECIPES["dp"], "fed.dp.noise_multiplier": 1.0},
+  # Client-level DP at 4 sites: clipping alone (no privacy), then the eps of 20 rounds
+  # at delta 1e-5 of z = 0.5 and 2 (81 and 12, dp-accounting's RDP accountant).
+  "DP clipping only": {**RECIPES["dp"], "fed.dp.noise_multiplier": 0.0},
+  "DP z=0.5 (eps 81)": RECIPES["dp"],
+  "DP z=2 (eps 12)": {**RECIPES["dp"], "fed.dp.noise_multiplier": 2.0},
   "FedAvg-8bit": RECIPES["q8"],
   "top-10%": RECIPES["topk"],
   "2 of 4 per round": RECIPES["sampled"],
@@ -95,8 +98,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def table(config, smoke: bool) -> ml_collections.ConfigDict:
-  """The recipes of :data:`TABLE` x seeds 0, 1, 2: test Dice (mean and worst site: the
-  eval's per-site rows) and the bytes each client sends up per round."""
+  """The recipes of :data:`TABLE` x seeds 0, 1, 2: test Dice (per image; the mean and
+  the worst of the 4 sites' Dice: the eval's per-site rows) and what each sends.
+
+  Nothing is chosen from this table: every recipe runs at its literature setting (FedProx
+  mu 0.01, of its paper's grid; top-k 10%; trimmed mean 25%; DP clipping norm 1.0,
+  not tuned); each run's checkpoint is its best validation Dice, as in every run."""
   rows, seeds = TABLE, (0, 1, 2)
   if smoke:
     rows, seeds = {k: TABLE[k] for k in ("FedAvg", "FedAvg-8bit")}, (0,)
@@ -104,7 +111,8 @@ def table(config, smoke: bool) -> ml_collections.ConfigDict:
     dict(
       axes=(axis("recipe", rows), axis("seed", {str(s): {"seed": s} for s in seeds})),
       average="seed",
-      metrics=("dice", "iou"),
+      metrics=("dice", "site_dice_mean", "site_dice_worst"),
+      headers=("test Dice", "mean of sites", "worst site"),
       collapse=0.05,
     )
   )

@@ -56,24 +56,20 @@ def run(workdir: str, split: str = "test") -> dict:
 
 
 def site_scores(evaluator, state, split: str, per_image: dict) -> dict | None:
-  """Per acquisition site of a federated run's ``split`` (images that record one, at
-  least two sites): ``{site: {images, dice, iou}}`` of the global model, as FLamby
-  reports per centre; FedBN by site (client k holds site k) also ``dice_local`` /
-  ``iou_local``, the site's own model (its BatchNorm from what it kept)."""
+  """Per acquisition site of a federated run's ``split`` (:func:`evaluation.site_ids`):
+  ``{site: {images, dice, iou}}`` of the global model, as FLamby reports per centre;
+  FedBN by site also ``dice_local`` / ``iou_local``, the site's own model (its
+  BatchNorm from what it kept: :func:`evaluation.local_variables`)."""
   exp = evaluator.exp
-  source = exp.sources[split]
-  if "fed" not in exp.config or not len(source) or "site" not in source[0]:
+  sites = evaluation.site_ids(exp, split)
+  if sites is None:
     return None
-  sites = np.asarray(source.take(np.arange(len(source)), ("site",))["site"]).astype(int)
-  if len(np.unique(sites)) < 2:
-    return None
-  fc = exp.config.fed
-  local = fc.algorithm == "fedbn" and fc.partition == "site" and not fc.client_dirs
   out = {}
   for s in np.unique(sites):
     row = {"images": int(np.sum(sites == s)), **_overlap(per_image, sites == s)}
-    if local:
-      own = evaluator.score(local_variables(exp, state, int(s) % fc.num_clients), split)[0]
+    if evaluation.keeps_local_bn(exp):
+      variables = evaluation.local_variables(exp, state, int(s) % exp.config.fed.num_clients)
+      own = evaluator.score(variables, split)[0]
       row.update({f"{k}_local": v for k, v in _overlap(own, sites == s).items()})
     out[f"site {s}"] = row
   return out
@@ -82,15 +78,6 @@ def site_scores(evaluator, state, split: str, per_image: dict) -> dict | None:
 def _overlap(per_image: dict, where) -> dict:
   scores = metrics.scores({k: v[where] for k, v in per_image.items()})
   return {"dice": float(np.mean(scores["dice"])), "iou": float(np.mean(scores["iou"]))}
-
-
-def local_variables(exp, state, client: int) -> dict:
-  """FedBN: the evaluated network with client ``client``'s own BatchNorm."""
-  name = exp.method.evaluated
-  net = state.nets[name]
-  kept = {k: v[name] for k, v in jax.tree.map(lambda x: x[client], state.clients).items()}
-  params, stats = recipe.with_local_bn(net.params, net.batch_stats, kept)
-  return jax.device_get({"params": params, "batch_stats": stats})
 
 
 def format_sites(sites: dict) -> str:

@@ -16,9 +16,11 @@ import numpy as np
 from jaxseg import infer, metrics
 from jaxseg.data import pipeline
 from jaxseg.errors import UserError
+from jaxseg.fed import recipe
 from jaxseg.run import pictures, skeleton, volume
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.run.experiment import Experiment, is_volume
+from jaxseg.train import sharding
 
 SHOWN = ("image", "labels", "pred")
 
@@ -89,12 +91,59 @@ def _evaluate_tiled(exp: Experiment, variables, split: str, keep: int) -> tuple[
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}, shown
 
 
+class SiteEvaluator(ImageEvaluator):
+  """FedBN's validation: each site's images scored by the site's own model (the
+  global weights with its BatchNorm); ``dice``, which picks the checkpoint, is the
+  mean over sites of their pooled Dice; ``dice_global`` the global model's."""
+
+  def validate(self, state) -> tuple[dict, dict]:
+    sites = site_ids(self.exp, "validation")
+    out, shown = super().validate(state)
+    out = {"loss": out["loss"], "dice_global": out["dice"]}
+    n = self.exp.config.fed.num_clients
+    per_site = []
+    for s in np.unique(sites):
+      per_image, _ = self.score(local_variables(self.exp, state, int(s) % n), "validation")
+      per_site.append(summarize({k: v[sites == s] for k, v in per_image.items()})["dice"])
+    out["dice"] = float(np.mean(per_site))
+    return out, shown
+
+
+def site_ids(exp: Experiment, split: str):
+  """Each image's acquisition site in a federated run's ``split``, or None (volumes,
+  centralized runs, images that record none, a single site)."""
+  source = exp.sources.get(split)
+  if "fed" not in exp.config or exp.volumes is not None or not source or "site" not in source[0]:
+    return None
+  sites = np.asarray(source.take(np.arange(len(source)), ("site",))["site"]).astype(int)
+  return sites if len(np.unique(sites)) > 1 else None
+
+
+def keeps_local_bn(exp: Experiment) -> bool:
+  """FedBN with client k holding site k: each site's images have their own model."""
+  fc = exp.config.get("fed")
+  return bool(fc) and fc.algorithm == "fedbn" and fc.partition == "site" and not fc.client_dirs
+
+
+def local_variables(exp: Experiment, state, client: int) -> dict:
+  """FedBN: the evaluated network's variables with client ``client``'s own BatchNorm."""
+  name = exp.method.evaluated
+  net = state.nets[name]
+  kept = {k: v[name] for k, v in jax.tree.map(lambda x: x[client], state.clients).items()}
+  params, stats = recipe.with_local_bn(net.params, net.batch_stats, kept)
+  return sharding.fetch({"params": params, "batch_stats": stats})
+
+
 def evaluator(exp: Experiment, feed=None):
   """The run's evaluator: sliding windows over volumes, batches (or tiles) of images
-  (kept on the device where ``feed`` says validation fits there)."""
+  (kept on the device where ``feed`` says validation fits there); FedBN by site: each
+  site with its own BatchNorm (:class:`SiteEvaluator`)."""
   if exp.volumes is not None:
     return volume.Evaluator(exp)
-  return ImageEvaluator(exp, on_device=bool(feed is not None and feed.eval_on_device))
+  on_device = bool(feed is not None and feed.eval_on_device)
+  if keeps_local_bn(exp) and site_ids(exp, "validation") is not None:
+    return SiteEvaluator(exp, on_device)
+  return ImageEvaluator(exp, on_device)
 
 
 def predict(infer_config, predict_fn, interface, image: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ arguments ``synthetic`` / ``synthetic_smoke``, on the built-in ``synthetic_nerve
   ``config.data`` reads its folder; ``msd`` volumes prepared as the server's folder
   plans them; partition ``site``): a simulation of the sites of a real federation;
   ``config.data.dir`` is then the server's (validation and test);
-* a real federation over Flower (``jaxseg flower``, jaxseg/run/flower.py): a round
+* a real federation over Flower (``jaxseg flower``, jaxseg/flower/app.py): a round
   ends with at least ``min_fraction`` of the sites' updates, waiting at most
   ``round_timeout_s`` seconds for the others;
 * ``server_optim``: an optimizer of the pseudo-gradient (``sgd`` lr 1.0 is FedAvg;

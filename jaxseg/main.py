@@ -251,7 +251,7 @@ def _run(command: str) -> None:
     _require(command, output=FLAGS.output)
     synthesize(workdir, FLAGS.num, FLAGS.output)
   elif command == "flower":
-    from jaxseg.run import flower_deploy  # noqa: PLC0415
+    from jaxseg.flower import deploy as flower_deploy  # noqa: PLC0415
 
     flower_deploy.command(FLAGS.config, workdir, {f: FLAGS[f].value for f in FLOWER_FLAGS})
   elif command == "sweep":

@@ -24,7 +24,8 @@ from PIL import Image
 from configs import fed_image_folders
 from jaxseg import main
 from jaxseg.errors import UserError
-from jaxseg.run import flower_deploy, skeleton
+from jaxseg.flower import deploy as flower_deploy
+from jaxseg.run import skeleton
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.run.experiment import Experiment
 
@@ -162,7 +163,7 @@ def test_flower_a_site_whose_data_cannot_be_read_answers_its_one_line_error(
   from flwr.app import ConfigRecord, Context, Message, RecordDict
   from flwr.supercore.task_identity import TaskIdentity
 
-  from jaxseg.run import flower
+  from jaxseg.flower import app as flower
 
   sites, server = folders
   bad = tmp_path / "bad"
@@ -193,7 +194,7 @@ class InProcessGrid:
     return list(self.contexts)
 
   def push_messages(self, messages):
-    from jaxseg.run import flower
+    from jaxseg.flower import app as flower
 
     for message in messages:
       message.metadata.__dict__["_message_id"] = message.object_id  # as Flower does
@@ -216,7 +217,8 @@ def test_flower_volume_sites_train_as_the_simulation_of_their_folders(tmp_path):
   from flwr.supercore.task_identity import TaskIdentity
 
   from configs import fedwep_hippocampus
-  from jaxseg.run import federated, flower
+  from jaxseg.flower import app as flower
+  from jaxseg.run import federated
   from tests.test_volumes import _describe, _write_case
 
   rng = np.random.default_rng(0)
@@ -438,7 +440,7 @@ def test_flower_security_only_operators_control_and_only_registered_sites_join(f
 
 
 def test_flower_security_the_gateway_passes_fleet_paths_only():
-  from jaxseg.run.flower_gateway import allowed
+  from jaxseg.flower.gateway import allowed
 
   assert allowed("/v1/fleet/pull-messages") and allowed("/health")
   for path in (
@@ -477,7 +479,8 @@ def test_flower_fedbn_with_dp_keeps_batchnorm_on_the_sites(folders, tmp_path):
   from flwr.app import Context, RecordDict
   from flwr.supercore.task_identity import TaskIdentity
 
-  from jaxseg.run import federated, flower
+  from jaxseg.flower import app as flower
+  from jaxseg.run import federated
 
   sites, server = folders
   config = _config("supervised", server, algorithm="fedbn")

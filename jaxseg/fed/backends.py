@@ -238,7 +238,7 @@ def vmap_round(placed: Placed) -> Callable:
 @dataclasses.dataclass(frozen=True)
 class LoopParts:
   """The compiled parts of a round run client by client (:func:`loop_round`, and a real
-  federation: :mod:`jaxseg.run.flower`, where the server runs ``prepare``, ``add`` and
+  federation: :mod:`jaxseg.flower.app`, where the server runs ``prepare``, ``add`` and
   ``conclude`` and each site ``block`` on its own images).
 
   ``prepare(state, data, arrays, probe, xs) -> (ids, client_xs, server_xs, (shared,

@@ -85,7 +85,7 @@ def check(config, devices: int, processes: int = 1) -> None:
 
 def _check_sites(config) -> None:
   """``config.fed.client_dirs`` (a simulation of sites with their own folders) and the
-  settings of a real federation (:mod:`jaxseg.run.flower`)."""
+  settings of a real federation (:mod:`jaxseg.flower.app`)."""
   fc = config.fed
   if not 0 < fc.min_fraction <= 1:
     raise UserError(f"config.fed.min_fraction must be in (0, 1], found {fc.min_fraction}.")

@@ -300,41 +300,49 @@ def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size,
   updates themselves and whether each was accepted.
   """
   batches = functools.partial(fetch, jax.tree.map(lambda v: v[0], arrays))
-  rc = fed.recipe
-  start_params = params_of(shared["nets"])
-
-  def client(c, xs, steps, local):
-    nets = shared["nets"]
-    if rc.algorithm == "fedbn":  # its own BatchNorm
-      nets = {n: v.replace(**_own_bn(v, local, n)) for n, v in nets.items()}
-    state = start(fed, nets, shared["round"] * fed.local_steps)
-    if rc.algorithm == "scaffold":
-      state = _corrected(fed, state, shared["recipe"]["state"]["c"], local["c"])
-    key = jax.random.fold_in(shared["key"], c)
-    state, m = local_train(fed, state, xs, batches, steps, key, shared["extra"])
-    trained = params_of(state.nets)
-    delta = jax.tree.map(
-      lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32), trained, start_params
-    )
-    info = {}
-    if rc.algorithm == "fedbn":  # BatchNorm is neither sent nor averaged
-      mask = recipe_lib.bn_mask(trained, stats_of(state.nets))
-      delta = jax.tree.map(lambda d, m: jnp.zeros_like(d) if m else d, delta, mask)
-      local = recipe_lib.kept_bn(trained, stats_of(state.nets))
-    elif rc.algorithm == "scaffold":
-      c_new, info["dc"] = recipe_lib.scaffold_local(
-        rc, shared["recipe"]["state"]["c"], local["c"], delta, steps
-      )
-      local = {"c": c_new}
-    recipe_key = jax.random.fold_in(shared["recipe"]["key"], c)
-    delta, more = recipe_lib.client_update(rc, delta, shared["recipe"]["state"], recipe_key, c)
-    return delta, stats_of(state.nets), m, {**info, **more}, local
-
+  client = functools.partial(client_round, fed, batches, shared)
   args = (rows, xs, steps, local)
   if fed.sequential:
     delta, stats, metrics, info, local = jax.lax.map(lambda a: client(*a), args)
   else:
     delta, stats, metrics, info, local = jax.vmap(client)(*args)
+  summed, stacked = contributions(fed.recipe, rows, size, delta, stats, metrics, info)
+  return summed, stacked, local
+
+
+def client_round(fed: Federation, batches, shared: dict, c, xs, steps, local):
+  """One client's round: ``(update, BatchNorm statistics, metrics, info, kept)`` — its
+  local training from the broadcast (FedBN: with its own BatchNorm; SCAFFOLD: its
+  correction), its update through the recipe, what it keeps for the next round."""
+  rc, nets = fed.recipe, shared["nets"]
+  if rc.algorithm == "fedbn":  # its own BatchNorm
+    nets = {n: v.replace(**_own_bn(v, local, n)) for n, v in nets.items()}
+  state = start(fed, nets, shared["round"] * fed.local_steps)
+  if rc.algorithm == "scaffold":
+    state = _corrected(fed, state, shared["recipe"]["state"]["c"], local["c"])
+  key = jax.random.fold_in(shared["key"], c)
+  state, m = local_train(fed, state, xs, batches, steps, key, shared["extra"])
+  trained, stats = params_of(state.nets), stats_of(state.nets)
+  delta = jax.tree.map(
+    lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32), trained, params_of(nets)
+  )
+  info = {}
+  if rc.algorithm == "fedbn":  # BatchNorm is neither sent nor averaged
+    mask = recipe_lib.bn_mask(trained, stats)
+    delta = jax.tree.map(lambda d, m: jnp.zeros_like(d) if m else d, delta, mask)
+    local = recipe_lib.kept_bn(trained, stats)
+  elif rc.algorithm == "scaffold":
+    server_c = shared["recipe"]["state"]["c"]
+    c_new, info["dc"] = recipe_lib.scaffold_local(rc, server_c, local["c"], delta, steps)
+    local = {"c": c_new}
+  recipe_key = jax.random.fold_in(shared["recipe"]["key"], c)
+  delta, more = recipe_lib.client_update(rc, delta, shared["recipe"]["state"], recipe_key, c)
+  return delta, stats, m, {**info, **more}, local
+
+
+def contributions(rc, rows, size, delta, stats, metrics, info) -> tuple[dict, dict]:
+  """A block's ``(summed, stacked)`` from its clients' results (see :func:`clients`):
+  a client whose update or statistics are not finite is rejected (weight 0)."""
   live = size > 0
   ok = jax.vmap(lambda d, s: recipe_lib.finite(d) & recipe_lib.finite(s))(delta, stats)
   accepted = live & ok
@@ -357,7 +365,7 @@ def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size,
     stacked.update(stacked=delta, accepted=accepted)
   else:
     summed["delta"] = weighted_sum(delta, weights)
-  return summed, stacked, local
+  return summed, stacked
 
 
 def _own_bn(net, local: dict, name: str) -> dict:

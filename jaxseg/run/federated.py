@@ -293,7 +293,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, make_simulatio
   """Federated training of ``config`` in ``workdir`` (resumes from its latest checkpoint);
   ``stop_after`` ends after that many rounds without saving, as a kill would.
   ``make_simulation(exp)``: the round (default :func:`simulation`; a real federation:
-  :func:`jaxseg.run.flower.federation`)."""
+  :func:`jaxseg.flower.app.federation`)."""
   exp = skeleton.start_run(config, workdir, check, Experiment)
   config = exp.config
   sim = (make_simulation or simulation)(exp)

@@ -392,23 +392,15 @@ def federation(exp: Experiment, grid: Grid, workdir: str) -> federated.Simulatio
   """The Flower round as a :class:`jaxseg.run.federated.Simulation` (``workdir``'s
   path names the run for the state the sites keep)."""
   cfg, fc = exp.config, exp.config.fed
+  if fc.clients_per_round:
+    raise UserError(
+      "config.fed.clients_per_round: sampling sites is not supported over Flower yet "
+      "(every connected site trains each round); set it to 0."
+    )
   encoded = encode_config(cfg)
   sites = connect(grid, exp, encoded)
-  if exp.volumes is None:
-    server_source = exp.sources["train"]
-  else:
-    server_source = volume.Cases(exp.volumes.cases("train"), exp.volumes.patch)
-  server_images = len(server_source) if fc.scenario == "label_at_server" else 0
-  width, longest, table = plan_sites(exp, sites, server_images)
-  server = layout.Layout([np.zeros(0, np.int64)], [], [], np.arange(server_images))
-  data, _ = layout.client_data(server, 1, 0, 0.0, 1, 1, width)  # no client of its own
-  fed = federated.federation(exp, longest)
-  probe = federated.probe_images(exp, server_source, np.arange(max(server_images, 1)))
-  placed = backends.place(
-    fed, data, server_source, probe, exp.train_key, "device", jax.devices()[:1], 1,
-    federated.reader(exp),
-  )  # fmt: skip
-  parts = backends.loop_parts(placed)
+  placed, width, longest, table = _server_side(exp, sites)
+  fed, parts = placed.fed, backends.loop_parts(placed)
   run = hashlib.sha256(f"{encoded}:{os.path.abspath(workdir)}".encode()).hexdigest()[:16]
   names = {n: s["name"] for n, s in sites.items()}
   number = {n: c for c, n in enumerate(sites)}
@@ -417,10 +409,7 @@ def federation(exp: Experiment, grid: Grid, workdir: str) -> federated.Simulatio
     _, client_xs, server_xs, (shared, metrics) = parts.prepare(
       state, placed.data, placed.server_arrays, placed.probe, None
     )
-    # The shape of a site's contribution: the block on the server's (empty) client row.
-    args = (placed.client_arrays, jnp.arange(1), client_xs, placed.data.steps, placed.data.size)
-    local = simulate.local_rows(state, jnp.arange(1))
-    like = jax.eval_shape(parts.block, shared, *args, local)[:2]
+    like = _reply_shape(parts, placed, state, shared, client_xs)
     round_ = int(state.step)
     down = {"nets": to_record(shared["nets"])}
     recipe_state = {k: float(v) for k, v in jax.device_get(shared["recipe"]["state"]).items()}
@@ -446,19 +435,50 @@ def federation(exp: Experiment, grid: Grid, workdir: str) -> federated.Simulatio
       state, shared, total, metrics, (server_xs, placed.server_arrays, placed.data.server_n)
     )
     sent = Message(content(live[0]), dst_node_id=live[0], message_type="train")
-    answer = next(iter(replies.values()))
-    metrics.update(
-      sites=len(replies),
-      down_bytes=payload_bytes(sent.content),
-      up_bytes=payload_bytes(answer.content),
-      down_wire_bytes=wire_bytes(sent),
-      up_wire_bytes=wire_bytes(answer),
-    )
-    return state, metrics
+    return state, {**metrics, **_measured(sent, next(iter(replies.values())), len(replies))}
 
   comm = cost.communication(exp.method, exp.abstract_state().nets, fed.recipe)
   state_sharding = jax.sharding.NamedSharding(placed.mesh, jax.sharding.PartitionSpec())
   return federated.Simulation(fed, None, table, comm, "flower", run_round, state_sharding)
+
+
+def _server_side(exp: Experiment, sites: dict):
+  """``(placed, width, longest, table)``: the server's part of the round on its own
+  images (label-at-server: its whole training split; it holds no client of its own)
+  and the sites' plan (:func:`plan_sites`)."""
+  if exp.volumes is None:
+    server_source = exp.sources["train"]
+  else:
+    server_source = volume.Cases(exp.volumes.cases("train"), exp.volumes.patch)
+  server_images = len(server_source) if exp.config.fed.scenario == "label_at_server" else 0
+  width, longest, table = plan_sites(exp, sites, server_images)
+  server = layout.Layout([np.zeros(0, np.int64)], [], [], np.arange(server_images))
+  data, _ = layout.client_data(server, 1, 0, 0.0, 1, 1, width)
+  fed = federated.federation(exp, longest)
+  probe = federated.probe_images(exp, server_source, np.arange(max(server_images, 1)))
+  placed = backends.place(
+    fed, data, server_source, probe, exp.train_key, "device", jax.devices()[:1], 1,
+    federated.reader(exp),
+  )  # fmt: skip
+  return placed, width, longest, table
+
+
+def _reply_shape(parts, placed, state, shared, client_xs):
+  """The shape of a site's contribution: the block on the server's (empty) client row."""
+  args = (placed.client_arrays, jnp.arange(1), client_xs, placed.data.steps, placed.data.size)
+  local = simulate.local_rows(state, jnp.arange(1))
+  return jax.eval_shape(parts.block, shared, *args, local)[:2]
+
+
+def _measured(sent: Message, answer: Message, sites: int) -> dict:
+  """What a round's messages carried: arrays (:func:`payload_bytes`) and on the wire."""
+  return {
+    "sites": sites,
+    "down_bytes": payload_bytes(sent.content),
+    "up_bytes": payload_bytes(answer.content),
+    "down_wire_bytes": wire_bytes(sent),
+    "up_wire_bytes": wire_bytes(answer),
+  }
 
 
 def _aggregate(parts, like, replies: dict, number: dict, names: dict, unsent=frozenset()):

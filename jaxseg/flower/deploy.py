@@ -1,5 +1,5 @@
 """``jaxseg flower``: a federated config run over Flower's deployment runtime
-(:mod:`jaxseg.run.flower` is the app it runs).
+(:mod:`jaxseg.flower.app` is the app it runs).
 
 * ``--sites DIR0,DIR1,...``: a local deployment to try it — a SuperLink and one
   SuperNode per folder on 127.0.0.1 (free ports; logs in ``WORKDIR/flower/logs``),
@@ -13,7 +13,7 @@
 A real federation, secure by default (docs/flower.md): ``--serve HOST:PORT
 --certificates DIR`` runs the SuperLink (TLS, SuperNode authentication, its state in
 ``WORKDIR/flower/superlink``) on 127.0.0.1:``--operator_port`` for the operators and
-the Fleet-only gateway (:mod:`jaxseg.run.flower_gateway`) on ``HOST:PORT`` for the
+the Fleet-only gateway (:mod:`jaxseg.flower.gateway`) on ``HOST:PORT`` for the
 sites; ``--register KEY.pub`` registers a site's key through the operators' connection
 it wrote; ``--site NAME --sites DIR --key FILE --superlink HOST:PORT
 --root_certificates CA`` starts that site's SuperNode (a free local port).
@@ -43,7 +43,7 @@ build-backend = "hatchling.build"
 [project]
 name = "jaxseg-federation"
 version = "1.0.0"
-description = "A jaxseg federated config over Flower (the app is jaxseg.run.flower)"
+description = "A jaxseg federated config over Flower (the app is jaxseg.flower.app)"
 license = "Apache-2.0"
 dependencies = []
 
@@ -54,8 +54,8 @@ packages = ["."]
 publisher = "jaxseg"
 
 [tool.flwr.app.components]
-serverapp = "jaxseg.run.flower:server_app"
-clientapp = "jaxseg.run.flower:client_app"
+serverapp = "jaxseg.flower.app:server_app"
+clientapp = "jaxseg.flower.app:client_app"
 
 [tool.flwr.app.config]
 config = ""
@@ -127,7 +127,7 @@ def _relay(stream, verbose: bool) -> None:
 def submit(config, workdir, superlink, root_certificates=None, verbose=False) -> None:
   """``flwr run`` of ``config`` on the SuperLink at ``superlink``, followed to its end
   (Flower's INFO and DEBUG lines only with ``verbose``)."""
-  from jaxseg.run.flower import encode_config  # noqa: PLC0415 (needs flwr)
+  from jaxseg.flower.app import encode_config  # noqa: PLC0415 (needs flwr)
 
   workdir = os.path.abspath(workdir)
   home = connection(workdir, superlink, root_certificates)
@@ -260,7 +260,7 @@ def serve(workdir: str, public: str, certificates: str, operator_port: int = OPE
   ``jaxseg`` of ``WORKDIR/flower/home`` — and the Fleet-only gateway on ``public``
   for the sites, in the foreground until interrupted; refusals are printed and
   appended to ``WORKDIR/flower/logs/gateway.txt``."""
-  from jaxseg.run import flower_gateway  # noqa: PLC0415 (needs flwr's httpx)
+  from jaxseg.flower import gateway as flower_gateway  # noqa: PLC0415 (needs flwr's httpx)
 
   host, port = address(public, "serve")
   ca, cert, key = (

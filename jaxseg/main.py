@@ -77,6 +77,12 @@ flags.DEFINE_list(
   "a last `jaxseg sweep` without --cells tabulates (cells shared by several processes).",
 )
 flags.DEFINE_bool(
+  "vmap_seeds",
+  False,
+  "sweep: train the seeds of each federated cell as one compiled program (a leading seed "
+  "axis over the round); each seed still writes its own run.",
+)
+flags.DEFINE_bool(
   "tabulate",
   False,
   "sweep: run no cell, tabulate the finished ones (a sweep still going or cut short).",
@@ -142,10 +148,13 @@ def synthesize(workdir: str, num: int, output: str) -> str:
   return gan.synthesize(workdir, num, output)
 
 
-def sweep(config, workdir: str, cells=None, command_line=None, tabulate=False) -> list[dict]:
+def sweep(
+  config, workdir: str, cells=None, command_line=None, tabulate=False, vmap_seeds=False
+) -> list[dict]:
+  from jaxseg.run import seeds  # noqa: PLC0415
   from jaxseg.run import sweep as runner  # noqa: PLC0415
 
-  runners = runner.Runners(train, evaluate, synthesize)
+  runners = runner.Runners(train, evaluate, synthesize, seeds.train if vmap_seeds else None)
   return runner.run(config, workdir, runners, cells, command_line, tabulate)
 
 
@@ -257,7 +266,7 @@ def _run(command: str) -> None:
   elif command == "sweep":
     cells = [int(c) for c in FLAGS.cells] if FLAGS.cells else None
     overrides = config_flags.get_override_values(FLAGS["config"])
-    sweep(FLAGS.config, workdir, cells, overrides, FLAGS.tabulate)
+    sweep(FLAGS.config, workdir, cells, overrides, FLAGS.tabulate, FLAGS.vmap_seeds)
   else:
     evaluate(workdir, FLAGS.split)
 

@@ -552,3 +552,36 @@ def test_a_folder_federation_of_rgb_jpeg_sites_needs_only_its_folders(tmp_path, 
   saved = json.load(open(tmp_path / "run" / "config.json"))["data"]["kwargs"]
   assert saved["channels"] == 3 and saved["mask_threshold"] > 0, saved
   assert [list(p) for p in saved["mask_values"]] == [[0, 0], [255, 1]], saved
+
+
+def test_vmap_seeds_trains_three_seeds_as_their_separate_runs(tmp_path):
+  """``--vmap_seeds``: FedWeP's 3 seeds of one cell as one compiled program end where
+  3 separate runs end (float tolerance: vmapped convolutions round differently), each
+  in its own workdir with its own log; the seeds differ from one another."""
+  from jaxseg.run import seeds
+
+  config = tiny_fed_config("rwp", rounds=2, local_steps=2)
+  config.fed.seed_search.update(candidates=2, probe_size=1)
+  config.optim.update(name="sgd", lr=0.05)  # (Adam: see supervised_fed)
+  configs = []
+  for s in range(3):
+    c = config.copy_and_resolve_references()
+    c.seed = s
+    configs.append(c)
+  together = seeds.train(configs, [str(tmp_path / f"v{s}") for s in range(3)])
+  for s, c in enumerate(configs):
+    alone = main.train(c, str(tmp_path / f"s{s}"))
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+      _params(together[s]),
+      _params(alone),
+    )
+    lines = [
+      [json.loads(x) for x in open(tmp_path / f"{d}{s}" / "metrics.jsonl")] for d in ("v", "s")
+    ]
+    assert [x["split"] for x in lines[0]] == [x["split"] for x in lines[1]]
+    np.testing.assert_allclose(
+      [x["loss"] for x in lines[0]], [x["loss"] for x in lines[1]], rtol=1e-4
+    )
+  first, second = (jax.tree.leaves(_params(t))[0] for t in together[:2])
+  assert not np.allclose(first, second)

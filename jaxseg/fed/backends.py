@@ -54,17 +54,8 @@ class Placed:
   streamed: bool
 
   def indices(self, step, data):
-    """This round's ``(client rows that train or None for all, their indices, server
-    indices or None)``; the rows are drawn from the round's recipe key."""
-    server = None
-    if self.fed.scenario == "label_at_server":
-      server = simulate.server_indices(self.fed, data, self.data_key, step)
-    ids = None
-    if self.fed.recipe.clients_per_round:
-      key = jax.random.fold_in(jax.random.fold_in(self.keys["recipe"], step), recipe.SAMPLE_KEY)
-      ids = recipe.sample(self.fed.recipe, key, data.size)
-    sub = simulate.rows_of(data, ids)
-    return ids, simulate.client_indices(self.fed, sub, self.data_key, step, ids), server
+    """This round's :func:`indices`."""
+    return indices(self.fed, self.keys, self.data_key, step, data)
 
   def host_batches(self, state):
     """This round's batches read on the host (``stream``), or None."""
@@ -82,6 +73,20 @@ class Placed:
   @property
   def rows(self) -> NamedSharding:
     return NamedSharding(self.mesh, P("clients"))
+
+
+def indices(fed, keys: dict, data_key, step, data):
+  """A round's ``(client rows that train or None for all, their indices, server
+  indices or None)``; the rows are drawn from the round's recipe key."""
+  server = None
+  if fed.scenario == "label_at_server":
+    server = simulate.server_indices(fed, data, data_key, step)
+  ids = None
+  if fed.recipe.clients_per_round:
+    key = jax.random.fold_in(jax.random.fold_in(keys["recipe"], step), recipe.SAMPLE_KEY)
+    ids = recipe.sample(fed.recipe, key, data.size)
+  sub = simulate.rows_of(data, ids)
+  return ids, simulate.client_indices(fed, sub, data_key, step, ids), server
 
 
 def host_gather(source, indices) -> dict:
@@ -206,23 +211,11 @@ def vmap_round(placed: Placed) -> Callable:
     )
     return mapped(shared, *client_args)
 
+  body = round_program(fed, placed.fetch, map_clients)
+
   @functools.partial(jax.jit, donate_argnums=0)
   def one_program(state, data, server_arrays, client_arrays, probe, xs):
-    ids, client_xs, server_xs = placed.indices(state.step, data) if xs is None else xs
-    return simulate.round_(
-      fed,
-      state,
-      data,
-      ids,
-      client_xs,
-      server_xs,
-      placed.fetch,
-      probe,
-      placed.keys,
-      server_arrays,
-      client_arrays,
-      map_clients,
-    )
+    return body(state, data, server_arrays, client_arrays, probe, xs, placed.keys, placed.data_key)
 
   def args(state):
     xs = placed.host_batches(state)
@@ -233,6 +226,21 @@ def vmap_round(placed: Placed) -> Callable:
 
   run_round.lower = lambda state: one_program.lower(*args(state))  # memory_analysis, HLO
   return run_round
+
+
+def round_program(fed, fetch, map_clients=None) -> Callable:
+  """The round as a pure function of everything that differs between runs of one
+  federation (what :func:`vmap_round` compiles, and ``--vmap_seeds`` vmaps over seeds):
+  ``(state, data, server_arrays, client_arrays, probe, xs, keys, data_key) -> (state,
+  metrics)``; ``xs`` None draws the batches' indices inside."""
+
+  def body(state, data, server_arrays, client_arrays, probe, xs, keys, data_key):
+    ids, client_xs, server_xs = indices(fed, keys, data_key, state.step, data) if xs is None else xs
+    args = (fed, state, data, ids, client_xs, server_xs, fetch, probe, keys)
+    extra = () if map_clients is None else (map_clients,)
+    return simulate.round_(*args, server_arrays, client_arrays, *extra)
+
+  return body
 
 
 @dataclasses.dataclass(frozen=True)

@@ -252,7 +252,9 @@ def probe_images(exp: Experiment, source, server: np.ndarray) -> np.ndarray:
   return np.asarray(drawn["image"])
 
 
-def simulation(exp: Experiment) -> Simulation:
+def simulation(exp: Experiment, compile_round=backends.compile_round) -> Simulation:
+  """The simulated federation of ``exp``: who holds what, and its round compiled by
+  ``compile_round`` (its arguments are what :mod:`jaxseg.run.seeds` stacks)."""
   fc, source = exp.config.fed, training_source(exp)
   devices = devices_of(fc)
   where, data, longest, foreground = client_layout(exp, len(devices) // fc.data_devices)
@@ -266,7 +268,7 @@ def simulation(exp: Experiment) -> Simulation:
     fits = nbytes <= fc.device_budget_mib * 2**20 or jax.process_count() > 1
     placement = "device" if fits else "stream"
   client_map = client_map_of(fc, volumes=exp.volumes is not None)
-  run_round, state_sharding = backends.compile_round(
+  run_round, state_sharding = compile_round(
     fed,
     data,
     source,
@@ -295,9 +297,21 @@ def train(config, workdir: str, *, stop_after: int | None = None, make_simulatio
   ``make_simulation(exp)``: the round (default :func:`simulation`; a real federation:
   :func:`jaxseg.flower.app.federation`)."""
   exp = skeleton.start_run(config, workdir, check, Experiment)
-  config = exp.config
   sim = (make_simulation or simulation)(exp)
-  fc, comm = config.fed, sim.communication
+  announce(exp, sim, workdir)
+  ckpts, state, record = resume(exp, workdir, sim.state_sharding)
+  run_outputs = skeleton.outputs(
+    workdir, ckpts, exp.config.fed.rounds, int(state.step), "rounds", "round"
+  )
+  with run_outputs as outputs:
+    return _rounds(
+      evaluation.evaluator(exp), sim, state, record, ckpts, outputs, workdir, stop_after
+    )
+
+
+def announce(exp: Experiment, sim: Simulation, workdir: str) -> None:
+  """Writes ``clients.md`` and ``communication.json`` and says who holds what."""
+  fc, comm = exp.config.fed, sim.communication
   skeleton.write_text(workdir, "clients.md", sim.table + "\n")
   skeleton.write_json(workdir, "communication.json", comm)
   skeleton.say(
@@ -306,22 +320,37 @@ def train(config, workdir: str, *, stop_after: int | None = None, make_simulatio
     f"communication per client per round: {comm['down_bytes']:,} B down, "
     f"{comm['up_bytes']:,} B up ({comm['text']} of a two-model method)"
   )
+
+
+def resume(exp: Experiment, workdir: str, state_sharding):
+  """``(checkpoints, server state, record)``: the latest checkpoint's, or a fresh state,
+  restored or initialised straight onto ``state_sharding`` (which may span processes)."""
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
-  # Restored or initialised straight onto the mesh (which may span processes).
   abstract = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sim.state_sharding),
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=state_sharding),
     exp.abstract_state(),
   )
-  init = jax.jit(exp.init, out_shardings=sim.state_sharding)
+  init = jax.jit(exp.init, out_shardings=state_sharding)
   state, record = skeleton.resume_or_init(
-    ckpts, abstract, init, skeleton.describe_nets(config.model.name)
+    ckpts, abstract, init, skeleton.describe_nets(exp.config.model.name)
   )
-  record = {"best_dice": -1.0, "evals_since_best": 0, **record}
-  run_outputs = skeleton.outputs(workdir, ckpts, fc.rounds, int(state.step), "rounds", "round")
-  with run_outputs as outputs:
-    return _rounds(
-      evaluation.evaluator(exp), sim, state, record, ckpts, outputs, workdir, stop_after
-    )
+  return ckpts, state, {"best_dice": -1.0, "evals_since_best": 0, **record}
+
+
+def log_line(pending: list, r: int, fed, exp: Experiment, ckpts, say) -> dict:
+  """The values of one ``train`` line from the rounds' metrics since the last (on the
+  host): their means, the refused updates (each named by ``say``), ε with DP, the
+  last round's integers (FedWeP's seeds)."""
+  rejected = [m.pop("rejected") for m in pending]
+  report_rejected(rejected, r, say)
+  values = skeleton.mean_metrics(pending, r, ckpts)
+  values["rejected"] = int(sum((np.asarray(x) >= 0).sum() for x in rejected))
+  if fed.recipe.dp:
+    values["epsilon"] = recipe.epsilon(fed.recipe, r, exp.config.fed.num_clients)
+  for name, value in pending[-1].items():  # e.g. FedWeP's seeds
+    if np.issubdtype(np.asarray(value).dtype, np.integer):  # the last round's
+      values[name] = int(value)
+  return values
 
 
 def _rounds(evaluator, sim, state, record, ckpts, outputs, workdir, stop_after):
@@ -335,15 +364,7 @@ def _rounds(evaluator, sim, state, record, ckpts, outputs, workdir, stop_after):
     validate = r % cfg.eval_every == 0 or r == rounds
     if r % cfg.log_every == 0 or validate:  # metrics reach the host only here
       pending = sharding.fetch(pending)  # one transfer to the host per log line
-      rejected = [m.pop("rejected") for m in pending]
-      report_rejected(rejected, r, bar.write)
-      values = skeleton.mean_metrics(pending, r, ckpts)
-      values["rejected"] = int(sum((np.asarray(x) >= 0).sum() for x in rejected))
-      if sim.fed.recipe.dp:
-        values["epsilon"] = recipe.epsilon(sim.fed.recipe, r, exp.config.fed.num_clients)
-      for name, value in pending[-1].items():  # e.g. FedWeP's seeds
-        if np.issubdtype(np.asarray(value).dtype, np.integer):  # the last round's
-          values[name] = int(value)
+      values = log_line(pending, r, sim.fed, exp, ckpts, bar.write)
       values["rounds_per_s"] = len(pending) / (time.time() - began)
       logger.write(r, "train", values)
       bar.set_postfix(loss=f"{values['loss']:.4f}")

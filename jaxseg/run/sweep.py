@@ -92,6 +92,7 @@ class Runners:
   train: Callable  # (config, workdir) -> state
   evaluate: Callable  # (workdir) -> test metrics
   synthesize: Callable  # (gan_workdir, num, output) -> output
+  train_seeds: Callable | None = None  # (configs, workdirs) -> states: --vmap_seeds
 
 
 def axis(name: str, variants: dict) -> tuple:
@@ -182,7 +183,7 @@ def run(
   for labels, overrides in todo:  # a command-line mistake stops the sweep before it starts
     with_command_line(apply_overrides(base, overrides), overrides, command_line, labels)
   synthetic = synthesize(base, sweep.synthesis, workdir, runners) if sweep.synthesis else None
-  results = []
+  results, grouped = [], {}
   for i, (labels, overrides) in enumerate(todo):
     if only is not None and i not in only:
       continue
@@ -194,10 +195,19 @@ def run(
       continue
     if not os.path.exists(path):
       print(f"\n[cell {i} of 0..{len(todo) - 1}] {labels}", flush=True)
-      cell = apply_overrides(base, overrides)
-      runners.train(with_command_line(cell, overrides, command_line, labels), cell_dir)
+      cell = with_command_line(apply_overrides(base, overrides), overrides, command_line, labels)
+      if runners.train_seeds is None:
+        runners.train(cell, cell_dir)
+        runners.evaluate(cell_dir)
+      else:  # trained with the other seeds of its group, below
+        rest = tuple((k, v) for k, v in labels.items() if k != sweep.average)
+        grouped.setdefault(rest, []).append((cell, cell_dir))
+    results.append((cell_dir, labels))
+  for group in grouped.values():
+    runners.train_seeds([c for c, _ in group], [d for _, d in group])
+    for _, cell_dir in group:
       runners.evaluate(cell_dir)
-    results.append(sweep_tables.read_cell(cell_dir, labels))
+  results = [sweep_tables.read_cell(d, labels) for d, labels in results]
   return results if only is not None else sweep_tables.write_tables(sweep, results, workdir)
 
 

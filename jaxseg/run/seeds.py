@@ -1,0 +1,166 @@
+"""``jaxseg sweep --vmap_seeds``: the seeds of one federated cell trained as one compiled
+program — a leading seed axis over the round (whose clients are already stacked), so
+3 seeds cost one compilation and one dispatch per round instead of three.
+
+The seeds differ in everything a seed decides (the partition, the labeled images, the
+initial networks, every key), and every run keeps its own workdir, written as ``jaxseg
+train`` writes it (``config.json``, ``clients.md``, ``communication.json``,
+``metrics.jsonl``, checkpoints picked by its own validation Dice), so ``jaxseg eval``,
+resuming and the sweep's tables see ordinary runs. A seed's result equals its separate
+run to float tolerance (vmapped convolutions round differently from one client's;
+tests/test_fed.py, with SGD: Adam turns the rounding noise in gradients that are
+mathematically zero — a convolution's bias before BatchNorm — into lr-sized steps, so
+with Adam those parameters differ, the model's outputs not). The seeds of a group
+resume together from one round; early stopping is refused (the seeds would stop at
+different rounds).
+"""
+
+import contextlib
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+
+from jaxseg.errors import UserError
+from jaxseg.fed import backends
+from jaxseg.run import evaluation, federated, skeleton
+from jaxseg.run.experiment import Experiment
+from jaxseg.train import sharding
+
+
+@dataclasses.dataclass
+class Run:
+  """One seed's run: its evaluator, checkpoints, record and outputs."""
+
+  evaluator: object
+  ckpts: object
+  record: dict
+  outputs: tuple  # logger, progress bar, preemption
+  workdir: str
+
+
+def _captured(*args):
+  """A ``compile_round`` that compiles nothing: what one seed's round is built from."""
+  return args, None
+
+
+def check(configs) -> None:
+  """The group's configs are federated and differ only in ``config.seed``."""
+
+  def without_seed(config):
+    values = config.to_dict()
+    values.pop("seed")
+    return values
+
+  if any(skeleton.kind(c) != "federated" for c in configs):
+    raise UserError("--vmap_seeds stacks the seeds of federated cells only.")
+  if any(without_seed(c) != without_seed(configs[0]) for c in configs[1:]):
+    raise UserError("--vmap_seeds: the cells of a group must differ only in config.seed.")
+  if configs[0].train.early_stopping_patience:
+    raise UserError(
+      "--vmap_seeds trains the seeds together: set config.train.early_stopping_patience=0."
+    )
+
+
+def placed_seed(exp: Experiment, workdir: str) -> backends.Placed:
+  """One seed's federation placed on the first device (its files written)."""
+  sim = federated.simulation(exp, compile_round=_captured)
+  federated.announce(exp, sim, workdir)
+  fed, data, source, probe, key, _, devices, client_map, _, reader = sim.run_round
+  # On CPU the clients run one after another inside each seed, as `loop` would.
+  fed = dataclasses.replace(fed, sequential=client_map in ("scan", "loop"))
+  return backends.place(fed, data, source, probe, key, "device", devices[:1], 1, reader)
+
+
+def program(placed: list[backends.Placed]):
+  """``run(states) -> (states, metrics)``: the round vmapped over the seeds' stacked
+  states, tables, arrays, probes and keys (one compiled program)."""
+  stack = lambda *x: jnp.stack(x)  # noqa: E731
+  per_seed = [
+    (p.data, p.server_arrays, p.client_arrays, p.probe, p.keys, p.data_key) for p in placed
+  ]
+  stacked = jax.tree.map(stack, *per_seed)
+  body = backends.round_program(placed[0].fed, placed[0].fetch)
+  seeds_body = jax.vmap(
+    lambda state, data, sa, ca, probe, keys, dk: body(state, data, sa, ca, probe, None, keys, dk)
+  )
+  compiled = jax.jit(seeds_body, donate_argnums=0)
+  return lambda states: compiled(states, *stacked)
+
+
+def train(configs: list, workdirs: list[str], *, stop_after: int | None = None) -> list:
+  """Federated training of one cell's seeds (``configs``, one per ``workdirs``) as one
+  compiled program; each seed's final server state."""
+  check(configs)
+  exps = [
+    skeleton.start_run(c, w, federated.check, Experiment)
+    for c, w in zip(configs, workdirs, strict=True)
+  ]
+  placed = [placed_seed(e, w) for e, w in zip(exps, workdirs, strict=True)]
+  run_round = program(placed)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  resumed = [federated.resume(e, w, device) for e, w in zip(exps, workdirs, strict=True)]
+  done = {int(state.step) for _, state, _ in resumed}
+  if len(done) > 1:
+    raise UserError(
+      f"--vmap_seeds: the seeds' runs stopped at rounds {sorted(done)}; resume each alone "
+      "(without --vmap_seeds)."
+    )
+  states = jax.tree.map(lambda *x: jnp.stack(x), *[state for _, state, _ in resumed])
+  rounds, done = configs[0].fed.rounds, done.pop()
+  with contextlib.ExitStack() as stack:
+    runs = [
+      Run(
+        evaluation.evaluator(exp),
+        ckpts,
+        record,
+        stack.enter_context(skeleton.outputs(w, ckpts, rounds, done, "rounds", "round")),
+        w,
+      )
+      for exp, (ckpts, _, record), w in zip(exps, resumed, workdirs, strict=True)
+    ]
+    states = _rounds(run_round, placed[0].fed, runs, states, done, stop_after)
+  return [jax.tree.map(lambda x, i=i: x[i], states) for i in range(len(configs))]
+
+
+def _seed(tree, i: int):
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+def _rounds(run_round, fed, runs: list[Run], states, done: int, stop_after):
+  """:func:`jaxseg.run.federated._rounds` for stacked seeds: each seed's log lines,
+  validations and checkpoints in its own workdir."""
+  first = runs[0]
+  exp = first.evaluator.exp
+  rounds, cfg = exp.config.fed.rounds, exp.config.train
+  pending, began = [], time.time()
+  for r in skeleton.remaining(done, rounds, stop_after):
+    states, metrics = run_round(states)
+    pending.append(metrics)
+    validate = r % cfg.eval_every == 0 or r == rounds
+    if r % cfg.log_every == 0 or validate:
+      pending = sharding.fetch(pending)
+      for i, run in enumerate(runs):
+        logger, bar, _ = run.outputs
+        mine = [_seed(m, i) for m in pending]
+        values = federated.log_line(mine, r, fed, exp, run.ckpts, bar.write)
+        values["rounds_per_s"] = len(pending) / (time.time() - began)
+        logger.write(r, "train", values)
+        bar.set_postfix(loss=f"{values['loss']:.4f}")
+        bar.update(r - bar.n)
+      pending = []
+    if validate:
+      for i, run in enumerate(runs):
+        logger, bar, _ = run.outputs
+        state = _seed(states, i)
+        args = (run.evaluator, state, r, run.record, {}, run.ckpts, logger, run.workdir, bar.write)
+        evaluation.validate_and_save(*args)
+    if first.outputs[2].requested(r):
+      for i, run in enumerate(runs):
+        if not validate:
+          run.ckpts.save(r, _seed(states, i), run.record, None)
+      first.outputs[2].stop(first.ckpts, r, None)
+    if not pending:
+      began = time.time()
+  return states

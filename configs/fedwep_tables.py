@@ -47,6 +47,9 @@ from jaxseg.run.sweep import axis
 FRACTIONS = {"1/16": 1 / 16, "1/8": 1 / 8, "1/4": 1 / 4, "1/2": 1 / 2}
 ARGS = ("cpu", "synthetic", "synthetic_cpu", "smoke", "criteria_cpu", "client_cpu", "pool_cpu")
 CRITERIA = ("most_similar", "least_similar", "target")
+# FedWeP label-at-server: the winner of configs/fedwep_ablation.py:server's declared rule
+# (mean best validation Dice 0.283 against the shared default's 0.242; docs/fedwep_study.md).
+LABEL_AT_SERVER_RWP = {"ramp_up": 0.4, "weight": 0.1875}
 
 
 def _method(name, **extra):
@@ -160,12 +163,17 @@ def pool_sweep(config) -> ml_collections.ConfigDict:
     "by source": {"fed.pool_partition": "source", "fed.num_clients": 2},
     "by patient": {"fed.pool_partition": "patient", "fed.num_clients": 4},
   }
-  methods = ("MT + FedAvg", "CPS + FedAvg", "PS + FedAvg", "FedWeP-Random", "FedWeP-Real")
+  methods = {
+    m: METHODS[m] for m in ("MT + FedAvg", "CPS + FedAvg", "PS + FedAvg")
+  } | {  # FedWeP at the setting configs/fedwep_ablation.py:server chose for label-at-server
+    m: {**METHODS[m], "method.kwargs": METHOD_KWARGS["rwp"] | LABEL_AT_SERVER_RWP}
+    for m in ("FedWeP-Random", "FedWeP-Real")
+  }
   config.sweep = ml_collections.ConfigDict(
     dict(
       axes=(
         axis("fraction", {k: {"method.labeled_fraction": v} for k, v in fractions.items()}),
-        axis("method", {m: METHODS[m] for m in methods}),
+        axis("method", methods),
         axis("partition", partitions),
         axis("seed", {str(s): {"seed": s} for s in (0, 1, 2)}),
       ),

@@ -285,7 +285,8 @@ def test_label_at_server_training_joins_or_follows_the_clients(supervised_fed, w
     "live": jnp.float32(2),
     "metrics": {},
   }
-  part = (summed, {"rejected": jnp.array([-1, -1], jnp.int32)})
+  rows = {"rejected": jnp.array([-1, -1], jnp.int32), "row": jnp.arange(2)}
+  part = (summed, rows, {})  # (no per-client store: FedAvg keeps nothing on the clients)
   side = (server_xs, arrays, jnp.int32(4))
   conclude = jax.jit(lambda *a: simulate.conclude(fed, simulate.gather, keys, *a))
   new, metrics = conclude(server, shared, part, {}, side)

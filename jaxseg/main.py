@@ -234,9 +234,9 @@ def _run(command: str) -> None:
     return _sites()
   if command == "inspect":
     _require(command, config=FLAGS.config)
-    from jaxseg.run import inspect  # noqa: PLC0415
+    from jaxseg.run import fingerprint  # noqa: PLC0415
 
-    return inspect.run(FLAGS.config, FLAGS.json)
+    return fingerprint.run(FLAGS.config, FLAGS.json)
   _require(command, workdir=FLAGS.workdir)
   workdirs, workdir = FLAGS.workdir, FLAGS.workdir[0]
   if len(workdirs) > 1 and command != "predict":

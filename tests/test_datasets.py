@@ -398,31 +398,37 @@ def test_inspect_prints_the_fingerprint_of_every_2d_dataset(config_arg, data, tm
   """``jaxseg inspect`` on the real data in ../shared/data: per split cases, shape,
   empty masks, foreground and class fractions; the settings; dataset.md beside the
   prepared data."""
-  from jaxseg.run import inspect
+  from jaxseg.run import fingerprint
 
   name, arg = config_arg.split(":")
   config = __import__(f"configs.{name[:-3]}", fromlist=["get_config"]).get_config(arg)
   config.data.dir = f"{SHARED}/{data}"
   config.data.weight_map.w0 = 0.0
   out = tmp_path / "fingerprint.json"
-  inspect.run(config, str(out))
+  fingerprint.run(config, str(out))
   report = json.loads(out.read_text())
   assert {"train", "validation", "test"} <= set(report["splits"])  # isbi2012: + unlabeled
-  for split in report["splits"].values():
-    assert split["cases"] > 0 and 0 <= split["empty_masks"] <= 1
-    assert abs(sum(split["class_fractions"].values()) - 1) < 1e-6
+  # Each split's numbers are those of the masks a training run of this config reads.
+  for name, source in pipeline.load_splits(config.data).items():
+    split, masks = report["splits"][name], source.take(np.arange(len(source)), ("mask",))["mask"]
+    foreground = (masks > 0).mean(axis=(1, 2))
+    assert split["cases"] == len(masks) > 0
+    assert split["image_shape"][:2] == list(masks.shape[1:3])
+    assert split["empty_masks"] == pytest.approx(np.mean(foreground == 0))
+    assert split["foreground_per_image"]["mean"] == pytest.approx(foreground.mean())
+    assert 1 - split["class_fractions"].get("0", 0.0) == pytest.approx(foreground.mean())
   text = capsys.readouterr().out
   assert "| split | cases | image (H, W, C) |" in text and "model.in_channels" in text
 
 
 def test_inspect_lists_the_source_files_of_a_folder(tmp_path):
   from configs import unet_folder
-  from jaxseg.run import inspect
+  from jaxseg.run import fingerprint
 
   _folder(tmp_path / "data", "mixed_images")
   config = unet_folder.get_config("smoke")
   config.data.dir = str(tmp_path / "data")
-  report = inspect.run(config)
+  report = fingerprint.run(config)
   files = report["files"]
   assert files["train"]["images"] == 6 and files["train"]["colour"] == 4
   assert files["masks"]["values"] == [0, 255] and not files["masks"]["lossy"]

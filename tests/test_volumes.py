@@ -269,7 +269,7 @@ def test_inspect_fingerprints_a_volume_dataset(tmp_path):
   intensities before normalisation, voxels per class, and the run's plan (patch,
   anisotropic pooling)."""
   from configs import unet3d_hippocampus  # noqa: PLC0415
-  from jaxseg.run import inspect  # noqa: PLC0415
+  from jaxseg.run import fingerprint  # noqa: PLC0415
 
   rng, names, foreground = np.random.default_rng(1), [f"ct_{i}" for i in range(5)], []
   for n in names:
@@ -284,7 +284,7 @@ def test_inspect_fingerprints_a_volume_dataset(tmp_path):
   config.data.kwargs.folds = 5
   config.model.kwargs.widths = (4, 8, 16)
   config.volume.patch_size = ()
-  report = inspect.run(config, str(tmp_path / "f.json"))
+  report = fingerprint.run(config, str(tmp_path / "f.json"))
   with open(tmp_path / "f.json") as f:
     assert json.load(f)["plan"] == report["plan"]
   p = report["profile"]
@@ -296,7 +296,7 @@ def test_inspect_fingerprints_a_volume_dataset(tmp_path):
   assert report["plan"]["pooling"] == [[2, 2, 1], [2, 2, 2]]
   assert p["cases"] == {"train": 3, "validation": 1, "test": 1, "unlabeled": 0}
   config.data.kwargs.max_cases = 1  # too few for folds: a fingerprint still
-  one = inspect.run(config, str(tmp_path / "one.json"))
+  one = fingerprint.run(config, str(tmp_path / "one.json"))
   assert one["profile"]["cases"]["train"] == 1 and "too few for 5 folds" in one["notes"][0]
 
 

@@ -2,7 +2,7 @@
 folder of files, from the files themselves: what ``jaxseg inspect`` reports.
 
 Pure functions of arrays and of an :class:`jaxseg.data.image_folder.Scan`; the
-runner (:mod:`jaxseg.run.inspect`) prints and writes the result.
+runner (:mod:`jaxseg.run.fingerprint`) prints and writes the result.
 """
 
 import numpy as np
@@ -98,7 +98,7 @@ def _intensity(values) -> dict:
 
 
 def volume_markdown(report: dict) -> str:
-  """A volume dataset's ``report`` (:mod:`jaxseg.run.inspect`) as text."""
+  """A volume dataset's ``report`` (:mod:`jaxseg.run.fingerprint`) as text."""
   p = report["profile"]
   axes = lambda rows: " x ".join(f"{r['min']:g}-{r['max']:g}" for r in rows)  # noqa: E731
   lines = [f"# Dataset {report['dataset']} ({report['dir'] or 'generated'})", ""]
@@ -143,7 +143,7 @@ def _summary(values) -> dict:
 
 
 def markdown(report: dict) -> str:
-  """``report`` (see :mod:`jaxseg.run.inspect`) as the text of ``dataset.md``."""
+  """``report`` (see :mod:`jaxseg.run.fingerprint`) as the text of ``dataset.md``."""
   lines = [f"# Dataset {report['dataset']} ({report['dir'] or 'generated'})", ""]
   lines += ["## Settings jaxseg uses", ""]
   lines += [f"- {k}: {v}" for k, v in report["settings"].items()]

@@ -109,11 +109,11 @@ def tiny_config():
 
 
 def sigterm_at(monkeypatch, step: int) -> None:
-  """Every run loop (``skeleton.remaining``) sends this process SIGTERM as ``step``
+  """Every run loop (``loop.remaining``) sends this process SIGTERM as ``step``
   (or round) begins, as a preempting scheduler would; ``monkeypatch.undo()`` ends it."""
-  from jaxseg.run import skeleton  # noqa: PLC0415
+  from jaxseg.run import loop  # noqa: PLC0415
 
-  steps = skeleton.remaining
+  steps = loop.remaining
 
   def remaining(*args):
     for s in steps(*args):
@@ -121,4 +121,4 @@ def sigterm_at(monkeypatch, step: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
       yield s
 
-  monkeypatch.setattr(skeleton, "remaining", remaining)
+  monkeypatch.setattr(loop, "remaining", remaining)

@@ -55,11 +55,11 @@ def test_run_writes_every_artefact(reference_run):
 
 
 def test_learning_curves_are_drawn_at_most_once_a_minute_and_at_the_end(tmp_path, monkeypatch):
-  from jaxseg.run import skeleton  # noqa: PLC0415
+  from jaxseg.run import loop  # noqa: PLC0415
 
   drawn = []
-  monkeypatch.setattr(skeleton.pictures, "save_learning_curves", lambda *a: drawn.append(a))
-  logger = skeleton.Logger(str(tmp_path))
+  monkeypatch.setattr(loop.pictures, "save_learning_curves", lambda *a: drawn.append(a))
+  logger = loop.Logger(str(tmp_path))
   for step in (1, 2, 3):
     logger.write(step, "train", {"loss": 1.0})
     logger.write(step, "validation", {"loss": 1.0, "dice": 0.5})
@@ -70,7 +70,7 @@ def test_learning_curves_are_drawn_at_most_once_a_minute_and_at_the_end(tmp_path
   logger.write(5, "train", {"loss": 1.0})
   logger.close()  # nothing validated since: not drawn again
   assert drawn == [(logger.path, str(tmp_path / "learning_curves.png"))]
-  logger = skeleton.Logger(str(tmp_path))
+  logger = loop.Logger(str(tmp_path))
   logger.write(6, "validation", {"loss": 1.0, "dice": 0.5})
   logger.close()
   assert len(drawn) == 2

@@ -9,6 +9,7 @@ examples to draw. ``restore(workdir)`` is the one way ``eval``, ``predict`` and
 
 import functools
 import os
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -178,26 +179,32 @@ def summarize(per_image: dict) -> dict:
   return out
 
 
-def validate_and_save(evaluator, state, step, record, extra, ckpts, logger, workdir, write) -> bool:
-  """Scores the validation data, checkpoints (with ``record`` and ``extra``), draws
+def validator(evaluator, record: dict, ckpts, outputs, workdir: str, extra=dict) -> Callable:
+  """A run loop's ``validate(state, step) -> stop`` (:class:`jaxseg.run.loop.Loop`):
+  scores the validation data, checkpoints (with ``record`` and ``extra()``), draws
   the pictures; updates ``record`` and returns whether early stopping says stop."""
-  val, shown = evaluator.validate(state)
-  logger.write(step, "validation", val)
-  if val["dice"] > record["best_dice"]:
-    record.update(best_dice=val["dice"], evals_since_best=0)
-  else:
-    record["evals_since_best"] += 1
-  ckpts.save(step, state, {**record, **extra}, val)
+  logger, bar, _ = outputs
   patience = evaluator.exp.config.train.early_stopping_patience
-  stop = bool(patience) and record["evals_since_best"] >= patience
-  if logger.enabled:  # every process decides the same; process 0 draws and reports
-    if shown is not None:
-      path = os.path.join(workdir, "validation_overlays.png")
-      pictures.save_overlays(path, shown["image"], shown["labels"], shown["pred"])
-    write(f"step {step}: validation {describe(val)} (best {record['best_dice']:.4f})")
-    if stop:
-      write(f"Early stopping: no better validation Dice in {patience} validations.")
-  return stop
+
+  def validate(state, step: int) -> bool:
+    val, shown = evaluator.validate(state)
+    logger.write(step, "validation", val)
+    if val["dice"] > record["best_dice"]:
+      record.update(best_dice=val["dice"], evals_since_best=0)
+    else:
+      record["evals_since_best"] += 1
+    ckpts.save(step, state, {**record, **extra()}, val)
+    stop = bool(patience) and record["evals_since_best"] >= patience
+    if logger.enabled:  # every process decides the same; process 0 draws and reports
+      if shown is not None:
+        path = os.path.join(workdir, "validation_overlays.png")
+        pictures.save_overlays(path, shown["image"], shown["labels"], shown["pred"])
+      bar.write(f"step {step}: validation {describe(val)} (best {record['best_dice']:.4f})")
+      if stop:
+        bar.write(f"Early stopping: no better validation Dice in {patience} validations.")
+    return stop
+
+  return validate
 
 
 def describe(val: dict) -> str:

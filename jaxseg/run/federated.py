@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import math
 import os
-import time
 
 import jax
 import numpy as np
@@ -24,7 +23,7 @@ import numpy as np
 from jaxseg.data import patches, pipeline, unlabeled_folder
 from jaxseg.errors import UserError
 from jaxseg.fed import backends, checks, cost, layout, partition, recipe, simulate
-from jaxseg.run import evaluation, skeleton, volume
+from jaxseg.run import evaluation, loop, skeleton, volume
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.run.experiment import Experiment, check_config
 from jaxseg.train import optim, sharding
@@ -300,13 +299,24 @@ def train(config, workdir: str, *, stop_after: int | None = None, make_simulatio
   sim = (make_simulation or simulation)(exp)
   announce(exp, sim, workdir)
   ckpts, state, record = resume(exp, workdir, sim.state_sharding)
-  run_outputs = skeleton.outputs(
-    workdir, ckpts, exp.config.fed.rounds, int(state.step), "rounds", "round"
-  )
-  with run_outputs as outputs:
-    return _rounds(
-      evaluation.evaluator(exp), sim, state, record, ckpts, outputs, workdir, stop_after
+  rounds = exp.config.fed.rounds
+  with loop.outputs(workdir, ckpts, rounds, int(state.step), "rounds", "round") as outputs:
+    steps = loop.Loop(
+      total=rounds,
+      eval_every=exp.config.train.eval_every,
+      log_every=exp.config.train.log_every,
+      step=sim.run_round,
+      report=loop.reporter(outputs, round_line(sim.fed, exp, ckpts, outputs[1].write), postfix),
+      validate=evaluation.validator(evaluation.evaluator(exp), record, ckpts, outputs, workdir),
+      save=lambda state, r: ckpts.save(r, state, record, None),
+      ckpts=ckpts,
+      preemption=outputs[2],
     )
+    return loop.run(steps, state, int(state.step), stop_after)
+
+
+def postfix(values: dict) -> dict:
+  return {"loss": f"{values['loss']:.4f}"}
 
 
 def announce(exp: Experiment, sim: Simulation, workdir: str) -> None:
@@ -337,13 +347,23 @@ def resume(exp: Experiment, workdir: str, state_sharding):
   return ckpts, state, {"best_dice": -1.0, "evals_since_best": 0, **record}
 
 
+def round_line(fed, exp: Experiment, ckpts, say):
+  """A federated run's ``train`` line (:func:`log_line`) with ``rounds_per_s``."""
+
+  def line(pending, r, seconds):
+    values = log_line(sharding.fetch(pending), r, fed, exp, ckpts, say)
+    return {**values, "rounds_per_s": len(pending) / seconds}
+
+  return line
+
+
 def log_line(pending: list, r: int, fed, exp: Experiment, ckpts, say) -> dict:
   """The values of one ``train`` line from the rounds' metrics since the last (on the
   host): their means, the refused updates (each named by ``say``), ε with DP, the
   last round's integers (FedWeP's seeds)."""
   rejected = [m.pop("rejected") for m in pending]
   report_rejected(rejected, r, say)
-  values = skeleton.mean_metrics(pending, r, ckpts)
+  values = loop.mean_metrics(pending, r, ckpts)
   values["rejected"] = int(sum((np.asarray(x) >= 0).sum() for x in rejected))
   if fed.recipe.dp:
     values["epsilon"] = recipe.epsilon(fed.recipe, r, exp.config.fed.num_clients)
@@ -351,35 +371,6 @@ def log_line(pending: list, r: int, fed, exp: Experiment, ckpts, say) -> dict:
     if np.issubdtype(np.asarray(value).dtype, np.integer):  # the last round's
       values[name] = int(value)
   return values
-
-
-def _rounds(evaluator, sim, state, record, ckpts, outputs, workdir, stop_after):
-  logger, bar, preemption = outputs
-  exp = evaluator.exp
-  rounds, cfg = exp.config.fed.rounds, exp.config.train
-  pending, began = [], time.time()
-  for r in skeleton.remaining(int(state.step), rounds, stop_after):
-    state, metrics = sim.run_round(state)
-    pending.append(metrics)
-    validate = r % cfg.eval_every == 0 or r == rounds
-    if r % cfg.log_every == 0 or validate:  # metrics reach the host only here
-      pending = sharding.fetch(pending)  # one transfer to the host per log line
-      values = log_line(pending, r, sim.fed, exp, ckpts, bar.write)
-      values["rounds_per_s"] = len(pending) / (time.time() - began)
-      logger.write(r, "train", values)
-      bar.set_postfix(loss=f"{values['loss']:.4f}")
-      bar.update(r - bar.n)
-      pending = []
-    if validate:
-      args = (evaluator, state, r, record, {}, ckpts, logger, workdir, bar.write)
-      if evaluation.validate_and_save(*args):
-        break
-    if preemption.requested(r):
-      save = lambda: ckpts.save(r, state, record, None)  # noqa: B023, E731
-      preemption.stop(ckpts, r, None if validate else save)
-    if not pending:
-      began = time.time()  # validation time is not training throughput
-  return state
 
 
 def report_rejected(rejected: list, last_round: int, say) -> None:

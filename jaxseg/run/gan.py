@@ -32,7 +32,7 @@ from jaxseg import gan, tables
 from jaxseg.data import augment, pipeline
 from jaxseg.errors import UserError
 from jaxseg.gan import step as gan_step
-from jaxseg.run import pictures, skeleton
+from jaxseg.run import loop, pictures, skeleton
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.train import optim
 
@@ -99,36 +99,34 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   shown = next(pipeline.eval_batches(exp.source, min(SHOWN, len(exp.source))))
   shown.pop("valid")
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-  steps, done = config.train.steps, int(state.step)
-  run_outputs = skeleton.outputs(workdir, ckpts, steps, done, "gan", "step")
-  with run_outputs as outputs:
-    return _loop(exp, state, loader, shown, ckpts, outputs, workdir, stop_after)
+  cfg = config.train
+  with loop.outputs(workdir, ckpts, cfg.steps, int(state.step), "gan", "step") as outputs:
+    save = lambda state, step: ckpts.save(step, state, {"loader": loader.get_state().decode()}, {})  # noqa: E731
 
-
-def _loop(exp, state, loader, shown, ckpts, outputs, workdir, stop_after):
-  logger, bar, preemption = outputs
-  cfg = exp.config.train
-  meter = skeleton.Meter()
-  for step in skeleton.remaining(int(state.step), cfg.steps, stop_after):
-    state, step_metrics = exp.train_step(state, next(loader), exp.train_key)
-    meter.add(step_metrics)
-    save = step % cfg.eval_every == 0 or step == cfg.steps
-    if step % cfg.log_every == 0 or save:
-      values = meter.flush(step, ckpts, cfg.batch_size)
-      logger.write(step, "train", values)
-      bar.set_postfix(g=f"{values['loss']:.3f}", d=f"{values['d_loss']:.3f}")
-      bar.update(step - bar.n)
-    if save:
-      ckpts.save(step, state, {"loader": loader.get_state().decode()}, {})
+    def validate(state, step: int) -> bool:  # a checkpoint and samples; never stops early
+      save(state, step)
       path = os.path.join(workdir, "samples", f"{step}.png")
-      if logger.enabled:
+      if outputs[0].enabled:
         pictures.save_grid(path, exp.sample_rows(state, shown))
-      bar.write(f"step {step}: checkpoint and {path}")
-      meter.restart()
-    if preemption.requested(step):
-      record = {"loader": loader.get_state().decode()}
-      preemption.stop(ckpts, step, None if save else lambda: ckpts.save(step, state, record, {}))  # noqa: B023
-  return state
+      outputs[1].write(f"step {step}: checkpoint and {path}")
+      return False
+
+    steps = loop.Loop(
+      total=cfg.steps,
+      eval_every=cfg.eval_every,
+      log_every=cfg.log_every,
+      step=lambda state: exp.train_step(state, next(loader), exp.train_key),
+      report=loop.reporter(outputs, loop.step_line(ckpts, cfg.batch_size), _postfix),
+      validate=validate,
+      save=save,
+      ckpts=ckpts,
+      preemption=outputs[2],
+    )
+    return loop.run(steps, state, int(state.step), stop_after)
+
+
+def _postfix(values: dict) -> dict:
+  return {"g": f"{values['loss']:.3f}", "d": f"{values['d_loss']:.3f}"}
 
 
 def synthesize(workdir: str, num: int, output: str) -> str:

@@ -17,27 +17,27 @@ different rounds).
 
 import contextlib
 import dataclasses
-import time
 
 import jax
 import jax.numpy as jnp
 
 from jaxseg.errors import UserError
 from jaxseg.fed import backends
-from jaxseg.run import evaluation, federated, skeleton
+from jaxseg.run import evaluation, federated, loop, skeleton
 from jaxseg.run.experiment import Experiment
 from jaxseg.train import sharding
 
 
 @dataclasses.dataclass
 class Run:
-  """One seed's run: its evaluator, checkpoints, record and outputs."""
+  """One seed's run: its checkpoints, record, outputs (logger, progress bar,
+  preemption), validation and ``train`` line (:mod:`jaxseg.run.loop`)."""
 
-  evaluator: object
   ckpts: object
   record: dict
-  outputs: tuple  # logger, progress bar, preemption
-  workdir: str
+  outputs: tuple
+  validate: object
+  line: object
 
 
 def _captured(*args):
@@ -110,57 +110,46 @@ def train(configs: list, workdirs: list[str], *, stop_after: int | None = None) 
   states = jax.tree.map(lambda *x: jnp.stack(x), *[state for _, state, _ in resumed])
   rounds, done = configs[0].fed.rounds, done.pop()
   with contextlib.ExitStack() as stack:
-    runs = [
-      Run(
-        evaluation.evaluator(exp),
-        ckpts,
-        record,
-        stack.enter_context(skeleton.outputs(w, ckpts, rounds, done, "rounds", "round")),
-        w,
-      )
-      for exp, (ckpts, _, record), w in zip(exps, resumed, workdirs, strict=True)
-    ]
-    states = _rounds(run_round, placed[0].fed, runs, states, done, stop_after)
-  return [jax.tree.map(lambda x, i=i: x[i], states) for i in range(len(configs))]
+    runs = []
+    for exp, (ckpts, _, record), w in zip(exps, resumed, workdirs, strict=True):
+      outputs = stack.enter_context(loop.outputs(w, ckpts, rounds, done, "rounds", "round"))
+      validate = evaluation.validator(evaluation.evaluator(exp), record, ckpts, outputs, w)
+      line = federated.round_line(placed[0].fed, exp, ckpts, outputs[1].write)
+      runs.append(Run(ckpts, record, outputs, validate, line))
+    first, cfg = runs[0], configs[0].train
+    steps = loop.Loop(
+      total=rounds,
+      eval_every=cfg.eval_every,
+      log_every=cfg.log_every,
+      step=run_round,
+      report=lambda pending, r, seconds: _report(runs, sharding.fetch(pending), r, seconds),
+      validate=lambda states, r: _validate(runs, states, r),
+      save=lambda states, r: _save(runs, states, r),
+      ckpts=first.ckpts,
+      preemption=first.outputs[2],
+    )
+    states = loop.run(steps, states, done, stop_after)
+  return [_seed(states, i) for i in range(len(configs))]
 
 
 def _seed(tree, i: int):
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def _rounds(run_round, fed, runs: list[Run], states, done: int, stop_after):
-  """:func:`jaxseg.run.federated._rounds` for stacked seeds: each seed's log lines,
-  validations and checkpoints in its own workdir."""
-  first = runs[0]
-  exp = first.evaluator.exp
-  rounds, cfg = exp.config.fed.rounds, exp.config.train
-  pending, began = [], time.time()
-  for r in skeleton.remaining(done, rounds, stop_after):
-    states, metrics = run_round(states)
-    pending.append(metrics)
-    validate = r % cfg.eval_every == 0 or r == rounds
-    if r % cfg.log_every == 0 or validate:
-      pending = sharding.fetch(pending)
-      for i, run in enumerate(runs):
-        logger, bar, _ = run.outputs
-        mine = [_seed(m, i) for m in pending]
-        values = federated.log_line(mine, r, fed, exp, run.ckpts, bar.write)
-        values["rounds_per_s"] = len(pending) / (time.time() - began)
-        logger.write(r, "train", values)
-        bar.set_postfix(loss=f"{values['loss']:.4f}")
-        bar.update(r - bar.n)
-      pending = []
-    if validate:
-      for i, run in enumerate(runs):
-        logger, bar, _ = run.outputs
-        state = _seed(states, i)
-        args = (run.evaluator, state, r, run.record, {}, run.ckpts, logger, run.workdir, bar.write)
-        evaluation.validate_and_save(*args)
-    if first.outputs[2].requested(r):
-      for i, run in enumerate(runs):
-        if not validate:
-          run.ckpts.save(r, _seed(states, i), run.record, None)
-      first.outputs[2].stop(first.ckpts, r, None)
-    if not pending:
-      began = time.time()
-  return states
+def _report(runs: list[Run], pending: list, r: int, seconds: float) -> None:
+  """Each seed's ``train`` line, in its own workdir, from the stacked rounds' metrics."""
+  for i, run in enumerate(runs):
+    mine = [_seed(m, i) for m in pending]
+    loop.reporter(run.outputs, run.line, federated.postfix)(mine, r, seconds)
+
+
+def _validate(runs: list[Run], states, r: int) -> bool:
+  """Each seed's validation and checkpoint (the seeds run on together: no early stop)."""
+  for i, run in enumerate(runs):
+    run.validate(_seed(states, i), r)
+  return False
+
+
+def _save(runs: list[Run], states, r: int) -> None:
+  for i, run in enumerate(runs):
+    run.ckpts.save(r, _seed(states, i), run.record, None)

@@ -1,30 +1,22 @@
-"""The run skeleton every runner shares: the workdir, its ``config.json``, resume or
-init, the logger and progress bar, and the multi-host rules (every process computes,
-process 0 alone writes files and prints)."""
+"""The run skeleton every runner shares: the workdir (its lock, ``config.json``, the
+files a run writes), the run kinds and the config sections each reads, resume or
+init, the line a run ends with, and the multi-host rules (every process computes,
+process 0 alone writes files and prints). The loop itself: :mod:`jaxseg.run.loop`."""
 
 import contextlib
 import fcntl
 import json
 import os
 import shutil
-import signal
 import socket
-import threading
-import time
 from collections.abc import Callable
 
 import jax
 import ml_collections
-import numpy as np
-import tqdm
-from jax.experimental import multihost_utils
-from tensorboardX import SummaryWriter
 
 from jaxseg import data as datasets
-from jaxseg.errors import Preempted, UserError
-from jaxseg.run import pictures
+from jaxseg.errors import UserError
 from jaxseg.run.checkpoint import Checkpoints
-from jaxseg.train import sharding
 from jaxseg.train.state import count_params
 
 
@@ -191,180 +183,6 @@ def describe_nets(name: str) -> Callable:
 def say(text: str) -> None:
   if primary():
     print(text, flush=True)
-
-
-def progress(total: int, initial: int, desc: str, unit: str) -> tqdm.tqdm:
-  return tqdm.tqdm(
-    total=total, initial=initial, desc=desc, unit=unit, mininterval=1.0, disable=not primary()
-  )
-
-
-@contextlib.contextmanager
-def outputs(workdir: str, ckpts: Checkpoints, total: int, done: int, desc: str, unit: str):
-  """A run's logger, progress bar and :class:`Preemption` watch; closes them and
-  ``ckpts`` however the run ends."""
-  logger, bar = Logger(workdir), progress(total, done, desc, unit)
-  try:
-    with Preemption() as preemption:
-      yield logger, bar, preemption
-  finally:
-    bar.close()
-    logger.close()
-    ckpts.close()
-
-
-class Logger:
-  """Appends to ``metrics.jsonl``, writes TensorBoard events and draws
-  ``learning_curves.png`` (process 0 only). The curves are drawn when the run ends
-  and, while it goes, after a validation at most every :attr:`CURVES_EVERY_S`
-  seconds: a matplotlib figure costs the training loop ~0.3 s of host time (measured
-  on the 2-core CPU machine), which drawing at every validation spent needlessly."""
-
-  CURVES_EVERY_S = 60.0
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.curves = os.path.join(workdir, "learning_curves.png")
-    self.enabled = primary()
-    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard")) if self.enabled else None
-    self.drawn, self.stale = time.monotonic(), False
-
-  def write(self, step: int, split: str, values: dict) -> None:
-    if not self.enabled:
-      return
-    try:
-      with open(self.path, "a") as f:
-        f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-    except OSError as e:
-      raise UserError(f"cannot write {self.path}: {e.strerror or e}.") from e
-    for name, value in values.items():
-      self.tb.add_scalar(f"{split}/{name}", value, step)
-    self.tb.flush()
-    if split == "validation":
-      self.stale = True
-      if time.monotonic() - self.drawn >= self.CURVES_EVERY_S:
-        self.draw()
-
-  def draw(self) -> None:
-    pictures.save_learning_curves(self.path, self.curves)
-    self.drawn, self.stale = time.monotonic(), False
-
-  def close(self) -> None:
-    if self.enabled:
-      self.tb.close()
-      if self.stale:
-        self.draw()
-
-
-def remaining(done: int, total: int, stop_after: int | None) -> range:
-  """The steps (or rounds) a run resumed after ``done`` still takes, up to ``total``;
-  at most ``stop_after`` of them (tests stop a run there, as a kill would)."""
-  end = total if stop_after is None else min(total, done + stop_after)
-  return range(done + 1, end + 1)
-
-
-class Preemption:
-  """SIGTERM or SIGINT during a run's loop (``with Preemption() as preemption``): the
-  loop finishes the step (round) in flight, then :meth:`stop` checkpoints it, waits
-  for the write and raises :class:`~jaxseg.errors.Preempted`; a second signal acts as
-  usual. With several processes (``jax.distributed``) JAX's preemption service takes
-  the signal and every process stops at the same step
-  (``multihost_utils.reached_preemption_sync_point``)."""
-
-  def __enter__(self):
-    self.received, self.previous = None, {}
-    alone = jax.process_count() == 1
-    if alone and threading.current_thread() is threading.main_thread():
-      for s in (signal.SIGTERM, signal.SIGINT):
-        self.previous[s] = signal.signal(s, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.received = signal.Signals(signum).name
-    self.__exit__()
-
-  def __exit__(self, *exc):
-    for s, handler in self.previous.items():
-      signal.signal(s, handler)
-    self.previous = {}
-
-  def requested(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.received is not None
-
-  def stop(self, ckpts: Checkpoints, step: int, save: Callable | None) -> None:
-    """Checkpoints ``step`` (``save()``; None: it was just saved) and raises."""
-    if save is not None:
-      save()
-    ckpts.wait()
-    path = os.path.join(ckpts.directory, str(step))
-    raise Preempted(
-      f"stopped by {self.received or 'preemption'} after step {step}: checkpoint {path} "
-      "written; the same command resumes from it."
-    )
-
-
-class Profile:
-  """``config.train.profile_steps = (first, last)``: a JAX profiler trace of those
-  steps (inclusive) in ``workdir/profile`` (process 0), viewable in TensorBoard's
-  profile plugin or Perfetto; ``()`` off."""
-
-  def __init__(self, workdir: str, steps):
-    self.directory = os.path.join(workdir, "profile")
-    self.first, self.last = tuple(steps) if steps and primary() else (0, -1)
-    self.tracing = False
-
-  def before(self, step: int) -> None:
-    if not self.tracing and self.first <= step <= self.last:
-      jax.profiler.start_trace(self.directory)
-      self.tracing = True
-
-  def after(self, step: int, step_metrics) -> None:
-    if self.tracing and step == self.last:
-      jax.block_until_ready(step_metrics)
-      jax.profiler.stop_trace()
-      self.tracing = False
-      say(f"Profiler trace of steps {self.first}..{self.last} in {self.directory}.")
-
-
-class Meter:
-  """The step metrics since the last log line and the training throughput over them
-  (``restart`` after a validation or checkpoint: that time is not training)."""
-
-  def __init__(self):
-    self.pending, self.since = [], time.time()
-
-  def add(self, step_metrics: dict) -> None:
-    self.pending.append(step_metrics)
-
-  def restart(self) -> None:
-    self.since = time.time()
-
-  def flush(self, step: int, ckpts: Checkpoints, batch_size: int) -> dict:
-    """Means of the pending metrics (see :func:`mean_metrics`) and ``images_per_s``."""
-    values = mean_metrics(self.pending, step, ckpts)
-    now = time.time()
-    values["images_per_s"] = len(self.pending) * batch_size / (now - self.since)
-    self.pending, self.since = [], now
-    return values
-
-
-def mean_metrics(pending: list, step: int, ckpts: Checkpoints) -> dict:
-  """Means of the pending step metrics; raises on the first non-finite loss."""
-  pending = sharding.fetch(pending)
-  losses_ = np.asarray([m["loss"] for m in pending])
-  bad = np.flatnonzero(~np.isfinite(losses_))
-  if bad.size:
-    first = step - len(pending) + 1 + int(bad[0])
-    latest = ckpts.latest_step()
-    kept = "none was written yet" if latest is None else f"step {latest} is intact"
-    raise UserError(
-      f"Training diverged: loss is {losses_[bad[0]]} at step {first} (last good checkpoint: "
-      f"{kept}); lower config.optim.lr or set config.optim.grad_clip."
-    )
-  return {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
 
 
 def validations(workdir: str) -> list[dict]:

@@ -9,7 +9,7 @@ from the latest checkpoint there. What a run writes in ``workdir``:
 * ``config.json`` — the resolved config;
 * ``checkpoints/<step>/`` — orbax checkpoints, the latest and the best by Dice;
 * ``metrics.jsonl`` — one JSON line per log/validation event; ``tensorboard/`` events;
-* ``learning_curves.png`` (when: :class:`jaxseg.run.skeleton.Logger`); images:
+* ``learning_curves.png`` (when: :class:`jaxseg.run.loop.Logger`); images:
   ``validation_overlays.png`` (image, truth green, prediction red); volumes:
   ``plan.json`` (how the cases were prepared, which ``jaxseg predict`` applies to new
   files).
@@ -26,7 +26,7 @@ import os
 import jax
 import ml_collections
 
-from jaxseg.run import evaluation, feed, skeleton
+from jaxseg.run import evaluation, feed, loop, skeleton
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.run.experiment import Experiment, check_config
 from jaxseg.train import sharding
@@ -96,37 +96,24 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   )
   data.restore(json.loads(record.pop("loader", "{}")))
   record = {"best_dice": -1.0, "evals_since_best": 0, **record}
-  steps, done = config.train.steps, int(state.step)
-  run_outputs = skeleton.outputs(workdir, ckpts, steps, done, "train", "step")
-  with run_outputs as outputs, contextlib.closing(data):
-    return _loop(evaluator, state, train_step, data, record, ckpts, outputs, workdir, stop_after)
+  cfg = config.train
+  with loop.outputs(workdir, ckpts, cfg.steps, int(state.step), "train", "step") as outputs:
+    with contextlib.closing(data):
+      extra = lambda: {"loader": json.dumps(data.state())}  # noqa: E731
+      steps = loop.Loop(
+        total=cfg.steps,
+        eval_every=cfg.eval_every,
+        log_every=cfg.log_every,
+        step=lambda state: train_step(state, data.next(), exp.train_key),
+        report=loop.reporter(outputs, loop.step_line(ckpts, cfg.batch_size), _postfix),
+        validate=evaluation.validator(evaluator, record, ckpts, outputs, workdir, extra),
+        save=lambda state, step: ckpts.save(step, state, {**record, **extra()}, None),
+        ckpts=ckpts,
+        preemption=outputs[2],
+        profile=loop.Profile(workdir, cfg.profile_steps),
+      )
+      return loop.run(steps, state, int(state.step), stop_after)
 
 
-def _loop(evaluator, state, train_step, data, record, ckpts, outputs, workdir, stop_after):
-  logger, bar, preemption = outputs
-  exp = evaluator.exp
-  cfg = exp.config.train
-  meter = skeleton.Meter()
-  profile = skeleton.Profile(workdir, cfg.profile_steps)
-  for step in skeleton.remaining(int(state.step), cfg.steps, stop_after):
-    profile.before(step)
-    state, step_metrics = train_step(state, data.next(), exp.train_key)
-    profile.after(step, step_metrics)
-    meter.add(step_metrics)
-    validate = step % cfg.eval_every == 0 or step == cfg.steps
-    if step % cfg.log_every == 0 or validate:
-      values = meter.flush(step, ckpts, cfg.batch_size)
-      logger.write(step, "train", values)
-      bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.1f}")
-      bar.update(step - bar.n)
-    if validate:
-      extra = {"loader": json.dumps(data.state())}
-      args = (evaluator, state, step, record, extra, ckpts, logger, workdir, bar.write)
-      if evaluation.validate_and_save(*args):
-        break
-      meter.restart()  # validation time is not training throughput
-    if preemption.requested(step):
-      extra = {"loader": json.dumps(data.state())}
-      save = lambda: ckpts.save(step, state, {**record, **extra}, None)  # noqa: B023, E731
-      preemption.stop(ckpts, step, None if validate else save)
-  return state
+def _postfix(values: dict) -> dict:
+  return {"loss": f"{values['loss']:.4f}", "img_s": f"{values['images_per_s']:.1f}"}

@@ -314,3 +314,21 @@ def test_scaffold_starts_as_fedavg_and_learns_the_clients_drift(two_clients):
   # The clients' mean drift equals the averaged update (equal sizes): -(x+ - x) / (K lr).
   want = jax.tree.map(lambda new, old: -(new - old) / (2 * 0.05), _params(scaffold), start)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), c, want)
+
+
+def test_fedbn_eval_scores_every_site_with_its_own_batchnorm(tmp_path):
+  """``jaxseg eval`` of a FedBN run (the reviewer's command): per-site rows of the
+  global model and of each site's own BatchNorm; the sites' mean and worst are of the
+  model each site uses, its own (the global BatchNorm is never trained)."""
+  from configs import fed_recipes  # noqa: PLC0415
+  from jaxseg import main  # noqa: PLC0415
+  from jaxseg.run import evaluate  # noqa: PLC0415
+
+  main.train(fed_recipes.get_config("fedbn,smoke"), str(tmp_path))
+  result = evaluate.run(str(tmp_path))
+  sites = result["sites"]
+  assert len(sites) == 4 and all({"dice", "dice_local"} <= set(r) for r in sites.values())
+  local = [r["dice_local"] for r in sites.values()]
+  assert result["site_dice_mean"]["mean"] == pytest.approx(np.mean(local))
+  assert result["site_dice_worst"]["mean"] == pytest.approx(min(local))
+  assert sum(r["images"] for r in sites.values()) == result["cases"]

@@ -35,8 +35,8 @@ def run(workdir: str, split: str = "test") -> dict:
       table[name] = {"mean": float(values.mean()), "std": float(values.std()), "pooled": None}
     pictures.save_samples(os.path.join(workdir, f"{split}_samples.png"), **shown)
   sites = site_scores(evaluator, state, split, per_image)
-  if sites:
-    dice = [r["dice"] for r in sites.values()]
+  if sites:  # of the model each site uses: under FedBN its own BatchNorm's
+    dice = [r.get("dice_local", r["dice"]) for r in sites.values()]
     table["site_dice_mean"] = metrics.mean_std(np.array(dice))
     table["site_dice_worst"] = {"mean": float(min(dice)), "std": 0.0, "pooled": None}
   if "fed" in config and config.fed.dp.clip != "none":
@@ -59,7 +59,9 @@ def site_scores(evaluator, state, split: str, per_image: dict) -> dict | None:
   """Per acquisition site of a federated run's ``split`` (:func:`evaluation.site_ids`):
   ``{site: {images, dice, iou}}`` of the global model, as FLamby reports per centre;
   FedBN by site also ``dice_local`` / ``iou_local``, the site's own model (its
-  BatchNorm from what it kept: :func:`evaluation.local_variables`)."""
+  BatchNorm from what it kept: :func:`evaluation.local_variables`), which is what
+  ``site_dice_mean`` / ``site_dice_worst`` then average: a FedBN site never uses the
+  global model's BatchNorm, which no round trains."""
   exp = evaluator.exp
   sites = evaluation.site_ids(exp, split)
   if sites is None:

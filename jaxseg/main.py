@@ -73,7 +73,8 @@ flags.DEFINE_enum(
 flags.DEFINE_list(
   "cells",
   None,
-  "sweep: run only these cells (0-based, as the sweep lists them) and write no table; "
+  "sweep: run only these cells (0-based, as the sweep lists them; ranges as 36-41) and "
+  "write no table; "
   "a last `jaxseg sweep` without --cells tabulates (cells shared by several processes).",
 )
 flags.DEFINE_bool(
@@ -264,7 +265,7 @@ def _run(command: str) -> None:
 
     flower_deploy.command(FLAGS.config, workdir, {f: FLAGS[f].value for f in FLOWER_FLAGS})
   elif command == "sweep":
-    cells = [int(c) for c in FLAGS.cells] if FLAGS.cells else None
+    cells = parse_cells(FLAGS.cells) if FLAGS.cells else None
     overrides = config_flags.get_override_values(FLAGS["config"])
     sweep(FLAGS.config, workdir, cells, overrides, FLAGS.tabulate, FLAGS.vmap_seeds)
   else:
@@ -381,6 +382,17 @@ def _main(argv):
   except Preempted as e:
     print(f"jaxseg: {e}", file=sys.stderr)
     sys.exit(PREEMPTED_STATUS)
+
+
+def parse_cells(items) -> list[int]:
+  """``--cells 0,3,36-41`` as the cells' numbers (a range includes both ends)."""
+  cells = []
+  for item in items:
+    first, dash, last = item.partition("-")
+    if not (first.isdigit() and (not dash or last.isdigit())):
+      raise UserError(f"--cells: expected numbers or ranges like 36-41, found {item!r}.")
+    cells += range(int(first), int(last if dash else first) + 1)
+  return cells
 
 
 def main(argv=None):

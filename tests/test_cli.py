@@ -217,3 +217,9 @@ def test_sites_writes_a_federation_of_folders_and_says_the_next_command(tmp_path
   }  # fmt: skip
   with pytest.raises(UserError, match="exists and is not empty"):
     sites.run(config, 2, str(tmp_path / "D"))
+
+
+def test_sweep_cells_take_numbers_and_ranges():
+  assert main.parse_cells(["0", "3", "36-38"]) == [0, 3, 36, 37, 38]
+  with pytest.raises(UserError, match=r"--cells: expected .* found '3-x'"):
+    main.parse_cells(["3-x"])

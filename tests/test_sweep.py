@@ -6,6 +6,7 @@ import os
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxseg import main
 from jaxseg.run import sweep, sweep_tables
@@ -119,6 +120,7 @@ def test_sweep_runs_cells_and_resumes(tmp_path, monkeypatch):
     "",
     "| model | 2 |",
   ]
+  assert Image.open(tmp_path / "curves.png").size[0] >= 300  # the curves, drawn
   assert sorted(os.listdir(tmp_path / "jax_cache"))  # compiled steps are cached
   # Finished cells are not rerun.
   monkeypatch.setattr(main, "train", lambda *a, **k: pytest.fail("a finished cell was rerun"))

@@ -75,6 +75,39 @@ def save_learning_curves(metrics_path: str, path: str) -> None:
   fig.savefig(path, dpi=80)
 
 
+def save_sweep_curves(path: str, means: dict, keep: list[str], panels: list[str]) -> None:
+  """A sweep's mean validation Dice against the step: one panel per combination of
+  the ``panels`` axes (a pivoted table's columns), one line per other row label.
+  ``means``: ``{labels of the axes keep: {step: Dice}}`` (``sweep_tables.curve_means``)."""
+  import matplotlib  # noqa: PLC0415
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (0.3 s import)
+  from matplotlib.figure import Figure  # noqa: PLC0415
+
+  at = [keep.index(n) for n in panels]
+
+  def panel(key):
+    return " ".join(key[i] for i in at)
+
+  def line(key):
+    return " ".join(k for i, k in enumerate(key) if i not in at)
+
+  titles, lines = list(dict.fromkeys(map(panel, means))), list(dict.fromkeys(map(line, means)))
+  fig = Figure(figsize=(3.5 * len(titles) + 2.5, 3.5))
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, len(titles), sharey=True, squeeze=False)[0]
+  colors = [matplotlib.colormaps["tab20"](i % 20) for i in range(len(lines))]
+  for key, curve in means.items():
+    if curve:
+      ax, color = axes[titles.index(panel(key))], colors[lines.index(line(key))]
+      ax.plot(list(curve), list(curve.values()), "o-", ms=3, color=color, label=line(key))
+  for ax, title in zip(axes, titles, strict=True):
+    ax.set(xlabel="step (round)", title=title or "validation Dice", ylim=(0, 1))
+  axes[0].set_ylabel("validation Dice")
+  axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+
+
 def save_grid(path: str, rows) -> None:
   """Rows of tiles in [0, 1] (``[H, W]`` or ``[H, W, C]``, gray or RGB) as one PNG."""
 

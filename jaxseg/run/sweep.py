@@ -43,7 +43,7 @@ Compiled executables are shared across cells through JAX's persistent compilatio
 cache in ``DIR/jax_cache`` (cells that differ only in data, fold or seed reuse the
 training step). The table goes to ``DIR/results.md`` and ``DIR/results.json``, the
 validation curves (Dice at each evaluated step or round, averaged as the table is) to
-``DIR/curves.md``.
+``DIR/curves.md`` and, drawn, ``DIR/curves.png``.
 """
 
 import copy

@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from jaxseg.run import pictures
+
 # Training diagnostics drawn by round in ``curves.md`` when a cell logs them.
 CURVES = ("pseudo_fg", "pseudo_agree", "similarity", "similarity_std")
 MAX_COLUMNS = 16  # of a training diagnostic's curve (validation curves: every step)
@@ -46,7 +48,8 @@ def read_cell(cell_dir: str, labels: dict) -> dict:
 
 
 def write_tables(sweep, results: list[dict], workdir: str) -> list[dict]:
-  """``results.md`` / ``results.json`` (the table) and ``curves.md`` (the curves)."""
+  """``results.md`` / ``results.json`` (the table) and ``curves.md`` / ``curves.png``
+  (the validation curves, one panel per combination of the pivot axes)."""
   names = [name for name, _ in sweep.axes]
   rows = aggregate(results, names, sweep)
   if sweep.cost:
@@ -78,6 +81,10 @@ def write_tables(sweep, results: list[dict], workdir: str) -> list[dict]:
     f.write(table + "\n")
   with open(os.path.join(workdir, "curves.md"), "w") as f:
     f.write(curves_tables(results, keep) + "\n")
+  panels = [n for n in (sweep.pivot or ()) if n in keep]
+  pictures.save_sweep_curves(
+    os.path.join(workdir, "curves.png"), curve_means(results, keep), keep, panels
+  )
   print("\n" + table)
   return rows
 
@@ -202,20 +209,29 @@ def curves_tables(results: list[dict], keep: list[str]) -> str:
   return "\n\n".join(f"{name} by step\n\n{curves_table(results, keep, name)}" for name in names)
 
 
-def curves_table(results: list[dict], keep: list[str], name: str = "validation dice") -> str:
-  """Curve ``name`` at each logged step (or round), the mean over the averaged axis,
-  one row per combination of the other axes."""
+def curve_means(results: list[dict], keep: list[str], name: str = "validation dice") -> dict:
+  """``{labels of the kept axes: {step: mean of curve name over the averaged axis}}``."""
   groups = {}
   for r in results:
     groups.setdefault(tuple(r["labels"][n] for n in keep), []).append(r["curves"].get(name, {}))
   steps = sorted({s for curves in groups.values() for c in curves for s in c})
+  return {
+    key: {s: float(np.mean(v)) for s in steps if (v := [c[s] for c in curves if s in c])}
+    for key, curves in groups.items()
+  }
+
+
+def curves_table(results: list[dict], keep: list[str], name: str = "validation dice") -> str:
+  """Curve ``name`` at each logged step (or round), the mean over the averaged axis,
+  one row per combination of the other axes."""
+  means = curve_means(results, keep, name)
+  steps = sorted({s for curve in means.values() for s in curve})
   if name != "validation dice" and len(steps) > MAX_COLUMNS:  # every k-th, and the last
     every = -(-len(steps) // MAX_COLUMNS)
     steps = sorted(set(steps[::every]) | {steps[-1]})
   lines = ["| " + " | ".join([*keep, *map(str, steps)]) + " |"]
   lines.append("|" + "---|" * (len(keep) + len(steps)))
-  for key, curves in groups.items():
-    at = [[c[s] for c in curves if s in c] for s in steps]
-    cells = [f"{np.mean(v):.2f}" if v else "" for v in at]
+  for key, curve in means.items():
+    cells = [f"{curve[s]:.2f}" if s in curve else "" for s in steps]
     lines.append("| " + " | ".join([*key, *cells]) + " |")
   return "\n".join(lines)

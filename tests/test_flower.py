@@ -511,3 +511,35 @@ def test_flower_fedbn_with_dp_keeps_batchnorm_on_the_sites(folders, tmp_path):
       kept = serialization.msgpack_restore(f.read())
     mine = jax.tree.map(lambda x, i=i: x[i : i + 1], simulated.clients)
     jax.tree.map(np.testing.assert_array_equal, serialization.to_state_dict(mine), kept)
+
+
+def test_flower_samples_the_sites_the_simulation_samples(folders, tmp_path):
+  """``fed.clients_per_round`` 1 of 2 sites over Flower (each site's ClientApp in this
+  process): each round trains the one site the simulation's draw picks, and 2 rounds
+  end with the simulation's global model bit for bit."""
+  from flwr.app import Context, RecordDict
+  from flwr.supercore.task_identity import TaskIdentity
+
+  from jaxseg.flower import app as flower
+  from jaxseg.run import federated
+
+  sites, server = folders
+  config = _config("supervised", server, clients_per_round=1)
+  config.data.cache_dir = str(tmp_path / "cache")
+  simulation = copy.deepcopy(config)
+  simulation.fed.client_dirs = tuple(sites)
+  simulated = jax.device_get(main.train(simulation, str(tmp_path / "simulation")))
+  TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
+  node = lambda i, site: {"data-dir": site, "site": f"site{i}", "cache-dir": f"{tmp_path}/c{i}"}  # noqa: E731
+  contexts = {7 + i: Context(1, 7 + i, node(i, s), RecordDict(), {}) for i, s in enumerate(sites)}
+  workdir = str(tmp_path / "flower")
+  grid = InProcessGrid(contexts)
+  federated.train(
+    config, workdir, make_simulation=lambda exp: flower.federation(exp, grid, workdir)
+  )
+  step, nets = _global_model(workdir)
+  assert step == 2
+  jax.tree.map(np.testing.assert_array_equal, simulated.nets, nets)
+  assert [line["sites"] for line in _train_lines(workdir)] == [1, 1]
+  losses = [x["loss"] for x in _train_lines(str(tmp_path / "simulation"))]
+  assert [x["loss"] for x in _train_lines(workdir)] == losses

@@ -392,11 +392,6 @@ def federation(exp: Experiment, grid: Grid, workdir: str) -> federated.Simulatio
   """The Flower round as a :class:`jaxseg.run.federated.Simulation` (``workdir``'s
   path names the run for the state the sites keep)."""
   cfg, fc = exp.config, exp.config.fed
-  if fc.clients_per_round:
-    raise UserError(
-      "config.fed.clients_per_round: sampling sites is not supported over Flower yet "
-      "(every connected site trains each round); set it to 0."
-    )
   encoded = encode_config(cfg)
   sites = connect(grid, exp, encoded)
   placed, width, longest, table = _server_side(exp, sites)
@@ -404,6 +399,7 @@ def federation(exp: Experiment, grid: Grid, workdir: str) -> federated.Simulatio
   run = hashlib.sha256(f"{encoded}:{os.path.abspath(workdir)}".encode()).hexdigest()[:16]
   names = {n: s["name"] for n, s in sites.items()}
   number = {n: c for c, n in enumerate(sites)}
+  draw = sampler(recipe.of(cfg), placed.keys["recipe"], sites)
 
   def run_round(state):
     _, client_xs, server_xs, (shared, metrics) = parts.prepare(
@@ -423,10 +419,11 @@ def federation(exp: Experiment, grid: Grid, workdir: str) -> federated.Simulatio
         {**down, "plan": ConfigRecord({**plan, "width": width, "longest": longest})}
       )
 
-    live = [n for n in sites if n in set(grid.get_node_ids())]
+    chosen = draw(round_)
+    live = [n for n in chosen if n in set(grid.get_node_ids())]
     replies, errors = _send(grid, dict.fromkeys(live), "train", content, fc.round_timeout_s)
-    missing = [names[n] for n in sites if n not in replies]
-    _report(round_, missing, errors, names, len(sites), fc.min_fraction)
+    missing = [names[n] for n in chosen if n not in replies]
+    _report(round_, missing, errors, names, len(chosen), fc.min_fraction)
     unsent = unsent_keys(fed.recipe, shared["nets"])
     summed, stacked = _aggregate(parts, like, replies, number, names, unsent)
     # The sites keep their own state; the server's copy of it is left as it is.
@@ -442,6 +439,25 @@ def federation(exp: Experiment, grid: Grid, workdir: str) -> federated.Simulatio
   return federated.Simulation(fed, None, table, comm, "flower", run_round, state_sharding)
 
 
+def sampler(rc: recipe.Recipe, key, sites: dict):
+  """``draw(round) -> [node]``: the sites that train the round, in their numbers'
+  order — every site, or ``clients_per_round`` K of them drawn as the simulation draws
+  its K rows (:func:`jaxseg.fed.backends.indices`: the round's recipe key, each site's
+  size its images and pool, as :func:`jaxseg.fed.layout.site` counts them)."""
+  nodes = list(sites)
+  if not rc.clients_per_round:
+    return lambda round_: nodes
+  size = jnp.asarray([s["images"] + s["pool"] for s in sites.values()], jnp.float32)
+
+  @jax.jit
+  def ids(round_):
+    return recipe.sample(
+      rc, jax.random.fold_in(jax.random.fold_in(key, round_), recipe.SAMPLE_KEY), size
+    )
+
+  return lambda round_: [nodes[int(c)] for c in np.asarray(ids(round_))]
+
+
 def _server_side(exp: Experiment, sites: dict):
   """``(placed, width, longest, table)``: the server's part of the round on its own
   images (label-at-server: its whole training split; it holds no client of its own)
@@ -455,6 +471,8 @@ def _server_side(exp: Experiment, sites: dict):
   server = layout.Layout([np.zeros(0, np.int64)], [], [], np.arange(server_images))
   data, _ = layout.client_data(server, 1, 0, 0.0, 1, 1, width)
   fed = federated.federation(exp, longest)
+  # The server draws the sites itself (:func:`sampler`), not rows of its own table.
+  fed = dataclasses.replace(fed, recipe=dataclasses.replace(fed.recipe, clients_per_round=0))
   probe = federated.probe_images(exp, server_source, np.arange(max(server_images, 1)))
   placed = backends.place(
     fed, data, server_source, probe, exp.train_key, "device", jax.devices()[:1], 1,

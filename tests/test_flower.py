@@ -4,6 +4,7 @@ simulation of those folders (``config.fed.client_dirs``), bitwise."""
 
 import contextlib
 import copy
+import functools
 import glob
 import json
 import os
@@ -513,10 +514,21 @@ def test_flower_fedbn_with_dp_keeps_batchnorm_on_the_sites(folders, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, serialization.to_state_dict(mine), kept)
 
 
-def test_flower_samples_the_sites_the_simulation_samples(folders, tmp_path):
-  """``fed.clients_per_round`` 1 of 2 sites over Flower (each site's ClientApp in this
-  process): each round trains the one site the simulation's draw picks, and 2 rounds
-  end with the simulation's global model bit for bit."""
+@pytest.mark.parametrize(
+  "fed",
+  [
+    {"clients_per_round": 1, "compress.kind": "q8"},
+    {"aggregator.kind": "median", "compress.kind": "topk", "compress.fraction": 0.1},
+  ],
+  ids=["one_of_two_sites_8bit", "median_of_top_k"],
+)
+def test_flower_sampled_and_compressed_rounds_are_the_simulations(folders, tmp_path, fed):
+  """Over Flower (each site's ClientApp in this process): ``clients_per_round`` 1 of 2
+  trains the one site the simulation's draw picks; a compressed update travels as its
+  bytes (8-bit levels and each tensor's two ends; top-k values and positions), the
+  size communication.json states, and the server reads it back as the simulation
+  does (the mean's weighted sum; the median's stacked rows): 2 rounds end with the
+  simulation's global model bit for bit."""
   from flwr.app import Context, RecordDict
   from flwr.supercore.task_identity import TaskIdentity
 
@@ -524,7 +536,10 @@ def test_flower_samples_the_sites_the_simulation_samples(folders, tmp_path):
   from jaxseg.run import federated
 
   sites, server = folders
-  config = _config("supervised", server, clients_per_round=1)
+  config = _config("supervised", server)
+  for key, value in fed.items():
+    *path, name = key.split(".")
+    functools.reduce(getattr, path, config.fed)[name] = value
   config.data.cache_dir = str(tmp_path / "cache")
   simulation = copy.deepcopy(config)
   simulation.fed.client_dirs = tuple(sites)
@@ -540,6 +555,9 @@ def test_flower_samples_the_sites_the_simulation_samples(folders, tmp_path):
   step, nets = _global_model(workdir)
   assert step == 2
   jax.tree.map(np.testing.assert_array_equal, simulated.nets, nets)
-  assert [line["sites"] for line in _train_lines(workdir)] == [1, 1]
+  lines = _train_lines(workdir)
+  assert [line["sites"] for line in lines] == [fed.get("clients_per_round", 2)] * 2
+  comm = json.load(open(os.path.join(workdir, "communication.json")))
+  assert all(line["up_bytes"] == comm["up_bytes"] < comm["down_bytes"] / 3 for line in lines)
   losses = [x["loss"] for x in _train_lines(str(tmp_path / "simulation"))]
-  assert [x["loss"] for x in _train_lines(workdir)] == losses
+  assert [x["loss"] for x in lines] == losses

@@ -254,7 +254,12 @@ def test_looped_and_vmapped_rounds_agree_with_every_piece(two_clients):
     run, state = _run(two_clients, rc, rows=2, client_map=client_map)
     new, _ = run(state)
     results.append(_params(new))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *results)
+  # The two programs' updates differ by float rounding; 8-bit stochastic rounding turns
+  # a rounding difference at a level's threshold into one level (a step of the
+  # tensor's range / 255), so a few values may differ by that, no more.
+  vmapped, looped = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(r)]) for r in results)
+  off = ~np.isclose(vmapped, looped, rtol=1e-6, atol=1e-7)
+  assert off.mean() < 0.01 and np.abs(vmapped - looped).max() < 1e-4, (off.sum(), off.size)
 
 
 def test_k_of_n_rounds_take_memory_of_k_not_n(two_clients):

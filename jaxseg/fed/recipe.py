@@ -369,41 +369,86 @@ def clipped(delta, norm) -> tuple[dict, jax.Array]:
 def quantized(x, key) -> jax.Array:
   """``x`` in 8 bits: 256 levels between its min and max, stochastic rounding (unbiased:
   E[q] = x); what the server reconstructs from the bytes and the two float32 ends."""
+  return dequantized(*quantize(x, key))
+
+
+def quantize(x, key) -> tuple:
+  """``(level uint8, lo, step)`` of :func:`quantized`: the bytes that travel.
+
+  ``step`` is rounded up to 16 significant bits (a relative change below 2^-15), so
+  that ``level * step`` (8 bits times 16) is exact in float32: XLA fuses ``lo + level *
+  step`` into a multiply-add in some programs and not in others, and with an exact
+  product both round alike — the server's reconstruction equals the site's."""
   lo, hi = x.min(), x.max()
   step = jnp.maximum(hi - lo, 1e-30) / 255.0
+  bits = jax.lax.bitcast_convert_type(step, jnp.uint32)
+  step = jax.lax.bitcast_convert_type((bits + 0xFF) & ~jnp.uint32(0xFF), jnp.float32)
   level = jnp.floor((x - lo) / step + jax.random.uniform(key, x.shape))
-  return lo + jnp.clip(level, 0, 255) * step
+  return jnp.clip(level, 0, 255).astype(jnp.uint8), lo, step
+
+
+def dequantized(level, lo, step) -> jax.Array:
+  return lo + level.astype(jnp.float32) * step
 
 
 def top_k(x, fraction: float) -> jax.Array:
   """``x`` with all but its ``ceil(fraction * size)`` largest magnitudes zeroed."""
+  return densified(*top_k_entries(x, fraction), x.shape)
+
+
+def top_k_entries(x, fraction: float) -> tuple:
+  """``(values, int32 positions)`` of :func:`top_k`'s ``ceil(fraction * size)`` kept
+  entries (of ``x`` flattened): what travels."""
   k = max(1, math.ceil(fraction * x.size))
   flat = x.ravel()
   _, idx = jax.lax.top_k(jnp.abs(flat), k)
-  return jnp.zeros_like(flat).at[idx].set(flat[idx]).reshape(x.shape)
+  return flat[idx], idx.astype(jnp.int32)
 
 
-def compressed(recipe: Recipe, delta, key) -> dict:
+def densified(values, idx, shape) -> jax.Array:
+  return jnp.zeros(math.prod(shape), values.dtype).at[idx].set(values).reshape(shape)
+
+
+def compressed(recipe: Recipe, delta, key) -> tuple[dict, dict | None]:
+  """``(the update as the server reconstructs it, what travels)``: for ``q8`` the
+  fields ``level``, ``lo``, ``step``, for ``topk`` ``values`` and ``index``, each a
+  tree shaped like ``delta`` (:func:`decompressed` reads it back); ``None`` without
+  compression."""
   if recipe.compress == "none":
-    return delta
+    return delta, None
   leaves, treedef = jax.tree.flatten(delta)
   if recipe.compress == "q8":
     keys = jax.random.split(key, len(leaves))
-    leaves = [quantized(x, k) for x, k in zip(leaves, keys, strict=True)]
+    codes = [quantize(x, k) for x, k in zip(leaves, keys, strict=True)]
+    names = ("level", "lo", "step")
   else:
-    leaves = [top_k(x, recipe.fraction) for x in leaves]
-  return jax.tree.unflatten(treedef, leaves)
+    codes = [top_k_entries(x, recipe.fraction) for x in leaves]
+    names = ("values", "index")
+  wire = {n: jax.tree.unflatten(treedef, [c[i] for c in codes]) for i, n in enumerate(names)}
+  return decompressed(recipe, wire, delta), wire
 
 
-def client_update(recipe: Recipe, delta, state: dict, key, client) -> tuple[dict, dict]:
-  """Steps 3 of the round for one client: ``(the update it sends, info)``; ``info``
-  ``unclipped`` (1.0 if its norm was within the clipping norm: adaptive clipping's
-  count)."""
+def decompressed(recipe: Recipe, wire: dict, like) -> dict:
+  """The update ``wire`` (:func:`compressed`) stands for, shaped like ``like``."""
+  if recipe.compress == "q8":
+    out = jax.tree.map(dequantized, wire["level"], wire["lo"], wire["step"])
+  else:
+    out = jax.tree.map(
+      lambda v, i, x: densified(v, i, x.shape), wire["values"], wire["index"], like
+    )
+  return out
+
+
+def client_update(recipe: Recipe, delta, state: dict, key, client) -> tuple[dict, dict, dict]:
+  """Steps 3 of the round for one client: ``(the update it sends, info, wire)``;
+  ``info`` ``unclipped`` (1.0 if its norm was within the clipping norm: adaptive
+  clipping's count); ``wire`` the compressed update's bytes (:func:`compressed`)."""
   delta = attacked(recipe, delta, client)
   info = {}
   if recipe.dp:
     delta, info["unclipped"] = clipped(delta, state["clip_norm"])
-  return compressed(recipe, delta, key), info
+  delta, wire = compressed(recipe, delta, key)
+  return delta, info, wire
 
 
 def finite(tree) -> jax.Array:

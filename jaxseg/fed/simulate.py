@@ -296,22 +296,26 @@ def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size,
   recipe's weights (:func:`jaxseg.fed.recipe.weights`), the total weight, the
   accepted clients and their metrics' sums (and adaptive clipping's count).
   ``stacked`` has a row per client (blocks concatenate): ``rejected`` (the client's
-  number where its update was not finite, else -1) and, for a robust aggregator, the
-  updates themselves and whether each was accepted.
+  number where its update was not finite, else -1), for a robust aggregator the
+  updates themselves and whether each was accepted, and with compression ``wire``, the
+  compressed updates' bytes (:func:`jaxseg.fed.recipe.compressed`; unused in
+  simulation, where XLA drops them).
   """
   batches = functools.partial(fetch, jax.tree.map(lambda v: v[0], arrays))
   client = functools.partial(client_round, fed, batches, shared)
   args = (rows, xs, steps, local)
   if fed.sequential:
-    delta, stats, metrics, info, local = jax.lax.map(lambda a: client(*a), args)
+    delta, stats, metrics, info, local, wire = jax.lax.map(lambda a: client(*a), args)
   else:
-    delta, stats, metrics, info, local = jax.vmap(client)(*args)
+    delta, stats, metrics, info, local, wire = jax.vmap(client)(*args)
   summed, stacked = contributions(fed.recipe, rows, size, delta, stats, metrics, info)
+  if wire is not None:  # what a real site sends instead of its update (jaxseg.flower)
+    stacked["wire"] = wire
   return summed, stacked, local
 
 
 def client_round(fed: Federation, batches, shared: dict, c, xs, steps, local):
-  """One client's round: ``(update, BatchNorm statistics, metrics, info, kept)`` — its
+  """One client's round: ``(update, BatchNorm statistics, metrics, info, kept, wire)`` — its
   local training from the broadcast (FedBN: with its own BatchNorm; SCAFFOLD: its
   correction), its update through the recipe, what it keeps for the next round."""
   rc, nets = fed.recipe, shared["nets"]
@@ -336,8 +340,8 @@ def client_round(fed: Federation, batches, shared: dict, c, xs, steps, local):
     c_new, info["dc"] = recipe_lib.scaffold_local(rc, server_c, local["c"], delta, steps)
     local = {"c": c_new}
   recipe_key = jax.random.fold_in(shared["recipe"]["key"], c)
-  delta, more = recipe_lib.client_update(rc, delta, shared["recipe"]["state"], recipe_key, c)
-  return delta, stats, m, {**info, **more}, local
+  delta, more, wire = recipe_lib.client_update(rc, delta, shared["recipe"]["state"], recipe_key, c)
+  return delta, stats, m, {**info, **more}, local, wire
 
 
 def contributions(rc, rows, size, delta, stats, metrics, info) -> tuple[dict, dict]:

@@ -14,7 +14,8 @@ function, on its own images. What crosses the wire, per round and site:
   ConfigRecord with the run's config and the site's place (its number, the federation's
   table width and longest local run: counts);
 * up: the site's networks times its image count (float32 sums, as the simulation adds
-  clients), that count, and the sums of its training metrics.
+  clients), that count, and the sums of its training metrics; with compression the
+  update's compressed bytes instead (:func:`restored` reads them back).
 
 A site's number is its place among the sites' names (sorted): a site holding what
 client ``k`` of a simulation holds (``config.fed.client_dirs``, the same folders)
@@ -39,6 +40,7 @@ server's plan says (its spacing and CT statistics, sent with every message).
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -78,7 +80,7 @@ client_app = ClientApp()
 std_logging.getLogger("absl").addFilter(runtime.quiet)  # TFDS's and orbax's notices
 USER_ERROR = 0  # the Error code a site answers a user error (its data) with
 # A site's reply's update, by the record keys of its contribution (simulate.clients).
-UPDATE = ("[0]['delta']", "[0]['batch_stats']", "[1]['stacked']")
+UPDATE = ("[0]['delta']", "[0]['batch_stats']", "[0]['dc']", "[1]['stacked']", "[1]['wire']")
 RECIPE_STATE = ("clip_norm",)  # the recipe's state a site needs (jaxseg.fed.recipe.init)
 
 
@@ -112,12 +114,43 @@ def from_record(record: ArrayRecord, like, unsent=frozenset()):
 
 def unsent_keys(rc, nets) -> frozenset:
   """The record keys of a site's update that it does not send: FedBN's BatchNorm
-  parameters (their update is zero; the site keeps them)."""
-  if rc.algorithm != "fedbn":
-    return frozenset()
+  parameters (their update is zero; the site keeps them) and, with compression, the
+  update itself (its compressed bytes, ``[1]['wire']``, travel instead: the server
+  reads it back, :func:`restored`)."""
   params, stats = simulate.params_of(nets), simulate.stats_of(nets)
-  mask = jax.tree_util.tree_flatten_with_path(recipe.bn_mask(params, stats))[0]
-  return frozenset(f"[0]['delta']{jax.tree_util.keystr(p)}" for p, kept in mask if kept)
+  paths = jax.tree_util.tree_flatten_with_path(recipe.bn_mask(params, stats))[0]
+  paths = [(jax.tree_util.keystr(p), kept) for p, kept in paths]
+  bn = [p for p, kept in paths if kept] if rc.algorithm == "fedbn" else []
+  values = "[1]['stacked']" if rc.stacked else "[0]['delta']"
+  if rc.compress == "none":
+    return frozenset(values + p for p in bn)
+  fields = ("level", "lo", "step") if rc.compress == "q8" else ("values", "index")
+  wire = [f"[1]['wire']['{f}']{p}" for f in fields for p in bn]
+  return frozenset([values + p for p, _ in paths] + wire)
+
+
+def restored(rc, part):
+  """A site's contribution with its update read back from the compressed bytes it
+  sent (``wire``), computed as the site's block computed it
+  (:func:`jaxseg.fed.simulate.contributions`): the update zeroed where it was not
+  accepted, then weighted (one site: its weight is the sum's)."""
+  summed, stacked = part
+  if rc.stacked:
+    like = jax.tree.map(lambda x: x[0], stacked["stacked"])
+  else:
+    like = summed["delta"]
+  decoded = jax.vmap(lambda w: recipe.decompressed(rc, w, like))(stacked["wire"])
+  if rc.stacked:
+    keep = stacked["accepted"]
+    clean = jax.tree.map(
+      lambda x: jnp.where(keep.reshape(-1, *([1] * (x.ndim - 1))), x, 0.0), decoded
+    )
+    return summed, {**stacked, "stacked": clean}
+  weight = summed["weight"][None]
+  clean = jax.tree.map(
+    lambda x: jnp.where(weight.reshape(-1, *([1] * (x.ndim - 1))) > 0, x, 0.0), decoded
+  )
+  return {**summed, "delta": simulate.weighted_sum(clean, weight)}, stacked
 
 
 def payload_bytes(content: RecordDict) -> int:
@@ -425,7 +458,7 @@ def federation(exp: Experiment, grid: Grid, workdir: str) -> federated.Simulatio
     missing = [names[n] for n in chosen if n not in replies]
     _report(round_, missing, errors, names, len(chosen), fc.min_fraction)
     unsent = unsent_keys(fed.recipe, shared["nets"])
-    summed, stacked = _aggregate(parts, like, replies, number, names, unsent)
+    summed, stacked = _aggregate(parts, like, replies, number, names, fed.recipe, unsent)
     # The sites keep their own state; the server's copy of it is left as it is.
     total = (summed, stacked, simulate.local_rows(state, stacked["row"]))
     state, metrics = parts.conclude(
@@ -499,16 +532,17 @@ def _measured(sent: Message, answer: Message, sites: int) -> dict:
   }
 
 
-def _aggregate(parts, like, replies: dict, number: dict, names: dict, unsent=frozenset()):
+def _aggregate(parts, like, replies: dict, number: dict, names: dict, rc, unsent=frozenset()):
   """The sites' contributions added in the order of their numbers (as the simulation
   adds its clients); a contribution with a non-finite value is refused (named in the
-  log), never added."""
-  total = None
+  log), never added; a compressed one is read back first (:func:`restored`)."""
+  total, restore = None, jax.jit(functools.partial(restored, rc))
   for node in sorted(replies, key=number.get):
     part = jax.tree.map(jnp.asarray, from_record(replies[node].content["part"], like, unsent))
     if not all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(part)):
       skeleton.say(f"site {names[node]}: its update has non-finite values; refused.")
       continue
+    part = restore(part) if rc.compress != "none" else part
     total = part if total is None else parts.add(total, part)
   if total is None:
     raise UserError("every site's update had non-finite values: none was aggregated.")

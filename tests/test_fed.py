@@ -16,7 +16,7 @@ from configs import fed_common
 from configs.semi_common import METHOD_KWARGS
 from jaxseg import main, perturb
 from jaxseg.data import pipeline, resident
-from jaxseg.fed import backends, cost, layout, partition, simulate
+from jaxseg.fed import backends, cost, layout, partition, simulate, streams
 from jaxseg.run import federated
 from jaxseg.run.experiment import Experiment
 from jaxseg.semi import rwp
@@ -211,15 +211,9 @@ def supervised_fed():
 
 def _round(exp, sim, source, where, rows, placement="device", client_map="vmap"):
   data, _ = layout.client_data(where, rows, 3, 0.0, 2, 2)
+  where = backends.Placement(placement, client_map=client_map)
   run, state_sharding = backends.compile_round(
-    sim.fed,
-    data,
-    source,
-    np.zeros(1, np.float32),
-    exp.train_key,
-    placement,
-    jax.devices()[:1],
-    client_map,
+    sim.fed, data, source, np.zeros(1, np.float32), exp.train_key, where
   )
   return run(jax.device_put(exp.init(), state_sharding))
 
@@ -243,7 +237,7 @@ def test_federated_clients_draw_by_epochs_across_rounds(supervised_fed):
   where = layout.Layout(clients, clients, clients, np.zeros(0, np.int64))
   data, longest = layout.client_data(where, 2, 0, 1.0, 2, 2)
   fed = dataclasses.replace(supervised_fed[1].fed, local_steps=longest, sampling="epochs")
-  rounds = [simulate.client_indices(fed, data, jax.random.key(0), r) for r in range(5)]
+  rounds = [streams.client_indices(fed, data, jax.random.key(0), r) for r in range(5)]
   for c, images in enumerate(clients):
     live = int(data.steps[c])
     drawn = np.concatenate([np.asarray(r["labeled"][c, :live]).ravel() for r in rounds])
@@ -253,7 +247,7 @@ def test_federated_clients_draw_by_epochs_across_rounds(supervised_fed):
       assert sorted(drawn[e * n : (e + 1) * n]) == images.tolist(), (c, e, drawn)
   # With replacement (the earlier rule, a setting): draws from each client's own images.
   fed = dataclasses.replace(fed, sampling="replacement")
-  drawn = simulate.client_indices(fed, data, jax.random.key(0), 0)["labeled"]
+  drawn = streams.client_indices(fed, data, jax.random.key(0), 0)["labeled"]
   assert set(np.asarray(drawn[1]).ravel()) <= {5, 6} and np.asarray(drawn[0]).max() < 5
 
 
@@ -269,7 +263,7 @@ def test_label_at_server_training_joins_or_follows_the_clients(supervised_fed, w
     lambda v: jnp.asarray(v)[None], pipeline.model_inputs(source.take(np.arange(n)))
   )
   keys = {"train": jax.random.key(1), "broadcast": jax.random.key(2), "recipe": jax.random.key(4)}
-  server_xs = simulate.server_indices(fed, data, jax.random.key(3), 0)
+  server_xs = streams.server_indices(fed, data, jax.random.key(3), 0)
   server = simulate.init(exp.method, fed.ctx, fed.server_tx, jax.random.key(0))
   recipe = {"state": {}, "key": keys["recipe"]}
   shared = {
@@ -288,9 +282,9 @@ def test_label_at_server_training_joins_or_follows_the_clients(supervised_fed, w
   rows = {"rejected": jnp.array([-1, -1], jnp.int32), "row": jnp.arange(2)}
   part = (summed, rows, {})  # (no per-client store: FedAvg keeps nothing on the clients)
   side = (server_xs, arrays, jnp.int32(4))
-  conclude = jax.jit(lambda *a: simulate.conclude(fed, simulate.gather, keys, *a))
+  conclude = jax.jit(lambda *a: simulate.conclude(fed, streams.gather, keys, *a))
   new, metrics = conclude(server, shared, part, {}, side)
-  trained, _ = simulate.server_train(fed, server.nets, 0, server_xs, simulate.gather, keys, arrays)
+  trained, _ = simulate.server_train(fed, server.nets, 0, server_xs, streams.gather, keys, arrays)
   got = {k: v.params for k, v in new.nets.items()}
   if where == "with_clients":  # the server's model joins the average with weight 4
     want = jax.tree.map(lambda t: (36.0 + 4 * t) / 20, {k: v.params for k, v in trained.items()})
@@ -298,7 +292,7 @@ def test_label_at_server_training_joins_or_follows_the_clients(supervised_fed, w
     average = jax.tree.map(lambda v: jnp.full_like(v, 36.0 / 16), server.nets)
     start = {k: v.replace(params=average[k].params) for k, v in server.nets.items()}
     start = {k: v.replace(batch_stats=average[k].batch_stats) for k, v in start.items()}
-    after, _ = simulate.server_train(fed, start, 0, server_xs, simulate.gather, keys, arrays)
+    after, _ = simulate.server_train(fed, start, 0, server_xs, streams.gather, keys, arrays)
     want = {k: v.params for k, v in after.items()}
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
   assert "server_loss" in metrics and int(new.step) == 1
@@ -322,17 +316,15 @@ def test_one_client_equals_centralized_training(supervised_fed):
   fed_state, _ = _round(exp, sim, source, one, rows=1)
   # The same local steps, one by one, outside the simulator.
   data, _ = layout.client_data(one, 1, 3, 0.0, 2, 2)
-  placed = backends.place(
-    sim.fed, data, source, np.zeros(1), exp.train_key, "device", jax.devices()[:1]
-  )
+  placed = backends.place(sim.fed, data, source, np.zeros(1), exp.train_key)
   arrays = pipeline.model_inputs(source.take(np.arange(n)))
   keys, data_key = placed.keys, placed.data_key
-  idx = simulate.client_indices(sim.fed, data, data_key, 0)
+  idx = streams.client_indices(sim.fed, data, data_key, 0)
   state = simulate.start(sim.fed, exp.init().nets, 0)
   key = jax.random.fold_in(jax.random.fold_in(keys["train"], 0), 0)
   step = jax.jit(lambda s, lab, unl: exp.method.step(sim.fed.ctx, s, lab, unl, key))
   for s in range(3):
-    batch = simulate.gather(arrays, jax.tree.map(lambda x, s=s: x[0, s], idx))  # no key: images
+    batch = streams.gather(arrays, jax.tree.map(lambda x, s=s: x[0, s], idx))  # no key: images
     state, _ = step(state, batch["labeled"], batch["unlabeled"])
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),

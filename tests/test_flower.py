@@ -172,7 +172,7 @@ def test_flower_a_site_whose_data_cannot_be_read_answers_its_one_line_error(
   (bad / "train" / "images" / "003.png").write_bytes(b"not a png")
   exp = Experiment(_config("supervised", server, num_clients=1))
   TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
-  plan = RecordDict({"plan": ConfigRecord({"config": flower.encode_config(exp.config)})})
+  plan = RecordDict({"plan": ConfigRecord({"config": flower.wire.encode_config(exp.config)})})
   query = Message(plan, dst_node_id=7, message_type="query")
   context = Context(1, 7, {"data-dir": str(bad), "site": "hospital_b"}, RecordDict(), {})
   reply = flower._query(query, context)
@@ -181,7 +181,7 @@ def test_flower_a_site_whose_data_cannot_be_read_answers_its_one_line_error(
   assert line.startswith("jaxseg site hospital_b: error: ") and "003.png" in line
 
   with pytest.raises(UserError, match=r"^site node 7: .*003\.png"):
-    flower.connect(InProcessGrid({7: context}), exp, flower.encode_config(exp.config))
+    flower.server.connect(InProcessGrid({7: context}), exp, flower.wire.encode_config(exp.config))
 
 
 class InProcessGrid:
@@ -255,7 +255,7 @@ def test_flower_volume_sites_train_as_the_simulation_of_their_folders(tmp_path):
   grid = InProcessGrid(contexts)
   workdir = str(tmp_path / "flower")
   federated.train(
-    config, workdir, make_simulation=lambda exp: flower.federation(exp, grid, workdir)
+    config, workdir, make_simulation=lambda exp: flower.server.federation(exp, grid, workdir)
   )
   step, nets = _global_model(workdir)
   assert step == 1
@@ -497,7 +497,7 @@ def test_flower_fedbn_with_dp_keeps_batchnorm_on_the_sites(folders, tmp_path):
   workdir = str(tmp_path / "flower")
   grid = InProcessGrid(contexts)
   federated.train(
-    config, workdir, make_simulation=lambda exp: flower.federation(exp, grid, workdir)
+    config, workdir, make_simulation=lambda exp: flower.server.federation(exp, grid, workdir)
   )
   step, nets = _global_model(workdir)
   assert step == 2
@@ -550,7 +550,7 @@ def test_flower_sampled_and_compressed_rounds_are_the_simulations(folders, tmp_p
   workdir = str(tmp_path / "flower")
   grid = InProcessGrid(contexts)
   federated.train(
-    config, workdir, make_simulation=lambda exp: flower.federation(exp, grid, workdir)
+    config, workdir, make_simulation=lambda exp: flower.server.federation(exp, grid, workdir)
   )
   step, nets = _global_model(workdir)
   assert step == 2

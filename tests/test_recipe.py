@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxseg.fed import backends, layout, recipe, simulate
+from jaxseg.fed import backends, compress, cost, layout, privacy, recipe, robust, simulate
 from jaxseg.run import federated
 from jaxseg.run.experiment import Experiment
 from tests.test_fed import tiny_fed_config
@@ -57,35 +57,35 @@ def test_robust_aggregators_on_known_updates(name, kwargs, values, accepted, wan
 
 def test_krum_picks_the_update_closest_to_its_neighbours():
   flat = jnp.asarray([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [10.0, 10.0]])
-  scores = recipe.krum_scores(flat, jnp.ones(4, bool), f=1)  # 4 - 1 - 2 = 1 neighbour
+  scores = robust.krum_scores(flat, jnp.ones(4, bool), f=1)  # 4 - 1 - 2 = 1 neighbour
   np.testing.assert_allclose(scores, [1.0, 1.0, 1.0, 181.0])
-  masked = recipe.krum_scores(flat, jnp.array([True, True, True, False]), f=0)
+  masked = robust.krum_scores(flat, jnp.array([True, True, True, False]), f=0)
   assert np.isinf(masked[3]) and np.argmin(masked) == 0  # 0 is 1 from both others
 
 
 def test_clipping_bounds_the_norm_and_noise_has_the_calibrated_std():
   delta = {"a": jnp.full((3,), 2.0), "b": jnp.full((1,), 2.0)}  # norm 4
-  clipped, within = recipe.clipped(delta, 1.0)
-  assert float(recipe.global_norm(clipped)) == pytest.approx(1.0) and float(within) == 0.0
-  same, within = recipe.clipped(delta, 10.0)
+  clipped, within = privacy.clipped(delta, 1.0)
+  assert float(privacy.global_norm(clipped)) == pytest.approx(1.0) and float(within) == 0.0
+  same, within = privacy.clipped(delta, 10.0)
   assert float(within) == 1.0
   jax.tree.map(np.testing.assert_array_equal, same, delta)
   rc = recipe.Recipe(clip="fixed", clip_norm=0.5, noise_multiplier=2.0)
   part = {"delta": {"x": jnp.zeros(200_000)}, "weight": jnp.float32(4)}
-  noisy, _ = recipe.server_noise(rc, part, recipe.init(rc), jax.random.key(0))
+  noisy, _ = privacy.server_noise(rc, part, recipe.init(rc), jax.random.key(0))
   assert float(jnp.std(noisy["delta"]["x"])) == pytest.approx(2.0 * 0.5, rel=0.01)
 
 
 def test_adaptive_clipping_moves_the_norm_geometrically_towards_the_quantile():
   rc = recipe.Recipe(clip="adaptive", clip_norm=1.0, clip_lr=0.2, target_quantile=0.5, clients=4)
   part = {"delta": {"x": jnp.zeros(3)}, "unclipped": jnp.float32(4.0)}  # all within
-  _, state = recipe.server_noise(rc, part, recipe.init(rc), jax.random.key(0))
+  _, state = privacy.server_noise(rc, part, recipe.init(rc), jax.random.key(0))
   assert float(state["clip_norm"]) == pytest.approx(math.exp(-0.2 * (1.0 - 0.5)))
   part["unclipped"] = jnp.float32(0.0)  # all clipped: the norm grows
-  _, state = recipe.server_noise(rc, part, recipe.init(rc), jax.random.key(0))
+  _, state = privacy.server_noise(rc, part, recipe.init(rc), jax.random.key(0))
   assert float(state["clip_norm"]) == pytest.approx(math.exp(0.2 * 0.5))
   # The updates' noise grows so that the count's release keeps the total at z.
-  z, sigma_b = recipe.noise_multipliers(
+  z, sigma_b = privacy.noise_multipliers(
     dataclasses.replace(rc, noise_multiplier=1.0, count_noise=1)
   )
   assert sigma_b == 4.0 and z == pytest.approx((1.0 - 1 / 64) ** -0.5)
@@ -96,34 +96,34 @@ def test_the_accountant_is_dp_accountings_own_call():
   accountant = dp_accounting.rdp.RdpAccountant()
   event = dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.1))
   accountant.compose(event, 30)
-  assert recipe.epsilon(rc, 30, 100) == accountant.get_epsilon(1e-5)
+  assert privacy.epsilon(rc, 30, 100) == accountant.get_epsilon(1e-5)
   full = dataclasses.replace(rc, clients_per_round=0)
   accountant = dp_accounting.rdp.RdpAccountant()
   accountant.compose(dp_accounting.GaussianDpEvent(1.1), 30)
-  assert recipe.epsilon(full, 30, 100) == accountant.get_epsilon(1e-5)
-  assert recipe.epsilon(full, 31, 100) > recipe.epsilon(full, 30, 100)
-  assert recipe.epsilon(recipe.Recipe(), 5, 100) == math.inf
+  assert privacy.epsilon(full, 30, 100) == accountant.get_epsilon(1e-5)
+  assert privacy.epsilon(full, 31, 100) > privacy.epsilon(full, 30, 100)
+  assert privacy.epsilon(recipe.Recipe(), 5, 100) == math.inf
 
 
 def test_q8_is_unbiased_within_one_step_and_topk_keeps_the_largest():
   x = jax.random.normal(jax.random.key(0), (500,))
   step = (x.max() - x.min()) / 255
-  draws = jax.vmap(lambda k: recipe.quantized(x, k))(jax.random.split(jax.random.key(1), 400))
+  draws = jax.vmap(lambda k: compress.quantized(x, k))(jax.random.split(jax.random.key(1), 400))
   assert float(jnp.max(jnp.abs(draws - x))) <= float(step) * (1 + 1e-5)
   assert len(np.unique(np.asarray(draws[0]))) <= 256
   np.testing.assert_allclose(draws.mean(0), x, atol=float(step) * 0.15)
-  kept = recipe.top_k(jnp.array([0.1, -5.0, 2.0, 0.3, -0.2]), 0.4)
+  kept = compress.top_k(jnp.array([0.1, -5.0, 2.0, 0.3, -0.2]), 0.4)
   np.testing.assert_array_equal(kept, [0.0, -5.0, 2.0, 0.0, 0.0])
   params = {"conv": {"k": jnp.zeros((10, 10)), "b": jnp.zeros(10)}, "bn": {"scale": jnp.ones(4)}}
   stats = {"bn": {"mean": jnp.zeros(4), "var": jnp.ones(4)}}
-  assert recipe.up_bytes(recipe.Recipe(), params, stats) == 4 * 114 + 32
-  assert recipe.up_bytes(recipe.Recipe(compress="q8"), params, stats) == 108 + 18 + 12 + 32
+  assert cost.up_bytes(recipe.Recipe(), params, stats) == 4 * 114 + 32
+  assert cost.up_bytes(recipe.Recipe(compress="q8"), params, stats) == 108 + 18 + 12 + 32
   topk = recipe.Recipe(compress="topk", fraction=0.1)
-  assert recipe.up_bytes(topk, params, stats) == 8 * (10 + 1 + 1) + 32
+  assert cost.up_bytes(topk, params, stats) == 8 * (10 + 1 + 1) + 32
   # FedBN sends neither BatchNorm parameters nor statistics; SCAFFOLD adds c_i+ - c_i.
-  assert recipe.up_bytes(recipe.Recipe(algorithm="fedbn"), params, stats) == 4 * 110
-  assert recipe.up_bytes(recipe.Recipe(algorithm="scaffold"), params, stats) == 8 * 114 + 32
-  assert recipe.down_bytes(recipe.Recipe(algorithm="scaffold"), params, stats) == 4 * 114
+  assert cost.up_bytes(recipe.Recipe(algorithm="fedbn"), params, stats) == 4 * 110
+  assert cost.up_bytes(recipe.Recipe(algorithm="scaffold"), params, stats) == 8 * 114 + 32
+  assert cost.down_bytes(recipe.Recipe(algorithm="scaffold"), params, stats) == 4 * 114
 
 
 def test_fedbn_keeps_exactly_the_batchnorm_layers():
@@ -194,10 +194,10 @@ def _run(two_clients, rc, rows=2, client_map="vmap", where=None):
   rc = dataclasses.replace(rc, num_clients=len(where.clients))
   fed = dataclasses.replace(fed, recipe=rc)
   data, _ = layout.client_data(where, rows, 2, 0.0, 2, 2)
+  where = backends.Placement(client_map=client_map)
   run, sharding = backends.compile_round(
-    fed, data, exp.sources["train"], np.zeros(1, np.float32), exp.train_key, "device",
-    jax.devices()[:1], client_map,
-  )  # fmt: skip
+    fed, data, exp.sources["train"], np.zeros(1, np.float32), exp.train_key, where
+  )
   state = simulate.init(exp.method, fed.ctx, fed.server_tx, jax.random.key(0), rc)
   return run, jax.device_put(state, sharding)
 

@@ -16,7 +16,7 @@ from jaxseg import losses, perturb, semi
 from jaxseg.data import pipeline
 from jaxseg.errors import UserError
 from jaxseg.models.interface import Interface
-from jaxseg.semi import base, pseudoseg, rwp
+from jaxseg.semi import base, pseudoseg, rwp, strong_views
 from jaxseg.train import state as state_lib
 from jaxseg.train import step as step_lib
 
@@ -573,22 +573,22 @@ def test_pseudoseg_strong_view_is_the_official_jitter_and_cutout():
   the image) filled with the mean and left out of the consistency loss, whose mean
   is over the remaining pixels (train_wss.py:482-499)."""
   image = jnp.tile(jnp.linspace(0.2, 0.8, 64)[None, :, None], (64, 1, 1))
-  cut, valid = pseudoseg.cutout(jax.random.key(0), image, pseudoseg.CUTOUT)
-  side = 2 * round(pseudoseg.CUTOUT * 64 / 2)  # 12 pixels
+  cut, valid = strong_views.cutout(jax.random.key(0), image, strong_views.CUTOUT)
+  side = 2 * round(strong_views.CUTOUT * 64 / 2)  # 12 pixels
   inside = np.asarray(valid) == 0
   rows, cols = np.nonzero(inside)
   assert 0 < inside.sum() <= side * side and np.ptp(rows) < side and np.ptp(cols) < side
   np.testing.assert_allclose(np.asarray(cut)[inside, 0], float(image.mean()), rtol=1e-6)
   np.testing.assert_array_equal(np.asarray(cut)[~inside], np.asarray(image)[~inside])
-  jittered = pseudoseg.colour_jitter(jax.random.key(1), image)
+  jittered = strong_views.colour_jitter(jax.random.key(1), image)
   assert (
     jittered.shape == image.shape and 0.0 <= float(jittered.min()) <= float(jittered.max()) <= 1.0
   )
   assert not np.allclose(jittered, image)
   rgb = jnp.stack([image[..., 0], 1 - image[..., 0], 0.5 * image[..., 0]], -1)
-  assert pseudoseg.colour_jitter(jax.random.key(2), rgb).shape == rgb.shape
-  strong, valid = pseudoseg.strong_view(
-    jax.random.key(3), jnp.stack([image, image]), "official", 0.0, pseudoseg.CUTOUT
+  assert strong_views.colour_jitter(jax.random.key(2), rgb).shape == rgb.shape
+  strong, valid = strong_views.strong_view(
+    jax.random.key(3), jnp.stack([image, image]), "official", 0.0, strong_views.CUTOUT
   )
   assert strong.shape == (2, 64, 64, 1) and valid.shape == (2, 64, 64)
   assert not np.array_equal(valid[0], valid[1])  # each image its own square

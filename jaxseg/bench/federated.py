@@ -70,15 +70,9 @@ def run(config, client_counts: list[int], repeats: int) -> list[dict]:
     exp, fed, data, source = federation(config, count)
     timings = {}
     for client_map in ("vmap", "loop"):
+      where = backends.Placement(client_map=client_map)
       run_round, state_sharding = backends.compile_round(
-        fed,
-        data,
-        source,
-        np.zeros(1, np.float32),
-        exp.train_key,
-        "device",
-        jax.devices()[:1],
-        client_map,
+        fed, data, source, np.zeros(1, np.float32), exp.train_key, where
       )
       state = jax.jit(exp.init, out_shardings=state_sharding)()
       timings[client_map] = _time(run_round, state, repeats)

@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxseg.data import pipeline
-from jaxseg.fed import recipe, simulate
+from jaxseg.fed import recipe, simulate, streams
 from jaxseg.train import sharding
 
 
@@ -43,7 +43,7 @@ class Placed:
 
   fed: simulate.Federation
   mesh: jax.sharding.Mesh
-  data: simulate.ClientData  # sharded by client rows
+  data: streams.ClientData  # sharded by client rows
   source: object  # the training split on the host (``take``, as a grain source)
   client_arrays: dict  # [groups, N, ...] split by client group ({} when streamed)
   server_arrays: dict  # [1, N, ...] the server's images, replicated ({} when streamed)
@@ -80,17 +80,17 @@ def indices(fed, keys: dict, data_key, step, data):
   indices or None)``; the rows are drawn from the round's recipe key."""
   server = None
   if fed.scenario == "label_at_server":
-    server = simulate.server_indices(fed, data, data_key, step)
+    server = streams.server_indices(fed, data, data_key, step)
   ids = None
   if fed.recipe.clients_per_round:
     key = jax.random.fold_in(jax.random.fold_in(keys["recipe"], step), recipe.SAMPLE_KEY)
     ids = recipe.sample(fed.recipe, key, data.size)
-  sub = simulate.rows_of(data, ids)
-  return ids, simulate.client_indices(fed, sub, data_key, step, ids), server
+  sub = streams.rows_of(data, ids)
+  return ids, streams.client_indices(fed, sub, data_key, step, ids), server
 
 
 def host_gather(source, indices) -> dict:
-  """:func:`jaxseg.fed.simulate.gather` on the host, reading only ``indices``."""
+  """:func:`jaxseg.fed.streams.gather` on the host, reading only ``indices``."""
 
   def one(idx):
     batch = pipeline.model_inputs(source.take(idx.ravel()))
@@ -99,7 +99,7 @@ def host_gather(source, indices) -> dict:
   return jax.tree.map(one, indices)
 
 
-def members(data: simulate.ClientData, groups: int) -> list[np.ndarray]:
+def members(data: streams.ClientData, groups: int) -> list[np.ndarray]:
   """The training images each of ``groups`` client groups (rows split evenly) reads."""
   rows = len(data.size) // groups
   held = [
@@ -136,16 +136,31 @@ def filled(source, images: list[np.ndarray], where: NamedSharding, length: int, 
 class Reader:
   """How the round reads training data: ``inputs`` turns what ``source.take`` gives
   into the arrays held on the device, ``gather(arrays, indices, key)`` a step's
-  batches from them (images: :func:`jaxseg.fed.simulate.gather`; volumes: patches)."""
+  batches from them (images: :func:`jaxseg.fed.streams.gather`; volumes: patches)."""
 
   inputs: Callable = pipeline.model_inputs
-  gather: Callable = simulate.gather
+  gather: Callable = streams.gather
 
 
-def place(
-  fed, data, source, probe, train_key, placement: str, devices, data_devices=1, reader=Reader()
-):
-  """A :class:`Placed` over ``devices`` (``len(devices) // data_devices`` client groups)."""
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where and how a federation's round runs: ``data`` ``device`` (the training arrays
+  held on the devices) or ``stream`` (read on the host each round); over ``devices``
+  (default: the first); clients by ``client_map`` (``vmap``, ``scan``, ``loop``), each
+  client group ``data_devices`` devices wide; its images read by ``reader``."""
+
+  data: str = "device"
+  devices: tuple = ()
+  client_map: str = "vmap"
+  data_devices: int = 1
+  reader: Reader = Reader()
+
+
+def place(fed, data, source, probe, train_key, where: Placement = Placement()) -> Placed:
+  """A :class:`Placed` over ``where.devices`` (``len(devices) // data_devices`` client
+  groups)."""
+  placement, data_devices, reader = where.data, where.data_devices, where.reader
+  devices = list(where.devices) or jax.devices()[:1]
   groups = len(devices) // data_devices
   mesh = jax.make_mesh(
     (groups, data_devices),
@@ -236,9 +251,9 @@ def round_program(fed, fetch, map_clients=None) -> Callable:
 
   def body(state, data, server_arrays, client_arrays, probe, xs, keys, data_key):
     ids, client_xs, server_xs = indices(fed, keys, data_key, state.step, data) if xs is None else xs
-    args = (fed, state, data, ids, client_xs, server_xs, fetch, probe, keys)
+    inputs = simulate.Inputs(data, ids, client_xs, server_xs, probe, server_arrays, client_arrays)
     extra = () if map_clients is None else (map_clients,)
-    return simulate.round_(*args, server_arrays, client_arrays, *extra)
+    return simulate.round_(fed, state, inputs, fetch, keys, *extra)
 
   return body
 
@@ -316,24 +331,13 @@ def loop_round(placed: Placed) -> Callable:
 BACKENDS = {"vmap": vmap_round, "scan": vmap_round, "loop": loop_round}
 
 
-def compile_round(
-  fed,
-  data,
-  source,
-  probe,
-  train_key,
-  placement,
-  devices,
-  client_map="vmap",
-  data_devices=1,
-  reader=Reader(),
-):
-  """``(run_round(state) -> (state, metrics), state_sharding)`` of ``client_map``
+def compile_round(fed, data, source, probe, train_key, where: Placement = Placement()):
+  """``(run_round(state) -> (state, metrics), state_sharding)`` of ``where.client_map``
   (``vmap``; ``scan``: the same program with each device's clients in sequence;
   ``loop``, on the first device); the server state goes on ``state_sharding``
   (replicated over the round's mesh)."""
-  if client_map == "loop":
-    devices = devices[:1]
-  fed = dataclasses.replace(fed, sequential=client_map == "scan")
-  placed = place(fed, data, source, probe, train_key, placement, devices, data_devices, reader)
-  return BACKENDS[client_map](placed), NamedSharding(placed.mesh, P())
+  if where.client_map == "loop":
+    where = dataclasses.replace(where, devices=tuple(where.devices)[:1])
+  fed = dataclasses.replace(fed, sequential=where.client_map == "scan")
+  placed = place(fed, data, source, probe, train_key, where)
+  return BACKENDS[where.client_map](placed), NamedSharding(placed.mesh, P())

@@ -5,7 +5,7 @@ any data is prepared (the partition's own checks need the data: :mod:`partition`
 from jaxseg import data as datasets
 from jaxseg import semi
 from jaxseg.errors import UserError
-from jaxseg.fed import recipe, simulate
+from jaxseg.fed import recipe, simulate, streams
 
 PLACEMENTS = ("auto", "device", "stream")
 CLIENT_MAPS = ("auto", "vmap", "scan", "loop")
@@ -54,7 +54,7 @@ def check(config, devices: int, processes: int = 1) -> None:
       "whose batches are drawn inside the compiled round; set config.data.jpeg.qualities=()."
     )
   _choice("scenario", fc.scenario, simulate.SCENARIOS)
-  _choice("sampling", fc.sampling, simulate.SAMPLINGS)
+  _choice("sampling", fc.sampling, streams.SAMPLINGS)
   _choice("server_training", fc.server_training, simulate.SERVER_TRAINING)
   _choice("pool_partition", fc.pool_partition, POOL_PARTITIONS)
   if fc.pool_partition != "iid" and not config.data.get("unlabeled_dir"):

@@ -10,7 +10,7 @@ of the same architecture both ways (the paper's 100%).
 import jax
 import numpy as np
 
-from jaxseg.fed import recipe
+from jaxseg.fed import compress, recipe
 
 
 def tree_bytes(tree) -> int:
@@ -19,7 +19,7 @@ def tree_bytes(tree) -> int:
 
 def communication(method, nets, rc: recipe.Recipe = recipe.FEDAVG) -> dict:
   """``{down_bytes, up_bytes, relative, text}`` per client per round; the update goes
-  up as the recipe ``rc`` compresses it (:func:`jaxseg.fed.recipe.up_bytes`), the
+  up as the recipe ``rc`` compresses it (:func:`up_bytes`), the
   BatchNorm statistics in float32."""
   per_net = {n: tree_bytes(v.params) + tree_bytes(v.batch_stats) for n, v in nets.items()}
   model = sum(per_net[n] for n in method.exchanged)
@@ -27,10 +27,30 @@ def communication(method, nets, rc: recipe.Recipe = recipe.FEDAVG) -> dict:
   down = (
     model
     + extra
-    + sum(recipe.down_bytes(rc, nets[n].params, nets[n].batch_stats) for n in method.exchanged)
+    + sum(down_bytes(rc, nets[n].params, nets[n].batch_stats) for n in method.exchanged)
   )
-  up = sum(recipe.up_bytes(rc, nets[n].params, nets[n].batch_stats) for n in method.exchanged)
+  up = sum(up_bytes(rc, nets[n].params, nets[n].batch_stats) for n in method.exchanged)
   two_models = 2 * 2 * per_net[method.evaluated]
   relative = (down + up) / two_models
   text = f"{100 * relative:.0f}%" + (f" + {extra} B {method.broadcast.what}" if extra else "")
   return {"down_bytes": down, "up_bytes": up, "relative": relative, "text": text}
+
+
+def up_bytes(rc: recipe.Recipe, params, batch_stats) -> int:
+  """Bytes of one client's update as the recipe sends it: parameters in float32, or 8
+  bits per value plus each tensor's two float32 ends (``q8``), or ``topk``'s values
+  and int32 positions; BatchNorm statistics in float32 (FedBN: neither its BatchNorm
+  parameters nor statistics); SCAFFOLD adds ``c_i+ - c_i`` in float32."""
+  sent = params
+  if rc.algorithm == "fedbn":
+    mask = recipe.bn_mask(params, batch_stats)
+    sent = [x for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True) if not m]
+  stats = 0 if rc.algorithm == "fedbn" else tree_bytes(batch_stats)
+  controls = tree_bytes(params) if rc.algorithm == "scaffold" else 0
+  return compress.update_bytes(rc, sent) + stats + controls
+
+
+def down_bytes(rc: recipe.Recipe, params, batch_stats) -> int:
+  """Bytes of what the server sends besides the networks: SCAFFOLD's ``c``."""
+  del batch_stats
+  return tree_bytes(params) if rc.algorithm == "scaffold" else 0

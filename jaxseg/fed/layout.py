@@ -8,7 +8,7 @@
   rest is partitioned over the clients, who hold unlabeled images only.
 
 Host-side and seeded (``jax.random`` keys of ``seed``); the result is turned into the
-padded index tables of :class:`jaxseg.fed.simulate.ClientData`.
+padded index tables of :class:`jaxseg.fed.streams.ClientData`.
 """
 
 import dataclasses
@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from jaxseg.errors import UserError
-from jaxseg.fed import partition, simulate
+from jaxseg.fed import partition, simulate, streams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +168,7 @@ def client_data(
   batch: int,
   unlabeled_batch: int,
   width: int = 0,
-) -> tuple[simulate.ClientData, int]:
+) -> tuple[streams.ClientData, int]:
   """Padded index tables with ``rows >= clients`` rows, and the longest local run.
 
   Local steps per client: ``local_steps``, or with ``local_epochs > 0`` enough steps
@@ -194,7 +194,7 @@ def client_data(
   else:
     steps = np.where(size > 0, local_steps, 0).astype(np.int32)
   (server,), _ = _table([layout.server], 1, width)
-  data = simulate.ClientData(
+  data = streams.ClientData(
     labeled=labeled,
     labeled_n=labeled_n,
     unlabeled=unlabeled,

@@ -15,26 +15,27 @@ A round (:mod:`jaxseg.fed.simulate`) runs them in this order:
 3. **the client's update** ``delta = w_client - w_global`` (:func:`client_update`): a
    simulated ``attack`` (the first ``attack.clients`` clients send ``nan``,
    ``sign_flip``-ped or ``scale``-d updates), DP clipping (``dp.clip`` ``fixed`` or
-   ``adaptive``), compression (``compress.kind`` ``q8`` or ``topk``);
+   ``adaptive``: :mod:`jaxseg.fed.privacy`), compression (``compress.kind`` ``q8`` or
+   ``topk``: :mod:`jaxseg.fed.compress`);
 4. **the server's check**: an update with a non-finite value is rejected (weight 0;
    the run's log names the client), never averaged in (:func:`accepted`);
 5. **aggregation** (:func:`aggregate`): ``mean`` weighted by client images (DP: each
    client weighs 1), from summable contributions (the clients' weighted sums: what a
    mesh ``psum`` and Flower's sites send), or from every client's update stacked:
-   coordinate-wise ``median``, ``trimmed_mean``, (Multi-)``krum``;
-6. **the server's transform** (:func:`server_noise`): DP's Gaussian noise on the sum
-   and the adaptive clipping norm's update; then the server optimizer
+   coordinate-wise ``median``, ``trimmed_mean``, (Multi-)``krum`` (:mod:`jaxseg.fed.robust`);
+6. **the server's transform** (:func:`jaxseg.fed.privacy.server_noise`): DP's
+   Gaussian noise on the sum and the adaptive clipping norm's update; then the server optimizer
    (``config.fed.server_optim``) applies the pseudo-gradient ``-mean``.
 
 State a piece keeps across rounds lives in the server state's ``recipe`` dict (the
 adaptive clipping norm, SCAFFOLD's server control variate); what a client keeps
 (FedBN's BatchNorm, SCAFFOLD's ``c_i``: :func:`local_init`) in its ``clients`` dict,
 stacked over the clients (a real site keeps its own on its disk); the privacy spent
-is computed on the host by a maintained accountant (:func:`epsilon`, ``dp-accounting``).
+is computed on the host by a maintained accountant (``dp-accounting``:
+:func:`jaxseg.fed.privacy.epsilon`).
 """
 
 import dataclasses
-import math
 from typing import NamedTuple
 
 import jax
@@ -42,6 +43,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxseg.errors import UserError
+from jaxseg.fed import compress, privacy, robust
 
 ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fedbn")
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")
@@ -342,10 +344,6 @@ def scaffold_local(recipe: Recipe, c, c_i, delta, steps):
 # --- 3. the client's update -----------------------------------------------------------
 
 
-def global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
-
-
 def attacked(recipe: Recipe, delta, client) -> dict:
   """What an attacking client (``client < attack.clients``) sends instead of ``delta``."""
   if recipe.attack == "none":
@@ -359,86 +357,6 @@ def attacked(recipe: Recipe, delta, client) -> dict:
   return jax.tree.map(lambda x: jnp.where(bad, made(x), x), delta)
 
 
-def clipped(delta, norm) -> tuple[dict, jax.Array]:
-  """``delta`` scaled to global norm at most ``norm``, and whether it was within it."""
-  n = global_norm(delta)
-  scale = jnp.minimum(1.0, norm / jnp.maximum(n, 1e-12))
-  return jax.tree.map(lambda x: x * scale, delta), (n <= norm).astype(jnp.float32)
-
-
-def quantized(x, key) -> jax.Array:
-  """``x`` in 8 bits: 256 levels between its min and max, stochastic rounding (unbiased:
-  E[q] = x); what the server reconstructs from the bytes and the two float32 ends."""
-  return dequantized(*quantize(x, key))
-
-
-def quantize(x, key) -> tuple:
-  """``(level uint8, lo, step)`` of :func:`quantized`: the bytes that travel.
-
-  ``step`` is rounded up to 16 significant bits (a relative change below 2^-15), so
-  that ``level * step`` (8 bits times 16) is exact in float32: XLA fuses ``lo + level *
-  step`` into a multiply-add in some programs and not in others, and with an exact
-  product both round alike — the server's reconstruction equals the site's."""
-  lo, hi = x.min(), x.max()
-  step = jnp.maximum(hi - lo, 1e-30) / 255.0
-  bits = jax.lax.bitcast_convert_type(step, jnp.uint32)
-  step = jax.lax.bitcast_convert_type((bits + 0xFF) & ~jnp.uint32(0xFF), jnp.float32)
-  level = jnp.floor((x - lo) / step + jax.random.uniform(key, x.shape))
-  return jnp.clip(level, 0, 255).astype(jnp.uint8), lo, step
-
-
-def dequantized(level, lo, step) -> jax.Array:
-  return lo + level.astype(jnp.float32) * step
-
-
-def top_k(x, fraction: float) -> jax.Array:
-  """``x`` with all but its ``ceil(fraction * size)`` largest magnitudes zeroed."""
-  return densified(*top_k_entries(x, fraction), x.shape)
-
-
-def top_k_entries(x, fraction: float) -> tuple:
-  """``(values, int32 positions)`` of :func:`top_k`'s ``ceil(fraction * size)`` kept
-  entries (of ``x`` flattened): what travels."""
-  k = max(1, math.ceil(fraction * x.size))
-  flat = x.ravel()
-  _, idx = jax.lax.top_k(jnp.abs(flat), k)
-  return flat[idx], idx.astype(jnp.int32)
-
-
-def densified(values, idx, shape) -> jax.Array:
-  return jnp.zeros(math.prod(shape), values.dtype).at[idx].set(values).reshape(shape)
-
-
-def compressed(recipe: Recipe, delta, key) -> tuple[dict, dict | None]:
-  """``(the update as the server reconstructs it, what travels)``: for ``q8`` the
-  fields ``level``, ``lo``, ``step``, for ``topk`` ``values`` and ``index``, each a
-  tree shaped like ``delta`` (:func:`decompressed` reads it back); ``None`` without
-  compression."""
-  if recipe.compress == "none":
-    return delta, None
-  leaves, treedef = jax.tree.flatten(delta)
-  if recipe.compress == "q8":
-    keys = jax.random.split(key, len(leaves))
-    codes = [quantize(x, k) for x, k in zip(leaves, keys, strict=True)]
-    names = ("level", "lo", "step")
-  else:
-    codes = [top_k_entries(x, recipe.fraction) for x in leaves]
-    names = ("values", "index")
-  wire = {n: jax.tree.unflatten(treedef, [c[i] for c in codes]) for i, n in enumerate(names)}
-  return decompressed(recipe, wire, delta), wire
-
-
-def decompressed(recipe: Recipe, wire: dict, like) -> dict:
-  """The update ``wire`` (:func:`compressed`) stands for, shaped like ``like``."""
-  if recipe.compress == "q8":
-    out = jax.tree.map(dequantized, wire["level"], wire["lo"], wire["step"])
-  else:
-    out = jax.tree.map(
-      lambda v, i, x: densified(v, i, x.shape), wire["values"], wire["index"], like
-    )
-  return out
-
-
 def client_update(recipe: Recipe, delta, state: dict, key, client) -> tuple[dict, dict, dict]:
   """Steps 3 of the round for one client: ``(the update it sends, info, wire)``;
   ``info`` ``unclipped`` (1.0 if its norm was within the clipping norm: adaptive
@@ -446,8 +364,8 @@ def client_update(recipe: Recipe, delta, state: dict, key, client) -> tuple[dict
   delta = attacked(recipe, delta, client)
   info = {}
   if recipe.dp:
-    delta, info["unclipped"] = clipped(delta, state["clip_norm"])
-  delta, wire = compressed(recipe, delta, key)
+    delta, info["unclipped"] = privacy.clipped(delta, state["clip_norm"])
+  delta, wire = compress.compressed(recipe, delta, key)
   return delta, info, wire
 
 
@@ -458,59 +376,12 @@ def finite(tree) -> jax.Array:
 # --- 5. aggregation -------------------------------------------------------------------
 
 
-def krum_scores(flat, accepted, f: int) -> jax.Array:
-  """Krum's score of each row of ``flat`` ``[K, D]``: the sum of its squared distances to
-  its ``K' - f - 2`` nearest accepted neighbours (``K'`` accepted rows; Blanchard et al.
-  2017, Eq. in Sec. 4); rejected rows score +inf."""
-  k = flat.shape[0]
-  sq = jnp.sum(flat**2, axis=1)
-  dist = sq[:, None] + sq[None, :] - 2 * flat @ flat.T
-  big = jnp.inf
-  dist = jnp.where(accepted[None, :] & accepted[:, None], dist, big)
-  dist = jnp.where(jnp.eye(k, dtype=bool), big, dist)
-  n = jnp.sum(accepted)
-  near = jnp.clip(n - f - 2, 1, k - 1)
-  ordered = jnp.sort(dist, axis=1)
-  scores = jnp.sum(jnp.where(jnp.arange(k)[None, :] < near, ordered, 0.0), axis=1)
-  return jnp.where(accepted, scores, big)
-
-
-def robust(recipe: Recipe, stacked, accepted) -> dict:
-  """The robust aggregate of updates stacked ``[K, ...]`` (rejected rows excluded)."""
-  k = accepted.shape[0]
-  n = jnp.sum(accepted)
-  if recipe.aggregator == "krum":
-    flat = jnp.concatenate([x.reshape(k, -1) for x in jax.tree.leaves(stacked)], axis=1)
-    order = jnp.argsort(krum_scores(flat, accepted, recipe.byzantine))
-    chosen = jnp.zeros(k).at[order[: recipe.select]].set(1.0) * accepted
-    w = chosen / jnp.maximum(chosen.sum(), 1)
-    return jax.tree.map(lambda x: jnp.tensordot(w, x, axes=1), stacked)
-
-  def per_coordinate(x):
-    # Rejected rows become +inf / -inf in alternation so they fall off both ends evenly:
-    # sorted, the accepted values sit in the middle positions [lo, lo + n).
-    big = jnp.where(jnp.arange(k) % 2 == 0, jnp.inf, -jnp.inf).reshape(k, *([1] * (x.ndim - 1)))
-    mask = accepted.reshape(k, *([1] * (x.ndim - 1)))
-    s = jnp.sort(jnp.where(mask, x, big), axis=0)
-    lo = jnp.sum(~accepted & (jnp.arange(k) % 2 == 1))  # the -inf rows come first
-    pos = jnp.arange(k).reshape(k, *([1] * (x.ndim - 1)))
-    if recipe.aggregator == "median":
-      mid = lo + (n - 1) // 2, lo + n // 2  # both middles (equal for odd n)
-      pick = (pos == mid[0]) | (pos == mid[1])
-    else:  # trimmed mean: cut floor(trim * n) at each end of the accepted values
-      cut = jnp.floor(recipe.trim * n).astype(jnp.int32)
-      pick = (pos >= lo + cut) & (pos < lo + n - cut)
-    return jnp.sum(jnp.where(pick, s, 0.0), axis=0) / jnp.maximum(jnp.sum(pick, axis=0), 1)
-
-  return jax.tree.map(per_coordinate, stacked)
-
-
 def mean_of(recipe: Recipe, part: dict) -> dict:
   """The aggregate update of the clients' contributions ``part``: their sums
   (``delta`` weighted, ``weight``) or, for a robust aggregator, their updates
   stacked (``stacked``, ``accepted``)."""
   if recipe.stacked:
-    out = robust(recipe, part["stacked"], part["accepted"])
+    out = robust.robust(recipe, part["stacked"], part["accepted"])
     return jax.tree.map(lambda x: jnp.where(part["accepted"].any(), x, 0.0), out)
   return jax.tree.map(lambda s: s / jnp.maximum(part["weight"], 1e-12), part["delta"])
 
@@ -525,98 +396,3 @@ def init(recipe: Recipe, params=None) -> dict:
   if recipe.algorithm == "scaffold":
     state["c"] = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
   return state
-
-
-def noise_multipliers(recipe: Recipe) -> tuple[float, float]:
-  """``(z of the sum of updates, std of the unclipped count)``. With adaptive clipping
-  the count is released too, so the updates' noise grows to keep the total at ``z``
-  (Andrew et al. 2021, Thm. 1: ``z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2``)."""
-  z = recipe.noise_multiplier
-  if recipe.clip != "adaptive" or z == 0:
-    return z, 0.0
-  sigma_b = recipe.count_noise * recipe.clients
-  if 2 * sigma_b * z <= 1:
-    raise UserError(
-      f"config.fed.dp: count_noise={recipe.count_noise} x {recipe.clients} clients is too "
-      f"small for noise_multiplier={z} (need 2 * count_noise * clients * z > 1)."
-    )
-  return (z**-2 - (2 * sigma_b) ** -2) ** -0.5, sigma_b
-
-
-def server_noise(recipe: Recipe, part: dict, state: dict, key):
-  """DP at the server: Gaussian noise ``N(0, (z C)^2)`` on the sum of the clipped
-  updates, and (adaptive) the clipping norm's geometric update from the noisy
-  fraction left unclipped, ``C <- C exp(-lr (b - target))`` (Andrew et al. 2021,
-  Alg. 1; TFF's ``QuantileAdaptiveClipSumQuery``). ``(part, state)``."""
-  if not recipe.dp:
-    return part, state
-  z, sigma_b = noise_multipliers(recipe)
-  norm = state["clip_norm"]
-  if z:
-    leaves, treedef = jax.tree.flatten(part["delta"])
-    keys = jax.random.split(key, len(leaves) + 1)
-    noisy = [
-      x + z * norm * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=False)
-    ]
-    part = {**part, "delta": jax.tree.unflatten(treedef, noisy)}
-    count_noise = sigma_b * jax.random.normal(keys[-1])
-  else:
-    count_noise = 0.0
-  if recipe.clip == "adaptive":
-    unclipped = (part["unclipped"] + count_noise) / recipe.clients
-    norm = norm * jnp.exp(-recipe.clip_lr * (unclipped - recipe.target_quantile))
-  return part, {**state, "clip_norm": norm}
-
-
-def epsilon(recipe: Recipe, rounds: int, num_clients: int) -> float:
-  """ε at ``recipe.delta`` after ``rounds`` rounds of DP-FedAvg, by ``dp-accounting``'s
-  RDP accountant: per round a Gaussian mechanism of noise multiplier z, sampled with
-  probability K/N (fixed-size sampling accounted as Poisson, as TFF's DP tutorials do);
-  inf without noise."""
-  import dp_accounting
-
-  if not recipe.dp or recipe.noise_multiplier == 0 or rounds == 0:
-    return math.inf if rounds else 0.0
-  event = dp_accounting.GaussianDpEvent(recipe.noise_multiplier)
-  k = recipe.clients_per_round or num_clients
-  if k < num_clients:
-    event = dp_accounting.PoissonSampledDpEvent(k / num_clients, event)
-  accountant = dp_accounting.rdp.RdpAccountant()
-  accountant.compose(event, rounds)
-  return float(accountant.get_epsilon(recipe.delta))
-
-
-# --- bytes ----------------------------------------------------------------------------
-
-
-def up_bytes(recipe: Recipe, params, batch_stats) -> int:
-  """Bytes of one client's update as the recipe sends it: parameters in float32, or 8
-  bits per value plus each tensor's two float32 ends (``q8``), or ``topk``'s values
-  and int32 positions; BatchNorm statistics in float32 (FedBN: neither its BatchNorm
-  parameters nor statistics); SCAFFOLD adds ``c_i+ - c_i`` in float32."""
-  sent = params
-  if recipe.algorithm == "fedbn":
-    mask = bn_mask(params, batch_stats)
-    sent = [x for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True) if not m]
-  stats = 0 if recipe.algorithm == "fedbn" else _nbytes(batch_stats)
-  controls = _nbytes(params) if recipe.algorithm == "scaffold" else 0
-  return _update_bytes(recipe, sent) + stats + controls
-
-
-def down_bytes(recipe: Recipe, params, batch_stats) -> int:
-  """Bytes of what the server sends besides the networks: SCAFFOLD's ``c``."""
-  del batch_stats
-  return _nbytes(params) if recipe.algorithm == "scaffold" else 0
-
-
-def _nbytes(tree) -> int:
-  return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
-def _update_bytes(recipe: Recipe, params) -> int:
-  sizes = [math.prod(x.shape) for x in jax.tree.leaves(params)]
-  if recipe.compress == "q8":
-    return sum(n + 8 for n in sizes)
-  if recipe.compress == "topk":
-    return sum(8 * max(1, math.ceil(recipe.fraction * n)) for n in sizes)
-  return sum(4 * n for n in sizes)

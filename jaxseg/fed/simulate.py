@@ -36,28 +36,27 @@ step). On the device, each client group (a device of the
 ``clients`` mesh axis) holds its own copy of the training arrays in which only its
 clients' images are filled in (``client_arrays [groups, N, ...]``), and the server
 one with only its own (``server_arrays``): a process of a multi-host run reads and
-holds no other client's images. Batch indices: :func:`draw`.
+holds no other client's images. Batch indices: :func:`jaxseg.fed.streams.stream_of`.
 """
 
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxseg.data import resident
 from jaxseg.errors import UserError
+from jaxseg.fed import privacy, streams
 from jaxseg.fed import recipe as recipe_lib
 from jaxseg.semi import Method
 from jaxseg.train import state as state_lib
 from jaxseg.train.step import Context
 
 SCENARIOS = ("label_at_client", "label_at_server")
-SAMPLINGS = ("epochs", "replacement")
 # Label-at-server: where the server's supervised training sits in a round (the FedWeP
 # paper does not say). ``before_clients``: the server trains the global model, the
 # clients start from its result and their average is the new global model (evaluated);
@@ -65,7 +64,6 @@ SAMPLINGS = ("epochs", "replacement")
 # its model joins their average, weighted by its labeled images; ``after_clients``:
 # the clients' average, fine-tuned on the server's labels, is the new global model.
 SERVER_TRAINING = ("before_clients", "with_clients", "after_clients")
-SERVER = 2**31 - 1  # the server's index where keys are folded per participant
 FETCH = 2**31 - 2  # folded into a participant's key for the keys of its batches
 
 
@@ -77,24 +75,6 @@ class ServerState(struct.PyTreeNode):
   # What each client keeps between rounds, stacked over the N clients (FedBN's
   # BatchNorm, SCAFFOLD's c_i: jaxseg.fed.recipe.local_init); {} for most recipes.
   clients: dict = struct.field(default_factory=dict)
-
-
-class ClientData(struct.PyTreeNode):
-  """Who holds what: index tables into the training arrays, padded per row.
-
-  ``labeled``/``unlabeled`` ``[R, max]`` with counts ``[R]``; ``size [R]`` the
-  aggregation weight (0 for padding rows); ``steps [R]`` local steps per client;
-  ``server [max]`` with ``server_n`` the server's labeled images.
-  """
-
-  labeled: jax.Array
-  labeled_n: jax.Array
-  unlabeled: jax.Array
-  unlabeled_n: jax.Array
-  size: jax.Array
-  steps: jax.Array
-  server: jax.Array
-  server_n: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +92,7 @@ class Federation:
   trainable: tuple[str, ...]  # nets with an optimizer
   broadcast_settings: Any  # the method's Broadcast settings (config.fed.<its section>)
   unroll: int = 1  # local steps unrolled per scan iteration (XLA:CPU runs loops slowly)
-  sampling: str = "epochs"  # see draw()
+  sampling: str = "epochs"  # see jaxseg.fed.streams.stream_of
   server_training: str = "before_clients"  # label-at-server: see SERVER_TRAINING
   # Clients one after another inside the compiled round (``lax.map``) rather than
   # vmapped: vmapping a convolution over the clients' weights makes a grouped one,
@@ -147,67 +127,6 @@ def start(fed: Federation, nets: dict, step) -> state_lib.State:
     },
     step,
   )
-
-
-def draw(fed: Federation, data_key, round_, stream: tuple, table, count, shape, live):
-  """A participant's indices ``shape`` ``(S, B)`` (static) into ``table[:count]`` for
-  this round, of which it runs ``live`` steps. ``stream``: ``(participant, 0 labeled |
-  1 unlabeled)``. ``fed.sampling``:
-
-  * ``epochs`` (default): the participant's stream over ``table[:count]`` — epochs of
-    seeded permutations, without replacement, batch after batch across rounds — by
-    the rule of every centralized run (:mod:`jaxseg.data.resident`), round ``r``
-    reading on from position ``r * live * B``;
-  * ``replacement``: uniform draws with replacement, keyed by round, participant and
-    step (how jaxseg sampled before; the tables of docs/federated.md say which they used).
-  """
-  (steps, batch), key = shape, data_key
-  if fed.sampling == "replacement":
-    key = jax.random.fold_in(key, round_)
-  for k in stream:
-    key = jax.random.fold_in(key, k)
-  if fed.sampling == "replacement":
-    keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(steps))
-    picks = jax.vmap(lambda k: jax.random.randint(k, (batch,), 0, jnp.maximum(count, 1)))(keys)
-    return table[picks]
-  start = round_ * jnp.maximum(live, 1) * batch
-  picks = resident.stream_indices(key, start, steps * batch, table.shape[0], count)
-  return table[picks.reshape(steps, batch)]
-
-
-def client_indices(fed: Federation, data: ClientData, data_key, round_, ids=None):
-  """Per client ``{labeled, unlabeled}`` indices ``[R, S, B]`` of this round; ``ids``:
-  the rows' client numbers (default ``0 .. R-1``; a real site holds one row)."""
-  rows = jnp.arange(data.size.shape[0]) if ids is None else jnp.asarray(ids)
-  stream = functools.partial(draw, fed, data_key, round_)
-  s = fed.local_steps
-
-  def one(c, live, lab, lab_n, unl, unl_n):
-    out = {"unlabeled": stream((c, 1), unl, unl_n, (s, fed.unlabeled_batch_size), live)}
-    if fed.scenario == "label_at_client":
-      out["labeled"] = stream((c, 0), lab, lab_n, (s, fed.batch_size), live)
-    return out
-
-  return jax.vmap(one)(
-    rows, data.steps, data.labeled, data.labeled_n, data.unlabeled, data.unlabeled_n
-  )
-
-
-def server_indices(fed: Federation, data: ClientData, data_key, round_):
-  """The server's ``{labeled, unlabeled}`` indices ``[S, B]`` (label-at-server)."""
-  stream = functools.partial(draw, fed, data_key, round_)
-  server, n, s = data.server, data.server_n, fed.server_steps
-  return {
-    "labeled": stream((SERVER, 0), server, n, (s, fed.batch_size), s),
-    "unlabeled": stream((SERVER, 1), server, n, (s, fed.unlabeled_batch_size), s),
-  }
-
-
-def gather(arrays: dict, indices, key=None) -> dict:
-  """Batches of the training ``arrays`` at ``indices`` (any leading shape); ``key``
-  unused (a volume run's fetch draws patch positions with it)."""
-  del key
-  return jax.tree.map(lambda idx: {k: v[idx] for k, v in arrays.items()}, indices)
 
 
 def _batches(fed: Federation, batch: dict) -> tuple[dict, dict]:
@@ -263,7 +182,7 @@ def aggregate(fed: Federation, server: ServerState, part, key) -> ServerState:
   weighted mean (kept where no client was accepted)."""
   summed, stacked = part
   params = params_of(server.nets)
-  noisy, state = recipe_lib.server_noise(fed.recipe, {**summed, **stacked}, server.recipe, key)
+  noisy, state = privacy.server_noise(fed.recipe, {**summed, **stacked}, server.recipe, key)
   mean = recipe_lib.mean_of(fed.recipe, noisy)
   pseudo_grad = jax.tree.map(lambda m, p: (-m).astype(p.dtype), mean, params)
   updates, opt_state = fed.server_tx.update(pseudo_grad, server.opt_state, params)
@@ -298,7 +217,7 @@ def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size,
   ``stacked`` has a row per client (blocks concatenate): ``rejected`` (the client's
   number where its update was not finite, else -1), for a robust aggregator the
   updates themselves and whether each was accepted, and with compression ``wire``, the
-  compressed updates' bytes (:func:`jaxseg.fed.recipe.compressed`; unused in
+  compressed updates' bytes (:func:`jaxseg.fed.compress.compressed`; unused in
   simulation, where XLA drops them).
   """
   batches = functools.partial(fetch, jax.tree.map(lambda v: v[0], arrays))
@@ -402,7 +321,7 @@ def server_train(fed: Federation, nets: dict, round_idx, server_xs, fetch, keys,
   ``(nets, metrics)``. ``arrays``: the server's training arrays ``[1, N, ...]``."""
   state = start(fed, nets, round_idx * fed.server_steps)
   batches = functools.partial(fetch, jax.tree.map(lambda v: v[0], arrays))
-  key = jax.random.fold_in(jax.random.fold_in(keys["train"], round_idx), SERVER)
+  key = jax.random.fold_in(jax.random.fold_in(keys["train"], round_idx), streams.SERVER)
   state, metrics = local_train(
     fed, state, server_xs, batches, jnp.asarray(fed.server_steps), key, None
   )
@@ -480,41 +399,36 @@ def conclude(fed: Federation, fetch, keys, server, shared, part, metrics, server
   return new, metrics
 
 
-def rows_of(data: ClientData, ids) -> ClientData:
-  """The client rows ``ids`` of ``data`` (the server's table unchanged)."""
-  if ids is None:
-    return data
-  take = lambda x: x[ids]  # noqa: E731
-  return data.replace(
-    **{
-      f: take(getattr(data, f))
-      for f in ("labeled", "labeled_n", "unlabeled", "unlabeled_n", "size", "steps")
-    }
-  )
-
-
 def local_rows(server: ServerState, rows) -> dict:
   """What the clients ``rows`` keep (padding rows: the last client's, unused)."""
   return jax.tree.map(lambda x: jnp.take(x, rows, axis=0, mode="clip"), server.clients)
 
 
+class Inputs(NamedTuple):
+  """What one round reads besides the server state: the index tables ``data``; ``ids``,
+  the client rows that train (:func:`jaxseg.fed.recipe.sample`; None: every row), whose
+  batches (or their indices) ``client_xs`` are; the server's ``server_xs``; the seed
+  search's ``probe``; the server's and the client groups' training arrays."""
+
+  data: streams.ClientData
+  ids: Any
+  client_xs: Any
+  server_xs: Any
+  probe: Any
+  server_arrays: Any = None
+  client_arrays: Any = None
+
+
 def round_(
   fed: Federation,
   server: ServerState,
-  data: ClientData,
-  ids,
-  client_xs,
-  server_xs,
+  inputs: Inputs,
   fetch: Callable,
-  probe,
   keys: dict,
-  server_arrays=None,
-  client_arrays=None,
   map_clients: Callable = lambda block, shared, *client_args: block(shared, *client_args),
 ):
   """One round: ``(new server state, metrics)``. ``keys``: ``train``, ``broadcast``,
-  ``recipe``. ``ids``: the client rows that train (:func:`jaxseg.fed.recipe.sample`;
-  None: every row), whose ``client_xs`` these are.
+  ``recipe``.
 
   ``fetch(arrays, x, key)`` makes one step's batches from its ``xs`` entry, out of the
   server's ``server_arrays`` or a client group's ``client_arrays`` (see the module
@@ -522,9 +436,10 @@ def round_(
   :func:`clients`: directly, or per device on its shard of the client groups with the
   sums combined by ``psum`` (:func:`jaxseg.fed.backends.vmap_round`).
   """
+  data, ids, client_xs, server_xs, probe, server_arrays, client_arrays = inputs
   shared, metrics = broadcast(fed, server, server_xs, fetch, probe, keys, server_arrays)
   rows = jnp.arange(data.size.shape[0]) if ids is None else ids
-  sub = rows_of(data, ids)
+  sub = streams.rows_of(data, ids)
   local = local_rows(server, rows)
   block = functools.partial(clients, fed, fetch)
   part = map_clients(block, shared, client_arrays, rows, client_xs, sub.steps, sub.size, local)

@@ -127,7 +127,7 @@ def _relay(stream, verbose: bool) -> None:
 def submit(config, workdir, superlink, root_certificates=None, verbose=False) -> None:
   """``flwr run`` of ``config`` on the SuperLink at ``superlink``, followed to its end
   (Flower's INFO and DEBUG lines only with ``verbose``)."""
-  from jaxseg.flower.app import encode_config  # noqa: PLC0415 (needs flwr)
+  from jaxseg.flower.wire import encode_config  # noqa: PLC0415 (needs flwr)
 
   workdir = os.path.abspath(workdir)
   home = connection(workdir, superlink, root_certificates)

@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxseg import metrics
 from jaxseg.data import pipeline
-from jaxseg.fed import recipe
+from jaxseg.fed import privacy, recipe
 from jaxseg.models.interface import decode
 from jaxseg.run import evaluation, pictures
 from jaxseg.run.experiment import Experiment
@@ -40,7 +40,7 @@ def run(workdir: str, split: str = "test") -> dict:
     table["site_dice_mean"] = metrics.mean_std(np.array(dice))
     table["site_dice_worst"] = {"mean": float(min(dice)), "std": 0.0, "pooled": None}
   if "fed" in config and config.fed.dp.clip != "none":
-    table["epsilon"] = recipe.epsilon(recipe.of(config), step, config.fed.num_clients)
+    table["epsilon"] = privacy.epsilon(recipe.of(config), step, config.fed.num_clients)
   result = {"step": step, "split": split, "cases": len(per_image["loss"]), **table}
   if sites:
     result["sites"] = sites

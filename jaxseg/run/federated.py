@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxseg.data import patches, pipeline, unlabeled_folder
 from jaxseg.errors import UserError
-from jaxseg.fed import backends, checks, cost, layout, partition, recipe, simulate
+from jaxseg.fed import backends, checks, cost, layout, partition, privacy, recipe, simulate
 from jaxseg.run import evaluation, loop, skeleton, volume
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.run.experiment import Experiment, check_config
@@ -267,18 +267,8 @@ def simulation(exp: Experiment, compile_round=backends.compile_round) -> Simulat
     fits = nbytes <= fc.device_budget_mib * 2**20 or jax.process_count() > 1
     placement = "device" if fits else "stream"
   client_map = client_map_of(fc, volumes=exp.volumes is not None)
-  run_round, state_sharding = compile_round(
-    fed,
-    data,
-    source,
-    probe,
-    exp.train_key,
-    placement,
-    devices,
-    client_map,
-    fc.data_devices,
-    reader(exp),
-  )
+  runs_on = backends.Placement(placement, tuple(devices), client_map, fc.data_devices, reader(exp))
+  run_round, state_sharding = compile_round(fed, data, source, probe, exp.train_key, runs_on)
   server = (
     f"\nserver: {len(where.server)} labeled images, trained {fc.server_training.replace('_', ' ')}"
     if fc.scenario == "label_at_server"
@@ -294,7 +284,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, make_simulatio
   """Federated training of ``config`` in ``workdir`` (resumes from its latest checkpoint);
   ``stop_after`` ends after that many rounds without saving, as a kill would.
   ``make_simulation(exp)``: the round (default :func:`simulation`; a real federation:
-  :func:`jaxseg.flower.app.federation`)."""
+  :func:`jaxseg.flower.server.federation`)."""
   exp = skeleton.start_run(config, workdir, check, Experiment)
   sim = (make_simulation or simulation)(exp)
   announce(exp, sim, workdir)
@@ -366,7 +356,7 @@ def log_line(pending: list, r: int, fed, exp: Experiment, ckpts, say) -> dict:
   values = loop.mean_metrics(pending, r, ckpts)
   values["rejected"] = int(sum((np.asarray(x) >= 0).sum() for x in rejected))
   if fed.recipe.dp:
-    values["epsilon"] = recipe.epsilon(fed.recipe, r, exp.config.fed.num_clients)
+    values["epsilon"] = privacy.epsilon(fed.recipe, r, exp.config.fed.num_clients)
   for name, value in pending[-1].items():  # e.g. FedWeP's seeds
     if np.issubdtype(np.asarray(value).dtype, np.integer):  # the last round's
       values[name] = int(value)

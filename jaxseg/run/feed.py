@@ -9,7 +9,7 @@ volume run's cases) is a permutation keyed by the stream's seed and ``e``; batch
 :mod:`jaxseg.data.resident`). The host path follows grain's shuffle, of the same
 kind (each epoch a seeded permutation) but with a different permutation, and it drops
 a last partial batch. Federated clients follow the device rule over their own
-images (:func:`jaxseg.fed.simulate.draw`).
+images (:func:`jaxseg.fed.streams.stream_of`).
 
 Volumes (:class:`PatchFeed`): the cases are uploaded once as a padded stack and every
 step draws its patches inside the compiled step from the cases of that rule

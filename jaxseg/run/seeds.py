@@ -67,10 +67,11 @@ def placed_seed(exp: Experiment, workdir: str) -> backends.Placed:
   """One seed's federation placed on the first device (its files written)."""
   sim = federated.simulation(exp, compile_round=_captured)
   federated.announce(exp, sim, workdir)
-  fed, data, source, probe, key, _, devices, client_map, _, reader = sim.run_round
+  fed, data, source, probe, key, where = sim.run_round
   # On CPU the clients run one after another inside each seed, as `loop` would.
-  fed = dataclasses.replace(fed, sequential=client_map in ("scan", "loop"))
-  return backends.place(fed, data, source, probe, key, "device", devices[:1], 1, reader)
+  fed = dataclasses.replace(fed, sequential=where.client_map in ("scan", "loop"))
+  one = backends.Placement(devices=tuple(where.devices)[:1], reader=where.reader)
+  return backends.place(fed, data, source, probe, key, one)
 
 
 def program(placed: list[backends.Placed]):

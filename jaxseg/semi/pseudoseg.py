@@ -56,10 +56,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxseg.data import augment
 from jaxseg.errors import UserError
 from jaxseg.models.interface import probabilities
-from jaxseg.semi import Method, base
+from jaxseg.semi import Method, base, strong_views
 from jaxseg.train import state as state_lib
 from jaxseg.train import step as step_lib
 
@@ -106,72 +105,6 @@ class CamHead(nn.Module):
     score = (jnp.einsum("bnm,bmk->bnk", attention, value) + value).reshape(cam.shape)
     score = jnp.concatenate([2.0 - score.max(-1, keepdims=True), score], -1)
     return self.pixel_norm(self.pixel_conv(score))
-
-
-STRONG = ("official", "gray_noise")
-# core/preprocess_utils.py:random_color_jitter (applied with probability 1.0,
-# core/input_preprocess.py:_PROB_OF_JITTER): its strengths, on images in [0, 1].
-JITTER = dict(brightness=0.5, contrast=0.5, saturation=0.5)
-CUTOUT = 100 / 513  # cutout_with_mask(pad_size=50): a 100-pixel square at crop 513
-
-
-def colour_jitter(key, image):
-  """One image ``[..., C]`` in [0, 1] jittered as ``color_jitter`` does: brightness
-  (``+ U(-0.5, 0.5)``), contrast (``(x - mean) f + mean``, ``f ~ U(0.5, 1.5)``) and, for
-  RGB images, saturation (blend with the gray image by ``U(0.5, 1.5)``) in a random
-  order, clipped to [0, 1] after each. The official hue jitter (0.25) is not applied
-  (a named deviation: it changes nothing on gray images, most medical ones)."""
-  k_order, *keys = jax.random.split(key, 4)
-
-  def brightness(x, k):
-    return x + jax.random.uniform(k, (), minval=-JITTER["brightness"], maxval=JITTER["brightness"])
-
-  def contrast(x, k):
-    f = jax.random.uniform(k, (), minval=1 - JITTER["contrast"], maxval=1 + JITTER["contrast"])
-    mean = x.mean(tuple(range(x.ndim - 1)), keepdims=True)
-    return (x - mean) * f + mean
-
-  def saturation(x, k):
-    f = jax.random.uniform(k, (), minval=1 - JITTER["saturation"], maxval=1 + JITTER["saturation"])
-    gray = (x * jnp.array([0.2989, 0.587, 0.114])).sum(-1, keepdims=True)
-    return gray + (x - gray) * f
-
-  ops = [brightness, contrast] + ([saturation] if image.shape[-1] == 3 else [])
-  order = jax.random.permutation(k_order, len(ops))
-  for i in range(len(ops)):
-    image = jnp.clip(jax.lax.switch(order[i], ops, image, keys[i]), 0.0, 1.0)
-  return image
-
-
-def cutout(key, image, fraction: float):
-  """``(image, valid)``: a square (cube) of side ``fraction`` of the shortest side,
-  centred anywhere (clipped at the border), filled with the image's mean and marked
-  invalid, as ``cutout_with_mask`` does (its pixels leave the consistency loss)."""
-  spatial = image.shape[:-1]
-  half = max(1, round(fraction * min(spatial) / 2))
-  centres = jax.random.randint(key, (len(spatial),), 0, jnp.array(spatial))
-  inside = jnp.ones(spatial, bool)
-  for axis, size in enumerate(spatial):
-    index = jnp.arange(size).reshape([-1 if a == axis else 1 for a in range(len(spatial))])
-    inside = inside & (index >= centres[axis] - half) & (index < centres[axis] + half)
-  filled = jnp.where(inside[..., None], image.mean(), image)
-  return filled, (~inside).astype(jnp.float32)
-
-
-def strong_view(key, weak, kind: str, noise: float, fraction: float):
-  """``(strong images, valid [B, ...])`` of the weak batch ``[B, ..., C]``: ``official``
-  (per image: colour jitter, then CutOut; ``core/input_preprocess.py:128-175``) or
-  ``gray_noise`` (jaxseg's earlier view: one gray-value jitter of the batch and
-  Gaussian noise of std ``noise``; nothing masked)."""
-  if kind == "official":
-    keys = jax.random.split(key, weak.shape[0])
-    jittered = jax.vmap(colour_jitter)(jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys), weak)
-    cut_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-    return jax.vmap(lambda k, x: cutout(k, x, fraction))(cut_keys, jittered)
-  k_gray, k_noise = jax.random.split(key)
-  strong = augment.gray_value(k_gray, {"image": weak}, brightness=0.2, contrast=0.4, gamma=0.4)
-  strong = strong["image"] + noise * jax.random.normal(k_noise, weak.shape)
-  return strong, jnp.ones(weak.shape[:-1], jnp.float32)
 
 
 def masked_pseudo_label_loss(logits, target, valid):
@@ -275,6 +208,11 @@ def fuse(probs, refined, temperature):
   return sharp / sharp.sum(-1, keepdims=True)
 
 
+def _known(name: str, value: str, known) -> None:
+  if value not in known:
+    raise UserError(f"pseudoseg: unknown {name} {value!r}; known: {', '.join(known)}.")
+
+
 def make(
   source: str = "sgc",
   temperature: float = 0.5,
@@ -285,7 +223,7 @@ def make(
   attention_dim: int = 128,
   cls_hidden: int = 0,
   strong: str = "official",
-  cutout: float = CUTOUT,
+  cutout: float = strong_views.CUTOUT,
   noise: float = 0.05,
 ) -> Method:
   """``source``: ``sgc`` (the paper) or ``pooled`` (the parameter-free stand-in);
@@ -293,12 +231,10 @@ def make(
   ``weight``, ``cls_weight``, ``sgc_weight``: of the pseudo-label, classification and
   SGC losses; ``attention_dim``: of SGC's query/key (official: 128); ``cls_hidden``:
   0 for the official linear classifier, else the width of jaxseg's earlier 1x1 conv +
-  ReLU head; ``strong``: the strong view (:data:`STRONG`, :func:`strong_view`) with
+  ReLU head; ``strong``: the strong view (:func:`jaxseg.semi.strong_views.strong_view`) with
   ``cutout`` (side, a fraction of the image's) or ``noise`` (``gray_noise``'s std)."""
-  if source not in SOURCES:
-    raise UserError(f"pseudoseg: unknown source {source!r}; known: {', '.join(SOURCES)}.")
-  if strong not in STRONG:
-    raise UserError(f"pseudoseg: unknown strong {strong!r}; known: {', '.join(STRONG)}.")
+  _known("source", source, SOURCES)
+  _known("strong", strong, strong_views.STRONG)
   settings = dict(
     temperature=temperature, gamma=gamma, weight=weight, cls_weight=cls_weight,
     sgc_weight=sgc_weight,
@@ -327,7 +263,7 @@ def make(
     key = jax.random.fold_in(key, state.step)
     k_aug, k_strong, k_drop = jax.random.split(key, 3)
     labeled, weak = step_lib.augmented(ctx, k_aug, labeled, unlabeled)
-    strong_batch = strong_view(k_strong, weak["image"], strong, noise, cutout)
+    strong_batch = strong_views.strong_view(k_strong, weak["image"], strong, noise, cutout)
     if source == "pooled":
       return pooled_step(ctx, state, labeled, weak, strong_batch, k_drop, temperature, weight)
     return sgc_step(ctx, cam_head(ctx), state, labeled, weak, strong_batch, k_drop, settings)

@@ -54,7 +54,7 @@ from jaxseg.fed import privacy, streams
 from jaxseg.fed import recipe as recipe_lib
 from jaxseg.semi import Method
 from jaxseg.train import state as state_lib
-from jaxseg.train.step import Context
+from jaxseg.train import step as step_lib
 
 SCENARIOS = ("label_at_client", "label_at_server")
 # Label-at-server: where the server's supervised training sits in a round (the FedWeP
@@ -81,7 +81,7 @@ class ServerState(struct.PyTreeNode):
 class Federation:
   """The static parts of a simulation."""
 
-  ctx: Context
+  ctx: step_lib.Context
   method: Method
   server_tx: optax.GradientTransformation
   scenario: str
@@ -101,7 +101,9 @@ class Federation:
   recipe: recipe_lib.Recipe = recipe_lib.FEDAVG
 
 
-def init(method: Method, ctx: Context, server_tx, key, recipe=recipe_lib.FEDAVG) -> ServerState:
+def init(
+  method: Method, ctx: step_lib.Context, server_tx, key, recipe=recipe_lib.FEDAVG
+) -> ServerState:
   state = method.init(ctx, key)
   missing = set(state.nets) - set(method.exchanged)
   if missing:
@@ -133,13 +135,7 @@ def _batches(fed: Federation, batch: dict) -> tuple[dict, dict]:
   """``(labeled, unlabeled)`` of one step; label-at-server clients get no labels."""
   if "labeled" in batch:
     return batch["labeled"], batch["unlabeled"]
-  unlabeled = batch["unlabeled"]
-  dummy = {
-    "image": unlabeled["image"],
-    "labels": jnp.zeros_like(unlabeled["labels"]),
-    "sup_weight": jnp.zeros((), jnp.float32),
-  }
-  return dummy, unlabeled
+  return step_lib.without_labels(batch["unlabeled"]), batch["unlabeled"]
 
 
 def local_train(fed: Federation, state, xs, fetch: Callable, steps, key, extra):

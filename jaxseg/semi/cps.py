@@ -95,7 +95,7 @@ def make(
       sup = step_lib.supervised_loss(ctx, sup_a, labeled) + step_lib.supervised_loss(
         ctx, sup_b, labeled
       )
-      sup_weight = labeled.get("sup_weight", 1.0)
+      sup_weight = step_lib.supervision(labeled)
       cross = cross_term(sup_a.logits, un_a.logits, sup_b.logits, un_b.logits, sup_weight)
       info = base.pseudo_label_info(
         base.hard_pseudo_labels(un_a.logits), base.hard_pseudo_labels(un_b.logits)

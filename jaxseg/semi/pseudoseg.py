@@ -297,7 +297,7 @@ def sgc_step(ctx, head, state, labeled, weak, strong, key, settings):
   k_target, k_sup, k_strong = jax.random.split(key, 3)
   target = pseudo_target(ctx, head, net, cam, weak["image"], k_target, settings)
   target = target[..., 1] if net_is_binary(ctx) else target
-  sup_weight = labeled.get("sup_weight", 1.0)
+  sup_weight = step_lib.supervision(labeled)
   present = presence(labeled["labels"], ctx.model.interface.num_classes)
 
   def loss_of(params):

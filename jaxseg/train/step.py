@@ -109,17 +109,33 @@ def targets(batch: dict, size) -> tuple[jax.Array, jax.Array | None]:
   )
 
 
-def supervised_loss(ctx: Context, outputs: Outputs, batch: dict):
-  """The loss averaged over every head, plus the model's regularizer.
+def without_labels(batch: dict) -> dict:
+  """A labeled batch that carries no labels: ``batch``'s images, zero labels and the
+  supervision weight 0 (:func:`supervision`). What a federated client without labels
+  (label-at-server) trains its labeled branch on, so every client's step has the
+  same shapes and none gets a supervised signal it does not have."""
+  return {
+    "image": batch["image"],
+    "labels": jnp.zeros_like(batch["labels"]),
+    "sup_weight": jnp.zeros((), jnp.float32),
+  }
 
-  A federated client without labels (label-at-server) sends its unlabeled batch with
-  ``sup_weight`` 0: same shapes for every client, no supervised signal.
-  """
+
+def supervision(batch: dict):
+  """The weight of a labeled batch's supervised terms: 1, or 0 for
+  :func:`without_labels`' batch. Every method multiplies each term that reads the
+  labeled batch's labels by it."""
+  return batch.get("sup_weight", 1.0)
+
+
+def supervised_loss(ctx: Context, outputs: Outputs, batch: dict):
+  """The loss averaged over every head, plus the model's regularizer, times the batch's
+  :func:`supervision`."""
   labels, weights = targets(batch, outputs.heads[0].shape[1:-1])
   loss = sum(ctx.loss_fn(head, labels, weights) for head in outputs.heads) / len(outputs.heads)
   if outputs.regularizer is not None:
     loss = loss + outputs.regularizer
-  return loss * batch["sup_weight"] if "sup_weight" in batch else loss
+  return loss * supervision(batch) if "sup_weight" in batch else loss
 
 
 def value_and_grad(ctx: Context, loss_of: Callable, params):

@@ -80,7 +80,7 @@ def check(config, devices: int, processes: int = 1) -> None:
   _check_recipe(config, devices)
   broadcast = semi.make_method(config.method.name, config.method.kwargs).broadcast
   if broadcast is not None:
-    broadcast.settings(fc[broadcast.section], fc.scenario)
+    broadcast.settings_of(fc)
 
 
 def _check_sites(config) -> None:

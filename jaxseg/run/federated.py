@@ -82,17 +82,12 @@ def federation(exp: Experiment, local_steps: int) -> simulate.Federation:
     batch_size=cfg.train.batch_size,
     unlabeled_batch_size=cfg.method.unlabeled_batch_size,
     trainable=tuple(n for n, v in abstract.nets.items() if v.opt_state is not None),
-    broadcast_settings=None if hook is None else broadcast_settings(hook, fc),
+    broadcast_settings=None if hook is None else hook.settings_of(fc),
     unroll=unroll_of(fc.unroll, max(local_steps, fc.server_steps)),
     sampling=fc.sampling,
     server_training=fc.server_training,
     recipe=rc,
   )
-
-
-def broadcast_settings(hook, fc):
-  """The settings of the method's server hook, from its section of ``config.fed``."""
-  return hook.settings(fc[hook.section].to_dict(), fc.scenario)
 
 
 @dataclasses.dataclass
@@ -238,7 +233,7 @@ def probe_images(exp: Experiment, source, server: np.ndarray) -> np.ndarray:
   """The server's images its method's hook reads (FedWeP-Real's probe; volumes: a
   patch of each of its cases, drawn with the run's seed), or a placeholder."""
   hook = exp.method.broadcast
-  count = 0 if hook is None else hook.server_images(broadcast_settings(hook, exp.config.fed))
+  count = 0 if hook is None else hook.server_images(hook.settings_of(exp.config.fed))
   if not count:
     return np.zeros((1,), np.float32)
   chosen = np.resize(server, count)

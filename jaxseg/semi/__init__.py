@@ -57,6 +57,10 @@ class Broadcast:
   settings: Callable
   server_images: Callable
 
+  def settings_of(self, fed_config):
+    """The hook's settings from its section of ``config.fed`` (``fed_config``)."""
+    return self.settings(fed_config[self.section].to_dict(), fed_config.scenario)
+
 
 @dataclasses.dataclass(frozen=True)
 class Method:

@@ -29,6 +29,8 @@ The reference is SSL4MIS (HiLab-git/SSL4MIS, ``code/train_mean_teacher_2D.py`` a
   (``evaluated="student"``); ``"teacher"`` evaluates the teacher instead.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -57,6 +59,21 @@ def noise(key, shape, std: float, clip: float):
   return jnp.clip(n, -clip, clip) if clip else n
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """:func:`make`'s settings, as its arguments say."""
+
+  decay: float
+  weight: float
+  ramp_up_steps: int
+  input_noise: float
+  noise_clip: float
+  teacher_noise: bool
+  student_noise: bool
+  ema_warmup: bool
+  ema_batch_stats: bool
+
+
 def make(
   decay: float = 0.99,
   weight: float = 0.1,
@@ -83,36 +100,35 @@ def make(
     teacher = student.replace(opt_state=None)
     return state_lib.start({"student": student, "teacher": teacher})
 
-  settings = dict(
-    decay=decay, weight=weight, ramp_up_steps=ramp_up_steps, input_noise=input_noise,
-    noise_clip=noise_clip, teacher_noise=teacher_noise, student_noise=student_noise,
-    ema_warmup=ema_warmup, ema_batch_stats=ema_batch_stats,
+  settings = Settings(
+    decay, weight, ramp_up_steps, input_noise, noise_clip, teacher_noise, student_noise,
+    ema_warmup, ema_batch_stats,
   )  # fmt: skip
 
   def step(ctx, state, labeled, unlabeled, key):
-    return mean_teacher_step(ctx, state, labeled, unlabeled, key, **settings)
+    return mean_teacher_step(ctx, state, labeled, unlabeled, key, settings)
 
   return Method(init=init, step=step, evaluated=evaluated, exchanged=NETWORKS)
 
 
-def mean_teacher_step(ctx, state, labeled, unlabeled, key, **s):
+def mean_teacher_step(ctx, state, labeled, unlabeled, key, s: Settings):
   """One step of :func:`make`'s method with its settings ``s``."""
   key = jax.random.fold_in(key, state.step)
   k_aug, k_noise, k_drop, k_teacher_noise, k_teacher_drop = jax.random.split(key, 5)
   labeled, view = step_lib.augmented(ctx, k_aug, labeled, unlabeled)
   student, teacher = state.nets["student"], state.nets["teacher"]
-  image, std, clip = view["image"], s["input_noise"], s["noise_clip"]
+  image, std, clip = view["image"], s.input_noise, s.noise_clip
   teacher_view = (
-    image + noise(k_teacher_noise, image.shape, std, clip) if s["teacher_noise"] else image
+    image + noise(k_teacher_noise, image.shape, std, clip) if s.teacher_noise else image
   )
   target, teacher_stats = step_lib.forward(
-    ctx, teacher.params, teacher.batch_stats, teacher_view, k_teacher_drop, train=s["teacher_noise"]
+    ctx, teacher.params, teacher.batch_stats, teacher_view, k_teacher_drop, train=s.teacher_noise
   )
   teacher_labels = base.hard_pseudo_labels(target.logits)
   target = jax.lax.stop_gradient(probabilities(target.logits))
-  if s["student_noise"]:
+  if s.student_noise:
     image = image + noise(k_noise, image.shape, std, clip)
-  scale = s["weight"] * base.ramp_up(state.step, s["ramp_up_steps"] or ctx.total_steps)
+  scale = s.weight * base.ramp_up(state.step, s.ramp_up_steps or ctx.total_steps)
 
   def loss_of(params):
     sup_out, un_out, stats = step_lib.forward_pair(
@@ -127,8 +143,8 @@ def mean_teacher_step(ctx, state, labeled, unlabeled, key, **s):
 
   (loss, (stats, sup, cons, info)), grads = step_lib.value_and_grad(ctx, loss_of, student.params)
   student = step_lib.apply_grads(ctx.tx, student, grads, stats)
-  alpha = ema_decay(state.step, s["decay"], s["ema_warmup"])
-  if s["ema_batch_stats"]:
+  alpha = ema_decay(state.step, s.decay, s.ema_warmup)
+  if s.ema_batch_stats:
     teacher_stats = ema(teacher.batch_stats, student.batch_stats, alpha)
   teacher = teacher.replace(
     params=ema(teacher.params, student.params, alpha), batch_stats=teacher_stats

@@ -51,6 +51,8 @@ self-attention and the two are averaged after mass calibration), which works wit
 any model, also those that sow no features.
 """
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -208,6 +210,17 @@ def fuse(probs, refined, temperature):
   return sharp / sharp.sum(-1, keepdims=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Weights:
+  """The SGC step's fusion and loss settings (:func:`make`'s arguments of these names)."""
+
+  temperature: float
+  gamma: float
+  weight: float
+  cls_weight: float
+  sgc_weight: float
+
+
 def _known(name: str, value: str, known) -> None:
   if value not in known:
     raise UserError(f"pseudoseg: unknown {name} {value!r}; known: {', '.join(known)}.")
@@ -235,10 +248,7 @@ def make(
   ``cutout`` (side, a fraction of the image's) or ``noise`` (``gray_noise``'s std)."""
   _known("source", source, SOURCES)
   _known("strong", strong, strong_views.STRONG)
-  settings = dict(
-    temperature=temperature, gamma=gamma, weight=weight, cls_weight=cls_weight,
-    sgc_weight=sgc_weight,
-  )  # fmt: skip
+  settings = Weights(temperature, gamma, weight, cls_weight, sgc_weight)
 
   def cam_head(ctx):
     classes = foreground_classes(ctx.model.interface.num_classes)
@@ -284,7 +294,7 @@ def pseudo_target(ctx, head, net, cam, weak_image, key, settings):
   maps, _ = sgc(head, cam, features, grad_cam(head, cam.params, features, present))
   logits = class_logits(out.logits)
   fused = calibrated_fusion(
-    logits, resize_to(maps, logits.shape[1:-1]), settings["gamma"], settings["temperature"]
+    logits, resize_to(maps, logits.shape[1:-1]), settings.gamma, settings.temperature
   )
   return jax.lax.stop_gradient(fused)
 
@@ -317,8 +327,8 @@ def sgc_step(ctx, head, state, labeled, weak, strong, key, settings):
     info = pseudo_label_info(target, strong_out.logits)
     total = (
       sup
-      + settings["weight"] * unsup
-      + sup_weight * (settings["cls_weight"] * cls + settings["sgc_weight"] * seg)
+      + settings.weight * unsup
+      + sup_weight * (settings.cls_weight * cls + settings.sgc_weight * seg)
     )
     return total, ((stats, cam_stats), sup, unsup, cls, seg, info)
 

@@ -34,8 +34,9 @@ communication, MT and PS + FedAvg far below label-at-server. Measured here (docs
 2-5 min each) supervised FedAvg 0.571 / 0.549 (IID / non-IID), CPS 0.495-0.557, PS
 0.430-0.525, MT 0.387-0.496, FedWeP-Random with today's defaults 0.432-0.556 (0 of 12
 runs collapse; with weight 1.0: 0.285-0.463, 2 collapsed); ``pool_cpu`` (60 cells,
-~1.5 min each) CPS 0.294-0.332, PS 0.310-0.375, MT 0.133-0.216, FedWeP-Random
-0.244-0.365 and FedWeP-Real 0.242-0.372 (seed 2 collapses in the four 1/2 cells).
+~1.5 min each) CPS 0.294-0.332, PS 0.310-0.375, MT 0.133-0.216, FedWeP at
+``LABEL_AT_SERVER_RWP``: Random 0.251-0.378, Real 0.253-0.394 (best at 1/8; seed 2
+collapses in the four 1/2 cells).
 """
 
 import ml_collections

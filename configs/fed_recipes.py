@@ -43,6 +43,11 @@ RECIPES = {
   },
   "q8": {"fed.compress.kind": "q8"},
   "topk": {"fed.compress.kind": "topk", "fed.compress.fraction": 0.1},
+  "topk_ef": {
+    "fed.compress.kind": "topk",
+    "fed.compress.fraction": 0.1,
+    "fed.compress.error_feedback": True,
+  },
   "sampled": {"fed.clients_per_round": 2},
   # Server optimizers, as Flower names its strategies (Reddi et al. 2021's settings).
   "fedavgm": {"fed.server_optim.kwargs": {"momentum": 0.9}},
@@ -71,6 +76,7 @@ TABLE = {
   "FedAvg-8bit": RECIPES["q8"],
   "top-10%": RECIPES["topk"],
   "2 of 4 per round": RECIPES["sampled"],
+  "top-10% + error feedback": RECIPES["topk_ef"],
 }
 
 

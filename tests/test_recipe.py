@@ -12,6 +12,8 @@ import numpy as np
 import optax
 import pytest
 
+from configs import fed_recipes
+from jaxseg.errors import UserError
 from jaxseg.fed import backends, compress, cost, layout, privacy, recipe, robust, simulate
 from jaxseg.run import federated
 from jaxseg.run.experiment import Experiment
@@ -124,6 +126,31 @@ def test_q8_is_unbiased_within_one_step_and_topk_keeps_the_largest():
   assert cost.up_bytes(recipe.Recipe(algorithm="fedbn"), params, stats) == 4 * 110
   assert cost.up_bytes(recipe.Recipe(algorithm="scaffold"), params, stats) == 8 * 114 + 32
   assert cost.down_bytes(recipe.Recipe(algorithm="scaffold"), params, stats) == 4 * 114
+
+
+def test_error_feedback_sends_over_the_rounds_what_top_k_dropped():
+  """With error feedback a client's residual is exactly what top-k left out, and it
+  joins the next update: over two rounds the sent updates and the last residual add up
+  to the two updates (Stich et al. 2018, Alg. 1); the residual starts at zero."""
+  rc = recipe.Recipe(compress="topk", fraction=0.25, error_feedback=True)
+  params = {"w": jnp.zeros(8)}
+  local = recipe.local_init(rc, params, {})
+  np.testing.assert_array_equal(local["residual"]["w"], np.zeros(8))
+  d1 = {"w": jnp.array([4.0, -1, 0.5, 3, -0.25, 0.1, 2, -6])}
+  d2 = {"w": jnp.array([0.5, 2, -1, 0.2, 0.3, -0.1, 1, 0.4])}
+  key = jax.random.key(0)
+  s1, _, _, r1 = recipe.client_update(rc, d1, {}, key, 0, local)
+  np.testing.assert_array_equal(s1["w"], [4, 0, 0, 0, 0, 0, 0, -6])
+  np.testing.assert_array_equal(r1["w"], d1["w"] - s1["w"])  # exactly what was dropped
+  s2, _, _, r2 = recipe.client_update(rc, d2, {}, key, 0, {"residual": r1})
+  np.testing.assert_allclose(s2["w"], [0, 0, 0, 3.2, 0, 0, 3, 0], rtol=1e-6)  # d2 + r1's largest
+  np.testing.assert_allclose(s1["w"] + s2["w"] + r2["w"], d1["w"] + d2["w"], rtol=1e-6)
+  plain = dataclasses.replace(rc, error_feedback=False)
+  assert recipe.client_update(plain, d2, {}, key, 0, {})[3] is None
+  fc = fed_recipes.get_config("topk_ef,smoke").fed
+  fc.dp.clip = "fixed"
+  with pytest.raises(UserError, match="error_feedback .* no DP"):
+    recipe.from_config(fc)
 
 
 def test_fedbn_keeps_exactly_the_batchnorm_layers():

@@ -71,7 +71,7 @@ DEFAULTS = dict(
     clip_lr=0.2,
     count_noise=0.05,
   ),
-  compress=dict(kind="none", fraction=0.01),
+  compress=dict(kind="none", fraction=0.01, error_feedback=False),
   attack=dict(kind="none", clients=0, factor=10.0),
 )
 
@@ -97,6 +97,7 @@ class Recipe:
   count_noise: float = 0.05  # adaptive: the noisy count's std, per sampled client
   compress: str = "none"
   fraction: float = 0.01  # topk: the fraction of each tensor's entries sent
+  error_feedback: bool = False  # what compression dropped joins the next update
   attack: str = "none"
   attackers: int = 0
   factor: float = 10.0
@@ -145,6 +146,7 @@ def from_config(fc, client_lr: float = 0.0) -> Recipe:
     count_noise=float(dp.count_noise),
     compress=comp.kind,
     fraction=float(comp.fraction),
+    error_feedback=bool(comp.get("error_feedback", False)),
     attack=attack.kind,
     attackers=int(attack.clients),
     factor=float(attack.factor),
@@ -196,6 +198,14 @@ def check(fc) -> None:
     raise UserError(
       "config.fed.dp.noise_multiplier > 0 needs clipped updates (the noise is calibrated to "
       "the clipping norm): set config.fed.dp.clip to 'fixed' or 'adaptive'."
+    )
+  if fc.compress.get("error_feedback", False) and (
+    fc.compress.kind == "none" or fc.dp.clip != "none"
+  ):
+    raise UserError(
+      "config.fed.compress.error_feedback carries what compression drops into the next "
+      "round: it needs config.fed.compress.kind 'q8' or 'topk' and no DP (a residual "
+      f"would escape the clipping); found kind {fc.compress.kind!r}, dp.clip {fc.dp.clip!r}."
     )
   if not 0 < fc.compress.fraction <= 1:
     raise UserError(
@@ -309,12 +319,17 @@ def bn_mask(params, batch_stats):
 def local_init(recipe: Recipe, params, batch_stats) -> dict:
   """What one client keeps between rounds (from the initial global networks):
   FedBN its BatchNorm parameters (other leaves: a placeholder scalar) and statistics,
-  SCAFFOLD its ``c_i`` (zeros)."""
+  SCAFFOLD its ``c_i`` (zeros); with error feedback the ``residual`` its compression
+  has not sent yet (zeros)."""
+  zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)  # noqa: E731
+  out = {}
   if recipe.algorithm == "fedbn":
-    return kept_bn(params, batch_stats)
-  if recipe.algorithm == "scaffold":
-    return {"c": jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)}
-  return {}
+    out = kept_bn(params, batch_stats)
+  elif recipe.algorithm == "scaffold":
+    out = {"c": zeros()}
+  if recipe.error_feedback:
+    out["residual"] = zeros()
+  return out
 
 
 def with_local_bn(params, batch_stats, local: dict):
@@ -357,16 +372,23 @@ def attacked(recipe: Recipe, delta, client) -> dict:
   return jax.tree.map(lambda x: jnp.where(bad, made(x), x), delta)
 
 
-def client_update(recipe: Recipe, delta, state: dict, key, client) -> tuple[dict, dict, dict]:
-  """Steps 3 of the round for one client: ``(the update it sends, info, wire)``;
-  ``info`` ``unclipped`` (1.0 if its norm was within the clipping norm: adaptive
-  clipping's count); ``wire`` the compressed update's bytes (:func:`compressed`)."""
+def client_update(recipe: Recipe, delta, state: dict, key, client, local: dict):
+  """Steps 3 of the round for one client: ``(the update it sends, info, wire,
+  residual)``; ``info`` ``unclipped`` (1.0 if its norm was within the clipping norm:
+  adaptive clipping's count); ``wire`` the compressed update's bytes
+  (:func:`jaxseg.fed.compress.compressed`); with ``error_feedback`` the update is
+  first added to what the client's compression left unsent (``local["residual"]``)
+  and ``residual`` is what it leaves now (Stich et al. 2018, "Sparsified SGD with
+  memory", Alg. 1: ``p = delta + e; send C(p); e = p - C(p)``), else None."""
   delta = attacked(recipe, delta, client)
   info = {}
   if recipe.dp:
     delta, info["unclipped"] = privacy.clipped(delta, state["clip_norm"])
-  delta, wire = compress.compressed(recipe, delta, key)
-  return delta, info, wire
+  if recipe.error_feedback:
+    delta = jax.tree.map(jnp.add, delta, local["residual"])
+  sent, wire = compress.compressed(recipe, delta, key)
+  residual = jax.tree.map(jnp.subtract, delta, sent) if recipe.error_feedback else None
+  return sent, info, wire, residual
 
 
 def finite(tree) -> jax.Array:

@@ -233,7 +233,7 @@ def client_round(fed: Federation, batches, shared: dict, c, xs, steps, local):
   """One client's round: ``(update, BatchNorm statistics, metrics, info, kept, wire)`` — its
   local training from the broadcast (FedBN: with its own BatchNorm; SCAFFOLD: its
   correction), its update through the recipe, what it keeps for the next round."""
-  rc, nets = fed.recipe, shared["nets"]
+  rc, nets, kept = fed.recipe, shared["nets"], local
   if rc.algorithm == "fedbn":  # its own BatchNorm
     nets = {n: v.replace(**_own_bn(v, local, n)) for n, v in nets.items()}
   state = start(fed, nets, shared["round"] * fed.local_steps)
@@ -255,7 +255,12 @@ def client_round(fed: Federation, batches, shared: dict, c, xs, steps, local):
     c_new, info["dc"] = recipe_lib.scaffold_local(rc, server_c, local["c"], delta, steps)
     local = {"c": c_new}
   recipe_key = jax.random.fold_in(shared["recipe"]["key"], c)
-  delta, more, wire = recipe_lib.client_update(rc, delta, shared["recipe"]["state"], recipe_key, c)
+  recipe_state = shared["recipe"]["state"]
+  delta, more, wire, residual = recipe_lib.client_update(
+    rc, delta, recipe_state, recipe_key, c, kept
+  )
+  if residual is not None:
+    local = {**local, "residual": residual}
   return delta, stats, m, {**info, **more}, local, wire
 
 
@@ -289,7 +294,7 @@ def contributions(rc, rows, size, delta, stats, metrics, info) -> tuple[dict, di
 
 def _own_bn(net, local: dict, name: str) -> dict:
   """FedBN: ``net``'s parameters with the client's BatchNorm, and its statistics."""
-  mine = {k: v[name] for k, v in local.items()}
+  mine = {k: local[k][name] for k in ("params", "batch_stats")}
   params, stats = recipe_lib.with_local_bn(net.params, net.batch_stats, mine)
   return {"params": params, "batch_stats": stats}
 

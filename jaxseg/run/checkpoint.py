@@ -13,6 +13,7 @@ continues while they are written (the next save, a read and ``close`` wait for t
 write to finish).
 """
 
+import contextlib
 import os
 import shutil
 
@@ -174,3 +175,16 @@ def _target(leaf) -> jax.ShapeDtypeStruct:
     jax.local_devices()[0]
   )
   return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+
+@contextlib.contextmanager
+def finished(workdir: str, hint: str, best: str | None = BEST_METRIC):
+  """The checkpoints of a run to read (``eval``, ``predict``, ``synthesize``), read-only
+  and closed afterwards; a run without any is one line ending in ``hint``."""
+  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True, best=best)
+  try:
+    if ckpts.latest_step() is None:
+      raise UserError(f"no checkpoint in {workdir}/checkpoints; {hint}.")
+    yield ckpts
+  finally:
+    ckpts.close()

@@ -18,8 +18,7 @@ from jaxseg import infer, metrics
 from jaxseg.data import pipeline
 from jaxseg.errors import UserError
 from jaxseg.fed import recipe
-from jaxseg.run import pictures, skeleton, volume
-from jaxseg.run.checkpoint import Checkpoints
+from jaxseg.run import checkpoint, pictures, skeleton, volume
 from jaxseg.run.experiment import Experiment, is_volume
 from jaxseg.train import sharding
 
@@ -230,13 +229,8 @@ def restore_state(workdir: str, splits=("test",)):
       f"{workdir} is a GAN run: it has no segmentation to score; "
       f"`jaxseg synthesize --workdir {workdir} --num N --output DIR` makes pairs from it."
     )
-  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
-  if ckpts.latest_step() is None:
-    raise UserError(f"no checkpoint in {workdir}/checkpoints; train first.")
-  plan = volume.load_plan(workdir) if not splits and is_volume(config) else None
-  exp = Experiment(config, splits, plan)
-  try:
+  with checkpoint.finished(workdir, "train first") as ckpts:
+    plan = volume.load_plan(workdir) if not splits and is_volume(config) else None
+    exp = Experiment(config, splits, plan)
     step, state, _ = ckpts.restore_usable(exp.abstract_state(), prefer_best=True)
-  finally:
-    ckpts.close()
   return exp, state, step

@@ -32,7 +32,7 @@ from jaxseg import gan, tables
 from jaxseg.data import augment, pipeline
 from jaxseg.errors import UserError
 from jaxseg.gan import step as gan_step
-from jaxseg.run import loop, pictures, skeleton
+from jaxseg.run import checkpoint, loop, pictures, skeleton
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.train import optim
 
@@ -138,13 +138,9 @@ def synthesize(workdir: str, num: int, output: str) -> str:
     raise UserError(f"--num must be positive, found {num}.")
   if os.path.exists(output) and os.listdir(output):
     raise UserError(f"--output {output!r} exists and is not empty; choose a new folder.")
-  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True, best=None)
-  step = ckpts.latest_step()
-  if step is None:
-    raise UserError(f"no checkpoint in {workdir}/checkpoints; train the GAN first.")
-  exp = GanExperiment(config)
-  _, state, _ = ckpts.restore_usable(exp.abstract_state())
-  ckpts.close()
+  with checkpoint.finished(workdir, "train the GAN first", best=None) as ckpts:
+    exp = GanExperiment(config)
+    step, state, _ = ckpts.restore_usable(exp.abstract_state())
   variables = gan_step.generator_variables(state)
   partial = output.rstrip("/") + ".partial"
   shutil.rmtree(partial, ignore_errors=True)

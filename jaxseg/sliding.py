@@ -1,4 +1,5 @@
-"""Sliding-window inference over volumes with Gaussian importance weighting.
+"""Sliding-window inference with Gaussian importance weighting, over volumes (and any
+number of spatial axes: 2-D images alike).
 
 A volume ``[X, Y, Z, C]`` is covered by windows of the training patch size with a
 stride of ``(1 - overlap) * patch``; each window's class probabilities are weighted by
@@ -38,7 +39,7 @@ def gaussian_weight(patch, sigma_scale: float = 1 / 8) -> np.ndarray:
 
 
 def window_starts(shape, patch, overlap: float) -> np.ndarray:
-  """``[n, 3]`` window corners covering ``shape`` (each axis: evenly spaced, first at 0,
+  """``[n, D]`` window corners covering ``shape`` (each axis: evenly spaced, first at 0,
   last flush with the end, stride at most ``(1 - overlap) * patch``)."""
   per_axis = []
   for size, p in zip(shape, patch, strict=True):
@@ -56,14 +57,19 @@ def padded_shape(shape, patch, bucket: int) -> tuple:
 
 
 def make_predictor(apply_fn, patch, num_classes: int, window_batch: int, mirror: bool):
-  """A jitted ``predict(variables, volume [X, Y, Z, C], starts [n, 3]) -> [X, Y, Z, K]``
-  (``n`` a multiple of ``window_batch``; repeated starts count once: see ``valid``).
+  """A jitted ``predict(variables, volume [*S, C], starts [n, D]) -> [*S, K]`` over
+  ``D = len(patch)`` spatial axes (3 for volumes; 2 works alike), ``n`` a multiple of
+  ``window_batch`` (repeated starts count once: see ``valid``).
 
-  ``apply_fn(variables, x [B, *patch, C]) -> logits``; ``K == 1``: sigmoid."""
+  ``apply_fn(variables, x [B, *patch, C]) -> logits``; ``K == 1``: sigmoid; ``mirror``:
+  the mean over the ``2^D`` flips of the spatial axes."""
   patch = tuple(int(p) for p in patch)
   weight = jnp.asarray(gaussian_weight(patch))
+  axes = tuple(range(1, len(patch) + 1))
   flips = (
-    [()] if not mirror else [a for r in range(4) for a in itertools.combinations((1, 2, 3), r)]
+    [()]
+    if not mirror
+    else [a for r in range(len(axes) + 1) for a in itertools.combinations(axes, r)]
   )
 
   def probs_of(variables, x):
@@ -76,8 +82,8 @@ def make_predictor(apply_fn, patch, num_classes: int, window_batch: int, mirror:
 
   @jax.jit
   def predict(variables, volume, starts, valid):
-    out = jnp.zeros((*volume.shape[:3], num_classes), jnp.float32)
-    norm = jnp.zeros(volume.shape[:3], jnp.float32)
+    out = jnp.zeros((*volume.shape[:-1], num_classes), jnp.float32)
+    norm = jnp.zeros(volume.shape[:-1], jnp.float32)
     channels = volume.shape[-1]
 
     def body(i, carry):
@@ -103,16 +109,17 @@ def make_predictor(apply_fn, patch, num_classes: int, window_batch: int, mirror:
 
 
 def predict_volume(predict, variables, volume: np.ndarray, patch, overlap, window_batch, bucket):
-  """Probabilities ``[X, Y, Z, K]`` of ``volume`` (any size) by ``predict``
+  """Probabilities ``[*S, K]`` of ``volume`` ``[*S, C]`` (any size) by ``predict``
   (:func:`make_predictor`)."""
-  shape = volume.shape[:3]
+  shape = volume.shape[:-1]
+  inside = tuple(slice(0, s) for s in shape)
   full = padded_shape(shape, patch, bucket)
   padded = np.zeros((*full, volume.shape[-1]), np.float32)
-  padded[: shape[0], : shape[1], : shape[2]] = volume
+  padded[inside] = volume
   starts = window_starts(full, patch, overlap)
   n = -(-len(starts) // window_batch) * window_batch
   valid = np.zeros(n, np.float32)
   valid[: len(starts)] = 1.0
   starts = np.concatenate([starts, np.repeat(starts[:1], n - len(starts), 0)])
   probs = predict(variables, jnp.asarray(padded), jnp.asarray(starts), jnp.asarray(valid))
-  return np.asarray(probs)[: shape[0], : shape[1], : shape[2]]
+  return np.asarray(probs)[inside]

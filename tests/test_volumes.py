@@ -130,6 +130,10 @@ def test_sliding_window_weights_and_bounded_memory():
   np.testing.assert_allclose(probs[..., 1], jax.nn.sigmoid(4.0 * volume[..., 0]), rtol=1e-5)
   weight = sliding.gaussian_weight(patch)
   assert weight.max() == 1.0 and weight[0, 0, 0] < 0.01 and weight[3, 4, 4] > 0.9
+  # The same window over two spatial axes (an image), mirrored over both.
+  flat = sliding.make_predictor(_box_model, (8, 8), 2, window_batch=2, mirror=True)
+  probs = sliding.predict_volume(flat, {"w": 2.0}, volume[:, :, 0], (8, 8), 0.5, 2, 8)
+  np.testing.assert_allclose(probs[..., 1], jax.nn.sigmoid(4.0 * volume[:, :, 0, 0]), rtol=1e-5)
 
   def temp_bytes(side):
     full = (side, side, side)

@@ -83,8 +83,7 @@ def indices(fed, keys: dict, data_key, step, data):
     server = streams.server_indices(fed, data, data_key, step)
   ids = None
   if fed.recipe.clients_per_round:
-    key = jax.random.fold_in(jax.random.fold_in(keys["recipe"], step), recipe.SAMPLE_KEY)
-    ids = recipe.sample(fed.recipe, key, data.size)
+    ids = recipe.sample(fed.recipe, recipe.sample_key(keys["recipe"], step), data.size)
   sub = streams.rows_of(data, ids)
   return ids, streams.client_indices(fed, sub, data_key, step, ids), server
 

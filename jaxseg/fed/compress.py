@@ -76,15 +76,15 @@ def compressed(recipe, delta, key) -> tuple[dict, dict | None]:
 def decompressed(recipe, wire: dict, like) -> dict:
   """The update ``wire`` (:func:`compressed`) stands for, shaped like ``like``."""
   if recipe.compress == "q8":
-    out = jax.tree.map(dequantized, wire["level"], wire["lo"], wire["step"])
-  else:
-    out = jax.tree.map(
-      lambda v, i, x: densified(v, i, x.shape), wire["values"], wire["index"], like
-    )
-  return out
+    return jax.tree.map(dequantized, wire["level"], wire["lo"], wire["step"])
+  dense = lambda v, i, x: densified(v, i, x.shape)  # noqa: E731
+  return jax.tree.map(dense, wire["values"], wire["index"], like)
 
 
 def update_bytes(recipe, params) -> int:
+  """Bytes of the update of ``params`` as ``recipe`` sends it: float32 values, or a
+  byte a value and two float32 ends a tensor (``q8``), or ``topk``'s kept values and
+  int32 positions."""
   sizes = [math.prod(x.shape) for x in jax.tree.leaves(params)]
   if recipe.compress == "q8":
     return sum(n + 8 for n in sizes)

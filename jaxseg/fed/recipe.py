@@ -234,6 +234,11 @@ def sample(recipe: Recipe, key, size) -> jax.Array:
   return jnp.sort(picked)
 
 
+def sample_key(recipe_key, round_) -> jax.Array:
+  """The key of round ``round_``'s draw of who trains (simulation and Flower alike)."""
+  return jax.random.fold_in(jax.random.fold_in(recipe_key, round_), SAMPLE_KEY)
+
+
 def weights(recipe: Recipe, size) -> jax.Array:
   """Each trained client's aggregation weight: its images; 1 with DP (the sum's
   sensitivity is the clipping norm) or with ``size`` sampling (already proportional to

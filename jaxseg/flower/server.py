@@ -167,9 +167,7 @@ def sampler(rc: recipe.Recipe, key, sites: dict):
 
   @jax.jit
   def ids(round_):
-    return recipe.sample(
-      rc, jax.random.fold_in(jax.random.fold_in(key, round_), recipe.SAMPLE_KEY), size
-    )
+    return recipe.sample(rc, recipe.sample_key(key, round_), size)
 
   return lambda round_: [nodes[int(c)] for c in np.asarray(ids(round_))]
 

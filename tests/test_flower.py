@@ -26,7 +26,7 @@ from configs import fed_image_folders
 from jaxseg import main
 from jaxseg.errors import UserError
 from jaxseg.flower import deploy as flower_deploy
-from jaxseg.run import skeleton
+from jaxseg.run import evaluate, skeleton
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.run.experiment import Experiment
 
@@ -475,7 +475,8 @@ def test_flower_fedbn_with_dp_keeps_batchnorm_on_the_sites(folders, tmp_path):
   """FedBN + DP (clipping at the sites, noise at the server) over Flower, each site's
   ClientApp in this process: 2 rounds end with the simulation's global model bit for
   bit, each site's BatchNorm (kept in its cache folder, never sent) equal to what the
-  simulated client kept, and replies that carry no BatchNorm."""
+  simulated client kept, and replies that carry no BatchNorm; the simulation's eval
+  scores every site's own model."""
   from flax import serialization
   from flwr.app import Context, RecordDict
   from flwr.supercore.task_identity import TaskIdentity
@@ -490,6 +491,11 @@ def test_flower_fedbn_with_dp_keeps_batchnorm_on_the_sites(folders, tmp_path):
   simulation = copy.deepcopy(config)
   simulation.fed.client_dirs = tuple(sites)
   simulated = jax.device_get(main.train(simulation, str(tmp_path / "simulation")))
+  # Its eval scores the server's test split with each site's own model too.
+  scores = evaluate.run(str(tmp_path / "simulation"))
+  assert set(scores["sites"]) == {"site0", "site1"}
+  local = [row["dice_local"] for row in scores["sites"].values()]
+  assert scores["site_dice_mean"]["mean"] == pytest.approx(np.mean(local))
 
   TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
   node = lambda i, site: {"data-dir": site, "site": f"site{i}", "cache-dir": f"{tmp_path}/c{i}"}  # noqa: E731

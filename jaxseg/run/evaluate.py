@@ -65,7 +65,7 @@ def site_scores(evaluator, state, split: str, per_image: dict) -> dict | None:
   exp = evaluator.exp
   sites = evaluation.site_ids(exp, split)
   if sites is None:
-    return None
+    return folder_site_scores(evaluator, state, split, per_image)
   out = {}
   for s in np.unique(sites):
     row = {"images": int(np.sum(sites == s)), **_overlap(per_image, sites == s)}
@@ -74,6 +74,25 @@ def site_scores(evaluator, state, split: str, per_image: dict) -> dict | None:
       own = evaluator.score(variables, split)[0]
       row.update({f"{k}_local": v for k, v in _overlap(own, sites == s).items()})
     out[f"site {s}"] = row
+  return out
+
+
+def folder_site_scores(evaluator, state, split: str, per_image: dict) -> dict | None:
+  """FedBN over site folders (``config.fed.client_dirs``): ``{site: {images, dice, iou,
+  dice_local, iou_local}}`` of the server's whole ``split`` scored with the global
+  model and with each site's own (its BatchNorm: the model that site deploys); None
+  for any other run."""
+  exp = evaluator.exp
+  fc = exp.config.get("fed")
+  if not fc or fc.algorithm != "fedbn" or not fc.client_dirs:
+    return None
+  every = np.ones(len(per_image["loss"]), bool)
+  out = {}
+  for c, folder in enumerate(fc.client_dirs):
+    own = evaluator.score(evaluation.local_variables(exp, state, c), split)[0]
+    row = {"images": int(every.sum()), **_overlap(per_image, every)}
+    row.update({f"{k}_local": v for k, v in _overlap(own, every).items()})
+    out[os.path.basename(os.path.normpath(folder))] = row
   return out
 
 

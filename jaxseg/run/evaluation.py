@@ -129,7 +129,8 @@ def local_variables(exp: Experiment, state, client: int) -> dict:
   """FedBN: the evaluated network's variables with client ``client``'s own BatchNorm."""
   name = exp.method.evaluated
   net = state.nets[name]
-  kept = {k: v[name] for k, v in jax.tree.map(lambda x: x[client], state.clients).items()}
+  mine = jax.tree.map(lambda x: x[client], state.clients)
+  kept = {k: mine[k][name] for k in ("params", "batch_stats")}
   params, stats = recipe.with_local_bn(net.params, net.batch_stats, kept)
   return sharding.fetch({"params": params, "batch_stats": stats})
 

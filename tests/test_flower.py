@@ -524,7 +524,7 @@ def test_flower_fedbn_with_dp_keeps_batchnorm_on_the_sites(folders, tmp_path):
   "fed",
   [
     {"clients_per_round": 1, "compress.kind": "q8"},
-    {"aggregator.kind": "median", "compress.kind": "topk", "compress.fraction": 0.1},
+    {"aggregator.name": "median", "compress.kind": "topk", "compress.fraction": 0.1},
   ],
   ids=["one_of_two_sites_8bit", "median_of_top_k"],
 )
@@ -545,7 +545,9 @@ def test_flower_sampled_and_compressed_rounds_are_the_simulations(folders, tmp_p
   config = _config("supervised", server)
   for key, value in fed.items():
     *path, name = key.split(".")
-    functools.reduce(getattr, path, config.fed)[name] = value
+    section = functools.reduce(getattr, path, config.fed)
+    assert name in section, key  # a setting, not a new key
+    section[name] = value
   config.data.cache_dir = str(tmp_path / "cache")
   simulation = copy.deepcopy(config)
   simulation.fed.client_dirs = tuple(sites)

@@ -56,6 +56,7 @@ LONGEST = {
   "test_flower.py::test_flower_a_killed_site_does_not_stall_the_run": 34,
   "test_bench.py::test_accelerator_suite_runs_every_part_on_cpu": 34,
   "test_prob_unet.py::test_prob_unet_and_baseline_train_on_lidc_and_report_ged": 32,
+  "test_flower.py::test_flower_sampled_and_compressed_rounds_are_the_simulations": 31,
   "test_flower.py::test_flower_volume_sites_train_as_the_simulation_of_their_folders": 30,
   "test_train.py::test_host_path_with_workers_is_reproducible_and_resumes_exactly": 26,
   "test_end_to_end.py::test_isbi_smoke_train_eval_predict": 21,

@@ -471,6 +471,26 @@ def test_flower_security_commands_say_what_is_missing(tmp_path):
   fails("give one of --serve, --register, --site", serve="h:1", site="a")
 
 
+def _in_process_federation(config, sites, tmp_path) -> str:
+  """Trains ``config`` over Flower with each site's ClientApp in this process (the
+  ServerApp's federation, :class:`InProcessGrid`); returns the server's workdir."""
+  from flwr.app import Context, RecordDict
+  from flwr.supercore.task_identity import TaskIdentity
+
+  from jaxseg.flower import app as flower
+  from jaxseg.run import federated
+
+  TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
+  node = lambda i, site: {"data-dir": site, "site": f"site{i}", "cache-dir": f"{tmp_path}/c{i}"}  # noqa: E731
+  contexts = {7 + i: Context(1, 7 + i, node(i, s), RecordDict(), {}) for i, s in enumerate(sites)}
+  workdir = str(tmp_path / "flower")
+  grid = InProcessGrid(contexts)
+  federated.train(
+    config, workdir, make_simulation=lambda exp: flower.server.federation(exp, grid, workdir)
+  )
+  return workdir
+
+
 def test_flower_fedbn_with_dp_keeps_batchnorm_on_the_sites(folders, tmp_path):
   """FedBN + DP (clipping at the sites, noise at the server) over Flower, each site's
   ClientApp in this process: 2 rounds end with the simulation's global model bit for
@@ -478,11 +498,6 @@ def test_flower_fedbn_with_dp_keeps_batchnorm_on_the_sites(folders, tmp_path):
   simulated client kept, and replies that carry no BatchNorm; the simulation's eval
   scores every site's own model."""
   from flax import serialization
-  from flwr.app import Context, RecordDict
-  from flwr.supercore.task_identity import TaskIdentity
-
-  from jaxseg.flower import app as flower
-  from jaxseg.run import federated
 
   sites, server = folders
   config = _config("supervised", server, algorithm="fedbn")
@@ -497,14 +512,7 @@ def test_flower_fedbn_with_dp_keeps_batchnorm_on_the_sites(folders, tmp_path):
   local = [row["dice_local"] for row in scores["sites"].values()]
   assert scores["site_dice_mean"]["mean"] == pytest.approx(np.mean(local))
 
-  TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
-  node = lambda i, site: {"data-dir": site, "site": f"site{i}", "cache-dir": f"{tmp_path}/c{i}"}  # noqa: E731
-  contexts = {7 + i: Context(1, 7 + i, node(i, s), RecordDict(), {}) for i, s in enumerate(sites)}
-  workdir = str(tmp_path / "flower")
-  grid = InProcessGrid(contexts)
-  federated.train(
-    config, workdir, make_simulation=lambda exp: flower.server.federation(exp, grid, workdir)
-  )
+  workdir = _in_process_federation(config, sites, tmp_path)
   step, nets = _global_model(workdir)
   assert step == 2
   jax.tree.map(np.testing.assert_array_equal, simulated.nets, nets)
@@ -535,12 +543,6 @@ def test_flower_sampled_and_compressed_rounds_are_the_simulations(folders, tmp_p
   size communication.json states, and the server reads it back as the simulation
   does (the mean's weighted sum; the median's stacked rows): 2 rounds end with the
   simulation's global model bit for bit."""
-  from flwr.app import Context, RecordDict
-  from flwr.supercore.task_identity import TaskIdentity
-
-  from jaxseg.flower import app as flower
-  from jaxseg.run import federated
-
   sites, server = folders
   config = _config("supervised", server)
   for key, value in fed.items():
@@ -552,14 +554,7 @@ def test_flower_sampled_and_compressed_rounds_are_the_simulations(folders, tmp_p
   simulation = copy.deepcopy(config)
   simulation.fed.client_dirs = tuple(sites)
   simulated = jax.device_get(main.train(simulation, str(tmp_path / "simulation")))
-  TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
-  node = lambda i, site: {"data-dir": site, "site": f"site{i}", "cache-dir": f"{tmp_path}/c{i}"}  # noqa: E731
-  contexts = {7 + i: Context(1, 7 + i, node(i, s), RecordDict(), {}) for i, s in enumerate(sites)}
-  workdir = str(tmp_path / "flower")
-  grid = InProcessGrid(contexts)
-  federated.train(
-    config, workdir, make_simulation=lambda exp: flower.server.federation(exp, grid, workdir)
-  )
+  workdir = _in_process_federation(config, sites, tmp_path)
   step, nets = _global_model(workdir)
   assert step == 2
   jax.tree.map(np.testing.assert_array_equal, simulated.nets, nets)

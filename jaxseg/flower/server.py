@@ -116,6 +116,8 @@ def federation(exp: Experiment, grid: Grid, workdir: str) -> federated.Simulatio
   names = {n: s["name"] for n, s in sites.items()}
   number = {n: c for c, n in enumerate(sites)}
   draw = sampler(recipe.of(cfg), placed.keys["recipe"], sites)
+  compressed = fed.recipe.compress != "none"
+  restore = jax.jit(functools.partial(wire.restored, fed.recipe)) if compressed else None
 
   def run_round(state):
     _, client_xs, server_xs, (shared, metrics) = parts.prepare(
@@ -141,7 +143,7 @@ def federation(exp: Experiment, grid: Grid, workdir: str) -> federated.Simulatio
     missing = [names[n] for n in chosen if n not in replies]
     _report(round_, missing, errors, names, len(chosen), fc.min_fraction)
     unsent = wire.unsent_keys(fed.recipe, shared["nets"])
-    summed, stacked = _aggregate(parts, like, replies, number, names, fed.recipe, unsent)
+    summed, stacked = _aggregate(parts, like, replies, number, names, restore, unsent)
     # The sites keep their own state; the server's copy of it is left as it is.
     total = (summed, stacked, simulate.local_rows(state, stacked["row"]))
     state, metrics = parts.conclude(
@@ -212,17 +214,18 @@ def _measured(sent: Message, answer: Message, sites: int) -> dict:
   }
 
 
-def _aggregate(parts, like, replies: dict, number: dict, names: dict, rc, unsent=frozenset()):
+def _aggregate(parts, like, replies: dict, number: dict, names: dict, restore, unsent=frozenset()):
   """The sites' contributions added in the order of their numbers (as the simulation
   adds its clients); a contribution with a non-finite value is refused (named in the
-  log), never added; a compressed one is read back first (:func:`jaxseg.flower.wire.restored`)."""
-  total, restore = None, jax.jit(functools.partial(wire.restored, rc))
+  log), never added; a compressed one is read back first (``restore``, compiled once:
+  :func:`jaxseg.flower.wire.restored`; None without compression)."""
+  total = None
   for node in sorted(replies, key=number.get):
     part = jax.tree.map(jnp.asarray, wire.from_record(replies[node].content["part"], like, unsent))
     if not all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(part)):
       skeleton.say(f"site {names[node]}: its update has non-finite values; refused.")
       continue
-    part = restore(part) if rc.compress != "none" else part
+    part = part if restore is None else restore(part)
     total = part if total is None else parts.add(total, part)
   if total is None:
     raise UserError("every site's update had non-finite values: none was aggregated.")

@@ -16,7 +16,7 @@ from configs import fed_common
 from configs.semi_common import METHOD_KWARGS
 from jaxseg import main, perturb
 from jaxseg.data import pipeline, resident
-from jaxseg.fed import backends, cost, layout, partition, simulate, streams
+from jaxseg.fed import aggregation, backends, cost, layout, partition, simulate, streams
 from jaxseg.run import federated
 from jaxseg.run.experiment import Experiment
 from jaxseg.semi import rwp
@@ -122,9 +122,7 @@ def test_seed_search_picks_the_most_similar_pair(statistics):
   probe = jax.random.uniform(jax.random.key(1), (3, 32, 32, 1))
   settings = search.Settings(candidates=4, statistics=statistics)
   perturbation = rwp.Perturbation(p=0.5, sigma=0.5)
-  seeds, info = search.search(
-    sim_ctx, net.params, net.batch_stats, probe, jax.random.key(2), settings, perturbation
-  )
+  seeds, info = search.search(sim_ctx, net, probe, jax.random.key(2), settings, perturbation)
   candidates = np.asarray(jax.random.bits(jax.random.key(2), (4,), jnp.uint32))
   maps, apply = [], jax.jit(exp.model.apply, static_argnames=("train", "mutable"))
   for s in candidates:  # independently: perturb, predict, flatten per image
@@ -150,8 +148,7 @@ def test_seed_search_picks_the_most_similar_pair(statistics):
   np.testing.assert_allclose(float(info["similarity"]), c[i, j], rtol=1e-5)
   least, _ = search.search(
     sim_ctx,
-    net.params,
-    net.batch_stats,
+    net,
     probe,
     jax.random.key(2),
     dataclasses.replace(settings, criterion="least_similar"),
@@ -265,26 +262,25 @@ def test_label_at_server_training_joins_or_follows_the_clients(supervised_fed, w
   keys = {"train": jax.random.key(1), "broadcast": jax.random.key(2), "recipe": jax.random.key(4)}
   server_xs = streams.server_indices(fed, data, jax.random.key(3), 0)
   server = simulate.init(exp.method, fed.ctx, fed.server_tx, jax.random.key(0))
-  recipe = {"state": {}, "key": keys["recipe"]}
-  shared = {
-    "nets": server.nets, "extra": None, "key": keys["train"], "round": server.step, "recipe": recipe
-  }  # fmt: skip
+  shared = simulate.Shared(server.nets, None, keys["train"], server.step, {}, keys["recipe"])
   # Two clients' contributions, made up: weights 6 and 10, every value 1 and 3 (their
   # updates from the global weights p: 1 - p and 3 - p).
-  params = simulate.params_of(server.nets)
+  params = aggregation.params_of(server.nets)
   summed = {
     "delta": jax.tree.map(lambda p: 6 * (1.0 - p) + 10 * (3.0 - p), params),
-    "batch_stats": jax.tree.map(lambda v: jnp.full(v.shape, 36.0), simulate.stats_of(server.nets)),
+    "batch_stats": jax.tree.map(
+      lambda v: jnp.full(v.shape, 36.0), aggregation.stats_of(server.nets)
+    ),
     "weight": jnp.float32(16),
     "live": jnp.float32(2),
     "metrics": {},
   }
   rows = {"rejected": jnp.array([-1, -1], jnp.int32), "row": jnp.arange(2)}
   part = (summed, rows, {})  # (no per-client store: FedAvg keeps nothing on the clients)
-  side = (server_xs, arrays, jnp.int32(4))
-  conclude = jax.jit(lambda *a: simulate.conclude(fed, streams.gather, keys, *a))
+  side = simulate.ServerSide(server_xs, arrays, jnp.int32(4))
+  conclude = jax.jit(lambda *a: simulate.conclude(fed, streams.gather, *a))
   new, metrics = conclude(server, shared, part, {}, side)
-  trained, _ = simulate.server_train(fed, server.nets, 0, server_xs, streams.gather, keys, arrays)
+  trained, _ = simulate.server_train(fed, streams.gather, server.nets, shared, side)
   got = {k: v.params for k, v in new.nets.items()}
   if where == "with_clients":  # the server's model joins the average with weight 4
     want = jax.tree.map(lambda t: (36.0 + 4 * t) / 20, {k: v.params for k, v in trained.items()})
@@ -292,7 +288,7 @@ def test_label_at_server_training_joins_or_follows_the_clients(supervised_fed, w
     average = jax.tree.map(lambda v: jnp.full_like(v, 36.0 / 16), server.nets)
     start = {k: v.replace(params=average[k].params) for k, v in server.nets.items()}
     start = {k: v.replace(batch_stats=average[k].batch_stats) for k, v in start.items()}
-    after, _ = simulate.server_train(fed, start, 0, server_xs, streams.gather, keys, arrays)
+    after, _ = simulate.server_train(fed, streams.gather, start, shared, side)
     want = {k: v.params for k, v in after.items()}
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
   assert "server_loss" in metrics and int(new.step) == 1
@@ -318,7 +314,7 @@ def test_one_client_equals_centralized_training(supervised_fed):
   data, _ = layout.client_data(one, 1, 3, 0.0, 2, 2)
   placed = backends.place(sim.fed, data, source, np.zeros(1), exp.train_key)
   arrays = pipeline.model_inputs(source.take(np.arange(n)))
-  keys, data_key = placed.keys, placed.data_key
+  keys, data_key = placed.keys, placed.keys["data"]
   idx = streams.client_indices(sim.fed, data, data_key, 0)
   state = simulate.start(sim.fed, exp.init().nets, 0)
   key = jax.random.fold_in(jax.random.fold_in(keys["train"], 0), 0)

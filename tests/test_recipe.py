@@ -14,7 +14,18 @@ import pytest
 
 from configs import fed_recipes
 from jaxseg.errors import UserError
-from jaxseg.fed import backends, compress, cost, layout, privacy, recipe, robust, simulate
+from jaxseg.fed import (
+  aggregation,
+  algorithms,
+  backends,
+  compress,
+  cost,
+  layout,
+  privacy,
+  recipe,
+  robust,
+  simulate,
+)
 from jaxseg.run import federated
 from jaxseg.run.experiment import Experiment
 from tests.test_fed import tiny_fed_config
@@ -24,7 +35,7 @@ from tests.test_fed import tiny_fed_config
 
 def test_proximal_term_adds_mu_times_the_distance_to_the_global_weights():
   w0 = {"k": jnp.array([1.0, -2.0])}
-  tx = optax.chain(recipe.proximal(0.5), optax.sgd(1.0))
+  tx = optax.chain(algorithms.proximal(0.5), optax.sgd(1.0))
   state = tx.init(w0)  # the anchor: the broadcast weights
   w = {"k": jnp.array([3.0, 0.0])}
   g = {"k": jnp.array([0.1, 0.2])}
@@ -159,7 +170,7 @@ def test_fedbn_keeps_exactly_the_batchnorm_layers():
     "out": {"k": 5},
   }
   stats = {"c0": {"bn": {"mean": 0, "var": 1}}}
-  mask = recipe.bn_mask(params, stats)
+  mask = algorithms.bn_mask(params, stats)
   assert mask == {
     "c0": {"conv": {"kernel": False, "bias": False}, "bn": {"scale": True, "bias": True}},
     "out": {"k": False},
@@ -169,11 +180,11 @@ def test_fedbn_keeps_exactly_the_batchnorm_layers():
 def test_scaffold_control_variates_follow_option_ii():
   rc = recipe.Recipe(algorithm="scaffold", client_lr=0.5)
   c, c_i, delta = {"w": jnp.array([1.0])}, {"w": jnp.array([3.0])}, {"w": jnp.array([-2.0])}
-  new, dc = recipe.scaffold_local(rc, c, c_i, delta, jnp.int32(4))
+  new, dc = algorithms.scaffold_local(rc, c, c_i, delta, jnp.int32(4))
   # c_i - c + (x - y) / (K lr) = 3 - 1 + 2 / (4 * 0.5) = 3
   np.testing.assert_allclose(new["w"], [3.0])
   np.testing.assert_allclose(dc["w"], [0.0])
-  tx = optax.chain(recipe.scaffold_correction(), optax.sgd(1.0))
+  tx = optax.chain(algorithms.scaffold_correction(), optax.sgd(1.0))
   state = tx.init(c)
   state = (state[0]._replace(correction={"w": jnp.array([-2.0])}), *state[1:])  # c - c_i
   updates, _ = tx.update({"w": jnp.array([0.5])}, state, c)
@@ -215,7 +226,9 @@ def two_clients():
 def _run(two_clients, rc, rows=2, client_map="vmap", where=None):
   exp, sim, default = two_clients
   fed = dataclasses.replace(
-    sim.fed, recipe=rc, ctx=dataclasses.replace(sim.fed.ctx, tx=recipe.client_tx(rc, exp.ctx.tx))
+    sim.fed,
+    recipe=rc,
+    ctx=dataclasses.replace(sim.fed.ctx, tx=algorithms.client_tx(rc, exp.ctx.tx)),
   )
   where = where or default
   rc = dataclasses.replace(rc, num_clients=len(where.clients))
@@ -230,7 +243,7 @@ def _run(two_clients, rc, rows=2, client_map="vmap", where=None):
 
 
 def _params(state):
-  return jax.device_get(simulate.params_of(state.nets))
+  return jax.device_get(aggregation.params_of(state.nets))
 
 
 def test_fedprox_at_mu_0_and_dp_without_clipping_or_noise_equal_fedavg_bit_for_bit(two_clients):
@@ -314,7 +327,7 @@ def test_fedbn_keeps_each_sites_batchnorm_and_averages_the_rest(two_clients):
   start = _nets(state)
   fedbn, _ = run(state)
   fedbn, fedavg = jax.device_get(fedbn), _nets(fedavg)
-  mask = recipe.bn_mask(simulate.params_of(start), simulate.stats_of(start))
+  mask = algorithms.bn_mask(aggregation.params_of(start), aggregation.stats_of(start))
   for n in start:
     for got, avg, init, m in zip(
       *map(jax.tree.leaves, (fedbn.nets[n].params, fedavg[n].params, start[n].params, mask[n])),

@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxseg.data import pipeline
-from jaxseg.fed import recipe, simulate, streams
+from jaxseg.fed import aggregation, recipe, simulate, streams
 from jaxseg.train import sharding
 
 
@@ -48,14 +48,13 @@ class Placed:
   client_arrays: dict  # [groups, N, ...] split by client group ({} when streamed)
   server_arrays: dict  # [1, N, ...] the server's images, replicated ({} when streamed)
   probe: jax.Array
-  keys: dict  # train, broadcast
-  data_key: jax.Array
+  keys: dict  # train, broadcast, recipe, data (the batches' indices)
   fetch: Callable  # (arrays, xs, key) -> batches
   streamed: bool
 
   def indices(self, step, data):
     """This round's :func:`indices`."""
-    return indices(self.fed, self.keys, self.data_key, step, data)
+    return indices(self.fed, self.keys, step, data)
 
   def host_batches(self, state):
     """This round's batches read on the host (``stream``), or None."""
@@ -75,10 +74,11 @@ class Placed:
     return NamedSharding(self.mesh, P("clients"))
 
 
-def indices(fed, keys: dict, data_key, step, data):
+def indices(fed, keys: dict, step, data):
   """A round's ``(client rows that train or None for all, their indices, server
-  indices or None)``; the rows are drawn from the round's recipe key."""
-  server = None
+  indices or None)``; the rows are drawn from the round's recipe key, the indices
+  from the data key."""
+  server, data_key = None, keys["data"]
   if fed.scenario == "label_at_server":
     server = streams.server_indices(fed, data, data_key, step)
   ids = None
@@ -185,6 +185,7 @@ def place(fed, data, source, probe, train_key, where: Placement = Placement()) -
     "train": jax.random.fold_in(train_key, 0),
     "broadcast": jax.random.fold_in(train_key, 1),
     "recipe": jax.random.fold_in(train_key, 3),
+    "data": jax.random.fold_in(train_key, 2),
   }
   return Placed(
     fed=fed,
@@ -195,7 +196,6 @@ def place(fed, data, source, probe, train_key, where: Placement = Placement()) -
     server_arrays=server_arrays,
     probe=sharding.put(probe, replicated),
     keys=keys,
-    data_key=jax.random.fold_in(train_key, 2),
     fetch=fetch,
     streamed=placement != "device",
   )
@@ -205,31 +205,31 @@ def vmap_round(placed: Placed) -> Callable:
   """``run_round(state) -> (state, metrics)``: the round as one compiled program."""
   fed, mesh = placed.fed, placed.mesh
 
-  def map_clients(block, shared, *client_args):
+  def map_clients(clients, shared, arrays, block):
     if mesh.size == 1:
-      return block(shared, *client_args)
+      return clients(shared, arrays, block)
 
     # Each device trains its shard of the clients; their sums are combined, their
     # stacked rows concatenated.
     def summed(*args):
-      sums, *rows = block(*args)
+      sums, *rows = clients(*args)
       return jax.lax.psum(sums, "clients"), *rows
 
     mapped = jax.shard_map(
       summed,
       mesh=mesh,
-      in_specs=(P(), *(P("clients"),) * len(client_args)),
+      in_specs=(P(), P("clients"), P("clients")),
       out_specs=(P(), P("clients"), P("clients")),
       axis_names={"clients"},  # manual; the data axis is left to XLA
       check_vma=False,
     )
-    return mapped(shared, *client_args)
+    return mapped(shared, arrays, block)
 
   body = round_program(fed, placed.fetch, map_clients)
 
   @functools.partial(jax.jit, donate_argnums=0)
   def one_program(state, data, server_arrays, client_arrays, probe, xs):
-    return body(state, data, server_arrays, client_arrays, probe, xs, placed.keys, placed.data_key)
+    return body(state, data, server_arrays, client_arrays, probe, xs, placed.keys)
 
   def args(state):
     xs = placed.host_batches(state)
@@ -245,11 +245,11 @@ def vmap_round(placed: Placed) -> Callable:
 def round_program(fed, fetch, map_clients=None) -> Callable:
   """The round as a pure function of everything that differs between runs of one
   federation (what :func:`vmap_round` compiles, and ``--vmap_seeds`` vmaps over seeds):
-  ``(state, data, server_arrays, client_arrays, probe, xs, keys, data_key) -> (state,
-  metrics)``; ``xs`` None draws the batches' indices inside."""
+  ``(state, data, server_arrays, client_arrays, probe, xs, keys) -> (state, metrics)``;
+  ``xs`` None draws the batches' indices inside."""
 
-  def body(state, data, server_arrays, client_arrays, probe, xs, keys, data_key):
-    ids, client_xs, server_xs = indices(fed, keys, data_key, state.step, data) if xs is None else xs
+  def body(state, data, server_arrays, client_arrays, probe, xs, keys):
+    ids, client_xs, server_xs = indices(fed, keys, state.step, data) if xs is None else xs
     inputs = simulate.Inputs(data, ids, client_xs, server_xs, probe, server_arrays, client_arrays)
     extra = () if map_clients is None else (map_clients,)
     return simulate.round_(fed, state, inputs, fetch, keys, *extra)
@@ -264,10 +264,11 @@ class LoopParts:
   ``conclude`` and each site ``block`` on its own images).
 
   ``prepare(state, data, arrays, probe, xs) -> (ids, client_xs, server_xs, (shared,
-  metrics))``; ``block(shared, client_arrays, rows, xs, steps, size, local) -> part``
-  (one client's contribution and what it keeps, :func:`jaxseg.fed.simulate.clients`);
+  metrics))``; ``block(shared, client_arrays, block) -> part`` (a block of clients'
+  contributions and what they keep, :func:`jaxseg.fed.simulate.clients`);
   ``add(part, part)``;
-  ``conclude(state, shared, total, metrics, server_side) -> (state, metrics)``.
+  ``conclude(state, shared, total, metrics, side) -> (state, metrics)`` (``side``:
+  :class:`jaxseg.fed.simulate.ServerSide`).
   """
 
   prepare: Callable
@@ -282,16 +283,15 @@ def loop_parts(placed: Placed) -> LoopParts:
   @jax.jit
   def prepare(state, data, arrays, probe, xs):
     ids, client_xs, server_xs = placed.indices(state.step, data) if xs is None else xs
-    shared = simulate.broadcast(fed, state, server_xs, placed.fetch, probe, placed.keys, arrays)
+    side = simulate.ServerSide(server_xs, arrays, data.server_n)
+    shared = simulate.broadcast(fed, placed.fetch, state, side, probe, placed.keys)
     return ids, client_xs, server_xs, shared
 
   return LoopParts(
     prepare=prepare,
     block=jax.jit(functools.partial(simulate.clients, fed, placed.fetch)),
-    add=jax.jit(simulate.add),
-    conclude=jax.jit(
-      functools.partial(simulate.conclude, fed, placed.fetch, placed.keys), donate_argnums=0
-    ),
+    add=jax.jit(aggregation.add),
+    conclude=jax.jit(functools.partial(simulate.conclude, fed, placed.fetch), donate_argnums=0),
   )
 
 
@@ -319,10 +319,11 @@ def loop_round(placed: Placed) -> Callable:
       row, steps, size = per_client[c]
       xs_c = jax.tree.map(lambda x, i=i: x[i : i + 1], client_xs)
       local = jax.tree.map(lambda x, c=c: x[c : c + 1], state.clients)
-      part = parts.block(shared, placed.client_arrays, row, xs_c, steps, size, local)
+      block = simulate.Block(row, xs_c, steps, size, local)
+      part = parts.block(shared, placed.client_arrays, block)
       total = part if total is None else parts.add(total, part)
-    server_side = (server_xs, arrays, data.server_n)
-    return parts.conclude(state, shared, total, metrics, server_side)
+    side = simulate.ServerSide(server_xs, arrays, data.server_n)
+    return parts.conclude(state, shared, total, metrics, side)
 
   return run_round
 

@@ -10,7 +10,7 @@ of the same architecture both ways (the paper's 100%).
 import jax
 import numpy as np
 
-from jaxseg.fed import compress, recipe
+from jaxseg.fed import algorithms, compress, recipe
 
 
 def tree_bytes(tree) -> int:
@@ -43,7 +43,7 @@ def up_bytes(rc: recipe.Recipe, params, batch_stats) -> int:
   parameters nor statistics); SCAFFOLD adds ``c_i+ - c_i`` in float32."""
   sent = params
   if rc.algorithm == "fedbn":
-    mask = recipe.bn_mask(params, batch_stats)
+    mask = algorithms.bn_mask(params, batch_stats)
     sent = [x for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True) if not m]
   stats = 0 if rc.algorithm == "fedbn" else tree_bytes(batch_stats)
   controls = tree_bytes(params) if rc.algorithm == "scaffold" else 0

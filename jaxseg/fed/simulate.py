@@ -15,11 +15,12 @@ Client states are stacked on a leading axis. A round, in this order:
    the method's step (given the hook's payload as ``extra=``). A client with fewer
    steps than the longest (``local_epochs`` mode) or a padding client (no data, zero
    steps) is masked: ``where(step < steps_c, new, old)``;
-5. **aggregation** (the recipe's pieces, :mod:`jaxseg.fed.recipe`): each client's
-   update ``delta = W_client - W`` (attacked, clipped, compressed as the recipe says)
-   is checked (a non-finite update weighs 0) and aggregated — by default the mean
-   weighted by client data size (padding clients weigh 0) from the clients' sums, or
-   a robust rule over the stacked updates; DP's noise is added; the server applies
+5. **aggregation** (:mod:`jaxseg.fed.aggregation`, with the recipe's pieces of
+   :mod:`jaxseg.fed.recipe`): each client's update ``delta = W_client - W``
+   (attacked, clipped, compressed as the recipe says) is checked (a non-finite update
+   weighs 0) and aggregated — by default the mean weighted by client data size
+   (padding clients weigh 0) from the clients' sums, or a robust rule over the
+   stacked updates; DP's noise is added; the server applies
    the pseudo-gradient ``-mean`` with its optax optimizer (``sgd(1.0)`` is FedAvg,
    ``adam`` FedAdam), and takes the weighted mean of the BatchNorm statistics.
 
@@ -50,8 +51,9 @@ import optax
 from flax import struct
 
 from jaxseg.errors import UserError
-from jaxseg.fed import privacy, streams
+from jaxseg.fed import aggregation, algorithms, streams
 from jaxseg.fed import recipe as recipe_lib
+from jaxseg.fed.aggregation import params_of, stats_of
 from jaxseg.semi import Method
 from jaxseg.train import state as state_lib
 from jaxseg.train import step as step_lib
@@ -99,6 +101,42 @@ class Federation:
   # which XLA:GPU runs slowly for 3-D networks (docs/volumes.md).
   sequential: bool = False
   recipe: recipe_lib.Recipe = recipe_lib.FEDAVG
+
+
+class Block(NamedTuple):
+  """A block of clients' per-row inputs to :func:`clients` (stacked on a leading axis):
+  their numbers ``rows``, their batches (or indices) ``xs``, their local ``steps``, data
+  ``size`` (0: a padding row) and what they kept from earlier rounds (``local``,
+  :func:`jaxseg.fed.recipe.local_init`)."""
+
+  rows: Any
+  xs: Any
+  steps: Any
+  size: Any
+  local: Any
+
+
+class Shared(NamedTuple):
+  """What every client of a round receives (:func:`broadcast`): the global ``nets``
+  (after the server's own training where that comes first), the method hook's payload
+  ``extra`` (None without one), the round's training ``key`` and number ``round``, the
+  recipe's state across rounds ``recipe_state`` and the round's ``recipe_key``."""
+
+  nets: dict
+  extra: Any
+  key: jax.Array
+  round: jax.Array
+  recipe_state: dict
+  recipe_key: jax.Array
+
+
+class ServerSide(NamedTuple):
+  """The server's own training inputs (label-at-server): its batches' indices ``xs``,
+  its training arrays ``[1, N, ...]`` and its labeled count ``n``."""
+
+  xs: Any
+  arrays: Any
+  n: Any
 
 
 def init(
@@ -159,53 +197,13 @@ def local_train(fed: Federation, state, xs, fetch: Callable, steps, key, extra):
   return state, jax.tree.map(lambda m: m.sum() / denom, metrics)
 
 
-def weighted_sum(tree, weights):
-  """``sum_c weights[c] * tree[c]`` over the leading (client) axis, in float32."""
-  return jax.tree.map(lambda x: jnp.tensordot(weights, x.astype(jnp.float32), axes=1), tree)
-
-
-def params_of(nets: dict) -> dict:
-  return {n: v.params for n, v in nets.items()}
-
-
-def stats_of(nets: dict) -> dict:
-  return {n: v.batch_stats for n, v in nets.items()}
-
-
-def aggregate(fed: Federation, server: ServerState, part, key) -> ServerState:
-  """The server update from the clients' contributions ``part`` (:func:`clients`):
-  DP's noise, the aggregate update, the server optimizer; the BatchNorm statistics'
-  weighted mean (kept where no client was accepted)."""
-  summed, stacked = part
-  params = params_of(server.nets)
-  noisy, state = privacy.server_noise(fed.recipe, {**summed, **stacked}, server.recipe, key)
-  mean = recipe_lib.mean_of(fed.recipe, noisy)
-  pseudo_grad = jax.tree.map(lambda m, p: (-m).astype(p.dtype), mean, params)
-  updates, opt_state = fed.server_tx.update(pseudo_grad, server.opt_state, params)
-  params = optax.apply_updates(params, updates)
-  weight = summed["weight"]
-  stats = stats_of(server.nets)  # FedBN: the statistics stay with the sites
-  if "batch_stats" in summed:
-    stats = jax.tree.map(
-      lambda s, old: jnp.where(weight > 0, s / jnp.maximum(weight, 1e-12), old).astype(old.dtype),
-      summed["batch_stats"],
-      stats,
-    )
-  if "dc" in summed:  # SCAFFOLD: c <- c + (1/N) sum of the clients' c_i+ - c_i
-    n = fed.recipe.num_clients
-    state = {**state, "c": jax.tree.map(lambda c, d: c + d / n, state["c"], summed["dc"])}
-  nets = {n: v.replace(params=params[n], batch_stats=stats[n]) for n, v in server.nets.items()}
-  return server.replace(nets=nets, opt_state=opt_state, recipe=state)
-
-
-def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size, local):
+def clients(fed: Federation, fetch, shared: Shared, arrays, block: Block):
   """Local training of a block of clients (vmapped, or in sequence with
   ``fed.sequential``): ``(summed, stacked, local)``, their contributions and what
-  they keep (``local``, as given: per row, :func:`jaxseg.fed.recipe.local_init`).
+  they keep (``local``, as :class:`Block`'s).
 
-  ``shared``: what every client gets (``nets``, ``extra``, ``key``, ``round``,
-  ``recipe``: the recipe's state and key); ``arrays``: the block's group's training
-  arrays ``[1, N, ...]`` for ``fetch``; ``rows``: the block's client numbers.
+  ``shared``: what every client gets; ``arrays``: the block's group's training
+  arrays ``[1, N, ...]`` for ``fetch``.
   ``summed`` adds over the block, so that blocks on several devices combine by
   ``psum``: the accepted updates' and BatchNorm statistics' sums weighted by the
   recipe's weights (:func:`jaxseg.fed.recipe.weights`), the total weight, the
@@ -218,44 +216,45 @@ def clients(fed: Federation, fetch, shared: dict, arrays, rows, xs, steps, size,
   """
   batches = functools.partial(fetch, jax.tree.map(lambda v: v[0], arrays))
   client = functools.partial(client_round, fed, batches, shared)
-  args = (rows, xs, steps, local)
+  args = (block.rows, block.xs, block.steps, block.local)
   if fed.sequential:
     delta, stats, metrics, info, local, wire = jax.lax.map(lambda a: client(*a), args)
   else:
     delta, stats, metrics, info, local, wire = jax.vmap(client)(*args)
-  summed, stacked = contributions(fed.recipe, rows, size, delta, stats, metrics, info)
+  results = aggregation.Results(delta, stats, metrics, info)
+  summed, stacked = aggregation.contributions(fed.recipe, block.rows, block.size, results)
   if wire is not None:  # what a real site sends instead of its update (jaxseg.flower)
     stacked["wire"] = wire
   return summed, stacked, local
 
 
-def client_round(fed: Federation, batches, shared: dict, c, xs, steps, local):
+def client_round(fed: Federation, batches, shared: Shared, c, xs, steps, local):
   """One client's round: ``(update, BatchNorm statistics, metrics, info, kept, wire)`` — its
   local training from the broadcast (FedBN: with its own BatchNorm; SCAFFOLD: its
   correction), its update through the recipe, what it keeps for the next round."""
-  rc, nets, kept = fed.recipe, shared["nets"], local
+  rc, nets, kept = fed.recipe, shared.nets, local
   if rc.algorithm == "fedbn":  # its own BatchNorm
     nets = {n: v.replace(**_own_bn(v, local, n)) for n, v in nets.items()}
-  state = start(fed, nets, shared["round"] * fed.local_steps)
+  state = start(fed, nets, shared.round * fed.local_steps)
   if rc.algorithm == "scaffold":
-    state = _corrected(fed, state, shared["recipe"]["state"]["c"], local["c"])
-  key = jax.random.fold_in(shared["key"], c)
-  state, m = local_train(fed, state, xs, batches, steps, key, shared["extra"])
+    state = _corrected(fed, state, shared.recipe_state["c"], local["c"])
+  key = jax.random.fold_in(shared.key, c)
+  state, m = local_train(fed, state, xs, batches, steps, key, shared.extra)
   trained, stats = params_of(state.nets), stats_of(state.nets)
   delta = jax.tree.map(
     lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32), trained, params_of(nets)
   )
   info = {}
   if rc.algorithm == "fedbn":  # BatchNorm is neither sent nor averaged
-    mask = recipe_lib.bn_mask(trained, stats)
+    mask = algorithms.bn_mask(trained, stats)
     delta = jax.tree.map(lambda d, m: jnp.zeros_like(d) if m else d, delta, mask)
-    local = recipe_lib.kept_bn(trained, stats)
+    local = algorithms.kept_bn(trained, stats)
   elif rc.algorithm == "scaffold":
-    server_c = shared["recipe"]["state"]["c"]
-    c_new, info["dc"] = recipe_lib.scaffold_local(rc, server_c, local["c"], delta, steps)
+    server_c = shared.recipe_state["c"]
+    c_new, info["dc"] = algorithms.scaffold_local(rc, server_c, local["c"], delta, steps)
     local = {"c": c_new}
-  recipe_key = jax.random.fold_in(shared["recipe"]["key"], c)
-  recipe_state = shared["recipe"]["state"]
+  recipe_key = jax.random.fold_in(shared.recipe_key, c)
+  recipe_state = shared.recipe_state
   delta, more, wire, residual = recipe_lib.client_update(
     rc, delta, recipe_state, recipe_key, c, kept
   )
@@ -264,38 +263,10 @@ def client_round(fed: Federation, batches, shared: dict, c, xs, steps, local):
   return delta, stats, m, {**info, **more}, local, wire
 
 
-def contributions(rc, rows, size, delta, stats, metrics, info) -> tuple[dict, dict]:
-  """A block's ``(summed, stacked)`` from its clients' results (see :func:`clients`):
-  a client whose update or statistics are not finite is rejected (weight 0)."""
-  live = size > 0
-  ok = jax.vmap(lambda d, s: recipe_lib.finite(d) & recipe_lib.finite(s))(delta, stats)
-  accepted = live & ok
-  clean = lambda tree: jax.tree.map(  # noqa: E731
-    lambda x: jnp.where(accepted.reshape(-1, *([1] * (x.ndim - 1))), x, 0.0), tree
-  )
-  delta, stats = clean(delta), clean(stats)
-  weights = recipe_lib.weights(rc, size) * accepted
-  counted = accepted.astype(jnp.float32)
-  summed = {
-    "weight": weights.sum(),
-    "live": counted.sum(),
-    "metrics": {k: jnp.dot(counted, jnp.where(accepted, v, 0.0)) for k, v in metrics.items()},
-    **{k: weighted_sum(v, counted) for k, v in clean(info).items()},
-  }
-  if rc.algorithm != "fedbn":
-    summed["batch_stats"] = weighted_sum(stats, weights)
-  stacked = {"rejected": jnp.where(live & ~ok, rows, -1).astype(jnp.int32), "row": rows}
-  if rc.stacked:
-    stacked.update(stacked=delta, accepted=accepted)
-  else:
-    summed["delta"] = weighted_sum(delta, weights)
-  return summed, stacked
-
-
 def _own_bn(net, local: dict, name: str) -> dict:
   """FedBN: ``net``'s parameters with the client's BatchNorm, and its statistics."""
   mine = {k: local[k][name] for k in ("params", "batch_stats")}
-  params, stats = recipe_lib.with_local_bn(net.params, net.batch_stats, mine)
+  params, stats = algorithms.with_local_bn(net.params, net.batch_stats, mine)
   return {"params": params, "batch_stats": stats}
 
 
@@ -309,22 +280,15 @@ def _corrected(fed: Federation, state, c, c_i):
   return state.replace(nets=nets)
 
 
-def add(a, b):
-  """Two blocks' results combined: sums added, rows (stacked, kept) concatenated."""
-  rows = lambda x, y: jnp.concatenate([x, y])  # noqa: E731
-  return jax.tree.map(jnp.add, a[0], b[0]), *(
-    jax.tree.map(rows, x, y) for x, y in zip(a[1:], b[1:], strict=True)
-  )
-
-
-def server_train(fed: Federation, nets: dict, round_idx, server_xs, fetch, keys, arrays):
-  """The server's ``server_steps`` on its labeled images from ``nets`` (label-at-server):
-  ``(nets, metrics)``. ``arrays``: the server's training arrays ``[1, N, ...]``."""
-  state = start(fed, nets, round_idx * fed.server_steps)
-  batches = functools.partial(fetch, jax.tree.map(lambda v: v[0], arrays))
-  key = jax.random.fold_in(jax.random.fold_in(keys["train"], round_idx), streams.SERVER)
+def server_train(fed: Federation, fetch, nets: dict, shared: Shared, side: ServerSide):
+  """The server's ``server_steps`` on its labeled images from ``nets`` (label-at-server)
+  in the round of ``shared`` (:func:`broadcast`: its ``round`` and ``key``):
+  ``(nets, metrics)``."""
+  state = start(fed, nets, shared.round * fed.server_steps)
+  batches = functools.partial(fetch, jax.tree.map(lambda v: v[0], side.arrays))
+  key = jax.random.fold_in(shared.key, streams.SERVER)
   state, metrics = local_train(
-    fed, state, server_xs, batches, jnp.asarray(fed.server_steps), key, None
+    fed, state, side.xs, batches, jnp.asarray(fed.server_steps), key, None
   )
   nets = {n: v.replace(opt_state=None) for n, v in state.nets.items()}
   return nets, {f"server_{k}": v for k, v in metrics.items()}
@@ -334,68 +298,54 @@ def _server_training(fed: Federation) -> str | None:
   return fed.server_training if fed.scenario == "label_at_server" else None
 
 
-def broadcast(fed: Federation, server: ServerState, server_xs, fetch, probe, keys, arrays):
+def broadcast(fed: Federation, fetch, server: ServerState, side: ServerSide, probe, keys):
   """Steps 1-3 of a round: ``(shared, metrics)``, what every client receives
-  (``nets``, ``extra``, ``key``, ``round``, ``recipe``; see :func:`clients`).
+  (:class:`Shared`) and the server's metrics.
   ``probe``: the server's images the method's hook reads (a placeholder where it reads
-  none). ``arrays``: the server's training arrays ``[1, N, ...]``."""
+  none)."""
   round_idx = server.step
+  shared = Shared(
+    nets=server.nets,
+    extra=None,
+    key=jax.random.fold_in(keys["train"], round_idx),
+    round=round_idx,
+    recipe_state=server.recipe,
+    recipe_key=jax.random.fold_in(keys["recipe"], round_idx),
+  )
   metrics = {}
-  nets = server.nets
   if _server_training(fed) == "before_clients":
-    nets, metrics = server_train(fed, nets, round_idx, server_xs, fetch, keys, arrays)
-  extra, hook = None, fed.method.broadcast
+    nets, metrics = server_train(fed, fetch, server.nets, shared, side)
+    shared = shared._replace(nets=nets)
+  hook = fed.method.broadcast
   if hook is not None:
     key = jax.random.fold_in(keys["broadcast"], round_idx)
-    extra, info = hook.make(fed.ctx, nets, probe, key, fed.broadcast_settings)
+    extra, info = hook.make(fed.ctx, shared.nets, probe, key, fed.broadcast_settings)
+    shared = shared._replace(extra=extra)
     metrics.update(info)
-  base_key = jax.random.fold_in(keys["train"], round_idx)
-  recipe = {"state": server.recipe, "key": jax.random.fold_in(keys["recipe"], round_idx)}
-  shared = {"nets": nets, "extra": extra, "key": base_key, "round": round_idx, "recipe": recipe}
   return shared, metrics
 
 
-def finish(fed: Federation, server: ServerState, shared: dict, part, metrics: dict):
-  """Step 5 of a round: the new server state and the round's metrics (``rejected``:
-  per trained row, the client whose update was refused, or -1)."""
-  summed, stacked, local = part
-  live = jnp.maximum(summed["live"], 1)
-  metrics = {**metrics, **{k: v / live for k, v in summed["metrics"].items()}}
-  metrics["rejected"] = stacked["rejected"]
-  if fed.recipe.dp:
-    metrics["clip_norm"] = server.recipe["clip_norm"]
-  key = jax.random.fold_in(shared["recipe"]["key"], recipe_lib.NOISE_KEY)
-  server = aggregate(fed, server.replace(nets=shared["nets"]), (summed, stacked), key)
-  # What the trained clients keep (padding rows, numbered from N on, are dropped).
-  kept = jax.tree.map(
-    lambda store, new: store.at[stacked["row"]].set(new, mode="drop"), server.clients, local
-  )
-  return server.replace(step=server.step + 1, clients=kept), metrics
-
-
-def conclude(fed: Federation, fetch, keys, server, shared, part, metrics, server_side):
+def conclude(fed: Federation, fetch, server, shared, part, metrics, side: ServerSide):
   """:func:`finish` with the server's training where it follows the broadcast
-  (``with_clients``, ``after_clients``). ``server_side``: ``(server_xs, arrays,
-  server_n)``, its batches' indices, its training arrays and its labeled count."""
-  server_xs, arrays, server_n = server_side
+  (``with_clients``, ``after_clients``)."""
   where = _server_training(fed)
   if where == "with_clients":  # its update joins the clients' sums (aggregator mean)
-    nets, info = server_train(fed, shared["nets"], server.step, server_xs, fetch, keys, arrays)
+    nets, info = server_train(fed, fetch, shared.nets, shared, side)
     summed, *rows = part
-    weight = jnp.asarray(server_n, jnp.float32)
+    weight = jnp.asarray(side.n, jnp.float32)
     delta = jax.tree.map(
       lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32),
       params_of(nets),
-      params_of(shared["nets"]),
+      params_of(shared.nets),
     )
     joined = {"delta": delta, "batch_stats": stats_of(nets)}  # (not with FedBN: checks.py)
     sums = {k: summed[k] for k in joined}
     added = jax.tree.map(lambda s, x: s + weight * x.astype(jnp.float32), sums, joined)
     summed = {**summed, **added, "weight": summed["weight"] + weight}
     part, metrics = (summed, *rows), {**metrics, **info}
-  new, metrics = finish(fed, server, shared, part, metrics)
+  new, metrics = aggregation.finish(fed, server, shared, part, metrics)
   if where == "after_clients":
-    nets, info = server_train(fed, new.nets, server.step, server_xs, fetch, keys, arrays)
+    nets, info = server_train(fed, fetch, new.nets, shared, side)
     new, metrics = new.replace(nets=nets), {**metrics, **info}
   return new, metrics
 
@@ -426,23 +376,22 @@ def round_(
   inputs: Inputs,
   fetch: Callable,
   keys: dict,
-  map_clients: Callable = lambda block, shared, *client_args: block(shared, *client_args),
+  map_clients: Callable = lambda clients, shared, arrays, block: clients(shared, arrays, block),
 ):
   """One round: ``(new server state, metrics)``. ``keys``: ``train``, ``broadcast``,
   ``recipe``.
 
   ``fetch(arrays, x, key)`` makes one step's batches from its ``xs`` entry, out of the
   server's ``server_arrays`` or a client group's ``client_arrays`` (see the module
-  docstring). ``map_clients(block, shared, arrays, rows, xs, steps, size, local)`` runs
-  :func:`clients`: directly, or per device on its shard of the client groups with the
-  sums combined by ``psum`` (:func:`jaxseg.fed.backends.vmap_round`).
+  docstring). ``map_clients(clients, shared, arrays, block)`` runs :func:`clients`:
+  directly, or per device on its shard of the client groups with the sums combined by
+  ``psum`` (:func:`jaxseg.fed.backends.vmap_round`).
   """
-  data, ids, client_xs, server_xs, probe, server_arrays, client_arrays = inputs
-  shared, metrics = broadcast(fed, server, server_xs, fetch, probe, keys, server_arrays)
+  data, ids = inputs.data, inputs.ids
+  side = ServerSide(inputs.server_xs, inputs.server_arrays, data.server_n)
+  shared, metrics = broadcast(fed, fetch, server, side, inputs.probe, keys)
   rows = jnp.arange(data.size.shape[0]) if ids is None else ids
   sub = streams.rows_of(data, ids)
-  local = local_rows(server, rows)
-  block = functools.partial(clients, fed, fetch)
-  part = map_clients(block, shared, client_arrays, rows, client_xs, sub.steps, sub.size, local)
-  server_side = (server_xs, server_arrays, data.server_n)
-  return conclude(fed, fetch, keys, server, shared, part, metrics, server_side)
+  block = Block(rows, inputs.client_xs, sub.steps, sub.size, local_rows(server, rows))
+  part = map_clients(functools.partial(clients, fed, fetch), shared, inputs.client_arrays, block)
+  return conclude(fed, fetch, server, shared, part, metrics, side)

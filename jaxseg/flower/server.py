@@ -125,10 +125,10 @@ def federation(exp: Experiment, grid: Grid, workdir: str) -> federated.Simulatio
     )
     like = _reply_shape(parts, placed, state, shared, client_xs)
     round_ = int(state.step)
-    down = {"nets": wire.to_record(shared["nets"])}
-    recipe_state = {k: float(v) for k, v in jax.device_get(shared["recipe"]["state"]).items()}
-    if shared["extra"] is not None:
-      down["extra"] = ArrayRecord({"payload": Array(np.asarray(shared["extra"]))})
+    down = {"nets": wire.to_record(shared.nets)}
+    recipe_state = {k: float(v) for k, v in jax.device_get(shared.recipe_state).items()}
+    if shared.extra is not None:
+      down["extra"] = ArrayRecord({"payload": Array(np.asarray(shared.extra))})
 
     def content(node):
       plan = {**site_plan(exp, encoded), **recipe_state, "round": round_, "client": number[node]}
@@ -142,13 +142,12 @@ def federation(exp: Experiment, grid: Grid, workdir: str) -> federated.Simulatio
     replies, errors = _send(grid, dict.fromkeys(live), "train", content, fc.round_timeout_s)
     missing = [names[n] for n in chosen if n not in replies]
     _report(round_, missing, errors, names, len(chosen), fc.min_fraction)
-    unsent = wire.unsent_keys(fed.recipe, shared["nets"])
+    unsent = wire.unsent_keys(fed.recipe, shared.nets)
     summed, stacked = _aggregate(parts, like, replies, number, names, restore, unsent)
     # The sites keep their own state; the server's copy of it is left as it is.
     total = (summed, stacked, simulate.local_rows(state, stacked["row"]))
-    state, metrics = parts.conclude(
-      state, shared, total, metrics, (server_xs, placed.server_arrays, placed.data.server_n)
-    )
+    side = simulate.ServerSide(server_xs, placed.server_arrays, placed.data.server_n)
+    state, metrics = parts.conclude(state, shared, total, metrics, side)
     sent = Message(content(live[0]), dst_node_id=live[0], message_type="train")
     return state, {**metrics, **_measured(sent, next(iter(replies.values())), len(replies))}
 
@@ -197,9 +196,9 @@ def _server_side(exp: Experiment, sites: dict):
 
 def _reply_shape(parts, placed, state, shared, client_xs):
   """The shape of a site's contribution: the block on the server's (empty) client row."""
-  args = (placed.client_arrays, jnp.arange(1), client_xs, placed.data.steps, placed.data.size)
   local = simulate.local_rows(state, jnp.arange(1))
-  return jax.eval_shape(parts.block, shared, *args, local)[:2]
+  block = simulate.Block(jnp.arange(1), client_xs, placed.data.steps, placed.data.size, local)
+  return jax.eval_shape(parts.block, shared, placed.client_arrays, block)[:2]
 
 
 def _measured(sent: Message, answer: Message, sites: int) -> dict:

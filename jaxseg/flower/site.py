@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 
 from jaxseg import data as datasets
 from jaxseg.errors import UserError
-from jaxseg.fed import backends, layout, recipe, simulate, streams
+from jaxseg.fed import aggregation, backends, layout, recipe, simulate, streams
 from jaxseg.flower import wire
 from jaxseg.run import federated
 from jaxseg.run.experiment import Experiment
@@ -104,20 +104,20 @@ def local_round(site: Site, plan: ConfigRecord, content: RecordDict) -> RecordDi
   extra = content["extra"]["payload"].numpy() if "extra" in content else None
   row = jnp.arange(client, client + 1)
   draw = jax.jit(lambda d, k, r: streams.client_indices(fed, d, k, r, row))
-  xs = draw(placed.data, placed.data_key, round_)
+  xs = draw(placed.data, placed.keys["data"], round_)
   state = {k: jnp.asarray(np.float32(v)) for k, v in content["plan"].items() if k in RECIPE_STATE}
-  shared = {
-    "nets": nets,
-    "extra": extra,
-    "key": jax.random.fold_in(placed.keys["train"], round_),
-    "round": jnp.int32(round_),
-    "recipe": {"state": state, "key": jax.random.fold_in(placed.keys["recipe"], round_)},
-  }
+  shared = simulate.Shared(
+    nets=nets,
+    extra=extra,
+    key=jax.random.fold_in(placed.keys["train"], round_),
+    round=jnp.int32(round_),
+    recipe_state=state,
+    recipe_key=jax.random.fold_in(placed.keys["recipe"], round_),
+  )
   block = backends.loop_parts(placed).block
   kept = Kept(site, str(plan["run"]), fed.recipe, nets)
-  summed, stacked, local = block(
-    shared, placed.client_arrays, row, xs, placed.data.steps, placed.data.size, kept.load()
-  )
+  rows = simulate.Block(row, xs, placed.data.steps, placed.data.size, kept.load())
+  summed, stacked, local = block(shared, placed.client_arrays, rows)
   kept.save(local)  # FedBN's BatchNorm, SCAFFOLD's c_i: never sent
   record = wire.to_record((summed, stacked))
   for key in wire.unsent_keys(fed.recipe, nets):
@@ -141,7 +141,7 @@ class Kept:
     return os.path.join(self.site.exp.config.data.cache_dir, "sites", name)
 
   def _initial(self) -> dict:
-    params, stats = simulate.params_of(self.nets), simulate.stats_of(self.nets)
+    params, stats = aggregation.params_of(self.nets), aggregation.stats_of(self.nets)
     return jax.tree.map(lambda x: x[None], recipe.local_init(self.recipe, params, stats))
 
   def load(self) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-from jaxseg.fed import compress, recipe, simulate
+from jaxseg.fed import aggregation, algorithms, compress
 
 # A site's reply's update, by the record keys of its contribution (simulate.clients).
 UPDATE = ("[0]['delta']", "[0]['batch_stats']", "[0]['dc']", "[1]['stacked']", "[1]['wire']")
@@ -53,8 +53,8 @@ def unsent_keys(rc, nets) -> frozenset:
   parameters (their update is zero; the site keeps them) and, with compression, the
   update itself (its compressed bytes, ``[1]['wire']``, travel instead: the server
   reads it back, :func:`restored`)."""
-  params, stats = simulate.params_of(nets), simulate.stats_of(nets)
-  paths = jax.tree_util.tree_flatten_with_path(recipe.bn_mask(params, stats))[0]
+  params, stats = aggregation.params_of(nets), aggregation.stats_of(nets)
+  paths = jax.tree_util.tree_flatten_with_path(algorithms.bn_mask(params, stats))[0]
   paths = [(jax.tree_util.keystr(p), kept) for p, kept in paths]
   bn = [p for p, kept in paths if kept] if rc.algorithm == "fedbn" else []
   values = "[1]['stacked']" if rc.stacked else "[0]['delta']"
@@ -68,7 +68,7 @@ def unsent_keys(rc, nets) -> frozenset:
 def restored(rc, part):
   """A site's contribution with its update read back from the compressed bytes it
   sent (``wire``), computed as the site's block computed it
-  (:func:`jaxseg.fed.simulate.contributions`): the update zeroed where it was not
+  (:func:`jaxseg.fed.aggregation.contributions`): the update zeroed where it was not
   accepted, then weighted (one site: its weight is the sum's)."""
   summed, stacked = part
   if rc.stacked:
@@ -86,7 +86,7 @@ def restored(rc, part):
   clean = jax.tree.map(
     lambda x: jnp.where(weight.reshape(-1, *([1] * (x.ndim - 1))) > 0, x, 0.0), decoded
   )
-  return {**summed, "delta": simulate.weighted_sum(clean, weight)}, stacked
+  return {**summed, "delta": aggregation.weighted_sum(clean, weight)}, stacked
 
 
 def payload_bytes(content: RecordDict) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 from jaxseg import infer, metrics
 from jaxseg.data import pipeline
 from jaxseg.errors import UserError
-from jaxseg.fed import recipe
+from jaxseg.fed import algorithms
 from jaxseg.run import checkpoint, pictures, skeleton, volume
 from jaxseg.run.experiment import Experiment, is_volume
 from jaxseg.train import sharding
@@ -131,7 +131,7 @@ def local_variables(exp: Experiment, state, client: int) -> dict:
   net = state.nets[name]
   mine = jax.tree.map(lambda x: x[client], state.clients)
   kept = {k: mine[k][name] for k in ("params", "batch_stats")}
-  params, stats = recipe.with_local_bn(net.params, net.batch_stats, kept)
+  params, stats = algorithms.with_local_bn(net.params, net.batch_stats, kept)
   return sharding.fetch({"params": params, "batch_stats": stats})
 
 

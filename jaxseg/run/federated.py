@@ -22,7 +22,17 @@ import numpy as np
 
 from jaxseg.data import patches, pipeline, unlabeled_folder
 from jaxseg.errors import UserError
-from jaxseg.fed import backends, checks, cost, layout, partition, privacy, recipe, simulate
+from jaxseg.fed import (
+  algorithms,
+  backends,
+  checks,
+  cost,
+  layout,
+  partition,
+  privacy,
+  recipe,
+  simulate,
+)
 from jaxseg.run import evaluation, loop, skeleton, volume
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.run.experiment import Experiment, check_config
@@ -72,7 +82,7 @@ def federation(exp: Experiment, local_steps: int) -> simulate.Federation:
   return simulate.Federation(
     # Ramp-ups count a client's steps over the run: with local_epochs, the data's.
     ctx=dataclasses.replace(
-      exp.ctx, total_steps=fc.rounds * local_steps, tx=recipe.client_tx(rc, exp.ctx.tx)
+      exp.ctx, total_steps=fc.rounds * local_steps, tx=algorithms.client_tx(rc, exp.ctx.tx)
     ),
     method=exp.method,
     server_tx=optim.make(fc.server_optim, fc.rounds),

@@ -78,13 +78,11 @@ def program(placed: list[backends.Placed]):
   """``run(states) -> (states, metrics)``: the round vmapped over the seeds' stacked
   states, tables, arrays, probes and keys (one compiled program)."""
   stack = lambda *x: jnp.stack(x)  # noqa: E731
-  per_seed = [
-    (p.data, p.server_arrays, p.client_arrays, p.probe, p.keys, p.data_key) for p in placed
-  ]
+  per_seed = [(p.data, p.server_arrays, p.client_arrays, p.probe, p.keys) for p in placed]
   stacked = jax.tree.map(stack, *per_seed)
   body = backends.round_program(placed[0].fed, placed[0].fetch)
   seeds_body = jax.vmap(
-    lambda state, data, sa, ca, probe, keys, dk: body(state, data, sa, ca, probe, None, keys, dk)
+    lambda state, data, sa, ca, probe, keys: body(state, data, sa, ca, probe, None, keys)
   )
   compiled = jax.jit(seeds_body, donate_argnums=0)
   return lambda states: compiled(states, *stacked)

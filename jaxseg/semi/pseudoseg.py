@@ -52,6 +52,7 @@ any model, also those that sow no features.
 """
 
 import dataclasses
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -210,6 +211,16 @@ def fuse(probs, refined, temperature):
   return sharp / sharp.sum(-1, keepdims=True)
 
 
+class Views(NamedTuple):
+  """One step's unlabeled views: the ``weak`` image batch (the pseudo-label's source),
+  the ``strong`` one (trained on it) and where the strong view is ``valid`` (outside
+  its CutOut square)."""
+
+  weak: jax.Array
+  strong: jax.Array
+  valid: jax.Array
+
+
 @dataclasses.dataclass(frozen=True)
 class Weights:
   """The SGC step's fusion and loss settings (:func:`make`'s arguments of these names)."""
@@ -273,10 +284,11 @@ def make(
     key = jax.random.fold_in(key, state.step)
     k_aug, k_strong, k_drop = jax.random.split(key, 3)
     labeled, weak = step_lib.augmented(ctx, k_aug, labeled, unlabeled)
-    strong_batch = strong_views.strong_view(k_strong, weak["image"], strong, noise, cutout)
+    strong_image, valid = strong_views.strong_view(k_strong, weak["image"], strong, noise, cutout)
+    views = Views(weak["image"], strong_image, valid)
     if source == "pooled":
-      return pooled_step(ctx, state, labeled, weak, strong_batch, k_drop, temperature, weight)
-    return sgc_step(ctx, cam_head(ctx), state, labeled, weak, strong_batch, k_drop, settings)
+      return pooled_step(ctx, state, labeled, views, k_drop, settings)
+    return sgc_step(ctx, cam_head(ctx), state, labeled, views, k_drop, settings)
 
   exchanged = ("model",) if source == "pooled" else ("model", "cam")
   return Method(init=init, step=step, evaluated="model", exchanged=exchanged)
@@ -299,13 +311,12 @@ def pseudo_target(ctx, head, net, cam, weak_image, key, settings):
   return jax.lax.stop_gradient(fused)
 
 
-def sgc_step(ctx, head, state, labeled, weak, strong, key, settings):
-  """One step of the paper's PseudoSeg (networks ``model`` and ``cam``); ``strong``:
-  ``(images, valid)`` of the strong view."""
+def sgc_step(ctx, head, state, labeled, views: Views, key, settings: Weights):
+  """One step of the paper's PseudoSeg (networks ``model`` and ``cam``)."""
   net, cam = state.nets["model"], state.nets["cam"]
-  strong, valid = strong
+  strong, valid = views.strong, views.valid
   k_target, k_sup, k_strong = jax.random.split(key, 3)
-  target = pseudo_target(ctx, head, net, cam, weak["image"], k_target, settings)
+  target = pseudo_target(ctx, head, net, cam, views.weak, k_target, settings)
   target = target[..., 1] if net_is_binary(ctx) else target
   sup_weight = step_lib.supervision(labeled)
   present = presence(labeled["labels"], ctx.model.interface.num_classes)
@@ -355,13 +366,15 @@ def net_is_binary(ctx) -> bool:
   return ctx.model.interface.num_classes == 1
 
 
-def pooled_step(ctx, state, labeled, weak, strong, key, temperature, weight):
-  """One step of the parameter-free stand-in (``source="pooled"``)."""
-  net, (strong, valid) = state.nets["model"], strong
-  weak_out, _ = step_lib.forward(ctx, net.params, net.batch_stats, weak["image"], key, train=False)
+def pooled_step(ctx, state, labeled, views: Views, key, settings: Weights):
+  """One step of the parameter-free stand-in (``source="pooled"``: its ``temperature``
+  and ``weight``)."""
+  net, strong, valid = state.nets["model"], views.strong, views.valid
+  weak_out, _ = step_lib.forward(ctx, net.params, net.batch_stats, views.weak, key, train=False)
   probs = probabilities(weak_out.logits)
-  image = weak["image"][:, : probs.shape[1], : probs.shape[2]]
-  target = jax.lax.stop_gradient(fuse(probs, attention_refine(image, probs), temperature))
+  image = views.weak[:, : probs.shape[1], : probs.shape[2]]
+  refined = attention_refine(image, probs)
+  target = jax.lax.stop_gradient(fuse(probs, refined, settings.temperature))
   target = target[..., 0] if target.shape[-1] == 1 else target
 
   def loss_of(params):
@@ -370,7 +383,8 @@ def pooled_step(ctx, state, labeled, weak, strong, key, temperature, weight):
     )
     sup = step_lib.supervised_loss(ctx, sup_out, labeled)
     unsup = masked_pseudo_label_loss(un_out.logits, target, valid)
-    return sup + weight * unsup, (stats, sup, unsup, pseudo_label_info(target, un_out.logits))
+    info = pseudo_label_info(target, un_out.logits)
+    return sup + settings.weight * unsup, (stats, sup, unsup, info)
 
   (loss, (stats, sup, unsup, info)), grads = step_lib.value_and_grad(ctx, loss_of, net.params)
   net = step_lib.apply_grads(ctx.tx, net, grads, stats)

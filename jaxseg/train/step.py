@@ -53,14 +53,16 @@ def forward(ctx: Context, params, batch_stats, image, key, *, train=True, labels
 
   ``labels`` reach models that take them (in training; ``None``: they use their prior).
   """
-  out, stats, _ = _apply(ctx, params, batch_stats, image, key, train, labels, capture=False)
+  variables = {"params": params, "batch_stats": batch_stats}
+  out, stats, _ = _apply(ctx, variables, image, key, train, labels, capture=False)
   return out, stats
 
 
 def forward_features(ctx: Context, params, batch_stats, image, key, *, train=True):
   """``(outputs, new_batch_stats, features)``: :func:`forward`, also returning the
   ``features`` the model sows (its deepest encoder map ``[B, h, w, C]``, float32)."""
-  out, stats, sown = _apply(ctx, params, batch_stats, image, key, train, None, capture=True)
+  variables = {"params": params, "batch_stats": batch_stats}
+  out, stats, sown = _apply(ctx, variables, image, key, train, None, capture=True)
   if "features" not in sown:
     raise UserError(
       f"model {type(ctx.model).__name__} exposes no encoder features (it sows no "
@@ -69,7 +71,8 @@ def forward_features(ctx: Context, params, batch_stats, image, key, *, train=Tru
   return out, stats, sown["features"][0].astype(jnp.float32)
 
 
-def _apply(ctx: Context, params, batch_stats, image, key, train, labels, capture):
+def _apply(ctx: Context, variables: dict, image, key, train, labels, capture):
+  params, batch_stats = variables["params"], variables["batch_stats"]
   if ctx.compute_dtype is not None:
     params, image = jax.tree.map(lambda a: a.astype(ctx.compute_dtype), (params, image))
   extra = [labels] if ctx.model.interface.takes_labels and labels is not None else []

@@ -22,6 +22,7 @@ defaults are what ``configs/fedwep_ablation.py`` chose by its declared rule
 """
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -65,8 +66,19 @@ def perturbed_logits(ctx, weights, batch_stats, image, key, bn: str):
   return out.logits, stats if bn == "update" else batch_stats
 
 
-def rwp_loss(ctx, params, batch_stats, labeled, unlabeled, seeds, key, perturbation, bn, scale):
+class Cross(NamedTuple):
+  """The cross terms of one step: the ``perturbation``, its ``seeds`` pair, BatchNorm in
+  the perturbed passes (``bn``, :data:`PERTURBED_BN`) and their weight ``scale``."""
+
+  perturbation: Perturbation
+  seeds: jax.Array
+  bn: str
+  scale: jax.Array
+
+
+def rwp_loss(ctx, params, batch_stats, labeled, unlabeled, key, terms: Cross):
   """``(loss, (new_batch_stats, sup, cross, pseudo-label info))`` of the RWP objective."""
+  perturbation, seeds, bn, scale = terms
   k0, k1, k2 = jax.random.split(key, 3)
   out, stats = step_lib.forward(
     ctx, params, batch_stats, labeled["image"], k0, labels=labeled["labels"]
@@ -126,10 +138,10 @@ def make(
     net = state.nets["model"]
     length = round(ramp_up * ctx.total_steps)
     scale = weight * base.ramp_up(state.step, length) if length else weight
+    terms = Cross(perturbation, seeds, perturbed_bn, scale)
     loss_of = lambda params: rwp_loss(  # noqa: E731
-      ctx, params, net.batch_stats, labeled, unlabeled, seeds, k_loss, perturbation,
-      perturbed_bn, scale,
-    )  # fmt: skip
+      ctx, params, net.batch_stats, labeled, unlabeled, k_loss, terms
+    )
     (loss, (stats, sup, cross, info)), grads = step_lib.value_and_grad(ctx, loss_of, net.params)
     net = step_lib.apply_grads(ctx.tx, net, grads, stats)
     metrics = {"loss": loss, "sup": sup, "unsup": cross, **info}

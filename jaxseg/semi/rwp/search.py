@@ -86,14 +86,15 @@ def settings(section, scenario: str) -> Settings:
   return found
 
 
-def predictions(ctx, params, batch_stats, seeds, probe, key, perturbation, statistics="batch"):
-  """Logits ``[N, X, H, W, K]`` of the ``N`` perturbed models on ``probe`` (BatchNorm on
-  the probe's ``batch`` statistics or the ``running`` ones)."""
+def predictions(ctx, net, seeds, probe, key, perturbation, statistics="batch"):
+  """Logits ``[N, X, H, W, K]`` of the ``N`` perturbations of ``net`` (its ``params`` and
+  ``batch_stats``) on ``probe`` (BatchNorm on the probe's ``batch`` statistics or the
+  ``running`` ones)."""
 
   def one(seed):
-    weights = perturbation.apply(params, seed)
+    weights = perturbation.apply(net.params, seed)
     train = statistics == "batch"
-    out, _ = step_lib.forward(ctx, weights, batch_stats, probe, key, train=train)
+    out, _ = step_lib.forward(ctx, weights, net.batch_stats, probe, key, train=train)
     return out.logits
 
   return jax.vmap(one)(seeds)
@@ -171,18 +172,12 @@ def spread(c) -> dict:
   }
 
 
-def search(ctx, params, batch_stats, probe, key, settings: Settings, perturbation):
-  """``(seeds [2] uint32, info)``: the chosen pair, its similarity and their spread."""
+def search(ctx, net, probe, key, settings: Settings, perturbation):
+  """``(seeds [2] uint32, info)``: the pair chosen among perturbations of ``net``, its
+  similarity and their spread."""
   seeds = jax.random.bits(key, (settings.candidates,), jnp.uint32)
   logits = predictions(
-    ctx,
-    params,
-    batch_stats,
-    seeds,
-    probe,
-    jax.random.fold_in(key, 1),
-    perturbation,
-    settings.statistics,
+    ctx, net, seeds, probe, jax.random.fold_in(key, 1), perturbation, settings.statistics
   )
   c = SIMILARITIES[settings.similarity](logits)
   i, j = choose(c, settings.criterion, settings.target)
@@ -197,9 +192,7 @@ def server_hook(ctx, net, server_images, key, settings: Settings, perturbation):
   if settings.probe == "random":
     shape = (settings.probe_size, *ctx.image_shape)
     probe = jax.random.uniform(jax.random.fold_in(key, 1), shape)
-  return search(
-    ctx, net.params, net.batch_stats, probe, jax.random.fold_in(key, 0), settings, perturbation
-  )
+  return search(ctx, net, probe, jax.random.fold_in(key, 0), settings, perturbation)
 
 
 def server_images(settings: Settings) -> int:

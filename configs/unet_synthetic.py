@@ -101,8 +101,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # network cannot take the whole image); topology: add ISBI's Rand and warping errors.
   # samples > 0: `jaxseg eval` also reports the generalized energy distance of that
   # many samples (prob_unet; other models repeat their prediction) against every rater.
+  # nsd_tolerance: in pixels, of the normalized surface Dice of `jaxseg eval`.
   config.eval = ml_collections.ConfigDict(
-    dict(batch_size=16, tiled=False, topology=False, samples=0)
+    dict(batch_size=16, tiled=False, topology=False, samples=0, nsd_tolerance=1.0)
   )
   # Prediction on images of any size (jaxseg predict, tiled evaluation).
   config.infer = ml_collections.ConfigDict(

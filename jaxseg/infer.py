@@ -1,21 +1,36 @@
-"""Prediction on images of any size: overlap-tile and sliding-window inference, TTA.
+"""Prediction of images and volumes of any size: one sliding-window inference over any
+number of spatial axes, overlap-tile as its mode for valid-convolution networks,
+test-time augmentation.
 
-* Valid-convolution networks (``unet_paper``) use the U-Net paper's overlap-tile
-  strategy: the image is mirrored at its borders by the network's margin, cut into
+* **Sliding windows** (same-padded networks; volumes ``[X, Y, Z, C]`` and images
+  ``[H, W, C]`` alike): windows of the patch size with a stride of at most
+  ``(1 - overlap) * patch``, evenly spaced from the first voxel to flush with the end
+  (nnU-Net's ``compute_steps_for_sliding_window``); each window's class probabilities
+  are weighted and summed, the sum divided by the summed weights. Weights
+  (``blend``): ``"gaussian"``, centred on the window with std ``patch / 8`` (nnU-Net:
+  window borders, where the network sees least context, count least; volumes), or
+  ``"hann"``, a separable Hann window lifted off zero (images). Windows are evaluated
+  ``window_batch`` at a time in a ``lax.fori_loop`` that adds each into the output in
+  place, so the working memory is the output and its weights plus one window batch,
+  however large the input (``memory_analysis`` of the compiled function, tested).
+  ``mirror``: the mean over the ``2^D`` flips of the spatial axes (nnU-Net's test-time
+  mirroring). Inputs are zero-padded to a multiple of ``bucket`` per axis (and at least
+  the patch) before the compiled function sees them, so inputs of similar size share
+  one executable; an image no larger than the tile is one window (a whole-image pass).
+* **Overlap-tile** (valid-convolution networks, ``unet_paper``): the U-Net paper's
+  strategy. The image is mirrored at its borders by the network's margin, cut into
   input tiles whose output tiles cover the image exactly, and the outputs are placed
-  side by side. The result equals what the network would give on the whole mirrored
-  image at once.
-* Same-padded networks use overlapping tiles whose probabilities are blended with a
-  smooth (Hann-like) window, which hides the tiles' border effects.
+  side by side: the result equals the network on the whole mirrored image at once.
 
-Tiles go through the network ``tile_batch`` at a time, so device memory is bounded
-by the tile batch, not by the image. Test-time augmentation averages the
-probabilities over a set of transforms (default the 8 dihedral ones; arbitrary
-rotations ``"rotate:DEG"``, e.g. the U-Net paper's 7 rotated versions).
+:class:`ImagePredictor` picks the mode of a 2-D model and averages over test-time
+transforms (default none; the 8 dihedral ones; arbitrary rotations ``"rotate:DEG"``,
+e.g. the U-Net paper's 7 rotated versions).
 """
 
+import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -39,14 +54,15 @@ _DIHEDRAL = {
 DIHEDRAL = tuple(_DIHEDRAL)
 
 
+def logits_fn(model) -> Callable:
+  """``fn(variables, x [B, *S, C]) -> logits`` of ``model`` in inference mode."""
+  return lambda variables, x: decode(model.apply(variables, x, train=False)).logits
+
+
 def make_tile_fn(model) -> Callable:
   """``fn(variables, tiles [B, H, W, C]) -> probabilities [B, H', W', K]`` (jitted)."""
-
-  @jax.jit
-  def fn(variables, tiles):
-    return probabilities(decode(model.apply(variables, tiles, train=False)).logits)
-
-  return fn
+  logits = logits_fn(model)
+  return jax.jit(lambda variables, tiles: probabilities(logits(variables, tiles)))
 
 
 def make_predict_fn(model, variables) -> Callable:
@@ -58,6 +74,146 @@ def logits_of(prob: np.ndarray) -> np.ndarray:
   """Logits whose sigmoid/softmax gives ``prob`` back (for losses on tiled output)."""
   p = np.clip(prob, 1e-7, 1 - 1e-7)
   return np.log(p) - np.log1p(-p) if prob.shape[-1] == 1 else np.log(p)
+
+
+def labels_of(prob: np.ndarray) -> np.ndarray:
+  """Class map from probabilities ``[..., K]``: ``p > 0.5`` if ``K == 1``, else argmax."""
+  return (
+    (prob[..., 0] > 0.5).astype(np.uint8)
+    if prob.shape[-1] == 1
+    else prob.argmax(-1).astype(np.uint8)
+  )
+
+
+# Sliding windows, any number of spatial axes.
+
+
+def gaussian_weight(patch, sigma_scale: float = 1 / 8) -> np.ndarray:
+  """The importance map of a window: a Gaussian, max 1, floored at a small positive
+  value so every voxel has weight."""
+  axes = [np.arange(p, dtype=np.float64) - (p - 1) / 2 for p in patch]
+  d2 = sum(
+    (a.reshape([-1 if i == k else 1 for k in range(len(patch))]) / (p * sigma_scale)) ** 2
+    for i, (a, p) in enumerate(zip(axes, patch, strict=True))
+  )
+  weight = np.exp(-0.5 * d2)
+  weight /= weight.max()
+  return np.maximum(weight, 1e-3).astype(np.float32)
+
+
+def hann_weight(patch) -> np.ndarray:
+  """Separable blending weights: a Hann window per axis, their product lifted off zero."""
+  weight = np.ones((), np.float64)
+  for p in patch:
+    hann = 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(p) + 0.5) / p)
+    weight = np.multiply.outer(weight, hann)
+  return (weight + 1e-3).astype(np.float32)
+
+
+BLENDS = {"gaussian": gaussian_weight, "hann": hann_weight}
+
+
+def window_starts(shape, patch, overlap: float) -> np.ndarray:
+  """``[n, D]`` window corners covering ``shape`` (each axis: evenly spaced, first at 0,
+  last flush with the end, stride at most ``(1 - overlap) * patch``)."""
+  per_axis = []
+  for size, p in zip(shape, patch, strict=True):
+    if size <= p:
+      per_axis.append([0])
+      continue
+    step = max(1, int(p * (1 - overlap)))
+    n = int(np.ceil((size - p) / step)) + 1
+    per_axis.append(np.round(np.linspace(0, size - p, n)).astype(int).tolist())
+  return np.array(list(itertools.product(*per_axis)), np.int32)
+
+
+def padded_shape(shape, patch, bucket: int) -> tuple:
+  return tuple(int(max(p, -(-s // bucket) * bucket)) for s, p in zip(shape, patch, strict=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+  """A sliding window's settings: ``patch`` (its size per spatial axis), ``overlap``,
+  ``window_batch`` (windows per network call), ``bucket`` (inputs padded to a multiple
+  of it), ``mirror`` (test-time flips) and ``blend`` (:data:`BLENDS`)."""
+
+  patch: tuple
+  overlap: float = 0.5
+  window_batch: int = 2
+  bucket: int = 16
+  mirror: bool = False
+  blend: str = "gaussian"
+
+
+def make_predictor(apply_fn, windows: Windows, num_classes: int):
+  """A jitted ``predict(variables, x [*S, C], starts [n, D], valid [n]) -> [*S, K]``
+  over ``D = len(windows.patch)`` spatial axes, ``n`` a multiple of ``window_batch``
+  (starts with ``valid == 0`` count for nothing).
+
+  ``apply_fn(variables, x [B, *patch, C]) -> logits``; ``K == 1``: sigmoid."""
+  patch, window_batch = tuple(int(p) for p in windows.patch), windows.window_batch
+  weight = jnp.asarray(BLENDS[windows.blend](patch))
+  axes = tuple(range(1, len(patch) + 1))
+  flips = (
+    [()]
+    if not windows.mirror
+    else [a for r in range(len(axes) + 1) for a in itertools.combinations(axes, r)]
+  )
+
+  def probs_of(variables, x):
+    total = 0.0
+    for axes in flips:
+      logits = apply_fn(variables, jnp.flip(x, axes) if axes else x)
+      p = probabilities(logits)
+      total = total + (jnp.flip(p, axes) if axes else p)
+    return total / len(flips)
+
+  @jax.jit
+  def predict(variables, volume, starts, valid):
+    out = jnp.zeros((*volume.shape[:-1], num_classes), jnp.float32)
+    norm = jnp.zeros(volume.shape[:-1], jnp.float32)
+    channels = volume.shape[-1]
+
+    def body(i, carry):
+      out, norm = carry
+      batch_starts = jax.lax.dynamic_slice_in_dim(starts, i * window_batch, window_batch)
+      batch_valid = jax.lax.dynamic_slice_in_dim(valid, i * window_batch, window_batch)
+      windows = jax.vmap(lambda s: jax.lax.dynamic_slice(volume, (*s, 0), (*patch, channels)))(
+        batch_starts
+      )
+      probs = probs_of(variables, windows)
+      for j in range(window_batch):  # in place: each window added into the output
+        s, w = batch_starts[j], weight * batch_valid[j]
+        region = jax.lax.dynamic_slice(out, (*s, 0), (*patch, num_classes))
+        out = jax.lax.dynamic_update_slice(out, region + probs[j] * w[..., None], (*s, 0))
+        seen = jax.lax.dynamic_slice(norm, tuple(s), patch)
+        norm = jax.lax.dynamic_update_slice(norm, seen + w, tuple(s))
+      return out, norm
+
+    out, norm = jax.lax.fori_loop(0, starts.shape[0] // window_batch, body, (out, norm))
+    return out / jnp.maximum(norm, 1e-8)[..., None]
+
+  return predict
+
+
+def sliding_window(predict, variables, x: np.ndarray, windows: Windows) -> np.ndarray:
+  """Probabilities ``[*S, K]`` of ``x`` ``[*S, C]`` (any size) by ``predict``
+  (:func:`make_predictor` of the same ``windows``)."""
+  shape = x.shape[:-1]
+  inside = tuple(slice(0, s) for s in shape)
+  full = padded_shape(shape, windows.patch, windows.bucket)
+  padded = np.zeros((*full, x.shape[-1]), np.float32)
+  padded[inside] = x
+  starts = window_starts(full, windows.patch, windows.overlap)
+  n = -(-len(starts) // windows.window_batch) * windows.window_batch
+  valid = np.zeros(n, np.float32)
+  valid[: len(starts)] = 1.0
+  starts = np.concatenate([starts, np.repeat(starts[:1], n - len(starts), 0)])
+  probs = predict(variables, jnp.asarray(padded), jnp.asarray(starts), jnp.asarray(valid))
+  return np.asarray(probs)[inside]
+
+
+# Overlap-tile (valid convolutions, 2-D).
 
 
 def _run_tiles(predict_fn, tiles: np.ndarray, tile_batch: int) -> np.ndarray:
@@ -116,34 +272,7 @@ def overlap_tile(
   return np.concatenate(rows, axis=0)[:h, :w]
 
 
-def _window(size: int) -> np.ndarray:
-  """Separable blending weights: a Hann window lifted off zero at the edges."""
-  hann = 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(size) + 0.5) / size)
-  return np.outer(hann, hann) + 1e-3
-
-
-def sliding_window(
-  predict_fn, image: np.ndarray, tile: int, overlap: float = 0.25, tile_batch: int = 4
-) -> np.ndarray:
-  """Same-padded prediction ``[H, W, K]``: overlapping tiles blended smoothly.
-
-  An image no larger than ``tile`` is predicted whole (one tile, no blending)."""
-  h, w = image.shape[:2]
-  if h <= tile and w <= tile:
-    return np.asarray(predict_fn(image[None]))[0]
-  th, tw = min(tile, h), min(tile, w)
-  stride = max(1, int(tile * (1 - overlap)))
-  ys = sorted({*range(0, h - th + 1, stride), h - th})
-  xs = sorted({*range(0, w - tw + 1, stride), w - tw})
-  tiles = np.stack([image[y : y + th, x : x + tw] for y in ys for x in xs])
-  out = _run_tiles(predict_fn, tiles, tile_batch)
-  weight = _window(max(th, tw))[:th, :tw, None]
-  total = np.zeros((h, w, out.shape[-1]), np.float32)
-  norm = np.zeros((h, w, 1), np.float32)
-  for (y, x), prob in zip([(y, x) for y in ys for x in xs], out, strict=True):
-    total[y : y + th, x : x + tw] += prob * weight
-    norm[y : y + th, x : x + tw] += weight
-  return total / norm
+# Images: the mode of the model, test-time transforms.
 
 
 def _transform(name: str, image: np.ndarray, inverse: bool = False) -> np.ndarray:
@@ -160,39 +289,58 @@ def _transform(name: str, image: np.ndarray, inverse: bool = False) -> np.ndarra
   return np.flip(image, axis=1) if flip else image
 
 
-def predict(
-  predict_fn,
-  image: np.ndarray,
-  *,
-  tile: int,
-  valid: bool,
-  overlap: float = 0.25,
-  tile_batch: int = 4,
-  tta: Sequence[str] = ("identity",),
-  align: int = 16,
-) -> np.ndarray:
-  """Probabilities ``[H, W, K]`` of an image of any size, averaged over ``tta``.
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+  """How :class:`ImagePredictor` covers an image (``config.infer``): ``tile`` (the
+  input side of a tile or window), ``overlap`` (of sliding windows), ``tile_batch``
+  (tiles per network call), ``tta`` (test-time transforms)."""
 
-  ``align``: for valid-conv networks, ``2 ** number of max-pools`` (see
-  :func:`overlap_tile`)."""
-  run = (
-    functools.partial(overlap_tile, predict_fn, tile=tile, tile_batch=tile_batch, align=align)
-    if valid
-    else functools.partial(
-      sliding_window, predict_fn, tile=tile, overlap=overlap, tile_batch=tile_batch
-    )
-  )
-  total = None
-  for name in tta:
-    prob = _transform(name, run(np.ascontiguousarray(_transform(name, image))), inverse=True)
-    total = prob if total is None else total + prob
-  return total / len(tta)
+  tile: int
+  overlap: float = 0.25
+  tile_batch: int = 4
+  tta: tuple = ("identity",)
+
+  @classmethod
+  def of(cls, infer_config) -> "Tiling":
+    c = infer_config
+    return cls(int(c.tile), float(c.overlap), int(c.tile_batch), tuple(c.tta))
 
 
-def labels_of(prob: np.ndarray) -> np.ndarray:
-  """Class map from probabilities ``[H, W, K]``: ``p > 0.5`` if ``K == 1``, else argmax."""
-  return (
-    (prob[..., 0] > 0.5).astype(np.uint8)
-    if prob.shape[-1] == 1
-    else prob.argmax(-1).astype(np.uint8)
-  )
+class ImagePredictor:
+  """``predictor(variables, image [H, W, C]) -> probabilities [H, W, K]`` of a 2-D
+  ``model`` for images of any size, averaged over ``tiling.tta``: overlap-tile for a
+  valid-convolution network, Hann-blended sliding windows of side ``tiling.tile``
+  otherwise (an image no larger than the tile: one window). One executable per window
+  shape and padded image size (a multiple of the model's stride)."""
+
+  def __init__(self, model, tiling: Tiling):
+    self.model, self.tiling, self._predictors = model, tiling, {}
+    self._tile_fn, self._margin = make_tile_fn(model), None
+
+  def mode(self, variables) -> str:
+    """``"overlap-tile"`` (the network loses pixels at its borders) or ``"sliding window"``."""
+    if self._margin is None:
+      tiles = functools.partial(self._tile_fn, variables)
+      self._margin = margin_of(tiles, self.tiling.tile, self.model.interface.in_channels)
+    return "overlap-tile" if self._margin > 0 else "sliding window"
+
+  def _run(self, variables, image):
+    tiling, interface = self.tiling, self.model.interface
+    if self.mode(variables) == "overlap-tile":
+      tiles = functools.partial(self._tile_fn, variables)
+      return overlap_tile(tiles, image, tiling.tile, tiling.tile_batch, interface.stride)
+    stride = interface.stride
+    patch = tuple(min(tiling.tile, -(-s // stride) * stride) for s in image.shape[:2])
+    windows = Windows(patch, tiling.overlap, tiling.tile_batch, stride, blend="hann")
+    if windows not in self._predictors:
+      apply_fn = logits_fn(self.model)
+      self._predictors[windows] = make_predictor(apply_fn, windows, interface.num_classes)
+    return sliding_window(self._predictors[windows], variables, image, windows)
+
+  def __call__(self, variables, image: np.ndarray) -> np.ndarray:
+    total = None
+    for name in self.tiling.tta:
+      view = np.ascontiguousarray(_transform(name, image))
+      prob = _transform(name, self._run(variables, view), inverse=True)
+      total = prob if total is None else total + prob
+    return total / len(self.tiling.tta)

@@ -24,8 +24,8 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_multi_string(
   "workdir",
   None,
-  "Run directory (checkpoints, metrics, pictures); predict on volumes: repeat it for an "
-  "ensemble of runs (e.g. the k folds).",
+  "Run directory (checkpoints, metrics, pictures); predict: repeat it for an ensemble of "
+  "runs (e.g. the k folds).",
 )
 flags.DEFINE_string("split", "test", "Split that `jaxseg eval` scores.")
 flags.DEFINE_string(
@@ -127,20 +127,9 @@ def train(config, workdir: str, *, stop_after: int | None = None):
 
 def evaluate(workdir: str, split: str = "test") -> dict:
   """``jaxseg eval``: the best checkpoint of ``workdir`` scored on ``split``."""
-  if _is_volume_run(workdir):
-    from jaxseg.run import volume_eval  # noqa: PLC0415
-
-    return volume_eval.run_eval(workdir, split)
   from jaxseg.run import evaluate as runner  # noqa: PLC0415
 
   return runner.run(workdir, split)
-
-
-def _is_volume_run(workdir: str) -> bool:
-  """Whether ``workdir``'s config trains on a volume dataset."""
-  from jaxseg.run import experiment, skeleton  # noqa: PLC0415
-
-  return experiment.is_volume(skeleton.load_config(workdir))
 
 
 def synthesize(workdir: str, num: int, output: str) -> str:
@@ -291,16 +280,9 @@ def _flower_submits() -> bool:
 
 def _predict(workdirs: list[str]) -> None:
   _require("predict", input=FLAGS.input, output=FLAGS.output)
-  if all(_is_volume_run(w) for w in workdirs):
-    from jaxseg.run import volume_eval  # noqa: PLC0415
-
-    volume_eval.run_predict(workdirs, FLAGS.input, FLAGS.output)
-    return
-  if len(workdirs) > 1:
-    raise UserError("an ensemble of several --workdir runs is for volume runs only.")
   from jaxseg.run import predict  # noqa: PLC0415
 
-  predict.run(workdirs[0], FLAGS.input, FLAGS.output)
+  predict.run(workdirs, FLAGS.input, FLAGS.output)
 
 
 def _debug() -> bool:

@@ -149,8 +149,37 @@ def average_surface_distance(pred, gt, spacing=None) -> float:
   empty = _empty_cases(pred, gt, 0.0, float("inf"))
   if empty is not None:
     return empty
-  to_gt, to_pred = surface_distances(pred, gt, spacing)
+  return _asd(*surface_distances(pred, gt, spacing))
+
+
+def _asd(to_gt, to_pred) -> float:
   return float((to_gt.sum() + to_pred.sum()) / (to_gt.size + to_pred.size))
+
+
+def _nsd(to_gt, to_pred, tolerance: float) -> float:
+  close = np.sum(to_gt <= tolerance) + np.sum(to_pred <= tolerance)
+  return float(close / (to_gt.size + to_pred.size))
+
+
+def _hd(to_gt, to_pred, percentile: float | None) -> float:
+  if percentile is None:
+    return float(max(to_gt.max(), to_pred.max()))
+  return float(max(np.percentile(to_gt, percentile), np.percentile(to_pred, percentile)))
+
+
+def surface_scores(pred, gt, tolerance: float, spacing=None) -> dict:
+  """``{hd95, asd, nsd}`` of two binary masks, as :func:`hausdorff` (95th percentile),
+  :func:`average_surface_distance` and :func:`normalized_surface_dice` compute them,
+  from one computation of their surface distances."""
+  empty = _empty_cases(pred, gt, 0.0, float("inf"))
+  if empty is not None:
+    return {"hd95": empty, "asd": empty, "nsd": 1.0 if empty == 0.0 else 0.0}
+  to_gt, to_pred = surface_distances(pred, gt, spacing)
+  return {
+    "hd95": _hd(to_gt, to_pred, 95),
+    "asd": _asd(to_gt, to_pred),
+    "nsd": _nsd(to_gt, to_pred, tolerance),
+  }
 
 
 def normalized_surface_dice(pred, gt, tolerance: float, spacing=None) -> float:
@@ -161,9 +190,7 @@ def normalized_surface_dice(pred, gt, tolerance: float, spacing=None) -> float:
   empty = _empty_cases(pred, gt, 1.0, 0.0)
   if empty is not None:
     return empty
-  to_gt, to_pred = surface_distances(pred, gt, spacing)
-  close = np.sum(to_gt <= tolerance) + np.sum(to_pred <= tolerance)
-  return float(close / (to_gt.size + to_pred.size))
+  return _nsd(*surface_distances(pred, gt, spacing), tolerance)
 
 
 def hausdorff(pred, gt, percentile: float | None = None, spacing=None) -> float:
@@ -182,10 +209,7 @@ def hausdorff(pred, gt, percentile: float | None = None, spacing=None) -> float:
   empty = _empty_cases(pred, gt, 0.0, float("inf"))
   if empty is not None:
     return empty
-  to_gt, to_pred = surface_distances(pred, gt, spacing)
-  if percentile is None:
-    return float(max(to_gt.max(), to_pred.max()))
-  return float(max(np.percentile(to_gt, percentile), np.percentile(to_pred, percentile)))
+  return _hd(*surface_distances(pred, gt, spacing), percentile)
 
 
 def rand_error(pred, gt) -> float:

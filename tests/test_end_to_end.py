@@ -22,7 +22,7 @@ def test_isbi_smoke_train_eval_predict(tmp_path):
   result = main.evaluate(workdir)
   assert {"rand_error", "warping_error", "pixel_error", "dice"} <= set(result)
   image_path = f"{SHARED}/isbi2012/test/0.png"
-  (mask_path,) = predict.run(workdir, image_path, str(tmp_path / "pred"))
+  (mask_path,) = predict.run([workdir], image_path, str(tmp_path / "pred"))
   mask = np.asarray(Image.open(mask_path))
   assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}
   assert os.path.exists(tmp_path / "pred" / "0_overlay.png")

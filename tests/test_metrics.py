@@ -78,6 +78,14 @@ def test_hausdorff_matches_scipy(seed):
   assert metrics.hausdorff(pred, gt, spacing=(2.0, 0.5)) == pytest.approx(
     max(d.min(1).max(), d.min(0).max())
   )
+  # The evaluator's one pass gives each distance metric's own value, empty masks too.
+  empty = np.zeros_like(pred)
+  for p, g in ((pred, gt), (empty, gt), (empty, empty)):
+    assert metrics.surface_scores(p, g, 1.5, (2.0, 0.5)) == {
+      "hd95": metrics.hausdorff(p, g, 95, (2.0, 0.5)),
+      "asd": metrics.average_surface_distance(p, g, (2.0, 0.5)),
+      "nsd": metrics.normalized_surface_dice(p, g, 1.5, (2.0, 0.5)),
+    }
 
 
 def test_hausdorff_empty_cases():

@@ -1,5 +1,6 @@
 """The training loop: artefacts, determinism, exact resume, divergence, bad input."""
 
+import csv
 import json
 import os
 import re
@@ -11,10 +12,11 @@ import sys
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxseg import main
 from jaxseg.errors import UserError
-from jaxseg.run import skeleton
+from jaxseg.run import predict, skeleton
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.run.experiment import Experiment
 from tests.conftest import make_tiny_config, sigterm_at
@@ -316,6 +318,33 @@ def test_eval_prints_test_metrics(reference_run, capsys):
   assert result["cases"] == 4
   assert 0.0 <= result["dice"]["mean"] <= 1.0
   assert os.path.exists(os.path.join(workdir, "test_metrics.json"))
+  # One row per image (the volumes' schema): its Dice agrees with the counts' Dice.
+  assert "| asd |" in out and "| nsd |" in out
+  with open(os.path.join(workdir, "test_cases.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert [r["image"] for r in rows] == ["0", "1", "2", "3"]
+  assert {"dice_1", "iou_1", "hd95_1", "asd_1", "nsd_1"} <= set(rows[0])
+  dice = np.mean([float(r["dice_1"]) for r in rows])
+  assert dice == pytest.approx(result["dice"]["mean"], abs=1e-6)
+
+
+def test_predict_images_one_run_or_an_ensemble(reference_run, tmp_path):
+  """Images of a size that is not the tile's nor a multiple of the stride; the same run
+  twice is an ensemble that writes the same masks; a folder without images is refused."""
+  _, workdir, _ = reference_run
+  rng = np.random.default_rng(0)
+  os.makedirs(tmp_path / "in")
+  for name, shape in (("a", (37, 30)), ("b", (70, 45))):
+    Image.fromarray(rng.integers(0, 255, shape, np.uint8)).save(tmp_path / "in" / f"{name}.png")
+  one = predict.run([workdir], str(tmp_path / "in"), str(tmp_path / "one"))
+  two = predict.run([workdir, workdir], str(tmp_path / "in"), str(tmp_path / "two"))
+  for a, b, shape in zip(one, two, ((37, 30), (70, 45)), strict=True):
+    mask = np.asarray(Image.open(a))
+    assert mask.shape == shape and set(np.unique(mask)) <= {0, 255}
+    np.testing.assert_array_equal(mask, np.asarray(Image.open(b)))
+  os.makedirs(tmp_path / "empty")
+  with pytest.raises(UserError, match="no image files"):
+    predict.run([workdir], str(tmp_path / "empty"), str(tmp_path / "out"))
 
 
 def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_config, tmp_path):
@@ -444,7 +473,7 @@ def test_cli_smoke_train_and_eval(tmp_path):
   assert "| dice |" in evaluate.stdout
   assert evaluate.stdout.splitlines()[-1] == (
     f"written to {workdir}/test_metrics.json (its first images drawn in "
-    f"{workdir}/test_overlays.png)"
+    f"{workdir}/test_overlays.png; one row per case in {workdir}/test_cases.csv)"
   )
   assert os.path.getsize(os.path.join(workdir, "test_overlays.png")) > 0
   for run in (train, evaluate):  # quiet: no absl/TFDS/orbax lines a user cannot act on

@@ -127,23 +127,28 @@ def test_overlap_tile_equals_whole_image(valid_net):
 
 
 def test_sliding_window_and_tta():
+  """A same-padded network: an image no larger than the tile is one whole-image pass;
+  larger, overlapping windows blend to nearly the same; test-time transforms invert."""
   model = get_model("unet", widths=(4, 8))
   variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
-  fn = infer.make_predict_fn(model, variables)
   image = np.random.default_rng(1).random((48, 40, 1)).astype(np.float32)
-  whole = np.asarray(fn(image[None]))[0]
-  np.testing.assert_allclose(infer.sliding_window(fn, image, tile=64), whole, atol=1e-6)
-  blended = infer.sliding_window(fn, image, tile=32, overlap=0.5)
+  whole = np.asarray(infer.make_predict_fn(model, variables)(image[None]))[0]
+  one = infer.ImagePredictor(model, infer.Tiling(tile=64))
+  assert one.mode(variables) == "sliding window"
+  np.testing.assert_allclose(one(variables, image), whole, atol=1e-6)
+  blended = infer.ImagePredictor(model, infer.Tiling(tile=32, overlap=0.5))(variables, image)
   assert blended.shape == whole.shape and np.abs(blended - whole).mean() < 0.05
   for name in infer.DIHEDRAL:
     back = infer._transform(name, infer._transform(name, image), inverse=True)
     np.testing.assert_array_equal(back, image)
-  averaged = infer.predict(fn, image, tile=64, valid=False, tta=infer.DIHEDRAL)
+  averaged = infer.ImagePredictor(model, infer.Tiling(64, tta=infer.DIHEDRAL))(variables, image)
   assert averaged.shape == whole.shape and np.all((averaged >= 0) & (averaged <= 1))
-  rotated = infer.predict(fn, image, tile=64, valid=False, tta=("rotate:0", "rotate:45"))
-  assert rotated.shape == whole.shape
+  rotated = infer.ImagePredictor(model, infer.Tiling(64, tta=("rotate:0", "rotate:45")))
+  assert rotated(variables, image).shape == whole.shape
   with pytest.raises(ValueError, match="unknown test-time transform 'mirror'"):
-    infer.predict(fn, image, tile=64, valid=False, tta=("mirror",))
+    infer.ImagePredictor(model, infer.Tiling(64, tta=("mirror",)))(variables, image)
+  h = lambda p: 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(p) + 0.5) / p)  # noqa: E731
+  np.testing.assert_allclose(infer.hann_weight((4, 6)), np.outer(h(4), h(6)) + 1e-3, rtol=1e-6)
 
 
 def _brute_rand_error(pred, gt):

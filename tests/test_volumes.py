@@ -15,11 +15,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from jaxseg import main, metrics, sliding
+from jaxseg import infer, main, metrics
 from jaxseg.data import augment, msd, patches, volumes
 from jaxseg.errors import UserError
 from jaxseg.models import get_model
-from jaxseg.run import volume_eval
+from jaxseg.run import evaluate, predict
 from jaxseg.train.state import count_params
 from tests.conftest import sigterm_at
 
@@ -124,20 +124,23 @@ def _box_model(variables, x):
 
 def test_sliding_window_weights_and_bounded_memory():
   patch = (8, 8, 8)
-  predict = sliding.make_predictor(_box_model, patch, 2, window_batch=2, mirror=True)
+  windows = infer.Windows(patch, overlap=0.5, window_batch=2, bucket=8, mirror=True)
+  predict = infer.make_predictor(_box_model, windows, 2)
   volume = np.random.default_rng(0).normal(size=(13, 9, 20, 1)).astype(np.float32)
-  probs = sliding.predict_volume(predict, {"w": 2.0}, volume, patch, 0.5, 2, 8)
+  probs = infer.sliding_window(predict, {"w": 2.0}, volume, windows)
   np.testing.assert_allclose(probs[..., 1], jax.nn.sigmoid(4.0 * volume[..., 0]), rtol=1e-5)
-  weight = sliding.gaussian_weight(patch)
+  weight = infer.gaussian_weight(patch)
   assert weight.max() == 1.0 and weight[0, 0, 0] < 0.01 and weight[3, 4, 4] > 0.9
   # The same window over two spatial axes (an image), mirrored over both.
-  flat = sliding.make_predictor(_box_model, (8, 8), 2, window_batch=2, mirror=True)
-  probs = sliding.predict_volume(flat, {"w": 2.0}, volume[:, :, 0], (8, 8), 0.5, 2, 8)
+  flat = infer.Windows((8, 8), overlap=0.5, window_batch=2, bucket=8, mirror=True, blend="hann")
+  probs = infer.sliding_window(
+    infer.make_predictor(_box_model, flat, 2), {"w": 2.0}, volume[:, :, 0], flat
+  )
   np.testing.assert_allclose(probs[..., 1], jax.nn.sigmoid(4.0 * volume[:, :, 0, 0]), rtol=1e-5)
 
   def temp_bytes(side):
     full = (side, side, side)
-    n = len(sliding.window_starts(full, patch, 0.5))
+    n = len(infer.window_starts(full, patch, 0.5))
     args = (
       {"w": jnp.float32(1.0)},
       jnp.zeros((*full, 1)),
@@ -463,7 +466,7 @@ def test_predict_writes_aligned_nifti_whose_dice_is_evals(tmp_path):
   inputs.mkdir()
   for name in rows:
     shutil.copy(os.path.join(source, "imagesTr", f"{name}.nii.gz"), inputs)
-  written = volume_eval.run_predict([workdir], str(inputs), str(tmp_path / "pred"))
+  written = predict.run([workdir], str(inputs), str(tmp_path / "pred"))
   checked = 0
   for out in written:
     name = os.path.basename(out)[: -len(".nii.gz")]
@@ -471,7 +474,7 @@ def test_predict_writes_aligned_nifti_whose_dice_is_evals(tmp_path):
     assert written.shape == truth.shape and np.allclose(written.affine, truth.affine)
     pred = np.asarray(written.dataobj)
     spacing = volumes.spacing_of(truth.affine)
-    dice = volume_eval.case_scores(pred, np.asarray(truth.dataobj), spacing, 3, 1.0)
+    dice = evaluate.case_scores(pred, np.asarray(truth.dataobj), spacing, 3, 1.0)
     assert dice["dice_1"] == pytest.approx(float(rows[name]["dice_1"]))
     assert dice["dice_2"] == pytest.approx(float(rows[name]["dice_2"]))
     checked += name == "hippocampus_900"

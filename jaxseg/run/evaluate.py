@@ -1,58 +1,176 @@
-"""``jaxseg eval``: scores a run's best checkpoint on a split, prints and saves a table
-(``<split>_metrics.json``; the first 8 images' predictions drawn in
-``<split>_overlays.png``: image, truth green, prediction red; with
-``config.eval.samples`` also the generalized energy distance and
-``<split>_samples.png``)."""
+"""``jaxseg eval``: scores a run's best checkpoint on a split, images and volumes alike;
+prints and saves a table.
 
+Every case (an image, or a volume in its input's voxel grid: the prediction put back
+as ``jaxseg predict`` writes it) gets per foreground class Dice, IoU, HD95, average
+surface distance and normalized surface Dice at ``config.eval.nsd_tolerance`` (pixels,
+or mm at each case's own spacing): ``<split>_cases.csv``, one row per case. Their
+means over the cases are ``<split>_metrics.json`` (``{metric: {mean, std, pooled}}``;
+``dice`` etc. the mean over classes). Empty-mask conventions (:mod:`jaxseg.metrics`): a
+class absent from both is Dice 1, HD95/ASD 0, NSD 1; absent from one only: Dice 0,
+NSD 0, HD95/ASD infinite in the CSV, averaged as the case's diagonal and counted
+(``<metric>_<class>_missed``).
+
+Images add the pooled scores (of the summed counts), HD, the loss, with
+``config.eval.topology`` ISBI's Rand and warping errors, with ``config.eval.samples``
+the generalized energy distance (``<split>_samples.png``), per-site scores of a
+federated run, its privacy spent; the first 8 images' predictions are drawn in
+``<split>_overlays.png`` (image, truth green, prediction red).
+"""
+
+import csv
 import json
 import math
 import os
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxseg import metrics
-from jaxseg.data import pipeline
+from jaxseg.data import pipeline, volumes
 from jaxseg.fed import privacy, recipe
 from jaxseg.models.interface import decode
 from jaxseg.run import evaluation, pictures
 from jaxseg.run.experiment import Experiment
+from jaxseg.run.volume import class_dice
+
+METRICS = ("dice", "iou", "hd95", "asd", "nsd")
+NSD_TOLERANCE = 1.0  # runs whose config.eval predates nsd_tolerance
+
+
+class Scored(NamedTuple):
+  """A split's scores: the ``table`` (``{metric: {mean, std, pooled}}`` and counts),
+  one row per case, the printed ``text``, what a case is (``unit``) and what else was
+  written (``drawn``)."""
+
+  table: dict
+  rows: list
+  text: str
+  unit: str
+  drawn: str = ""
 
 
 def run(workdir: str, split: str = "test") -> dict:
   """Scores the best checkpoint of ``workdir`` on ``split``; prints and saves a table."""
   exp, state, step = evaluation.restore_state(workdir, (split,))
+  scored = (volume_scores if exp.volumes is not None else image_scores)(exp, state, split, workdir)
+  result = {"step": step, "split": split, "cases": len(scored.rows), **scored.table}
+  fc = exp.config.get("fed")
+  if fc and fc.dp.clip != "none":  # the privacy spent by the checkpoint's rounds
+    result["epsilon"] = privacy.epsilon(recipe.of(exp.config), step, fc.num_clients)
+  path = os.path.join(workdir, f"{split}_metrics.json")
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
+  cases = os.path.join(workdir, f"{split}_cases.csv")
+  with open(cases, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(scored.rows[0]))
+    writer.writeheader()
+    writer.writerows(scored.rows)
+  print(f"\n{split} split, {len(scored.rows)} {scored.unit}, best checkpoint (step {step}):\n")
+  print(scored.text)
+  print(f"\nwritten to {path} ({scored.drawn}one row per case in {cases})")
+  return result
+
+
+def case_scores(pred, truth, spacing, num_classes: int, tolerance: float) -> dict:
+  """``{metric_class: value}`` of one case (classes 1..K-1)."""
+  out = {}
+  for c, dice in enumerate(class_dice(pred, truth, num_classes), start=1):
+    p, g = pred == c, truth == c
+    out[f"dice_{c}"] = float(dice)
+    out[f"iou_{c}"] = float(dice / (2 - dice))  # IoU = Dice / (2 - Dice)
+    for name, value in metrics.surface_scores(p, g, tolerance, spacing).items():
+      out[f"{name}_{c}"] = value
+  return out
+
+
+def summarize(rows: list[dict], num_classes: int, extents) -> dict:
+  """``{metric: {mean, std, pooled: None}}`` over cases; infinite distances (a class
+  missed or hallucinated) count as the case's ``extents`` (its diagonal) and are
+  counted as ``<metric>_<class>_missed``."""
+  table, classes = {}, range(1, max(num_classes, 2))
+  for m in METRICS:
+    values = np.array([[r[f"{m}_{c}"] for c in classes] for r in rows], np.float64)
+    missed = ~np.isfinite(values)
+    values = metrics.bounded(values, np.asarray(extents, np.float64)[:, None])
+    table[m] = metrics.mean_std(values.mean(1))
+    for i, c in enumerate(classes):
+      table[f"{m}_{c}"] = metrics.mean_std(values[:, i])
+      if missed[:, i].any():
+        table[f"{m}_{c}_missed"] = int(missed[:, i].sum())
+  return table
+
+
+def _tolerance(exp) -> float:
+  return float(exp.config.eval.get("nsd_tolerance", NSD_TOLERANCE))
+
+
+def volume_scores(exp, state, split: str, workdir: str) -> Scored:
+  """Each case of ``split`` predicted by sliding windows, put back into its input's
+  grid and scored against its label file as stored (or a built-in dataset's labels)."""
+  del workdir
+  variables = exp.variables(state)
+  num, tolerance = exp.model.interface.num_classes, _tolerance(exp)
+  rows, extents = [], []
+  for name in exp.volumes.data.splits[split]:
+    case = exp.volumes.data.cases[name]
+    pred = volumes.restore_case(exp.volumes.predict(variables, case["image"]), case["meta"])
+    spacing = volumes.spacing_of(case["meta"].affine)
+    rows.append({"case": name, **case_scores(pred, truth_of(case), spacing, num, tolerance)})
+    extents.append(float(np.linalg.norm(np.asarray(pred.shape) * spacing)))
+  table = summarize(rows, num, extents)
+  return Scored(table, rows, format_classes(table, num, tolerance), "cases")
+
+
+def truth_of(case: dict) -> np.ndarray:
+  """The case's labels in its input grid: the label file as stored, or (generated
+  data) the case's own labels."""
+  if case.get("label_file"):
+    return volumes.read(case["label_file"])[0].astype(np.uint8)
+  return case["labels"]
+
+
+def format_classes(table: dict, num_classes: int, tolerance: float) -> str:
+  """A class per row, :data:`METRICS` as columns (distances in mm)."""
+  head = f"| class | Dice | IoU | HD95 (mm) | ASD (mm) | NSD@{tolerance:g}mm |"
+  lines = [head, "|---|---|---|---|---|---|"]
+  for c in [*range(1, max(num_classes, 2)), "mean"]:
+    suffix = "" if c == "mean" else f"_{c}"
+    cells = " | ".join(f"{table[m + suffix]['mean']:.4f}" for m in METRICS)
+    lines.append(f"| {c} | {cells} |")
+  return "\n".join(lines)
+
+
+def image_scores(exp, state, split: str, workdir: str) -> Scored:
+  """The evaluated network over ``split`` (in batches, or tiled with
+  ``config.eval.tiled``); distances in pixels."""
   config, variables = exp.config, exp.variables(state)
   evaluator = evaluation.ImageEvaluator(exp)
   per_image, shown = evaluator.score(variables, split, keep=8)
   overlays = os.path.join(workdir, f"{split}_overlays.png")
   pictures.save_overlays(overlays, shown["image"], shown["labels"], shown["pred"])
   table = metrics_table(per_image, exp.image_shape, config.eval.topology)
+  num, tolerance = exp.model.interface.num_classes, _tolerance(exp)
+  pairs = zip(per_image["pred"], per_image["labels"], strict=True)
+  rows = [{"image": i, **case_scores(p, g, None, num, tolerance)} for i, (p, g) in enumerate(pairs)]
+  diag = [math.hypot(*exp.image_shape[:2])] * len(rows)
+  table.update({k: v for k, v in summarize(rows, num, diag).items() if k not in table})
   if config.eval.samples:
-    ged, diversity, shown = sampled_scores(exp, variables, split, config.eval.samples)
+    ged, diversity, drawn = sampled_scores(exp, variables, split, config.eval.samples)
     for name, values in (("ged", ged), ("sample_diversity", diversity)):
       table[name] = {"mean": float(values.mean()), "std": float(values.std()), "pooled": None}
-    pictures.save_samples(os.path.join(workdir, f"{split}_samples.png"), **shown)
+    pictures.save_samples(os.path.join(workdir, f"{split}_samples.png"), **drawn)
   sites = site_scores(evaluator, state, split, per_image)
   if sites:  # of the model each site uses: under FedBN its own BatchNorm's
     dice = [r.get("dice_local", r["dice"]) for r in sites.values()]
     table["site_dice_mean"] = metrics.mean_std(np.array(dice))
     table["site_dice_worst"] = {"mean": float(min(dice)), "std": 0.0, "pooled": None}
-  if "fed" in config and config.fed.dp.clip != "none":
-    table["epsilon"] = privacy.epsilon(recipe.of(config), step, config.fed.num_clients)
-  result = {"step": step, "split": split, "cases": len(per_image["loss"]), **table}
+  text = format_table(table) + ("\n\n" + format_sites(sites) if sites else "")
   if sites:
-    result["sites"] = sites
-  path = os.path.join(workdir, f"{split}_metrics.json")
-  with open(path, "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"\n{split} split, {result['cases']} images, best checkpoint (step {step}):\n")
-  print(format_table(table))
-  if sites:
-    print("\n" + format_sites(sites))
-  print(f"\nwritten to {path} (its first images drawn in {overlays})")
-  return result
+    table["sites"] = sites
+  return Scored(table, rows, text, "images", f"its first images drawn in {overlays}; ")
 
 
 def site_scores(evaluator, state, split: str, per_image: dict) -> dict | None:

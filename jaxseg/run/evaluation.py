@@ -7,7 +7,6 @@ examples to draw. ``restore(workdir)`` is the one way ``eval``, ``predict`` and
 ``sweep`` get a run's best checkpoint back.
 """
 
-import functools
 import os
 from collections.abc import Callable
 
@@ -28,7 +27,7 @@ SHOWN = ("image", "labels", "pred")
 class ImageEvaluator:
   """Validation and test scoring of an image run: the evaluated network over a split
   in fixed-size padded batches (kept on the device with ``on_device``), or image by
-  image through :func:`jaxseg.infer.predict` with ``config.eval.tiled``."""
+  image through :class:`jaxseg.infer.ImagePredictor` with ``config.eval.tiled``."""
 
   def __init__(self, exp: Experiment, on_device: bool = False):
     self.exp, self.on_device, self._cache = exp, on_device, {}
@@ -72,12 +71,11 @@ class ImageEvaluator:
 
 
 def _evaluate_tiled(exp: Experiment, variables, split: str, keep: int) -> tuple[dict, dict]:
-  """Image by image through :func:`jaxseg.infer.predict` (any size, any network)."""
-  predict_fn = functools.partial(exp.tile_fn, variables)
+  """Image by image through :class:`jaxseg.infer.ImagePredictor` (any size, any network)."""
   rows, shown = [], {name: [] for name in SHOWN}
   for batch in pipeline.eval_batches(exp.sources[split], 1):
     image, labels = batch["image"][0], batch["labels"][0]
-    prob = predict(exp.config.infer, predict_fn, exp.model.interface, image)
+    prob = exp.predict_image(variables, image)
     pred = infer.labels_of(prob).astype(np.int32)
     loss = exp.loss_fn(infer.logits_of(prob)[None], labels[None], batch.get("weights"))
     counts = {k: int(v) for k, v in metrics.confusion(pred, labels).items()}
@@ -145,22 +143,6 @@ def evaluator(exp: Experiment, feed=None):
   if keeps_local_bn(exp) and site_ids(exp, "validation") is not None:
     return SiteEvaluator(exp, on_device)
   return ImageEvaluator(exp, on_device)
-
-
-def predict(infer_config, predict_fn, interface, image: np.ndarray) -> np.ndarray:
-  """Probabilities ``[H, W, K]`` of one image by ``config.infer``'s tiling: overlap-tile
-  for valid-conv networks, sliding windows otherwise."""
-  valid = infer.margin_of(predict_fn, infer_config.tile, interface.in_channels) > 0
-  return infer.predict(
-    predict_fn,
-    image,
-    tile=infer_config.tile,
-    valid=valid,
-    overlap=infer_config.overlap,
-    tile_batch=infer_config.tile_batch,
-    tta=tuple(infer_config.tta),
-    align=interface.stride,
-  )
 
 
 def summarize(per_image: dict) -> dict:

@@ -157,9 +157,10 @@ class Experiment:
     channels = self.model.interface.in_channels
     if is_volume(config):
       self.volumes = volume.Volumes(config, self.model, cases, plan)
-      spatial = self.volumes.patch
+      spatial, self.predict_image = self.volumes.patch, None
     else:
       spatial = (config.infer.tile, config.infer.tile)
+      self.predict_image = infer.ImagePredictor(self.model, infer.Tiling.of(config.infer))
     dtype = config.train.compute_dtype
     self.ctx = step_lib.Context(
       model=self.model,
@@ -179,7 +180,6 @@ class Experiment:
     else:
       self.init = lambda: self.method.init(self.ctx, init_key)
     self.eval_step = jax.jit(step_lib.make_eval_step(self.model, self.loss_fn))
-    self.tile_fn = infer.make_tile_fn(self.model)
 
   @property
   def image_shape(self):

@@ -7,7 +7,7 @@
   (``plan`` alone where a run is restored for prediction on new files);
 * :func:`split_labeled` — the labeled fraction of the training cases, by case; the
   rest, and the dataset's cases without labels, are the unlabeled pool;
-* :class:`Evaluator` — validation: sliding-window inference (:mod:`jaxseg.sliding`)
+* :class:`Evaluator` — validation: sliding-window inference (:mod:`jaxseg.infer`)
   over the validation cases in their prepared grid, Dice per foreground class; the
   best checkpoint is picked by their mean (``dice``).
 
@@ -23,10 +23,9 @@ import ml_collections
 import numpy as np
 
 from jaxseg import data as datasets
-from jaxseg import infer, metrics, models, sliding
+from jaxseg import infer, metrics, models
 from jaxseg.data import patches
 from jaxseg.errors import UserError
-from jaxseg.models.interface import decode
 from jaxseg.train import state as state_lib
 
 MODELS = ("unet", "unetpp", "attention_unet")  # the models that take spatial_dims=3
@@ -129,16 +128,11 @@ class Volumes:
   def predict(self, variables, image: np.ndarray) -> np.ndarray:
     """Class probabilities ``[x, y, z, K]`` of a prepared volume (sliding window)."""
     v = self.config.volume
-    key = (v.window_batch, v.mirror)
-    if key not in self._predictors:
-      apply_logits = lambda var, x: decode(self.model.apply(var, x, train=False)).logits  # noqa: E731
+    windows = infer.Windows(self.patch, v.overlap, v.window_batch, v.bucket, v.mirror)
+    if windows not in self._predictors:
       num = self.model.interface.num_classes
-      self._predictors[key] = sliding.make_predictor(
-        apply_logits, self.patch, num, v.window_batch, v.mirror
-      )
-    return sliding.predict_volume(
-      self._predictors[key], variables, image, self.patch, v.overlap, v.window_batch, v.bucket
-    )
+      self._predictors[windows] = infer.make_predictor(infer.logits_fn(self.model), windows, num)
+    return infer.sliding_window(self._predictors[windows], variables, image, windows)
 
 
 def class_dice(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

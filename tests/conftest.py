@@ -47,10 +47,12 @@ def _compilation_cache(tmp_path_factory):
 # as they come free and end together, instead of one finishing a long test alone.
 # (pytest-xdist's groups, ``--dist loadgroup`` with ``xdist_group`` markers, do not
 # act under pytest 9: xdist renames ``item._nodeid``, which pytest 9 no longer reads;
-# the command keeps ``loadgroup``, which without groups is ``load``.)
+# the command keeps ``loadgroup``, which without groups is ``load``.) The order also
+# keeps test_flower's FedWeP test before the killed-site test, which stops a site of
+# their shared deployment.
 LONGEST = {
-  "test_flower.py::test_flower_fedwep_and_cps_end_with_the_simulations_global_models": 158,
   "test_scaling.py::test_two_processes_train_like_one": 102,
+  "test_flower.py::test_flower_fedwep_ends_with_the_simulations_global_model": 87,
   "test_flower.py::test_flower_security_only_operators_control_and_only_registered_sites_join": 70,
   "test_volumes.py::test_3d_fedwep_is_reproducible_and_resumes_exactly": 52,
   "test_flower.py::test_flower_a_killed_site_does_not_stall_the_run": 34,

@@ -66,7 +66,7 @@ def _config(method: str, server: str, **fed) -> ml_collections.ConfigDict:
 def deployment(folders, tmp_path_factory):
   """``(address, {name: SuperNode process})`` of a local deployment of the two sites,
   for the module's tests that run one after another (the killed-site test stops
-  site1: it runs after the two-method test). Started with a PATH that lacks this
+  site1: it runs after the FedWeP test). Started with a PATH that lacks this
   Python's folder (a venv not activated): the SuperLink and SuperNodes still find
   Flower's commands beside it."""
   sites, _ = folders
@@ -100,37 +100,30 @@ def _submit_in_background(config, workdir: str, address: str) -> threading.Threa
   return run
 
 
-def test_flower_fedwep_and_cps_end_with_the_simulations_global_models(
-  folders, deployment, tmp_path, capfd
-):
-  """FedWeP (label-at-client) and CPS + FedAvg, 2 rounds each over Flower (the two runs
-  at once on one deployment), against the simulation of the same folders: the same
-  global model bit for bit, the same training losses, and the arrays each round sends
-  and returns are the bytes communication.json predicts."""
+def test_flower_fedwep_ends_with_the_simulations_global_model(folders, deployment, tmp_path, capfd):
+  """FedWeP (label-at-client), 2 rounds over a local deployment (SuperLink, two
+  SuperNodes), against the simulation of the same folders: the same global model bit
+  for bit, the same training losses, and the arrays each round sends and returns are
+  the bytes communication.json predicts (the download carries the server's two
+  seeds). A two-network method over Flower (CPS) is checked in process below."""
   sites, server = folders
-  configs = {method: _config(method, server) for method in ("rwp", "cps")}
-  simulated = {}
-  for method, config in configs.items():  # first (measured: 95 s of CPU, not 113 s as
-    config = copy.deepcopy(config)  # when they ran beside the deployment's processes)
-    config.fed.client_dirs = tuple(sites)
-    simulated[method] = main.train(config, str(tmp_path / f"{method}_simulation"))
-  runs = [_submit_in_background(c, str(tmp_path / m), deployment[0]) for m, c in configs.items()]
-  for run in runs:
-    run.join(timeout=600)
+  config = _config("rwp", server)
+  simulation = copy.deepcopy(config)
+  simulation.fed.client_dirs = tuple(sites)
+  simulated = main.train(simulation, str(tmp_path / "simulation"))
+  workdir = str(tmp_path / "flower")
+  _submit_in_background(config, workdir, deployment[0]).join(timeout=600)
   assert "2 clients (site, label_at_client), data flower" in capfd.readouterr().out
-  for method, state in simulated.items():
-    workdir = str(tmp_path / method)
-    step, nets = _global_model(workdir)
-    assert step == 2
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.nets), nets)
-    comm = json.load(open(os.path.join(workdir, "communication.json")))
-    for line in _train_lines(workdir):
-      assert (line["down_bytes"], line["up_bytes"]) == (comm["down_bytes"], comm["up_bytes"])
-      assert line["sites"] == 2 and line["down_wire_bytes"] > 0
-    losses = [x["loss"] for x in _train_lines(str(tmp_path / f"{method}_simulation"))]
-    assert [x["loss"] for x in _train_lines(workdir)] == losses
-  rwp = json.load(open(tmp_path / "rwp" / "communication.json"))
-  assert rwp["down_bytes"] == rwp["up_bytes"] + 8  # FedWeP's two seeds
+  step, nets = _global_model(workdir)
+  assert step == 2
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(simulated.nets), nets)
+  comm = json.load(open(os.path.join(workdir, "communication.json")))
+  assert comm["down_bytes"] == comm["up_bytes"] + 8  # FedWeP's two seeds
+  for line in _train_lines(workdir):
+    assert (line["down_bytes"], line["up_bytes"]) == (comm["down_bytes"], comm["up_bytes"])
+    assert line["sites"] == 2 and line["down_wire_bytes"] > 0
+  losses = [x["loss"] for x in _train_lines(str(tmp_path / "simulation"))]
+  assert [x["loss"] for x in _train_lines(workdir)] == losses
 
 
 def test_flower_a_killed_site_does_not_stall_the_run(folders, deployment, tmp_path, capfd):
@@ -529,14 +522,14 @@ def test_flower_fedbn_with_dp_keeps_batchnorm_on_the_sites(folders, tmp_path):
 
 
 @pytest.mark.parametrize(
-  "fed",
+  "method,fed",
   [
-    {"clients_per_round": 1, "compress.kind": "q8"},
-    {"aggregator.name": "median", "compress.kind": "topk", "compress.fraction": 0.1},
+    ("supervised", {"clients_per_round": 1, "compress.kind": "q8"}),
+    ("cps", {"aggregator.name": "median", "compress.kind": "topk", "compress.fraction": 0.1}),
   ],
-  ids=["one_of_two_sites_8bit", "median_of_top_k"],
+  ids=["one_of_two_sites_8bit", "cps_median_of_top_k"],
 )
-def test_flower_sampled_and_compressed_rounds_are_the_simulations(folders, tmp_path, fed):
+def test_flower_sampled_and_compressed_rounds_are_the_simulations(folders, tmp_path, method, fed):
   """Over Flower (each site's ClientApp in this process): ``clients_per_round`` 1 of 2
   trains the one site the simulation's draw picks; a compressed update travels as its
   bytes (8-bit levels and each tensor's two ends; top-k values and positions), the

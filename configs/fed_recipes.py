@@ -9,8 +9,9 @@ compressed updates, client sampling, server optimizers — on the built-in
 
 The argument is a recipe name (:data:`RECIPES`), optionally followed by ``,smoke``
 (seconds on a CPU); ``table`` (``table,smoke``) sweeps the recipes of the README's
-table over 3 seeds. Every piece is a ``config.fed`` key (configs/fed_common.py,
-jaxseg/fed/recipe.py), so any recipe can be changed on the command line
+table over 3 seeds; ``dp_scale`` (``dp_scale,smoke``) sweeps :data:`DP_SCALE`, client-
+level DP in a federation of 512 virtual clients. Every piece is a ``config.fed`` key
+(configs/fed_common.py, jaxseg/fed/recipe.py), so any recipe can be changed on the command line
 (``--config.fed.prox_mu=0.1``, ``--config.fed.dp.noise_multiplier=2``).
 
 The CPU budget: 64 px images (256 training, 64 validation, 128 test, 4 sites),
@@ -79,10 +80,21 @@ TABLE = {
   "top-10% + error feedback": RECIPES["topk_ef"],
 }
 
+# Client-level DP where it is meant to work: 512 virtual clients (the 2,048 training
+# images split IID, 4 each), K drawn uniformly a round, 2 local steps, clipping norm
+# 1.0 as above. eps of 20 rounds at delta 1e-5 (dp-accounting, sampling K/512): K=128
+# z=1 9.1, z=2 3.1; K=32 z=1 2.9 (about K=128 z=2's eps with 4x the noise per client).
+DP_SCALE = {
+  "K=128, clipping only": {"fed.clients_per_round": 128, "fed.dp.noise_multiplier": 0.0},
+  "K=128, z=1 (eps 9.1)": {"fed.clients_per_round": 128, "fed.dp.noise_multiplier": 1.0},
+  "K=128, z=2 (eps 3.1)": {"fed.clients_per_round": 128, "fed.dp.noise_multiplier": 2.0},
+  "K=32, z=1 (eps 2.9)": {"fed.clients_per_round": 32, "fed.dp.noise_multiplier": 1.0},
+}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name, _, rest = (arg or "fedavg").partition(",")
-  known = (*RECIPES, "table")
+  known = (*RECIPES, "table", "dp_scale")
   if name not in known or rest not in ("", "smoke"):
     raise ValueError(
       f"configs/fed_recipes.py: unknown argument {arg!r}; known: a recipe ({', '.join(known)}), "
@@ -99,20 +111,35 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.fed.update(rounds=20, local_steps=4)
     config.train.update(batch_size=4, eval_every=5)
   if name == "table":
-    return table(config, smoke)
+    return table(config, TABLE, ("FedAvg", "FedAvg-8bit") if smoke else None)
+  if name == "dp_scale":
+    return dp_scale(config, smoke)
   return apply_overrides(config, RECIPES[name].items())
 
 
-def table(config, smoke: bool) -> ml_collections.ConfigDict:
-  """The recipes of :data:`TABLE` x seeds 0, 1, 2: test Dice (per image; the mean and
-  the worst of the 4 sites' Dice: the eval's per-site rows) and what each sends.
+def dp_scale(config, smoke: bool) -> ml_collections.ConfigDict:
+  """:data:`DP_SCALE`'s federation (smoke: 16 clients, 4 a round, of 64 images)."""
+  clients = 16 if smoke else 512
+  config = apply_overrides(config, RECIPES["dp"].items())
+  config.data.kwargs.num_train = 4 * clients
+  config.fed.update(num_clients=clients, partition="iid", local_steps=2)
+  rows = DP_SCALE
+  if smoke:
+    rows = {"K=4, z=1": {"fed.clients_per_round": 4, "fed.dp.noise_multiplier": 1.0}}
+  return table(config, rows, tuple(rows) if smoke else None)
 
-  Nothing is chosen from this table: every recipe runs at its literature setting (FedProx
+
+def table(config, rows: dict, smoke: tuple | None) -> ml_collections.ConfigDict:
+  """``rows`` (:data:`TABLE` or :data:`DP_SCALE`) x seeds 0, 1, 2 (``smoke``: those
+  rows, seed 0): test Dice (per image; the mean and the worst of the 4 acquisition
+  sites' Dice: the eval's per-site rows) and what each sends.
+
+  Nothing is chosen from these tables: every recipe runs at its literature setting (FedProx
   mu 0.01, of its paper's grid; top-k 10%; trimmed mean 25%; DP clipping norm 1.0,
   not tuned); each run's checkpoint is its best validation Dice, as in every run."""
-  rows, seeds = TABLE, (0, 1, 2)
+  seeds = (0, 1, 2)
   if smoke:
-    rows, seeds = {k: TABLE[k] for k in ("FedAvg", "FedAvg-8bit")}, (0,)
+    rows, seeds = {k: rows[k] for k in smoke}, (0,)
   config.sweep = ml_collections.ConfigDict(
     dict(
       axes=(axis("recipe", rows), axis("seed", {str(s): {"seed": s} for s in seeds})),

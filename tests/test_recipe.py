@@ -28,6 +28,7 @@ from jaxseg.fed import (
 )
 from jaxseg.run import federated
 from jaxseg.run.experiment import Experiment
+from jaxseg.run.sweep import apply_overrides
 from tests.test_fed import tiny_fed_config
 
 # --- the pieces, pure ------------------------------------------------------------------
@@ -116,6 +117,23 @@ def test_the_accountant_is_dp_accountings_own_call():
   assert privacy.epsilon(full, 30, 100) == accountant.get_epsilon(1e-5)
   assert privacy.epsilon(full, 31, 100) > privacy.epsilon(full, 30, 100)
   assert privacy.epsilon(recipe.Recipe(), 5, 100) == math.inf
+
+
+@pytest.mark.parametrize("arg", ["table", "dp_scale"])
+def test_the_dp_tables_state_the_accountants_epsilon(arg):
+  """Each DP row of configs/fed_recipes.py names the eps that its federation's 20
+  rounds spend (dp-accounting, at the row's clients per round of its clients)."""
+  config = fed_recipes.get_config(arg)
+  (rows,) = [values for name, values in config.sweep.axes if name == "recipe"]
+  named = 0
+  for label, overrides in rows:
+    if "eps " not in label:
+      continue
+    fc = apply_overrides(config, overrides).fed
+    eps = privacy.epsilon(recipe.from_config(fc), fc.rounds, fc.num_clients)
+    assert f"eps {eps:.2g}" in label or f"eps {eps:.1f}" in label, (label, eps)
+    named += 1
+  assert named >= 2
 
 
 def test_q8_is_unbiased_within_one_step_and_topk_keeps_the_largest():

@@ -168,14 +168,16 @@ def _hd(to_gt, to_pred, percentile: float | None) -> float:
 
 
 def surface_scores(pred, gt, tolerance: float, spacing=None) -> dict:
-  """``{hd95, asd, nsd}`` of two binary masks, as :func:`hausdorff` (95th percentile),
-  :func:`average_surface_distance` and :func:`normalized_surface_dice` compute them,
-  from one computation of their surface distances."""
+  """``{hd, hd95, asd, nsd}`` of two binary masks, as :func:`hausdorff` (the maximum and
+  the 95th percentile), :func:`average_surface_distance` and
+  :func:`normalized_surface_dice` compute them, from one computation of their surface
+  distances."""
   empty = _empty_cases(pred, gt, 0.0, float("inf"))
   if empty is not None:
-    return {"hd95": empty, "asd": empty, "nsd": 1.0 if empty == 0.0 else 0.0}
+    return {"hd": empty, "hd95": empty, "asd": empty, "nsd": 1.0 if empty == 0.0 else 0.0}
   to_gt, to_pred = surface_distances(pred, gt, spacing)
   return {
+    "hd": _hd(to_gt, to_pred, None),
     "hd95": _hd(to_gt, to_pred, 95),
     "asd": _asd(to_gt, to_pred),
     "nsd": _nsd(to_gt, to_pred, tolerance),

@@ -82,6 +82,7 @@ def test_hausdorff_matches_scipy(seed):
   empty = np.zeros_like(pred)
   for p, g in ((pred, gt), (empty, gt), (empty, empty)):
     assert metrics.surface_scores(p, g, 1.5, (2.0, 0.5)) == {
+      "hd": metrics.hausdorff(p, g, None, (2.0, 0.5)),
       "hd95": metrics.hausdorff(p, g, 95, (2.0, 0.5)),
       "asd": metrics.average_surface_distance(p, g, (2.0, 0.5)),
       "nsd": metrics.normalized_surface_dice(p, g, 1.5, (2.0, 0.5)),

@@ -326,6 +326,15 @@ def test_eval_prints_test_metrics(reference_run, capsys):
   assert {"dice_1", "iou_1", "hd95_1", "asd_1", "nsd_1"} <= set(rows[0])
   dice = np.mean([float(r["dice_1"]) for r in rows])
   assert dice == pytest.approx(result["dice"]["mean"], abs=1e-6)
+  # The table's distances are the cases' (one computation): a missed image counts as
+  # its diagonal, and is counted.
+  config, _, _ = reference_run
+  size = config.data.kwargs.image_size
+  for name in ("hd", "hd95"):
+    values = np.array([float(r[f"{name}_1"]) for r in rows])
+    bounded = np.where(np.isfinite(values), values, np.hypot(size, size))
+    assert result[name]["mean"] == pytest.approx(bounded.mean())
+  assert result["hd_missed"] == int(np.sum(~np.isfinite(values)))
 
 
 def test_predict_images_one_run_or_an_ensemble(reference_run, tmp_path):

@@ -2,16 +2,17 @@
 prints and saves a table.
 
 Every case (an image, or a volume in its input's voxel grid: the prediction put back
-as ``jaxseg predict`` writes it) gets per foreground class Dice, IoU, HD95, average
+as ``jaxseg predict`` writes it) gets per foreground class Dice, IoU, HD, HD95, average
 surface distance and normalized surface Dice at ``config.eval.nsd_tolerance`` (pixels,
 or mm at each case's own spacing): ``<split>_cases.csv``, one row per case. Their
 means over the cases are ``<split>_metrics.json`` (``{metric: {mean, std, pooled}}``;
 ``dice`` etc. the mean over classes). Empty-mask conventions (:mod:`jaxseg.metrics`): a
-class absent from both is Dice 1, HD95/ASD 0, NSD 1; absent from one only: Dice 0,
-NSD 0, HD95/ASD infinite in the CSV, averaged as the case's diagonal and counted
-(``<metric>_<class>_missed``).
+class absent from both is Dice 1, HD/HD95/ASD 0, NSD 1; absent from one only: Dice 0,
+NSD 0, HD/HD95/ASD infinite in the CSV, averaged as the case's diagonal and counted
+(``<metric>_<class>_missed``; ``hd_missed`` the cases with any class missed). With
+several classes ``hd`` etc. are the mean over the classes, images and volumes alike.
 
-Images add the pooled scores (of the summed counts), HD, the loss, with
+Images add the pooled scores (of the summed counts), the loss, with
 ``config.eval.topology`` ISBI's Rand and warping errors, with ``config.eval.samples``
 the generalized energy distance (``<split>_samples.png``), per-site scores of a
 federated run, its privacy spent; the first 8 images' predictions are drawn in
@@ -36,7 +37,7 @@ from jaxseg.run import evaluation, pictures
 from jaxseg.run.experiment import Experiment
 from jaxseg.run.volume import class_dice
 
-METRICS = ("dice", "iou", "hd95", "asd", "nsd")
+METRICS = ("dice", "iou", "hd", "hd95", "asd", "nsd")
 NSD_TOLERANCE = 1.0  # runs whose config.eval predates nsd_tolerance
 
 
@@ -94,6 +95,8 @@ def summarize(rows: list[dict], num_classes: int, extents) -> dict:
   for m in METRICS:
     values = np.array([[r[f"{m}_{c}"] for c in classes] for r in rows], np.float64)
     missed = ~np.isfinite(values)
+    if m == "hd":  # the cases with a class missed or hallucinated
+      table["hd_missed"] = int(missed.any(1).sum())
     values = metrics.bounded(values, np.asarray(extents, np.float64)[:, None])
     table[m] = metrics.mean_std(values.mean(1))
     for i, c in enumerate(classes):
@@ -134,8 +137,8 @@ def truth_of(case: dict) -> np.ndarray:
 
 def format_classes(table: dict, num_classes: int, tolerance: float) -> str:
   """A class per row, :data:`METRICS` as columns (distances in mm)."""
-  head = f"| class | Dice | IoU | HD95 (mm) | ASD (mm) | NSD@{tolerance:g}mm |"
-  lines = [head, "|---|---|---|---|---|---|"]
+  head = f"| class | Dice | IoU | HD (mm) | HD95 (mm) | ASD (mm) | NSD@{tolerance:g}mm |"
+  lines = [head, "|---" * (len(METRICS) + 1) + "|"]
   for c in [*range(1, max(num_classes, 2)), "mean"]:
     suffix = "" if c == "mean" else f"_{c}"
     cells = " | ".join(f"{table[m + suffix]['mean']:.4f}" for m in METRICS)
@@ -151,7 +154,7 @@ def image_scores(exp, state, split: str, workdir: str) -> Scored:
   per_image, shown = evaluator.score(variables, split, keep=8)
   overlays = os.path.join(workdir, f"{split}_overlays.png")
   pictures.save_overlays(overlays, shown["image"], shown["labels"], shown["pred"])
-  table = metrics_table(per_image, exp.image_shape, config.eval.topology)
+  table = metrics_table(per_image, config.eval.topology)
   num, tolerance = exp.model.interface.num_classes, _tolerance(exp)
   pairs = zip(per_image["pred"], per_image["labels"], strict=True)
   rows = [{"image": i, **case_scores(p, g, None, num, tolerance)} for i, (p, g) in enumerate(pairs)]
@@ -263,16 +266,12 @@ def sampled_scores(exp: Experiment, variables, split: str, m: int, shown: int = 
   return np.array(ged), np.array(diversity), pictures
 
 
-def metrics_table(per_image: dict, image_shape, topology: bool = False) -> dict:
-  """``{metric: {mean, std, pooled}}`` incl. HD and HD95 in pixels, and with
+def metrics_table(per_image: dict, topology: bool = False) -> dict:
+  """``{metric: {mean, std, pooled}}`` of the counts (Dice, IoU, …), the loss, and with
   ``topology`` the ISBI 2012 Rand and warping errors; ``dice_<k>`` / ``iou_<k>`` of each
   foreground class, and with several classes ``dice`` / ``iou`` their mean (the union's
-  ``dice_fg`` / ``iou_fg``).
-
-  A Hausdorff distance is infinite when exactly one of prediction and truth is empty;
-  for the mean it is replaced by the image diagonal (:func:`jaxseg.metrics.bounded`),
-  and the number of such images is reported as ``hd_missed``.
-  """
+  ``dice_fg`` / ``iou_fg``). The distances (HD, HD95, ASD, NSD) are the cases' own
+  (:func:`case_scores`, :func:`summarize`): computed once per image and class."""
   per = {k: np.asarray(v) for k, v in metrics.scores(per_image).items()}
   pooled = {k: float(v) for k, v in metrics.pooled(per_image).items()}
   per_class, pooled_class = metrics.class_scores(per_image)
@@ -284,17 +283,11 @@ def metrics_table(per_image: dict, image_shape, topology: bool = False) -> dict:
     for k in range(pooled_class[name].size):
       per[f"{name}_{k + 1}"] = per_class[name][:, k]
       pooled[f"{name}_{k + 1}"] = float(pooled_class[name][k])
-  diag = math.hypot(*image_shape[:2])
-  pairs = list(zip(per_image["pred"], per_image["labels"], strict=True))
-  hd = np.array([metrics.hausdorff(p, g) for p, g in pairs])
-  hd95 = np.array([metrics.hausdorff(p, g, percentile=95) for p, g in pairs])
   table = {k: metrics.mean_std(v, pooled[k]) for k, v in per.items()}
   if topology:
+    pairs = list(zip(per_image["pred"], per_image["labels"], strict=True))
     for name, fn in (("rand_error", metrics.rand_error), ("warping_error", metrics.warping_error)):
       table[name] = metrics.mean_std([fn(p, g) for p, g in pairs])
-  for name, values in (("hd", hd), ("hd95", hd95)):
-    table[name] = metrics.mean_std(metrics.bounded(values, diag))
-  table["hd_missed"] = int(np.sum(~np.isfinite(hd)))
   table["loss"] = metrics.mean_std(per_image["loss"])
   return table
 
@@ -310,5 +303,5 @@ def format_table(table: dict) -> str:
     if isinstance(r, dict):
       pooled = "" if r["pooled"] is None else f"{r['pooled']:.4f}"
       lines.append(f"| {name} | {r['mean']:.4f} ± {r['std']:.4f} | {pooled} |")
-  lines.append(f"| images with HD = inf (one mask empty) | {table['hd_missed']} | |")
+  lines.append(f"| images with HD = inf (a class in one mask only) | {table['hd_missed']} | |")
   return "\n".join(lines)

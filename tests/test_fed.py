@@ -54,6 +54,18 @@ def test_iid_and_dirichlet_partitions_cover_every_image_once():
   assert not np.array_equal(partition.iid(indices, 3, 0)[0], partition.iid(indices, 3, 1)[0])
 
 
+def test_the_partition_table_sums_up_a_large_federation():
+  parts = partition.iid(np.arange(40), 10, seed=0)
+  foreground = np.linspace(0.0, 1.0, 40)
+  labeled = [p[:1] for p in parts]
+  lines = partition.table(parts, foreground, labeled, shown=3).splitlines()
+  assert len(lines) == 2 + 3 + 1
+  assert lines[2] == f"| 0 | 4 | 1 | {foreground[parts[0]].mean():.4f} |"
+  rest = np.concatenate(parts[3:])
+  assert lines[-1] == f"| 3..9 (7 more) | 28 (4-4 each) | 7 | {foreground[rest].mean():.4f} |"
+  assert len(partition.table(parts, foreground).splitlines()) == 2 + 10
+
+
 def test_dirichlet_alpha_controls_skew():
   indices, groups = np.arange(400), np.arange(400) % 4
 

@@ -83,14 +83,27 @@ def _check(size: int, num_clients: int) -> None:
     )
 
 
-def table(parts: list[np.ndarray], foreground: np.ndarray, labeled=None) -> str:
-  """Markdown table of per-client sizes, labeled counts and foreground fractions."""
+def table(parts: list[np.ndarray], foreground: np.ndarray, labeled=None, shown: int = 16) -> str:
+  """Markdown table of per-client sizes, labeled counts and foreground fractions; past
+  ``shown`` clients (a federation of hundreds of virtual clients) one last row sums up
+  the rest: their images (and the smallest and largest client), labeled images, and
+  the mean foreground over their images."""
   lines = [
     "| client | images | labeled | foreground (mean) |",
     "|---|---|---|---|",
   ]
-  for c, part in enumerate(parts):
-    fg = float(foreground[part].mean()) if len(part) else 0.0
-    n_lab = "-" if labeled is None else str(len(labeled[c]))
-    lines.append(f"| {c} | {len(part)} | {n_lab} | {fg:.4f} |")
+
+  def row(name, clients, images):
+    idx = np.concatenate([parts[c] for c in clients]).astype(int)
+    fg = float(foreground[idx].mean()) if len(idx) else 0.0
+    n_lab = "-" if labeled is None else str(sum(len(labeled[c]) for c in clients))
+    return f"| {name} | {images} | {n_lab} | {fg:.4f} |"
+
+  for c, part in enumerate(parts[:shown]):
+    lines.append(row(c, [c], len(part)))
+  rest = list(range(shown, len(parts)))
+  if rest:
+    sizes = [len(parts[c]) for c in rest]
+    each = f"{sum(sizes)} ({min(sizes)}-{max(sizes)} each)"
+    lines.append(row(f"{shown}..{len(parts) - 1} ({len(rest)} more)", rest, each))
   return "\n".join(lines)

@@ -2,10 +2,10 @@
 blocks of them combine, the server update from their sums.
 
 A block of clients (:func:`jaxseg.fed.simulate.clients`) reduces its clients' results
-to ``(summed, stacked)`` (:func:`contributions`): sums weighted by the recipe's weights
-(:func:`jaxseg.fed.recipe.weights`), a client whose update is not finite weighing 0;
-blocks on several devices combine by ``psum``, blocks run one after another by
-:func:`add`. :func:`finish` turns the total into the new server state (DP's noise, the
+to a :class:`Part` (``summed``, ``stacked``: :func:`contributions`): sums weighted by
+the recipe's weights (:func:`jaxseg.fed.recipe.weights`), a client whose update is not
+finite weighing 0; blocks on several devices combine by ``psum``, blocks run one after
+another by :func:`add`. :func:`finish` turns the total into the new server state (DP's noise, the
 recipe's aggregate, the server optimizer, the BatchNorm statistics' weighted mean).
 """
 
@@ -70,6 +70,17 @@ class Results(NamedTuple):
   info: dict
 
 
+class Part(NamedTuple):
+  """A block of clients' part of a round (:func:`jaxseg.fed.simulate.clients`):
+  ``summed`` adds over clients (blocks on several devices ``psum`` it), ``stacked`` has
+  a row per client (blocks concatenate), ``local`` is what each client keeps
+  (FedBN's BatchNorm, SCAFFOLD's ``c_i``: never sent)."""
+
+  summed: dict
+  stacked: dict
+  local: Any
+
+
 def contributions(rc, rows, size, results: Results) -> tuple[dict, dict]:
   """A block's ``(summed, stacked)`` from its clients' ``results`` (see
   :func:`jaxseg.fed.simulate.clients`): a client whose update or statistics are not
@@ -100,15 +111,17 @@ def contributions(rc, rows, size, results: Results) -> tuple[dict, dict]:
   return summed, stacked
 
 
-def add(a, b):
-  """Two blocks' results combined: sums added, rows (stacked, kept) concatenated."""
+def add(a: Part, b: Part) -> Part:
+  """Two blocks' parts combined: sums added, rows (stacked, kept) concatenated."""
   rows = lambda x, y: jnp.concatenate([x, y])  # noqa: E731
-  return jax.tree.map(jnp.add, a[0], b[0]), *(
-    jax.tree.map(rows, x, y) for x, y in zip(a[1:], b[1:], strict=True)
+  return Part(
+    jax.tree.map(jnp.add, a.summed, b.summed),
+    jax.tree.map(rows, a.stacked, b.stacked),
+    jax.tree.map(rows, a.local, b.local),
   )
 
 
-def finish(fed, server, shared, part, metrics: dict):
+def finish(fed, server, shared, part: Part, metrics: dict):
   """Step 5 of a round: the new server state and the round's metrics (``rejected``:
   per trained row, the client whose update was refused, or -1)."""
   summed, stacked, local = part

@@ -212,14 +212,14 @@ def vmap_round(placed: Placed) -> Callable:
     # Each device trains its shard of the clients; their sums are combined, their
     # stacked rows concatenated.
     def summed(*args):
-      sums, *rows = clients(*args)
-      return jax.lax.psum(sums, "clients"), *rows
+      part = clients(*args)
+      return part._replace(summed=jax.lax.psum(part.summed, "clients"))
 
     mapped = jax.shard_map(
       summed,
       mesh=mesh,
       in_specs=(P(), P("clients"), P("clients")),
-      out_specs=(P(), P("clients"), P("clients")),
+      out_specs=aggregation.Part(P(), P("clients"), P("clients")),
       axis_names={"clients"},  # manual; the data axis is left to XLA
       check_vma=False,
     )

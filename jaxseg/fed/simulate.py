@@ -199,8 +199,8 @@ def local_train(fed: Federation, state, xs, fetch: Callable, steps, key, extra):
 
 def clients(fed: Federation, fetch, shared: Shared, arrays, block: Block):
   """Local training of a block of clients (vmapped, or in sequence with
-  ``fed.sequential``): ``(summed, stacked, local)``, their contributions and what
-  they keep (``local``, as :class:`Block`'s).
+  ``fed.sequential``): their :class:`jaxseg.fed.aggregation.Part`, the contributions
+  and what they keep (``local``, as :class:`Block`'s).
 
   ``shared``: what every client gets; ``arrays``: the block's group's training
   arrays ``[1, N, ...]`` for ``fetch``.
@@ -225,7 +225,7 @@ def clients(fed: Federation, fetch, shared: Shared, arrays, block: Block):
   summed, stacked = aggregation.contributions(fed.recipe, block.rows, block.size, results)
   if wire is not None:  # what a real site sends instead of its update (jaxseg.flower)
     stacked["wire"] = wire
-  return summed, stacked, local
+  return aggregation.Part(summed, stacked, local)
 
 
 def client_round(fed: Federation, batches, shared: Shared, c, xs, steps, local):
@@ -331,7 +331,6 @@ def conclude(fed: Federation, fetch, server, shared, part, metrics, side: Server
   where = _server_training(fed)
   if where == "with_clients":  # its update joins the clients' sums (aggregator mean)
     nets, info = server_train(fed, fetch, shared.nets, shared, side)
-    summed, *rows = part
     weight = jnp.asarray(side.n, jnp.float32)
     delta = jax.tree.map(
       lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32),
@@ -339,10 +338,11 @@ def conclude(fed: Federation, fetch, server, shared, part, metrics, side: Server
       params_of(shared.nets),
     )
     joined = {"delta": delta, "batch_stats": stats_of(nets)}  # (not with FedBN: checks.py)
+    summed = part.summed
     sums = {k: summed[k] for k in joined}
     added = jax.tree.map(lambda s, x: s + weight * x.astype(jnp.float32), sums, joined)
-    summed = {**summed, **added, "weight": summed["weight"] + weight}
-    part, metrics = (summed, *rows), {**metrics, **info}
+    part = part._replace(summed={**summed, **added, "weight": summed["weight"] + weight})
+    metrics = {**metrics, **info}
   new, metrics = aggregation.finish(fed, server, shared, part, metrics)
   if where == "after_clients":
     nets, info = server_train(fed, fetch, new.nets, shared, side)

@@ -20,7 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from jaxseg.errors import UserError
-from jaxseg.fed import backends, cost, layout, recipe, simulate
+from jaxseg.fed import aggregation, backends, cost, layout, recipe, simulate
 from jaxseg.flower import wire
 from jaxseg.run import federated, skeleton, volume
 from jaxseg.run.experiment import Experiment
@@ -143,9 +143,9 @@ def federation(exp: Experiment, grid: Grid, workdir: str) -> federated.Simulatio
     missing = [names[n] for n in chosen if n not in replies]
     _report(round_, missing, errors, names, len(chosen), fc.min_fraction)
     unsent = wire.unsent_keys(fed.recipe, shared.nets)
-    summed, stacked = _aggregate(parts, like, replies, number, names, restore, unsent)
+    total = _aggregate(parts, like, replies, number, names, restore, unsent)
     # The sites keep their own state; the server's copy of it is left as it is.
-    total = (summed, stacked, simulate.local_rows(state, stacked["row"]))
+    total = total._replace(local=simulate.local_rows(state, total.stacked["row"]))
     side = simulate.ServerSide(server_xs, placed.server_arrays, placed.data.server_n)
     state, metrics = parts.conclude(state, shared, total, metrics, side)
     sent = Message(content(live[0]), dst_node_id=live[0], message_type="train")
@@ -217,14 +217,15 @@ def _aggregate(parts, like, replies: dict, number: dict, names: dict, restore, u
   """The sites' contributions added in the order of their numbers (as the simulation
   adds its clients); a contribution with a non-finite value is refused (named in the
   log), never added; a compressed one is read back first (``restore``, compiled once:
-  :func:`jaxseg.flower.wire.restored`; None without compression)."""
+  :func:`jaxseg.flower.wire.restored`; None without compression); what the sites keep
+  is not sent (``local`` None)."""
   total = None
   for node in sorted(replies, key=number.get):
     part = jax.tree.map(jnp.asarray, wire.from_record(replies[node].content["part"], like, unsent))
     if not all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(part)):
       skeleton.say(f"site {names[node]}: its update has non-finite values; refused.")
       continue
-    part = part if restore is None else restore(part)
+    part = aggregation.Part(*(part if restore is None else restore(part)), local=None)
     total = part if total is None else parts.add(total, part)
   if total is None:
     raise UserError("every site's update had non-finite values: none was aggregated.")

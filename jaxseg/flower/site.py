@@ -117,9 +117,9 @@ def local_round(site: Site, plan: ConfigRecord, content: RecordDict) -> RecordDi
   block = backends.loop_parts(placed).block
   kept = Kept(site, str(plan["run"]), fed.recipe, nets)
   rows = simulate.Block(row, xs, placed.data.steps, placed.data.size, kept.load())
-  summed, stacked, local = block(shared, placed.client_arrays, rows)
-  kept.save(local)  # FedBN's BatchNorm, SCAFFOLD's c_i: never sent
-  record = wire.to_record((summed, stacked))
+  part = block(shared, placed.client_arrays, rows)
+  kept.save(part.local)  # FedBN's BatchNorm, SCAFFOLD's c_i: never sent
+  record = wire.to_record((part.summed, part.stacked))
   for key in wire.unsent_keys(fed.recipe, nets):
     del record[key]
   return RecordDict({"part": record})

@@ -8,7 +8,7 @@ from PIL import Image
 
 from configs import segformer_covid_ct, unet_isbi2012
 from jaxseg import infer, main
-from jaxseg.run import evaluation, predict
+from jaxseg.run import evaluators, predict
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
@@ -27,7 +27,7 @@ def test_isbi_smoke_train_eval_predict(tmp_path):
   assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}
   assert os.path.exists(tmp_path / "pred" / "0_overlay.png")
   # Tile by tile (284-px tiles) equals one pass over the whole mirrored image.
-  exp, variables, _ = evaluation.restore(workdir, splits=())
+  exp, variables, _ = evaluators.restore(workdir, splits=())
   fn = infer.make_predict_fn(exp.model, variables)
   image = np.asarray(Image.open(image_path), np.float32)[..., None] / 255.0
   whole = np.asarray(jax.jit(fn)(np.pad(image, ((92, 96), (92, 96), (0, 0)), "symmetric")[None]))

@@ -141,7 +141,7 @@ def test_ged_matches_an_independent_implementation():
 def test_multi_class_runs_score_each_class_and_keep_the_union():
   """One vocabulary: dice_<k> per foreground class, dice their mean, dice_fg the union
   (validation and test alike); a missed structure's distance is the diagonal."""
-  from jaxseg.run import evaluate, evaluation  # noqa: PLC0415
+  from jaxseg.run import evaluate, evaluators  # noqa: PLC0415
 
   pred, gt = np.array([[[1, 2, 0, 0]]]), np.array([[[1, 1, 2, 0]]])
   classes = metrics.class_counts(pred, gt, 3, batched=True)
@@ -153,7 +153,7 @@ def test_multi_class_runs_score_each_class_and_keep_the_union():
     **{f"class_{k}": np.asarray(v) for k, v in classes.items()},
   }
   # class 1: tp 1, fn 1 -> 2/3; class 2: fp 1, fn 1 -> 0; union: tp 2, fn 1 -> 4/5
-  val = evaluation.summarize(per_image)
+  val = evaluators.summarize(per_image)
   assert val["dice_1"] == pytest.approx(2 / 3) and val["dice_2"] == 0.0
   assert val["dice"] == pytest.approx(1 / 3) and val["dice_fg"] == pytest.approx(0.8)
   table = evaluate.metrics_table(per_image, (1, 4))
@@ -161,5 +161,5 @@ def test_multi_class_runs_score_each_class_and_keep_the_union():
   assert table["dice_fg"]["mean"] == pytest.approx(0.8)
   assert table["iou_1"]["mean"] == pytest.approx(0.5)
   binary = {**per_image, **{f"class_{k}": v[:, :1] for k, v in classes.items()}}
-  assert "dice_fg" not in evaluation.summarize(binary)  # one class: dice is the union's
+  assert "dice_fg" not in evaluators.summarize(binary)  # one class: dice is the union's
   np.testing.assert_array_equal(metrics.bounded([1.0, np.inf], 5.0), [1.0, 5.0])

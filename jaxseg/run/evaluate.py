@@ -33,7 +33,7 @@ from jaxseg import metrics
 from jaxseg.data import pipeline, volumes
 from jaxseg.fed import privacy, recipe
 from jaxseg.models.interface import decode
-from jaxseg.run import evaluation, pictures
+from jaxseg.run import evaluators, pictures
 from jaxseg.run.experiment import Experiment
 from jaxseg.run.volume import class_dice
 
@@ -55,7 +55,7 @@ class Scored(NamedTuple):
 
 def run(workdir: str, split: str = "test") -> dict:
   """Scores the best checkpoint of ``workdir`` on ``split``; prints and saves a table."""
-  exp, state, step = evaluation.restore_state(workdir, (split,))
+  exp, state, step = evaluators.restore_state(workdir, (split,))
   scored = (volume_scores if exp.volumes is not None else image_scores)(exp, state, split, workdir)
   result = {"step": step, "split": split, "cases": len(scored.rows), **scored.table}
   fc = exp.config.get("fed")
@@ -150,7 +150,7 @@ def image_scores(exp, state, split: str, workdir: str) -> Scored:
   """The evaluated network over ``split`` (in batches, or tiled with
   ``config.eval.tiled``); distances in pixels."""
   config, variables = exp.config, exp.variables(state)
-  evaluator = evaluation.ImageEvaluator(exp)
+  evaluator = evaluators.ImageEvaluator(exp)
   per_image, shown = evaluator.score(variables, split, keep=8)
   overlays = os.path.join(workdir, f"{split}_overlays.png")
   pictures.save_overlays(overlays, shown["image"], shown["labels"], shown["pred"])
@@ -177,21 +177,21 @@ def image_scores(exp, state, split: str, workdir: str) -> Scored:
 
 
 def site_scores(evaluator, state, split: str, per_image: dict) -> dict | None:
-  """Per acquisition site of a federated run's ``split`` (:func:`evaluation.site_ids`):
+  """Per acquisition site of a federated run's ``split`` (:func:`evaluators.site_ids`):
   ``{site: {images, dice, iou}}`` of the global model, as FLamby reports per centre;
   FedBN by site also ``dice_local`` / ``iou_local``, the site's own model (its
-  BatchNorm from what it kept: :func:`evaluation.local_variables`), which is what
+  BatchNorm from what it kept: :func:`evaluators.local_variables`), which is what
   ``site_dice_mean`` / ``site_dice_worst`` then average: a FedBN site never uses the
   global model's BatchNorm, which no round trains."""
   exp = evaluator.exp
-  sites = evaluation.site_ids(exp, split)
+  sites = evaluators.site_ids(exp, split)
   if sites is None:
     return folder_site_scores(evaluator, state, split, per_image)
   out = {}
   for s in np.unique(sites):
     row = {"images": int(np.sum(sites == s)), **_overlap(per_image, sites == s)}
-    if evaluation.keeps_local_bn(exp):
-      variables = evaluation.local_variables(exp, state, int(s) % exp.config.fed.num_clients)
+    if evaluators.keeps_local_bn(exp):
+      variables = evaluators.local_variables(exp, state, int(s) % exp.config.fed.num_clients)
       own = evaluator.score(variables, split)[0]
       row.update({f"{k}_local": v for k, v in _overlap(own, sites == s).items()})
     out[f"site {s}"] = row
@@ -210,7 +210,7 @@ def folder_site_scores(evaluator, state, split: str, per_image: dict) -> dict | 
   every = np.ones(len(per_image["loss"]), bool)
   out = {}
   for c, folder in enumerate(fc.client_dirs):
-    own = evaluator.score(evaluation.local_variables(exp, state, c), split)[0]
+    own = evaluator.score(evaluators.local_variables(exp, state, c), split)[0]
     row = {"images": int(every.sum()), **_overlap(per_image, every)}
     row.update({f"{k}_local": v for k, v in _overlap(own, every).items()})
     out[os.path.basename(os.path.normpath(folder))] = row

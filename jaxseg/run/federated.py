@@ -33,7 +33,7 @@ from jaxseg.fed import (
   recipe,
   simulate,
 )
-from jaxseg.run import evaluation, loop, skeleton, volume
+from jaxseg.run import evaluators, loop, skeleton, volume
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.run.experiment import Experiment, check_config
 from jaxseg.train import optim, sharding
@@ -302,7 +302,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, make_simulatio
       log_every=exp.config.train.log_every,
       step=sim.run_round,
       report=loop.reporter(outputs, round_line(sim.fed, exp, ckpts, outputs[1].write), postfix),
-      validate=evaluation.validator(evaluation.evaluator(exp), record, ckpts, outputs, workdir),
+      validate=evaluators.validator(evaluators.evaluator(exp), record, ckpts, outputs, workdir),
       save=lambda state, r: ckpts.save(r, state, record, None),
       ckpts=ckpts,
       preemption=outputs[2],

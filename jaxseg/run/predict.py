@@ -27,7 +27,7 @@ from PIL import Image
 from jaxseg import infer
 from jaxseg.data import folder, volumes
 from jaxseg.errors import UserError
-from jaxseg.run import evaluation, pictures
+from jaxseg.run import evaluators, pictures
 
 
 def mask_encoding(data_config, num_classes: int) -> np.ndarray:
@@ -124,7 +124,7 @@ class Volumes:
 def run(workdirs: list[str], input_path: str, output: str) -> list[str]:
   """Predicts every input of ``input_path`` with the runs ``workdirs`` (one, or an
   ensemble of runs of the same kind); the paths of the masks written."""
-  runs = [evaluation.restore(w, splits=()) for w in workdirs]
+  runs = [evaluators.restore(w, splits=()) for w in workdirs]
   kinds = {exp.volumes is not None for exp, _, _ in runs}
   if len(kinds) > 1:
     raise UserError("--workdir: an ensemble is of image runs or of volume runs, not both.")

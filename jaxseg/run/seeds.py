@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from jaxseg.errors import UserError
 from jaxseg.fed import backends
-from jaxseg.run import evaluation, federated, loop, skeleton
+from jaxseg.run import evaluators, federated, loop, skeleton
 from jaxseg.run.experiment import Experiment
 from jaxseg.train import sharding
 
@@ -112,7 +112,7 @@ def train(configs: list, workdirs: list[str], *, stop_after: int | None = None) 
     runs = []
     for exp, (ckpts, _, record), w in zip(exps, resumed, workdirs, strict=True):
       outputs = stack.enter_context(loop.outputs(w, ckpts, rounds, done, "rounds", "round"))
-      validate = evaluation.validator(evaluation.evaluator(exp), record, ckpts, outputs, w)
+      validate = evaluators.validator(evaluators.evaluator(exp), record, ckpts, outputs, w)
       line = federated.round_line(placed[0].fed, exp, ckpts, outputs[1].write)
       runs.append(Run(ckpts, record, outputs, validate, line))
     first, cfg = runs[0], configs[0].train

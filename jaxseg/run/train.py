@@ -1,7 +1,7 @@
 """``jaxseg train`` on a segmentation config (``config.kind = "segmentation"``): any
 method, supervised or semi-supervised, on images or volumes — one loop over a *feed*
 (:mod:`jaxseg.run.feed`: where batches come from) and an *evaluator*
-(:func:`jaxseg.run.evaluation.evaluator`: validation scores and the checkpoint they pick).
+(:func:`jaxseg.run.evaluators.evaluator`: validation scores and the checkpoint they pick).
 
 ``train(config, workdir)`` trains ``config`` in ``workdir`` and resumes automatically
 from the latest checkpoint there. What a run writes in ``workdir``:
@@ -26,7 +26,7 @@ import os
 import jax
 import ml_collections
 
-from jaxseg.run import evaluation, feed, loop, skeleton
+from jaxseg.run import evaluators, feed, loop, skeleton
 from jaxseg.run.checkpoint import Checkpoints
 from jaxseg.run.experiment import Experiment, check_config
 from jaxseg.train import sharding
@@ -87,7 +87,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     skeleton.write_json(workdir, "plan.json", exp.volumes.plan)
   mesh = make_mesh(config)
   data = feed.make(exp, mesh)
-  evaluator = evaluation.evaluator(exp, data)
+  evaluator = evaluators.evaluator(exp, data)
   skeleton.say(f"Training data on the {data.where} ({data.why}).")
   init_state, train_step = compile_step(exp, mesh, data)
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
@@ -106,7 +106,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         log_every=cfg.log_every,
         step=lambda state: train_step(state, data.next(), exp.train_key),
         report=loop.reporter(outputs, loop.step_line(ckpts, cfg.batch_size), _postfix),
-        validate=evaluation.validator(evaluator, record, ckpts, outputs, workdir, extra),
+        validate=evaluators.validator(evaluator, record, ckpts, outputs, workdir, extra),
         save=lambda state, step: ckpts.save(step, state, {**record, **extra()}, None),
         ckpts=ckpts,
         preemption=outputs[2],

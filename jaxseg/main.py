@@ -47,8 +47,8 @@ flags.DEFINE_string("json", None, "bench, inspect: write the records to this JSO
 flags.DEFINE_bool(
   "versus_torch",
   False,
-  "bench: time the reference U-Net training step "
-  "in jaxseg and in PyTorch, alternately (needs torch).",
+  "bench: the reference U-Net's training step and inference in jaxseg, PyTorch eager "
+  "and torch.compile, float32 and bfloat16, timed in turn (pip install -e '.[versus-torch]').",
 )
 flags.DEFINE_list(
   "clients",

@@ -132,14 +132,21 @@ def test_accelerator_suite_runs_every_part_on_cpu(tmp_path, monkeypatch):
   device paths, with and without weight maps, the train loop against the bare step),
   the step in float32 and bfloat16, the federated round and the deterministic-flag
   cost, written as JSON and markdown."""
-  from jaxseg.bench import pipeline, suite
+  from jaxseg.bench import pipeline, suite, versus_torch
   from tests.conftest import make_tiny_config
   from tests.test_fed import tiny_fed_config
 
   monkeypatch.setattr(pipeline, "MIN_IMAGES", 16)
   monkeypatch.setattr(suite, "REPEATS", 1)  # timings are not what this test checks
   monkeypatch.setattr(pipeline, "worker_counts", lambda: [0])  # workers: tests/test_train.py
-  size = {"pipeline": (2, 1, 32, 32), "step": (1, 1, 32, 32), "clients": (2,)}
+  monkeypatch.setattr(versus_torch, "COMPILE_BACKEND", "aot_eager")  # no C++ build
+  size = {
+    "pipeline": (2, 1, 32, 32),
+    "step": (1, 1, 32, 32),
+    "clients": (2,),
+    "nnunet": ((2, 1, 32, 32), (1, 1, 16, 16, 16)),
+    "versus": ((2, 1, 32, 32),),
+  }
   path = tmp_path / "suite.json"
   fed = tiny_fed_config(local_steps=1)
   report = suite.run(make_tiny_config(), fed, str(path), size, "unet:widths=(4,8)")
@@ -153,5 +160,47 @@ def test_accelerator_suite_runs_every_part_on_cpu(tmp_path, monkeypatch):
   assert [r["dtype"] for r in report["step"]] == ["float32", "bfloat16"]
   assert [r["clients"] for r in report["federated"]] == [2]
   assert report["deterministic"]["deterministic_img_s"] > 0
+  assert [(r["input"], r["dtype"]) for r in report["nnunet"]] == [
+    ("2x1x32x32", "bfloat16"),
+    ("1x1x16x16x16", "bfloat16"),
+  ]
+  versus = [(r["dtype"], r["framework"]) for r in report["versus_torch"]["rows"]]
+  assert versus == [(d, f) for d in versus_torch.DTYPES for f in versus_torch.FRAMEWORKS]
   text = (tmp_path / "suite.md").read_text()
   assert "| path | workers | weight map |" in text and "runtime.deterministic" in text
+  assert "nnU-Net's benchmark shape 1x1x16x16x16" in text and "| torch.compile |" in text
+
+
+def test_versus_torch_times_the_same_network_and_loss_in_both(tmp_path, monkeypatch, capsys):
+  """``jaxseg bench --versus_torch`` on the CPU: a row per dtype and framework, the same
+  parameter count in both; PyTorch's loss is jaxseg's ``bce_dice`` on the same logits."""
+  import sys
+
+  import numpy as np
+  import torch
+
+  from jaxseg import losses, main
+  from jaxseg.bench import versus_torch
+
+  logits = np.random.default_rng(0).normal(size=(2, 8, 8)).astype(np.float32)
+  labels = (logits > 0.5).astype(np.int32)
+  ours = losses.bce_dice(jnp.asarray(logits)[..., None], jnp.asarray(labels))
+  theirs = versus_torch.torch_loss(torch.from_numpy(logits), torch.from_numpy(labels).float())
+  assert float(theirs) == pytest.approx(float(ours), rel=1e-6)
+
+  monkeypatch.setattr(versus_torch, "REFERENCE_WIDTHS", (4, 8))  # the step, not its speed
+  monkeypatch.setattr(versus_torch, "COMPILE_BACKEND", "aot_eager")  # no C++ build
+  path = tmp_path / "versus.json"
+  args = ["bench", "--versus_torch", "--input", "2x1x32x32", "--repeats", "1", "--json", path]
+  monkeypatch.setattr(sys, "argv", ["jaxseg", *map(str, args)])
+  with pytest.raises(SystemExit) as exit_:
+    main.main()
+  assert not exit_.value.code
+  rows = json.loads(path.read_text())["rows"]
+  assert [(r["dtype"], r["framework"]) for r in rows] == [
+    (d, f) for d in versus_torch.DTYPES for f in versus_torch.FRAMEWORKS
+  ]
+  assert len({r["params"] for r in rows}) == 1
+  assert all(r["train_img_s"] > 0 and r["infer_img_s"] > 0 for r in rows)
+  assert rows[0]["jaxseg_over_train"] == 1.0 and rows[0]["peak_mib"] > 0
+  assert "| 2x1x32x32 | bfloat16 | torch.compile |" in capsys.readouterr().out

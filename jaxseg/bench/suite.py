@@ -1,12 +1,19 @@
 """``jaxseg bench --suite accelerator --json F``: one report for the day a GPU or TPU
-is available (under 8 minutes on one GPU), written as ``F`` (JSON) and ``F.md``.
+is available, written as ``F`` (JSON) and ``F.md`` (its first four parts took 494 s
+on one H200).
 
 * the input pipeline table (:mod:`jaxseg.bench.pipeline`) and its loop/step ratio;
 * the reference U-Net training step in float32 and bfloat16: images/s, TFLOP/s, MFU;
 * one federated round, vmapped clients against a loop over clients;
 * the cost of ``runtime.deterministic`` (XLA's deterministic GPU ops): the float32
   step timed in two fresh processes, with and without ``JAXSEG_DETERMINISTIC=1``
-  (XLA reads the flag when its backend starts).
+  (XLA reads the flag when its backend starts);
+* nnU-Net's benchmark shapes in bfloat16: the 2-D step at 192x160, batch 128, and a
+  3-D U-Net at a 128³ patch, batch 2 (NVIDIA's nnU-Net benchmark: about 926 images/s
+  and 9.5 volumes/s with AMP on an A100 — an order of magnitude, not a target);
+* the same U-Net against PyTorch eager and ``torch.compile`` on the same device
+  (:mod:`jaxseg.bench.versus_torch`), float32 and bfloat16, batch 16 and 64 of
+  256x256 — when PyTorch is installed (``pip install -e '.[versus-torch]'``).
 
 On an accelerator: 256x256 images, batch 64 for the step, 16/64/256 clients. On a
 CPU the same code runs at sizes that finish in a few minutes (:data:`SIZES`).
@@ -20,15 +27,24 @@ import tempfile
 
 import jax
 
-from jaxseg.bench import federated, models, pipeline
+from jaxseg.bench import federated, models, pipeline, versus_torch
+from jaxseg.errors import UserError
 
 SIZES = {
   "accelerator": {
     "pipeline": (8, 1, 256, 256),
     "step": (64, 1, 256, 256),
     "clients": (16, 64, 256),
+    "nnunet": ((128, 1, 192, 160), (2, 1, 128, 128, 128)),
+    "versus": ((16, 1, 256, 256), (64, 1, 256, 256)),
   },
-  "cpu": {"pipeline": (8, 1, 64, 64), "step": (2, 1, 64, 64), "clients": (2, 4)},
+  "cpu": {
+    "pipeline": (8, 1, 64, 64),
+    "step": (2, 1, 64, 64),
+    "clients": (2, 4),
+    "nnunet": ((2, 1, 64, 64), (1, 1, 32, 32, 32)),
+    "versus": ((2, 1, 64, 64),),
+  },
 }
 REPEATS = 3
 
@@ -68,6 +84,10 @@ def run(
   ]
   report["federated"] = federated.run(fed_config, list(size["clients"]), REPEATS)
   report["deterministic"] = deterministic_cost(size["step"], model)
+  report["nnunet"] = [
+    models.bench_model(model, shape, dtype="bfloat16", repeats=REPEATS) for shape in size["nnunet"]
+  ]
+  report["versus_torch"] = versus(size["versus"], model)
   text = markdown(report, size)
   print(text)
   if json_path:
@@ -78,8 +98,20 @@ def run(
   return report
 
 
+def versus(shapes, model: str) -> dict | str:
+  """:func:`jaxseg.bench.versus_torch.run` at each shape, its rows joined; without
+  PyTorch the line that says how to install it."""
+  try:
+    versus_torch.import_torch()
+  except UserError as e:
+    return f"versus PyTorch: not measured ({e})"
+  widths = models.parse_model(model)[1].get("widths")
+  results = [versus_torch.run(shape, widths=widths, repeats=REPEATS) for shape in shapes]
+  return {**results[0], "rows": [row for r in results for row in r["rows"]]}
+
+
 def markdown(report: dict, size: dict) -> str:
-  det = report["deterministic"]
+  det, vs = report["deterministic"], report["versus_torch"]
   return "\n\n".join(
     [
       f"# jaxseg accelerator suite: {report['device']} ({report['backend']}), "
@@ -94,5 +126,11 @@ def markdown(report: dict, size: dict) -> str:
       federated.markdown(report["federated"]),
       f"runtime.deterministic: {det['img_s']:.1f} -> {det['deterministic_img_s']:.1f} "
       f"images/s (cost {100 * det['cost']:.1f}%).",
+      *[
+        f"nnU-Net's benchmark shape {r['input']}, bfloat16 (a volume's img/s are volumes/s):\n\n"
+        + models.markdown([r])
+        for r in report["nnunet"]
+      ],
+      vs if isinstance(vs, str) else "Versus PyTorch:\n\n" + versus_torch.report(vs),
     ]
   )

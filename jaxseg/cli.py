@@ -19,7 +19,7 @@ jaxseg flower --site NAME --sites DIR --key KEY --superlink HOST:PORT --root_cer
 jaxseg inspect --config FILE[:ARG] [--config.data.key=value ...] [--json FILE]
 jaxseg config --config FILE[:ARG] [--config.key=value ...]
 jaxseg bench --models unet,unetpp:mode=l2,... --input NxCxHxW [--batch N]
-             [--dtype float32|bfloat16] [--repeats N] [--json FILE]
+             [--dtype float32|bfloat16] [--repeats N] [--json FILE] [--profile DIR]
 jaxseg bench --versus_torch --input NxCxHxW [--repeats N] [--json FILE]
 jaxseg bench --clients 4,16,64 --config FILE[:ARG] [--repeats N] [--json FILE]
 jaxseg bench --pipeline [--config FILE[:ARG]] [--input BxCxHxW] [--json FILE]
@@ -60,6 +60,7 @@ FLAGS = {
     "dtype",
     "repeats",
     "json",
+    "profile",
     "versus_torch",
     "clients",
     "pipeline",

@@ -44,6 +44,12 @@ flags.DEFINE_integer("batch", None, "bench: batch size (overrides N of --input).
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "bench: compute dtype.")
 flags.DEFINE_integer("repeats", 5, "bench: timed repeats after one warm-up call.")
 flags.DEFINE_string("json", None, "bench, inspect: write the records to this JSON file.")
+flags.DEFINE_string(
+  "profile",
+  None,
+  "bench --models: write each model's optimized HLO and a jax.profiler trace of its "
+  "forward pass and training step to this directory.",
+)
 flags.DEFINE_bool(
   "versus_torch",
   False,
@@ -191,6 +197,7 @@ def _bench() -> None:
       dtype=FLAGS.dtype,
       repeats=FLAGS.repeats,
       json_path=FLAGS.json,
+      profile=FLAGS.profile,
     )
 
 

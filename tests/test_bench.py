@@ -97,8 +97,16 @@ def test_bench_record_and_spec_parsing(tmp_path):
     dtype="float32",
     repeats=1,
     json_path=str(tmp_path / "b.json"),
+    profile=str(tmp_path / "profile"),
   )
   (r,) = records
+  # The profile: each program's optimized HLO, and a trace that names the step.
+  for part in ("forward", "train_step"):
+    hlo = (tmp_path / "profile" / f"unet_widths_4_8__float32_2x1x32x32_{part}.hlo.txt").read_text()
+    assert hlo.startswith("HloModule") and "convolution" in hlo
+  traces = [t.read_bytes() for t in (tmp_path / "profile").glob("plugins/profile/*/*.xplane.pb")]
+  assert len(traces) == 2
+  assert any(b"unet_widths_4_8__float32_2x1x32x32_train_step" in t for t in traces)
   assert r["model"] == "unet:widths=(4,8)" and r["input"] == "2x1x32x32"
   for key in (
     "params",

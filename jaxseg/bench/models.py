@@ -2,6 +2,7 @@
 
 import ast
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -117,9 +118,11 @@ def supervised_step(model, tx, image_shape, compute_dtype=None):
   return state, lambda state, batch, key: method.step(ctx, state, batch, None, key)
 
 
-def bench_model(spec: str, shape, *, dtype: str, repeats: int) -> dict:
+def bench_model(spec: str, shape, *, dtype: str, repeats: int, profile: str | None = None) -> dict:
   """One record: sizes and costs at ``shape`` (N, C, H, W) — or (N, C, D, H, W): a
-  volume, for a model built with ``spatial_dims=3`` —, and measured speed."""
+  volume, for a model built with ``spatial_dims=3`` —, and measured speed.
+  ``profile``: a directory for the forward pass's and the training step's HLO and
+  ``jax.profiler`` trace (:func:`jaxseg.bench.throughput.measure`)."""
   name, kwargs = parse_model(spec)
   n, c, *spatial = shape
   if len(spatial) == 3:
@@ -136,9 +139,15 @@ def bench_model(spec: str, shape, *, dtype: str, repeats: int) -> dict:
     return model.apply(cast, x.astype(compute), train=False)
 
   batch = {"image": x, "labels": jnp.zeros((n, *spatial), jnp.int32)}
-  fwd = throughput.measure(forward, (variables, x), repeats=repeats)
+  tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{spec}_{dtype}_{'x'.join(map(str, shape))}")
+  where = lambda part: profile and (profile, f"{tag}_{part}")  # noqa: E731
+  fwd = throughput.measure(forward, (variables, x), repeats=repeats, profile=where("forward"))
   train = throughput.measure(
-    lambda s, b: step(s, b, jax.random.key(1)), (state, batch), repeats=repeats, feed_back=True
+    lambda s, b: step(s, b, jax.random.key(1)),
+    (state, batch),
+    repeats=repeats,
+    feed_back=True,
+    profile=where("train_step"),
   )
   device = jax.devices()[0]
   macs = flops.jaxpr_macs(forward, variables, x)
@@ -180,15 +189,17 @@ def run(
   dtype: str,
   repeats: int,
   json_path: str | None,
+  profile: str | None = None,
 ) -> list[dict]:
-  """Benchmarks every model, prints the table and writes the JSON records."""
+  """Benchmarks every model, prints the table and writes the JSON records (and with
+  ``profile`` each one's HLO and profiler trace in that directory)."""
   n, *rest = parse_input(input_shape)
   shape = (batch or n, *rest)
   for spec in model_specs:  # fail on unknown names before any slow work
     tables.check(models.MODELS, parse_model(spec)[0], "model")
   records = []
   for spec in model_specs:
-    records.append(bench_model(spec, shape, dtype=dtype, repeats=repeats))
+    records.append(bench_model(spec, shape, dtype=dtype, repeats=repeats, profile=profile))
     print(f"{spec}: done", flush=True)
   device = records[0]["device"] if records else ""
   layout = "NxCxDxHxW" if len(shape) == 5 else "NxCxHxW"

@@ -1,16 +1,23 @@
 """Compile time, XLA cost analysis, memory and timed throughput of jitted functions."""
 
+import os
 import statistics
 import time
 
 import jax
 
+PROFILED_CALLS = 3
 
-def measure(fn, args, *, repeats: int, feed_back: bool = False) -> dict:
+
+def measure(fn, args, *, repeats: int, feed_back: bool = False, profile=None) -> dict:
   """Compiles ``fn`` for ``args`` and times ``repeats`` calls after one warm-up call.
 
   ``feed_back``: ``fn`` returns ``(new_first_arg, aux)`` and donates its first
   argument (a training step); each call continues from the previous state.
+  ``profile``: ``(directory, name)``: the compiled program's optimized HLO is written to
+  ``directory/name.hlo.txt`` and, after the timed calls, :data:`PROFILED_CALLS` more are
+  traced by ``jax.profiler`` into ``directory`` (TensorBoard's or Perfetto's profile
+  viewer reads it), so the time can be found where XLA spends it.
   """
   jitted = jax.jit(fn, donate_argnums=0) if feed_back else jax.jit(fn)
   start = time.perf_counter()
@@ -37,6 +44,18 @@ def measure(fn, args, *, repeats: int, feed_back: bool = False) -> dict:
       times.append(time.perf_counter() - start)
     if feed_back:
       args[0] = out[0]
+  if profile:
+    directory, name = profile
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, f"{name}.hlo.txt"), "w") as f:
+      f.write(compiled.as_text())
+    with jax.profiler.trace(directory):
+      for _ in range(PROFILED_CALLS):
+        with jax.profiler.TraceAnnotation(name):
+          out = compiled(*args)
+          jax.block_until_ready(out)
+        if feed_back:
+          args[0] = out[0]
   return {
     "compile_s": compile_s,
     "xla_flops": float(cost.get("flops", 0.0)),

@@ -167,7 +167,9 @@ def _bench() -> None:
     from jaxseg.bench import versus_torch  # noqa: PLC0415
 
     shape = bench_models.parse_input(FLAGS.input or BENCH_INPUT)
-    result = versus_torch.run((FLAGS.batch or shape[0], *shape[1:]), repeats=FLAGS.repeats)
+    dtypes = (FLAGS.dtype,) if FLAGS["dtype"].present else versus_torch.DTYPES
+    shape = (FLAGS.batch or shape[0], *shape[1:])
+    result = versus_torch.run(shape, repeats=FLAGS.repeats, dtypes=dtypes)
     print(versus_torch.report(result))
     _write_json(result)
   elif FLAGS.suite:

@@ -1,10 +1,10 @@
 """The reference U-Net in jaxseg and in PyTorch, trained and run side by side.
 
-``jaxseg bench --versus_torch --input 64x1x256x256`` builds the same network (the
+``jaxseg bench --versus_torch --input 64x1x256x256 [--dtype D]`` builds the same network (the
 reference recipe of :class:`jaxseg.models.unet.UNet`: conv with bias, BatchNorm,
 LeakyReLU(0.01), nearest resize to the skip size), the same loss (½·BCE + soft Dice,
 per image) and the same optimizer (Adam, lr 1e-4) in both frameworks and times, in
-float32 and in bfloat16, on the same batch:
+float32 and in bfloat16 (or the one ``--dtype`` given), on the same batch:
 
 * **jaxseg**: the jitted training step ``jaxseg train`` runs (bfloat16: float32
   parameters, bfloat16 compute — ``train.compute_dtype``) and inference (BatchNorm's

@@ -131,3 +131,17 @@ def test_sweep_runs_cells_and_resumes(tmp_path, monkeypatch):
   assert partial["n"] == 1 and partial["dice"]["std"] == 0.0
   with pytest.raises(ValueError, match="no `sweep` section"):
     main.sweep(make_tiny_config(), str(tmp_path / "x"))
+
+
+def test_the_curves_legend_names_a_line_drawn_in_some_panels_only(tmp_path):
+  """The supervised bound has only the first fraction's panel; it is in the legend."""
+  from jaxseg.run import pictures
+
+  means = {
+    ("1/8", "FedAvg"): {2: 0.5},
+    ("1/8", "CPS"): {2: 0.4},
+    ("1/2", "CPS"): {2: 0.6},
+  }
+  path, keep = str(tmp_path / "c.png"), ["fraction", "method"]
+  labels = pictures.save_sweep_curves(path, means, keep, ["fraction"])
+  assert labels == ["FedAvg", "CPS"]

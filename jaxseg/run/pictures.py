@@ -75,9 +75,10 @@ def save_learning_curves(metrics_path: str, path: str) -> None:
   fig.savefig(path, dpi=80)
 
 
-def save_sweep_curves(path: str, means: dict, keep: list[str], panels: list[str]) -> None:
+def save_sweep_curves(path: str, means: dict, keep: list[str], panels: list[str]) -> list[str]:
   """A sweep's mean validation Dice against the step: one panel per combination of
-  the ``panels`` axes (a pivoted table's columns), one line per other row label.
+  the ``panels`` axes (a pivoted table's columns), one line per other row label; returns
+  the legend's labels (every line once, also one drawn in some panels only).
   ``means``: ``{labels of the axes keep: {step: Dice}}`` (``sweep_tables.curve_means``)."""
   import matplotlib  # noqa: PLC0415
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (0.3 s import)
@@ -103,9 +104,17 @@ def save_sweep_curves(path: str, means: dict, keep: list[str], panels: list[str]
   for ax, title in zip(axes, titles, strict=True):
     ax.set(xlabel="step (round)", title=title or "validation Dice", ylim=(0, 1))
   axes[0].set_ylabel("validation Dice")
-  axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+  handles = {}  # every line once, also those drawn in some panels only
+  for ax in axes:
+    for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+      handles.setdefault(label, handle)
+  labels = [name for name in lines if name in handles]
+  axes[-1].legend(
+    [handles[n] for n in labels], labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1)
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=80)
+  return labels
 
 
 def save_grid(path: str, rows) -> None:

@@ -148,6 +148,7 @@ def test_accelerator_suite_runs_every_part_on_cpu(tmp_path, monkeypatch):
   monkeypatch.setattr(suite, "REPEATS", 1)  # timings are not what this test checks
   monkeypatch.setattr(pipeline, "worker_counts", lambda: [0])  # workers: tests/test_train.py
   monkeypatch.setattr(versus_torch, "COMPILE_BACKEND", "aot_eager")  # no C++ build
+  monkeypatch.setattr(versus_torch, "DTYPES", ("float32",))  # both: the CLI test below
   size = {
     "pipeline": (2, 1, 32, 32),
     "step": (1, 1, 32, 32),

@@ -288,7 +288,7 @@ def test_label_at_server_training_joins_or_follows_the_clients(supervised_fed, w
     "metrics": {},
   }
   rows = {"rejected": jnp.array([-1, -1], jnp.int32), "row": jnp.arange(2)}
-  part = (summed, rows, {})  # (no per-client store: FedAvg keeps nothing on the clients)
+  part = aggregation.Part(summed, rows, {})  # (FedAvg keeps nothing on the clients)
   side = simulate.ServerSide(server_xs, arrays, jnp.int32(4))
   conclude = jax.jit(lambda *a: simulate.conclude(fed, streams.gather, *a))
   new, metrics = conclude(server, shared, part, {}, side)

@@ -234,13 +234,14 @@ def compare(input_shape, widths, dtype: str, repeats: int) -> list[dict]:
   return rows
 
 
-def run(input_shape, *, widths=None, repeats: int = 5, dtypes=DTYPES) -> dict:
+def run(input_shape, *, widths=None, repeats: int = 5, dtypes=None) -> dict:
   """Every framework at ``input_shape`` (N, C, H, W) in each of ``dtypes``: the rows
-  of :func:`compare` and what they ran on."""
+  of :func:`compare` and what they ran on (``dtypes`` None: :data:`DTYPES`)."""
   torch = import_torch()
   if len(input_shape) != 4:
     raise UserError(f"--versus_torch: expected --input NxCxHxW, found {input_shape}.")
   widths = tuple(widths or REFERENCE_WIDTHS)
+  dtypes = dtypes or DTYPES
   rows = [row for dtype in dtypes for row in compare(input_shape, widths, dtype, repeats)]
   return {
     "rows": rows,

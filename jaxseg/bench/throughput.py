@@ -9,6 +9,20 @@ import jax
 PROFILED_CALLS = 3
 
 
+def peak_bytes(compiled) -> int | None:
+  """A compiled program's peak memory by XLA's memory analysis (arguments, outputs and
+  temporaries, less what outputs alias); None where the backend gives none."""
+  memory = compiled.memory_analysis()
+  if memory is None:
+    return None
+  return (
+    memory.temp_size_in_bytes
+    + memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    - memory.alias_size_in_bytes
+  )
+
+
 def measure(fn, args, *, repeats: int, feed_back: bool = False, profile=None) -> dict:
   """Compiles ``fn`` for ``args`` and times ``repeats`` calls after one warm-up call.
 
@@ -25,15 +39,7 @@ def measure(fn, args, *, repeats: int, feed_back: bool = False, profile=None) ->
   compile_s = time.perf_counter() - start
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list | tuple) else cost
-  memory = compiled.memory_analysis()
-  peak = None
-  if memory is not None:
-    peak = (
-      memory.temp_size_in_bytes
-      + memory.argument_size_in_bytes
-      + memory.output_size_in_bytes
-      - memory.alias_size_in_bytes
-    )
+  peak = peak_bytes(compiled)
   args = list(args)
   times = []
   for i in range(repeats + 1):

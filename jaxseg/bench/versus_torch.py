@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from jaxseg import models
+from jaxseg.bench import throughput
 from jaxseg.bench.models import supervised_step
 from jaxseg.errors import UserError
 from jaxseg.train import state as state_lib
@@ -117,11 +118,7 @@ def jaxseg_contender(image, labels, widths, dtype: str) -> Contender:
   batch = {"image": jnp.asarray(image), "labels": jnp.asarray(labels)}
   key = jax.random.key(1)
   step = jax.jit(step, donate_argnums=0).lower(state, batch, key).compile()
-  memory = step.memory_analysis()
-  peak = None
-  if memory is not None:
-    peak = memory.temp_size_in_bytes + memory.argument_size_in_bytes
-    peak += memory.output_size_in_bytes - memory.alias_size_in_bytes
+  peak = throughput.peak_bytes(step)
   held = [state]
 
   def train():
